@@ -1,0 +1,370 @@
+"""The pipeline's graph of steps, its validation and its load stages.
+
+Everything here is a pure function of the graph and the steps' declarations: no
+I/O, no executors. `validate_dag` raises the first problem it finds with a
+message that names the step, the field and the fix.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import networkx as nx
+
+from stillhouse.core.errors import (
+    CycleError,
+    DuplicateStepNameError,
+    InvalidMappingError,
+    InvalidResourcesError,
+    MissingInputsError,
+    PipelineValidationError,
+    RoutingError,
+    StepConnectionError,
+)
+
+if TYPE_CHECKING:
+    from stillhouse.core.routing import RoutingBatchFunction
+    from stillhouse.core.step import _Step
+
+
+class DAG:
+    """Steps as nodes, connections as edges, routing functions on their source step."""
+
+    def __init__(self) -> None:
+        self.graph = nx.DiGraph()
+        self.routing: dict[str, RoutingBatchFunction] = {}
+
+    # -- building -------------------------------------------------------------------
+
+    def add_step(self, step: _Step) -> None:
+        if step.name in self.graph:
+            raise DuplicateStepNameError(
+                f"Two steps are named {step.name!r}. Step names must be unique within a "
+                "pipeline: pass a different `name=` to one of them."
+            )
+        self.graph.add_node(step.name, step=step)
+
+    def add_edge(self, source: str, target: str) -> None:
+        for name in (source, target):
+            if name not in self.graph:
+                raise StepConnectionError(f"Step {name!r} is not part of this pipeline.")
+        if source == target:
+            raise CycleError(f"Step {source!r} is connected to itself. Remove that connection.")
+        self.graph.add_edge(source, target)
+
+    def set_routing(self, source: str, routing: RoutingBatchFunction) -> None:
+        self.routing[source] = routing
+
+    # -- reading --------------------------------------------------------------------
+
+    @property
+    def step_names(self) -> list[str]:
+        return list(self.graph.nodes)
+
+    def get_step(self, name: str) -> _Step:
+        try:
+            return self.graph.nodes[name]["step"]
+        except KeyError:
+            raise PipelineValidationError(
+                f"Unknown step {name!r}. Steps in this pipeline: "
+                f"{', '.join(map(repr, self.graph.nodes)) or 'none'}."
+            ) from None
+
+    def __iter__(self):
+        return iter(self.graph.nodes)
+
+    def __len__(self) -> int:
+        return len(self.graph)
+
+    def predecessors(self, name: str) -> list[str]:
+        return list(self.graph.predecessors(name))
+
+    def successors(self, name: str) -> list[str]:
+        return list(self.graph.successors(name))
+
+    @property
+    def roots(self) -> list[str]:
+        return [n for n in self.graph if self.graph.in_degree(n) == 0]
+
+    @property
+    def leaves(self) -> list[str]:
+        return [n for n in self.graph if self.graph.out_degree(n) == 0]
+
+    def topological_order(self) -> list[str]:
+        """A deterministic topological order (ties broken by insertion order)."""
+        position = {name: i for i, name in enumerate(self.graph.nodes)}
+        return list(nx.lexicographical_topological_sort(self.graph, key=position.__getitem__))
+
+    def routed_branches(self, source: str) -> list[str]:
+        return self.successors(source) if source in self.routing else []
+
+
+# -- validation -----------------------------------------------------------------------
+
+
+def validate_dag(dag: DAG) -> None:
+    """Raise a `PipelineValidationError` subclass for the first problem found."""
+    if len(dag) == 0:
+        raise PipelineValidationError(
+            "The pipeline has no steps. Create steps inside `with Pipeline(...) as pipeline:`."
+        )
+    _check_cycles(dag)
+    for name in dag.topological_order():
+        step = dag.get_step(name)
+        _check_connections(dag, step)
+        _check_mappings(step)
+        _check_resources(step)
+        _check_process_signature(dag, step)
+    _check_inputs(dag)
+    _check_routing(dag)
+
+
+def _check_cycles(dag: DAG) -> None:
+    try:
+        cycle = nx.find_cycle(dag.graph)
+    except nx.NetworkXNoCycle:
+        return
+    path = " >> ".join([edge[0] for edge in cycle] + [cycle[0][0]])
+    raise CycleError(f"The steps form a cycle: {path}. Remove one of these connections.")
+
+
+def _check_connections(dag: DAG, step: _Step) -> None:
+    preds = dag.predecessors(step.name)
+    if step.is_generator and preds:
+        raise StepConnectionError(
+            f"Generator step {step.name!r} has predecessors {preds!r}, but generator steps "
+            "produce rows and take no input. Remove the connections into it."
+        )
+    if not step.is_generator and not preds:
+        raise StepConnectionError(
+            f"Step {step.name!r} ({type(step).__name__}) has no predecessor, so it would never "
+            "receive rows. Connect a generator step to it (`loader >> step`) or pass "
+            "`dataset=` to `run()`."
+        )
+
+
+def _check_mappings(step: _Step) -> None:
+    inputs, outputs = step.get_inputs(), step.get_outputs()
+    for key in step.input_mappings:
+        if key not in inputs:
+            raise InvalidMappingError(
+                f"Step {step.name!r}: input_mappings key {key!r} is not one of its inputs "
+                f"{list(inputs)!r}. Keys are the step's input names, values the dataset's columns."
+            )
+    for key in step.output_mappings:
+        if key not in outputs:
+            raise InvalidMappingError(
+                f"Step {step.name!r}: output_mappings key {key!r} is not one of its outputs "
+                f"{list(outputs)!r}. Keys are the step's output names, values the new names."
+            )
+
+
+def _check_resources(step: _Step) -> None:
+    replicas = step.resources.replicas or 1
+    if replicas > 1 and not step.is_normal:
+        kind = "generator" if step.is_generator else "global"
+        raise InvalidResourcesError(
+            f"Step {step.name!r} is a {kind} step with resources.replicas={replicas}; only "
+            "normal steps can have more than one replica. Set replicas=1."
+        )
+
+
+def _check_process_signature(dag: DAG, step: _Step) -> None:
+    if step.is_generator:
+        return
+    preds = dag.predecessors(step.name)
+    if len(preds) <= 1 or _is_convergence_step(dag, step.name):
+        return
+    params = list(inspect.signature(step.process).parameters.values())
+    if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < len(preds):
+        raise StepConnectionError(
+            f"Step {step.name!r} has {len(preds)} predecessors {preds!r} but its process() "
+            f"takes {len(positional)} input(s). Declare `def process(self, *inputs: StepInput)` "
+            "or combine the predecessors first (CombineOutputs)."
+        )
+
+
+def available_columns(dag: DAG, name: str) -> set[str]:
+    """Columns that reach step `name`: what its ancestors output, after their mappings."""
+    columns: set[str] = set()
+    for ancestor in nx.ancestors(dag.graph, name):
+        step = dag.get_step(ancestor)
+        columns.update(step.output_mappings.get(c, c) for c in step.get_outputs())
+    return columns
+
+
+def _check_inputs(dag: DAG) -> None:
+    for name in dag.topological_order():
+        step = dag.get_step(name)
+        if step.is_generator:
+            continue
+        available = available_columns(dag, name)
+        for column, required in step.get_inputs().items():
+            source = step.input_mappings.get(column, column)
+            if required and source not in available:
+                mapped = f" (mapped from {source!r})" if source != column else ""
+                raise MissingInputsError(
+                    f"Step {name!r} needs input column {column!r}{mapped}, but no step before it "
+                    f"produces it. Columns available: {sorted(available)!r}. Add a step that "
+                    f"outputs it, or map it with input_mappings={{{column!r}: '<column>'}}."
+                )
+
+
+def _check_routing(dag: DAG) -> None:
+    for source, routing in dag.routing.items():
+        branches = dag.successors(source)
+        for branch in branches:
+            step = dag.get_step(branch)
+            if not step.is_normal:
+                raise RoutingError(
+                    f"Step {branch!r} follows routing function {routing.name!r} of step "
+                    f"{source!r} but is a {'global' if step.is_global else 'generator'} step; "
+                    "routed branches must be normal steps."
+                )
+        factory = routing._factory
+        if factory is not None and factory[1] == "sample_n_steps":
+            n = factory[2]["n"]
+            if n > len(branches):
+                raise RoutingError(
+                    f"Step {source!r} routes with sample_n_steps({n}) but has only "
+                    f"{len(branches)} successors {branches!r}. Lower n or add successors."
+                )
+        region = routed_region(dag, source)
+        for member in region:
+            if member in dag.routing:
+                raise RoutingError(
+                    f"Step {member!r} routes batches inside the branches routed by step "
+                    f"{source!r}. Nested routing is not supported: converge the branches first."
+                )
+            if dag.get_step(member).is_global:
+                raise RoutingError(
+                    f"Global step {member!r} sits inside the branches routed by step "
+                    f"{source!r}; converge the branches before a global step."
+                )
+    for name in dag.topological_order():
+        contexts = {routing_context(dag, p) for p in dag.predecessors(name)}
+        if len(contexts) > 1 and name not in {c for c in convergence_steps(dag).values()}:
+            raise RoutingError(
+                f"Step {name!r} joins routed and unrouted inputs {dag.predecessors(name)!r}. "
+                "Connect all routed branches of one routing function into it, and nothing else."
+            )
+
+
+# -- routing regions ------------------------------------------------------------------
+
+
+def routed_region(dag: DAG, source: str) -> list[str]:
+    """Steps downstream of `source`'s routing, up to (excluding) the convergence step."""
+    region: list[str] = []
+    for name in dag.topological_order():
+        if routing_context(dag, name) == source:
+            region.append(name)
+    return region
+
+
+def routing_context(dag: DAG, name: str) -> str | None:
+    """The routing step whose branches `name` belongs to, or None."""
+    cache: dict[str, str | None] = dag.__dict__.setdefault("_context_cache", {})
+    if name in cache and cache.get("__n__") == dag.graph.number_of_edges():
+        return cache[name]
+    if cache.get("__n__") != dag.graph.number_of_edges():
+        cache.clear()
+        cache["__n__"] = dag.graph.number_of_edges()
+    for node in dag.topological_order():
+        preds = dag.predecessors(node)
+        routed_from = [p for p in preds if p in dag.routing]
+        if routed_from:
+            cache[node] = routed_from[0]
+            continue
+        inherited = {cache[p] for p in preds}
+        if len(preds) > 1 and len(inherited) == 1 and None not in inherited:
+            cache[node] = cache[next(iter(inherited))]  # the convergence step leaves the region
+        elif len(inherited) == 1:
+            cache[node] = next(iter(inherited))
+        else:
+            cache[node] = None
+    return cache[name]
+
+
+def convergence_steps(dag: DAG) -> dict[str, str]:
+    """`{routing step: its convergence step}` for the routings whose branches rejoin."""
+    result: dict[str, str] = {}
+    for node in dag.topological_order():
+        preds = dag.predecessors(node)
+        if len(preds) < 2:
+            continue
+        contexts = {routing_context(dag, p) for p in preds}
+        if len(contexts) == 1 and None not in contexts:
+            result[next(iter(contexts))] = node
+    return result
+
+
+def _is_convergence_step(dag: DAG, name: str) -> bool:
+    return name in convergence_steps(dag).values()
+
+
+# -- load stages ----------------------------------------------------------------------
+
+LoadGroups = Sequence[Sequence[Any]] | str | None
+
+
+def load_stages(dag: DAG, load_groups: LoadGroups = None) -> list[list[str]]:
+    """Split the steps into stages that are loaded one after the other.
+
+    Each global step starts a new stage, so steps after it are loaded only once it
+    ran. `load_groups` (lists of steps or names) isolate those steps in stages of
+    their own; `"sequential_step_execution"` gives every step its own stage.
+    """
+    order = dag.topological_order()
+    depth: dict[str, int] = {}
+    for name in order:
+        step = dag.get_step(name)
+        base = max((depth[p] + (1 if dag.get_step(p).is_global else 0) for p in dag.predecessors(name)), default=0)
+        depth[name] = base
+    key: dict[str, tuple[int, int]] = {}
+    for name in order:
+        step = dag.get_step(name)
+        key[name] = (2 * depth[name] + (1 if step.is_global else 0), 0)
+    if load_groups == "sequential_step_execution":
+        return [[name] for name in order]
+    if isinstance(load_groups, str):
+        raise PipelineValidationError(
+            f"Unknown load_groups value {load_groups!r}. Pass a list of lists of steps, or "
+            "'sequential_step_execution'."
+        )
+    for index, group in enumerate(load_groups or []):
+        names = [_step_name(item) for item in group]
+        for name in names:
+            if name not in dag.graph:
+                raise PipelineValidationError(
+                    f"load_groups[{index}] names unknown step {name!r}. Steps: {order!r}."
+                )
+        stage = max(key[name][0] for name in names)
+        for name in names:
+            key[name] = (stage, index + 1)
+    ordered_keys = sorted(set(key.values()))
+    stages = [[n for n in order if key[n] == k] for k in ordered_keys]
+    stage_of = {n: i for i, stage in enumerate(stages) for n in stage}
+    for source, target in dag.graph.edges:
+        if stage_of[source] > stage_of[target]:
+            raise PipelineValidationError(
+                f"load_groups put step {target!r} in a stage before its predecessor "
+                f"{source!r}. Put them in the same group or order the groups differently."
+            )
+    return stages
+
+
+def _step_name(item: Any) -> str:
+    return item if isinstance(item, str) else item.name
+
+
+def iter_ancestors(dag: DAG, names: Iterable[str]) -> set[str]:
+    found: set[str] = set()
+    for name in names:
+        found |= nx.ancestors(dag.graph, name)
+    return found

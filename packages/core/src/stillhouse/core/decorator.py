@@ -1,0 +1,102 @@
+"""`@step`: turn a function into a Step class named after it.
+
+The class is given the function's module and qualified name, so it pickles by
+reference (spawn start method, Ray) exactly like a hand-written class does.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, Literal, get_args
+
+from stillhouse.core.runtime import get_type_hints_safe
+from stillhouse.core.step import GeneratorStep, GlobalStep, Step, _Step
+from stillhouse.core.typing import StepColumns
+
+StepType = Literal["normal", "global", "generator"]
+_BASES: dict[str, type[_Step]] = {"normal": Step, "global": GlobalStep, "generator": GeneratorStep}
+
+
+def _is_step_input(hint: Any) -> bool:
+    args = get_args(hint)
+    return bool(args) and args[-1] == "StepInput"
+
+
+def step(
+    inputs: StepColumns | None = None,
+    outputs: StepColumns | None = None,
+    step_type: StepType = "normal",
+) -> Callable[[Callable[..., Any]], type[_Step]]:
+    """Make a Step class from a function.
+
+    Parameters other than the `StepInput`s (and a generator's `offset`) become fields
+    of the class; annotate one `RuntimeParameter[...]` to set it at run time.
+    """
+    if step_type not in _BASES:
+        raise ValueError(
+            f"Unknown step_type {step_type!r}. Expected one of: 'normal', 'global', 'generator'."
+        )
+
+    def decorate(func: Callable[..., Any]) -> type[_Step]:
+        hints = get_type_hints_safe(func)
+        fields: dict[str, Any] = {}
+        annotations: dict[str, Any] = {}
+        takes_offset = False
+        for param in inspect.signature(func).parameters.values():
+            hint = hints.get(param.name, Any)
+            if param.kind is inspect.Parameter.VAR_POSITIONAL or _is_step_input(hint):
+                continue
+            if step_type == "generator" and param.name == "offset":
+                takes_offset = True
+                continue
+            if param.kind is inspect.Parameter.VAR_KEYWORD:
+                continue
+            annotations[param.name] = hints.get(param.name, Any)
+            if param.default is not inspect.Parameter.empty:
+                fields[param.name] = param.default
+        field_names = list(annotations)
+
+        def field_values(self: _Step) -> dict[str, Any]:
+            return {name: getattr(self, name) for name in field_names}
+
+        if step_type == "generator":
+
+            def process(self: GeneratorStep, offset: int = 0) -> Any:
+                if takes_offset:
+                    yield from func(offset=offset, **field_values(self))
+                    return
+                skip = offset
+                for rows, last in func(**field_values(self)):
+                    if skip >= len(rows):
+                        skip -= len(rows)
+                        if last:
+                            yield [], True
+                        continue
+                    yield rows[skip:], last
+                    skip = 0
+
+        else:
+
+            def process(self: Step, *step_inputs: Any) -> Any:
+                yield from func(*step_inputs, **field_values(self))
+
+        namespace: dict[str, Any] = {
+            "__annotations__": annotations,
+            "__module__": func.__module__,
+            "__qualname__": func.__qualname__,
+            "__doc__": func.__doc__,
+            "process": process,
+            "inputs": property(lambda self: list(inputs or [])),
+            "outputs": property(lambda self: list(outputs or [])),
+            **fields,
+        }
+        if isinstance(inputs, dict):
+            namespace["inputs"] = property(lambda self: dict(inputs))
+        if isinstance(outputs, dict):
+            namespace["outputs"] = property(lambda self: dict(outputs))
+        cls = type(func.__name__, (_BASES[step_type],), namespace)
+        cls._stillhouse_function = func  # the source the cache hashes
+        return cls
+
+    return decorate

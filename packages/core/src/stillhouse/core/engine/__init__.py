@@ -1,0 +1,27 @@
+"""The run engine and the interfaces executors, run stores and output writers implement."""
+
+from stillhouse.core.engine.protocol import (
+    BatchKey,
+    BatchRecord,
+    Died,
+    Event,
+    Executor,
+    Failed,
+    Finished,
+    Loaded,
+    MemoryOutputWriter,
+    NullRunStore,
+    NullStepStore,
+    OutputWriter,
+    RunStore,
+    StepStore,
+    Task,
+    TaskResult,
+)
+from stillhouse.core.engine.worker import FatalStepError, StepRunner
+
+__all__ = [
+    "BatchKey", "BatchRecord", "Died", "Event", "Executor", "Failed", "FatalStepError",
+    "Finished", "Loaded", "MemoryOutputWriter", "NullRunStore", "NullStepStore",
+    "OutputWriter", "RunStore", "StepRunner", "StepStore", "Task", "TaskResult",
+]

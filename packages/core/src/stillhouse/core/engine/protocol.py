@@ -1,0 +1,274 @@
+"""What the engine exchanges with executors, run stores and output writers.
+
+These are the only types an executor, a cache or a result writer needs to know.
+An executor moves `Task`s to workers and brings `Event`s back; a worker turns a
+task into a `TaskResult` with `StepRunner` (see `worker.py`), so every executor
+runs steps the same way.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from stillhouse.core.typing import Row
+
+if TYPE_CHECKING:
+    from stillhouse.core.step import _Step
+
+BatchKey = tuple[int, int]
+"""`(lineage, index)`: where a batch sits in its step's output stream. Keys sort in
+stream order; outside routed branches the lineage is 0."""
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """One unit of work for a step.
+
+    Normal and global steps get `inputs` (one list of rows per predecessor).
+    Generator steps get `inputs=None`; the first task a generator replica gets
+    carries the `offset` (rows already produced by an earlier, interrupted run).
+    """
+
+    step_name: str
+    key: BatchKey
+    inputs: list[list[Row]] | None = None
+    offset: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What a worker made of a task.
+
+    `error` is set when a normal step's `process` raised: `rows` then holds the
+    input rows with the step's outputs set to None (SPEC.md §5).
+    """
+
+    step_name: str
+    key: BatchKey
+    rows: list[Row]
+    last: bool = False
+    error: str | None = None
+    seconds: float = 0.0
+
+
+# -- events an executor reports ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    step_name: str
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    result: TaskResult
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A failure that stops the run: `load()`, a global or a generator step raised.
+
+    `exception` is the worker's exception (tracebacks survive pickling via tblib);
+    `traceback` is its formatted text, for logs."""
+
+    step_name: str
+    exception: BaseException
+    traceback: str
+
+
+@dataclass(frozen=True, slots=True)
+class Died:
+    """A worker ended without reporting (killed, segfault, out of memory)."""
+
+    step_name: str
+    replica: int
+    detail: str
+
+
+Event = Loaded | Finished | Failed | Died
+
+
+class Executor(ABC):
+    """Runs step replicas and moves tasks to them.
+
+    Lifecycle: `start()` for the steps of a stage, any number of `send()`s and
+    `events()`, `stop_steps()` when a stage is done, `shutdown()` at the end (also
+    after errors and Ctrl+C). Each replica calls `load()` once, handles tasks with a
+    `StepRunner`, and calls `unload()` when stopped. Tasks of one step may go to any
+    of its replicas; results may come back in any order (the engine reorders them).
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, **options: Any) -> None:
+        self.options = options
+
+    @abstractmethod
+    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+        """Start `step.resources.replicas` workers for each step (each calls `load()`)."""
+
+    @abstractmethod
+    def send(self, task: Task) -> None:
+        """Queue `task` for one replica of `task.step_name`."""
+
+    @abstractmethod
+    def events(self, timeout: float) -> list[Event]:
+        """Events since the last call; wait up to `timeout` seconds for the first one."""
+
+    @abstractmethod
+    def stop_steps(self, names: Sequence[str]) -> None:
+        """Let these steps' replicas `unload()` and end; they get no more tasks."""
+
+    @abstractmethod
+    def shutdown(self, force: bool = False) -> None:
+        """End every worker. `force=True` kills at once (second Ctrl+C, fatal error)."""
+
+
+# -- where outputs are checkpointed ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A finished output batch as a run store keeps it."""
+
+    key: BatchKey
+    rows: list[Row]
+    last: bool = False
+    error: str | None = None
+
+
+class StepStore(ABC):
+    """One step's checkpointed output batches."""
+
+    finished: bool = False
+    batching: int | None = None
+
+    @abstractmethod
+    def get(self, key: BatchKey) -> BatchRecord | None:
+        """The stored batch with this key, if any."""
+
+    @abstractmethod
+    def put(self, record: BatchRecord) -> None:
+        """Store a batch so that it survives the driver being killed right after."""
+
+    @abstractmethod
+    def get_route(self, ordinal: int) -> list[str] | None:
+        """The successors the `ordinal`-th released batch was routed to, if recorded."""
+
+    @abstractmethod
+    def put_route(self, ordinal: int, successors: list[str]) -> None:
+        """Record a routing decision before any successor sees the batch."""
+
+    @abstractmethod
+    def mark_finished(self) -> None:
+        """Every batch of the step is stored: later runs may reuse it whole."""
+
+    def records(self) -> Iterator[BatchRecord]:
+        """Every stored batch in key order (generators are replayed this way)."""
+        return iter(())
+
+
+class RunStore(ABC):
+    """Everything a run keeps on disk. Made by the `stillhouse_make_run_store` hook."""
+
+    run_dir: Any = None
+
+    @abstractmethod
+    def step_store(self, name: str, batching: int | None = None) -> StepStore:
+        """The store of one step (opened, invalidated or reset as the cache decides).
+
+        `batching` is the step's input batch size: stored batches of an unfinished
+        step cut with another size cannot be matched and must be discarded."""
+
+    def data_dir(self) -> Any:
+        """Where the output writer puts leaf rows, or None to keep them in memory."""
+        return None
+
+    def save_progress(self, progress: dict[str, Any]) -> None:
+        """Persist a small summary of where the run is (cheap; called now and then)."""
+
+    def sync(self) -> None:
+        """Make everything written so far durable (fsync)."""
+
+    def close(self, *, completed: bool) -> None:
+        """Release the run (its lock); `completed` when every step finished."""
+
+
+class NullStepStore(StepStore):
+    def get(self, key: BatchKey) -> BatchRecord | None:
+        return None
+
+    def put(self, record: BatchRecord) -> None:
+        pass
+
+    def get_route(self, ordinal: int) -> list[str] | None:
+        return None
+
+    def put_route(self, ordinal: int, successors: list[str]) -> None:
+        pass
+
+    def mark_finished(self) -> None:
+        pass
+
+
+class NullRunStore(RunStore):
+    """No cache installed, or `use_cache=False` without a cache plugin: keep nothing."""
+
+    def step_store(self, name: str, batching: int | None = None) -> StepStore:
+        return NullStepStore()
+
+
+# -- where leaf rows go ---------------------------------------------------------------
+
+
+class OutputWriter(ABC):
+    """Receives every leaf step's rows, in order. Made by `stillhouse_make_output_writer`."""
+
+    @abstractmethod
+    def is_complete(self, leaf: str) -> bool:
+        """This leaf's rows were all written by an earlier run (nothing to replay)."""
+
+    @abstractmethod
+    def begin(self, leaf: str) -> None:
+        """Start (or restart from nothing) this leaf's output."""
+
+    @abstractmethod
+    def write(self, leaf: str, rows: list[Row]) -> None:
+        """Append rows to a leaf's output."""
+
+    @abstractmethod
+    def finish(self, leaf: str) -> None:
+        """The leaf has produced all its rows."""
+
+    def flush(self) -> None:
+        """Make what was written so far durable (before a stop)."""
+
+    @abstractmethod
+    def result(self) -> Any:
+        """What `Pipeline.run()` returns (a Distiset when stillhouse-distiset is installed)."""
+
+
+@dataclass
+class MemoryOutputWriter(OutputWriter):
+    """Keeps leaf rows in memory: `run()` returns `{leaf: rows}` without stillhouse-distiset."""
+
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+
+    def is_complete(self, leaf: str) -> bool:
+        return False
+
+    def begin(self, leaf: str) -> None:
+        self.rows[leaf] = []
+
+    def write(self, leaf: str, rows: list[Row]) -> None:
+        self.rows[leaf].extend(rows)
+
+    def finish(self, leaf: str) -> None:
+        pass
+
+    def result(self) -> dict[str, list[Row]]:
+        return self.rows

@@ -1,0 +1,418 @@
+"""The batch manager: one loop in the driver that owns all scheduling state.
+
+It pulls generators lazily, cuts input batches from predecessors' streams, looks
+each batch up in the run store before sending it to a worker, releases finished
+batches in key order (so output order never depends on timing or replicas),
+routes them, and moves through the load stages.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stillhouse.core.dag import DAG, convergence_steps, routed_region
+from stillhouse.core.engine.protocol import (
+    BatchRecord,
+    Died,
+    Event,
+    Executor,
+    Failed,
+    Finished,
+    Loaded,
+    OutputWriter,
+    Task,
+)
+from stillhouse.core.engine.state import Lineage, StepState
+from stillhouse.core.errors import (
+    EngineError,
+    MisalignedInputsError,
+    RoutingError,
+    StepRuntimeError,
+    WorkerDiedError,
+)
+
+logger = logging.getLogger("stillhouse.engine")
+
+_MIN_BUFFERED_ROWS = 10_000
+_REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being served
+
+
+class Scheduler:
+    """Runs the steps of `states` stage by stage until every step has finished."""
+
+    def __init__(
+        self,
+        dag: DAG,
+        states: dict[str, StepState],
+        stages: list[list[str]],
+        executor: Executor,
+        writer: OutputWriter,
+        *,
+        enable_metadata: bool = False,
+        stop_requested: Callable[[], int] = lambda: 0,
+        on_tick: Callable[[], None] = lambda: None,
+        dry_run_rows: int | None = None,
+    ) -> None:
+        self.dag = dag
+        self.states = states
+        self.stages = stages
+        self.executor = executor
+        self.writer = writer
+        self.enable_metadata = enable_metadata
+        self.stop_requested = stop_requested
+        self.on_tick = on_tick
+        self.dry_run_rows = dry_run_rows
+        self.order = dag.topological_order()
+        self.active: list[StepState] = []
+        self.region_members = {r: routed_region(dag, r) for r in dag.routing}
+        self.convergence = convergence_steps(dag)
+        self.buffer_cap = _MIN_BUFFERED_ROWS
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        for state in self.states.values():
+            if state.mode == "skip":
+                state.finished = True
+            elif state.is_leaf:
+                self.writer.begin(state.name)
+        for stage in self.stages:
+            if all(self.states[name].finished for name in stage):
+                continue
+            self._run_stage(stage)
+
+    def _run_stage(self, stage: list[str]) -> None:
+        stage_set = set(stage) | {s.name for s in self.active}
+        self.active = [self.states[n] for n in self.order if n in stage_set]
+        self._start([self.states[n] for n in self.order if n in stage])
+        while not all(self.states[name].finished for name in stage):
+            if self.stop_requested():
+                self._drain_and_interrupt()
+            progressed = self._advance()
+            if all(self.states[name].finished for name in stage):
+                break
+            inflight = sum(s.inflight for s in self.active)
+            if not progressed and inflight == 0:
+                raise EngineError(self._stuck_message(stage))
+            for event in self.executor.events(0 if progressed else 0.05):
+                self._handle(event)
+            self.on_tick()
+        started = [n for n in stage if self.states[n].started]
+        if started:
+            self.executor.stop_steps(started)
+
+    def _start(self, states: list[StepState]) -> None:
+        to_start = [s for s in states if s.mode == "compute" and not s.finished]
+        if not to_start:
+            return
+        replicas_ibs = sum(s.input_batch_size * s.max_inflight * max(1, len(s.preds)) for s in to_start)
+        self.buffer_cap = max(_MIN_BUFFERED_ROWS, 2 * replicas_ibs)
+        now = time.monotonic()
+        for state in to_start:
+            state.started = True
+            state.stats.started_at = now
+        self.executor.start([s.step for s in to_start], enable_metadata=self.enable_metadata)
+
+    def _advance(self) -> bool:
+        progressed = False
+        for state in self.active:
+            if state.finished:
+                continue
+            if state.step.is_generator or state.mode == "source":
+                progressed |= self._advance_source(state)
+            else:
+                progressed |= self._advance_compute(state)
+            progressed |= self._maybe_finish(state)
+        return progressed
+
+    # -- events --------------------------------------------------------------------------
+
+    def _handle(self, event: Event) -> None:
+        if isinstance(event, Finished):
+            result = event.result
+            state = self.states[result.step_name]
+            state.inflight -= 1
+            state.stats.seconds += result.seconds
+            rows, last = result.rows, result.last
+            if state.step.is_generator:
+                state.pulling = False
+                if self.dry_run_rows is not None:
+                    rows, last = rows[: self.dry_run_rows], True
+            record = BatchRecord(result.key, rows, last, result.error)
+            state.store.put(record)
+            self._accept(state, record, cached=False)
+        elif isinstance(event, Failed):
+            raise StepRuntimeError(
+                f"Step {event.step_name!r} failed and the run stopped: "
+                f"{type(event.exception).__name__}: {event.exception}\n"
+                f"Worker traceback:\n{event.traceback}\n"
+                "Finished work is cached; fix the step and run again to resume.",
+                step_name=event.step_name,
+            ) from event.exception
+        elif isinstance(event, Died):
+            raise WorkerDiedError(
+                f"A worker of step {event.step_name!r} (replica {event.replica}) died: "
+                f"{event.detail}. This is usually the system killing it (out of memory) or "
+                "a crash in native code. Finished work is cached; run again to resume.",
+                step_name=event.step_name,
+            )
+        elif isinstance(event, Loaded):
+            logger.debug("Step %r replica %d loaded", event.step_name, event.replica)
+
+    # -- generators and replays of finished steps --------------------------------------
+
+    def _advance_source(self, state: StepState) -> bool:
+        progressed = False
+        for _ in range(_REPLAY_CHUNK):
+            if state.pulling or state.source_done or not self._can_pull():
+                break
+            if state.mode == "source":
+                if state.replay is None:
+                    state.replay = state.store.records()
+                record = next(state.replay, None)  # type: ignore[call-overload]
+                if record is None:
+                    state.source_done = True
+                    return True
+                state.dispatched.append(record.key)
+                self._accept(state, record, cached=True)
+                progressed = True
+                continue
+            key = (0, state.next_index)
+            record = state.store.get(key) if state.replay is None else None
+            state.next_index += 1
+            state.dispatched.append(key)
+            progressed = True
+            if record is not None:
+                state.offset += len(record.rows)
+                self._accept(state, record, cached=True)
+                continue
+            state.replay = iter(())  # from here on the worker produces every batch
+            state.pulling = True
+            state.inflight += 1
+            self.executor.send(Task(state.name, key, None, state.offset))
+        return progressed
+
+    def _can_pull(self) -> bool:
+        buffered = sum(s.buffered() + len(s.results) for s in self.active if not s.finished)
+        if buffered < self.buffer_cap:
+            return True
+        return sum(s.inflight for s in self.active) == 0
+
+    # -- cutting input batches ---------------------------------------------------------
+
+    def _advance_compute(self, state: StepState) -> bool:
+        progressed = False
+        while state.lineages:
+            lineage_id, lineage = next(iter(state.lineages.items()))
+            if not lineage.input_closed:
+                progressed |= self._cut(state, lineage_id, lineage)
+            if lineage.input_closed and lineage.outstanding == 0:
+                del state.lineages[lineage_id]
+                self._close_lineage(state, lineage_id)
+                progressed = True
+                continue
+            break
+        return progressed
+
+    def _cut(self, state: StepState, lineage_id: int, lineage: Lineage) -> bool:
+        if state.step.is_global:
+            if not lineage.all_closed():
+                return False
+            lineage.input_closed = True
+            if any(lineage.buffers[p] for p in lineage.expected):
+                inputs = [lineage.buffers.pop(p) for p in lineage.expected]
+                lineage.buffers = {p: [] for p in lineage.expected}
+                self._issue(state, lineage, (lineage_id, 0), inputs)
+            return True
+        size = state.input_batch_size
+        progressed = False
+        while True:
+            counts = [len(lineage.buffers[p]) for p in lineage.expected]
+            available = min(counts, default=0)
+            closed = lineage.all_closed()
+            if closed and len(set(counts)) > 1:
+                self._misaligned(state, lineage, counts)
+            if available < size and not (closed and available > 0):
+                if closed:
+                    lineage.input_closed = True
+                    return True
+                return progressed
+            take = min(available, size)
+            key = (lineage_id, lineage.next_index)
+            record = state.store.get(key)
+            if record is None and (state.inflight >= state.max_inflight or self.stop_requested()):
+                return progressed
+            inputs = []
+            for pred in lineage.expected:
+                rows = lineage.buffers[pred]
+                inputs.append(rows[:take])
+                del rows[:take]
+            self._issue(state, lineage, key, inputs, record)
+            progressed = True
+
+    def _issue(
+        self,
+        state: StepState,
+        lineage: Lineage,
+        key: tuple[int, int],
+        inputs: list[list[Any]],
+        record: BatchRecord | None = None,
+    ) -> None:
+        lineage.next_index += 1
+        lineage.outstanding += 1
+        state.dispatched.append(key)
+        state.stats.rows_in += len(inputs[0]) if inputs else 0
+        if record is None and state.step.is_global:
+            record = state.store.get(key)
+        if record is not None:
+            self._accept(state, record, cached=True)
+            return
+        state.inflight += 1
+        self.executor.send(Task(state.name, key, inputs))
+
+    def _misaligned(self, state: StepState, lineage: Lineage, counts: list[int]) -> None:
+        detail = ", ".join(f"{p!r}: {n} rows" for p, n in zip(lineage.expected, counts, strict=True))
+        raise MisalignedInputsError(
+            f"Step {state.name!r} gets rows from {len(lineage.expected)} predecessors, but they "
+            f"produced different numbers of rows ({detail} left to align). Rows cannot be "
+            "paired. If one of them filters rows, filter after joining instead, or connect "
+            "the step to a single predecessor.",
+            step_name=state.name,
+        )
+
+    # -- releasing finished batches in order -------------------------------------------
+
+    def _accept(self, state: StepState, record: BatchRecord, *, cached: bool) -> None:
+        state.results[record.key] = record
+        if cached:
+            state.stats.cached_batches += 1
+        while state.dispatched and state.dispatched[0] in state.results:
+            key = state.dispatched.popleft()
+            self._emit(state, state.results.pop(key))
+
+    def _emit(self, state: StepState, record: BatchRecord) -> None:
+        rows = record.rows
+        state.stats.batches += 1
+        state.stats.rows_out += len(rows)
+        if record.error:
+            state.stats.failed_batches += 1
+        if state.is_leaf and rows:
+            self.writer.write(state.name, rows)
+        if len(state.succs) > 1 or (state.is_leaf and state.succs):
+            rows = _Fresh(rows)  # in-process executors must not let consumers share dicts
+        if state.step.is_generator or state.mode == "source":
+            if record.last or (state.step.is_generator and self.dry_run_rows is not None):
+                state.source_done = True
+        elif record.key[0] in state.lineages:
+            state.lineages[record.key[0]].outstanding -= 1
+        if state.name in self.dag.routing:
+            self._route(state, rows)
+        else:
+            lineage_id = record.key[0] if state.region is not None else 0
+            for succ in state.succs:
+                target = self.states[succ].lineages.get(lineage_id)
+                if target is not None:
+                    target.buffers[state.name].extend(rows)
+                    rows = _Fresh.again(rows)
+        state.released += 1
+
+    def _route(self, state: StepState, rows: list[Any]) -> None:
+        ordinal = state.released
+        chosen = state.store.get_route(ordinal)
+        if chosen is None:
+            chosen = self.dag.routing[state.name](list(state.succs))
+            unknown = [name for name in chosen if name not in state.succs]
+            if unknown:
+                raise RoutingError(
+                    f"The routing function of step {state.name!r} returned {unknown!r}, which "
+                    f"are not its successors {state.succs!r}. Return names from the list it gets."
+                )
+            chosen = list(dict.fromkeys(chosen))
+            state.store.put_route(ordinal, chosen)
+        reached = set(chosen)
+        members = self.region_members[state.name]
+        convergence = self.convergence.get(state.name)
+        for name in members + ([convergence] if convergence else []):
+            target = self.states[name]
+            if name not in reached and any(p in reached for p in target.preds):
+                reached.add(name)
+            expected = [p for p in target.preds if p in reached or p == state.name]
+            if name in reached and expected:
+                target.lineages[ordinal] = Lineage.for_preds(expected)
+        for name in chosen:
+            lineage = self.states[name].lineages[ordinal]
+            rows = _Fresh.again(rows)
+            lineage.buffers[state.name].extend(rows)
+            lineage.closed.add(state.name)
+
+    def _close_lineage(self, state: StepState, lineage_id: int) -> None:
+        if state.region is None:
+            return  # outside branches the only lineage closes when the step finishes
+        for succ in state.succs:
+            target = self.states[succ].lineages.get(lineage_id)
+            if target is not None:
+                target.closed.add(state.name)
+
+    def _maybe_finish(self, state: StepState) -> bool:
+        if state.finished or state.inflight or state.dispatched:
+            return False
+        if state.step.is_generator or state.mode == "source":
+            if not state.source_done:
+                return False
+        elif state.lineages or len(state.finished_preds) < len(state.preds):
+            return False
+        state.finished = True
+        state.stats.ended_at = time.monotonic()
+        if state.mode == "compute":
+            state.store.mark_finished()
+        if state.is_leaf:
+            self.writer.finish(state.name)
+        for succ in state.succs:
+            target = self.states[succ]
+            target.finished_preds.add(state.name)
+            if not target.lineaged and 0 in target.lineages:
+                target.lineages[0].closed.add(state.name)
+        return True
+
+    # -- stopping ------------------------------------------------------------------------
+
+    def _drain_and_interrupt(self) -> None:
+        """First Ctrl+C: send nothing new, store what is in flight, then interrupt."""
+        logger.warning("Stopping: waiting for %d batch(es) in flight; press Ctrl+C again to kill.",
+                       sum(s.inflight for s in self.active))
+        while sum(s.inflight for s in self.active):
+            for event in self.executor.events(0.1):
+                if isinstance(event, Finished | Died | Failed):
+                    try:
+                        self._handle(event)
+                    except StepRuntimeError:
+                        logger.exception("A step failed while stopping")
+                        raise KeyboardInterrupt from None
+            self.on_tick()
+        raise KeyboardInterrupt
+
+    def _stuck_message(self, stage: list[str]) -> str:
+        waiting = {
+            s.name: {
+                "lineages": {k: (v.expected, sorted(v.closed), v.buffered()) for k, v in list(s.lineages.items())[:3]},
+                "finished_preds": sorted(s.finished_preds),
+                "dispatched": list(s.dispatched)[:3],
+            }
+            for s in self.active
+            if not s.finished
+        }
+        return f"The engine cannot make progress in stage {stage!r}; waiting steps: {waiting}. Please report this."
+
+
+class _Fresh(list):
+    """Rows that must be copied before a second consumer gets them."""
+
+    def __init__(self, rows: list[Any]) -> None:
+        super().__init__(dict(row) for row in rows)
+
+    @staticmethod
+    def again(rows: list[Any]) -> list[Any]:
+        return _Fresh(rows) if isinstance(rows, _Fresh) else rows

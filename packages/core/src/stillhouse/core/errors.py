@@ -1,0 +1,116 @@
+"""Every exception stillhouse raises on purpose, one class per phase.
+
+Each class derives from a builtin as well, so callers that catch `ValueError` or
+`RuntimeError` keep working. Messages say what happened, show the bad value, list
+what was expected and say how to fix it.
+"""
+
+from __future__ import annotations
+
+
+class StillhouseError(Exception):
+    """Base class of every stillhouse error."""
+
+
+# -- validation (raised before any worker starts) ---------------------------------
+
+
+class PipelineValidationError(StillhouseError, ValueError):
+    """The pipeline as defined cannot run; nothing has started."""
+
+
+class DuplicateStepNameError(PipelineValidationError):
+    """Two steps of one pipeline share a name."""
+
+
+class CycleError(PipelineValidationError):
+    """The connections form a cycle."""
+
+
+class StepConnectionError(PipelineValidationError):
+    """A step is connected in a way its type does not allow."""
+
+
+class MissingInputsError(PipelineValidationError):
+    """A step needs a column that no step upstream produces."""
+
+
+class InvalidMappingError(PipelineValidationError):
+    """An `input_mappings`/`output_mappings` key is not an input/output of the step."""
+
+
+class RuntimeParameterError(PipelineValidationError):
+    """A runtime parameter is missing or has a bad value."""
+
+
+class InvalidResourcesError(PipelineValidationError):
+    """`StepResources` asks for something the step type or machine cannot give."""
+
+
+class MissingRequirementsError(PipelineValidationError):
+    """A requirement declared by the pipeline or a step is not installed."""
+
+
+class RoutingError(PipelineValidationError):
+    """A routing batch function is used in a way the engine cannot honour."""
+
+
+class UnknownExecutorError(PipelineValidationError):
+    """No installed plugin provides the requested executor."""
+
+
+class DatasetArgumentError(PipelineValidationError):
+    """`run(dataset=...)` was given where it cannot be used, or is not a dataset."""
+
+
+# -- serialization and plugins ----------------------------------------------------
+
+
+class SerializationError(StillhouseError, ValueError):
+    """A pipeline file cannot be read or names something that cannot be resolved."""
+
+
+class PluginError(StillhouseError, RuntimeError):
+    """A plugin failed to load, or registered something invalid."""
+
+
+class MissingPluginError(PluginError):
+    """A piece of stillhouse that lives in another distribution is not installed."""
+
+
+# -- running ----------------------------------------------------------------------
+
+
+class StepRuntimeError(StillhouseError, RuntimeError):
+    """A step failed in a way that stops the run (load, global or generator step)."""
+
+    def __init__(self, message: str, *, step_name: str | None = None) -> None:
+        super().__init__(message)
+        self.step_name = step_name
+
+
+class WorkerDiedError(StepRuntimeError):
+    """A worker process or actor ended without saying why (killed, segfault, OOM)."""
+
+
+class MisalignedInputsError(StepRuntimeError):
+    """A step's predecessors produced different numbers of rows."""
+
+
+class EngineError(StillhouseError, RuntimeError):
+    """The engine reached a state it should never reach (a bug: please report it)."""
+
+
+# -- cache --------------------------------------------------------------------------
+
+
+class CacheError(StillhouseError, RuntimeError):
+    """The cache cannot be used as it is."""
+
+
+class CacheLockedError(CacheError):
+    """Another run of the same pipeline holds the cache."""
+
+
+class CorruptCacheError(CacheError):
+    """A cache file is damaged or was written by something else."""

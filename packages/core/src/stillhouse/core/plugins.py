@@ -1,0 +1,107 @@
+"""The plugin manager: loads `stillhouse` entry points and collects what they register."""
+
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from stillhouse.core import hookspecs
+from stillhouse.core.errors import MissingPluginError, PluginError, UnknownExecutorError
+
+logger = logging.getLogger("stillhouse.plugins")
+
+DISABLE_ENV = "STILLHOUSE_DISABLE_PLUGINS"
+"""Comma-separated entry-point names not to load (e.g. `cache` to run without checkpoints)."""
+
+
+@dataclass
+class Registry:
+    executors: dict[str, type] = field(default_factory=dict)
+    steps: dict[str, type] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+def _disabled() -> set[str]:
+    return {name.strip() for name in os.environ.get(DISABLE_ENV, "").split(",") if name.strip()}
+
+
+@functools.cache
+def _manager(disabled: frozenset[str]) -> tuple[pluggy.PluginManager, dict[str, str]]:
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    origins: dict[str, str] = {}
+    for entry_point in importlib.metadata.entry_points(group=hookspecs.PROJECT):
+        if entry_point.name in disabled or manager.has_plugin(entry_point.name):
+            continue
+        try:
+            module = entry_point.load()
+        except Exception as exc:
+            raise PluginError(
+                f"The stillhouse plugin {entry_point.name!r} ({entry_point.value}) failed to "
+                f"load: {type(exc).__name__}: {exc}. Reinstall it, or skip it with "
+                f"{DISABLE_ENV}={entry_point.name}."
+            ) from exc
+        manager.register(module, name=entry_point.name)
+        dist = entry_point.dist.name if entry_point.dist else "?"
+        origins[entry_point.name] = f"{dist} ({entry_point.value})"
+    manager.check_pending()
+    return manager, origins
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    return _manager(frozenset(_disabled()))[0]
+
+
+def plugin_origins() -> dict[str, str]:
+    """`{entry point name: "distribution (module)"}` of every loaded plugin."""
+    return dict(_manager(frozenset(_disabled()))[1])
+
+
+def registry() -> Registry:
+    """Everything the installed plugins register (recomputed on each call: cheap)."""
+    found = Registry()
+    manager = plugin_manager()
+    for plugin_name, plugin in manager.list_name_plugin():
+        origin = plugin_origins().get(plugin_name, plugin_name)
+
+        def add_executor(name: str, cls: type, origin: str = origin) -> None:
+            found.executors[name] = cls
+            found.sources[f"executor:{name}"] = origin
+
+        def add_step(cls: type, origin: str = origin) -> None:
+            found.steps[cls.__name__] = cls
+            found.sources[f"step:{cls.__name__}"] = origin
+
+        if hasattr(plugin, "register_executors"):
+            plugin.register_executors(register=add_executor)
+        if hasattr(plugin, "register_steps"):
+            plugin.register_steps(register=add_step)
+    return found
+
+
+def executor_class(name: str) -> type:
+    executors = registry().executors
+    if name in executors:
+        return executors[name]
+    installed = ", ".join(sorted(executors)) or "none"
+    hint = " Install stillhouse-executors (`pip install stillhouse-executors`)." if not executors else ""
+    raise UnknownExecutorError(
+        f"Unknown executor {name!r}. Installed executors: {installed}.{hint} "
+        "Pass one of them as `Pipeline(executor=...)`."
+    )
+
+
+def first_result(hook: str, **kwargs: Any) -> Any:
+    return getattr(plugin_manager().hook, hook)(**kwargs)
+
+
+def require(value: Any, what: str, distribution: str) -> Any:
+    if value is None:
+        raise MissingPluginError(f"No {what} is installed. Install {distribution}.")
+    return value

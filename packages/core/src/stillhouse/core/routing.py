@@ -1,0 +1,152 @@
+"""Routing batch functions: which successors a step's batch goes to.
+
+`a >> route >> [b, c]` sends each batch of `a` to the successors `route`
+chooses. The engine calls the function once per batch and records the answer, so
+a resumed run routes exactly as the interrupted one did.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, overload
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from stillhouse.core.errors import RoutingError, SerializationError
+
+if TYPE_CHECKING:
+    from stillhouse.core.step import _Step
+
+RoutingFunction = Callable[[list[str]], list[str]]
+
+
+class RoutingBatchFunction(BaseModel):
+    """Wraps `fn(steps: list[str]) -> list[str]` so it can sit between steps with `>>`."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    routing_function: RoutingFunction
+    description: str | None = None
+
+    _step: Any = PrivateAttr(default=None)
+    _factory: tuple[str, str, dict[str, Any]] | None = PrivateAttr(default=None)
+
+    def __call__(self, steps: list[str]) -> list[str]:
+        return list(self.routing_function(steps))
+
+    def _set_upstream(self, step: _Step) -> None:
+        if self._step is not None and self._step is not step:
+            raise RoutingError(
+                f"Routing function {self.name!r} already follows step {self._step.name!r}, "
+                f"so it cannot also follow {step.name!r}. Create one routing function per step."
+            )
+        self._step = step
+
+    def __rshift__(self, other: list[_Step]) -> list[_Step]:
+        from stillhouse.core.step import _Step
+
+        if not isinstance(other, list) or not all(isinstance(s, _Step) for s in other):
+            raise RoutingError(
+                f"A routing function must be followed by a list of steps, got {other!r}. "
+                "Write `step >> route >> [step_a, step_b]`."
+            )
+        if self._step is None:
+            raise RoutingError(
+                f"Routing function {self.name!r} has no upstream step. "
+                "Write `step >> route >> [step_a, step_b]`."
+            )
+        self._step.connect(*other, routing_batch_function=self)
+        return other
+
+    @property
+    def name(self) -> str:
+        if self._factory is not None:
+            return self._factory[1]
+        return getattr(self.routing_function, "__name__", "routing_function")
+
+    def dump(self) -> dict[str, Any]:
+        """The serialisable description of this function (also its signature input)."""
+        if self._factory is not None:
+            module, name, kwargs = self._factory
+        else:
+            fn = self.routing_function
+            module, name, kwargs = fn.__module__, fn.__qualname__, {}
+        return {
+            "description": self.description,
+            "type_info": {"module": module, "name": name},
+            "kwargs": kwargs,
+        }
+
+    @classmethod
+    def from_dump(cls, data: dict[str, Any]) -> RoutingBatchFunction:
+        info = data.get("type_info") or {}
+        module, name = info.get("module"), info.get("name")
+        try:
+            target = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError, TypeError, ValueError) as error:
+            raise SerializationError(
+                f"Cannot resolve routing function {module}.{name}: {error}. "
+                "Make sure the module that defines it is importable."
+            ) from error
+        kwargs = data.get("kwargs") or {}
+        if isinstance(target, RoutingBatchFunction):
+            copy = cls(routing_function=target.routing_function, description=target.description)
+            copy._factory = target._factory
+            return copy
+        made = target(**kwargs) if kwargs or getattr(target, "_is_routing_factory", False) else None
+        if isinstance(made, RoutingBatchFunction):
+            return made
+        return cls(routing_function=target, description=data.get("description"))
+
+
+@overload
+def routing_batch_function(func: RoutingFunction) -> RoutingBatchFunction: ...
+@overload
+def routing_batch_function(
+    func: None = None, *, description: str | None = None
+) -> Callable[[RoutingFunction], RoutingBatchFunction]: ...
+def routing_batch_function(func=None, *, description=None):
+    """Decorate `fn(steps) -> steps` to use it between steps; with or without `()`."""
+
+    def wrap(fn: RoutingFunction) -> RoutingBatchFunction:
+        return RoutingBatchFunction(routing_function=fn, description=description or fn.__doc__)
+
+    return wrap(func) if func is not None else wrap
+
+
+def _routing_factory(fn: Callable[..., RoutingBatchFunction]) -> Callable[..., RoutingBatchFunction]:
+    """Mark a function that builds routing functions, so YAML can rebuild them."""
+
+    @functools.wraps(fn)
+    def build(*args: Any, **kwargs: Any) -> RoutingBatchFunction:
+        kwargs = dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+        made = fn(**kwargs)
+        made._factory = (fn.__module__, fn.__name__, kwargs)
+        return made
+
+    build._is_routing_factory = True  # type: ignore[attr-defined]
+    return build
+
+
+@_routing_factory
+def sample_n_steps(n: int) -> RoutingBatchFunction:
+    """Send each batch to `n` successors chosen at random."""
+    if n < 1:
+        raise RoutingError(f"sample_n_steps needs n >= 1, got n={n!r}.")
+
+    def sample(steps: list[str]) -> list[str]:
+        if n > len(steps):
+            raise RoutingError(
+                f"sample_n_steps({n}) cannot choose {n} of only {len(steps)} successors "
+                f"{steps!r}. Lower n or add successors."
+            )
+        return random.sample(steps, n)
+
+    return RoutingBatchFunction(
+        routing_function=sample, description=f"Sample {n} steps from the list of provided steps."
+    )
+

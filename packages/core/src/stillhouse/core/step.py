@@ -1,0 +1,281 @@
+"""Steps: the units of work of a pipeline, as pydantic models.
+
+`Step` processes batches, `GlobalStep` processes all rows at once and
+`GeneratorStep` produces rows. This module also holds the `>>` wiring and the
+mapping of column names; it knows nothing of how steps are scheduled or run.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import warnings
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+
+from stillhouse.core import _context
+from stillhouse.core.runtime import RuntimeParameter, RuntimeParametersMixin
+from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
+
+if TYPE_CHECKING:
+    from stillhouse.core.routing import RoutingBatchFunction
+
+_NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+
+
+# `Optional[RuntimeParameter[...]]` is how distilabel (and so our users) spell an optional
+# runtime parameter; pydantic >= 2.12 warns about the Field() inside the union, harmlessly.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+
+    class StepResources(RuntimeParametersMixin, BaseModel):
+        """What each replica of a step needs.
+
+        Attributes:
+            replicas: How many copies of the step run side by side (normal steps only).
+            cpus: CPUs per replica (used by the "ray" executor).
+            gpus: GPUs per replica; "mp" sets `CUDA_VISIBLE_DEVICES` for each replica.
+            memory: Memory per replica in bytes (used by the "ray" executor).
+            resources: Custom resources per replica (used by the "ray" executor).
+        """
+
+        model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+        replicas: RuntimeParameter[PositiveInt] = Field(default=1)
+        cpus: RuntimeParameter[PositiveInt] | None = None
+        gpus: RuntimeParameter[PositiveInt] | None = None
+        memory: RuntimeParameter[PositiveInt] | None = None
+        resources: RuntimeParameter[dict[str, int]] | None = None
+
+
+def infer_step_name(class_name: str, taken: set[str]) -> str:
+    """snake_case of the class name plus the first free `_<n>` suffix."""
+    base = re.sub(r"(?<!^)(?=[A-Z])", "_", class_name).lower()
+    n = 0
+    while f"{base}_{n}" in taken:
+        n += 1
+    return f"{base}_{n}"
+
+
+class _Step(RuntimeParametersMixin, BaseModel, ABC):
+    """What every step has: a name, column mappings, resources and its pipeline."""
+
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
+    )
+
+    name: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    resources: StepResources = Field(default_factory=StepResources)
+    pipeline: Any = Field(default=None, exclude=True, repr=False)
+    input_mappings: dict[str, str] = Field(default_factory=dict)
+    output_mappings: dict[str, str] = Field(default_factory=dict)
+    use_cache: bool = True
+
+    _built_from_decorator: bool = PrivateAttr(default=False)
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        if self.pipeline is None:
+            self.pipeline = _context.current_pipeline.get()
+        if not self.name:
+            taken = set(self.pipeline.dag.step_names) if self.pipeline is not None else set()
+            self.name = infer_step_name(type(self).__name__, taken)
+        if self.pipeline is not None:
+            self.pipeline._add_step(self)
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # A step travels to workers alone; its pipeline (and every other step) stays home.
+        state = super().__getstate__()
+        state["__dict__"] = {**state["__dict__"], "pipeline": None}
+        return state
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def _describe(self) -> str:
+        return f"step {self.name!r}"
+
+    # -- wiring ---------------------------------------------------------------------
+
+    def connect(self, *steps: _Step, routing_batch_function: RoutingBatchFunction | None = None) -> None:
+        """Connect this step to `steps` (the same as `self >> steps`)."""
+        if self.pipeline is None:
+            from stillhouse.core.errors import StepConnectionError
+
+            raise StepConnectionError(
+                f"Step {self.name!r} belongs to no pipeline, so it cannot be connected. "
+                "Create it inside `with Pipeline(...) as pipeline:` or pass `pipeline=`."
+            )
+        for other in steps:
+            if other.pipeline is not self.pipeline:
+                from stillhouse.core.errors import StepConnectionError
+
+                raise StepConnectionError(
+                    f"Steps {self.name!r} and {other.name!r} belong to different pipelines. "
+                    "Create both inside the same `with Pipeline(...)` block."
+                )
+            self.pipeline._add_edge(self.name, other.name)
+        if routing_batch_function is not None:
+            routing_batch_function._set_upstream(self)
+            self.pipeline._set_routing(self.name, routing_batch_function)
+
+    def __rshift__(self, other: Any) -> Any:
+        from stillhouse.core.routing import RoutingBatchFunction
+
+        if isinstance(other, _Step):
+            self.connect(other)
+            return other
+        if isinstance(other, list) and all(isinstance(s, _Step) for s in other):
+            self.connect(*other)
+            return other
+        if isinstance(other, RoutingBatchFunction):
+            other._set_upstream(self)
+            return other
+        return NotImplemented
+
+    def __rrshift__(self, other: list[_Step]) -> Self:
+        if isinstance(other, list) and all(isinstance(s, _Step) for s in other):
+            for step in other:
+                step.connect(self)
+            return self
+        return NotImplemented
+
+    # -- kind and columns -----------------------------------------------------------
+
+    @property
+    def is_generator(self) -> bool:
+        return isinstance(self, GeneratorStep)
+
+    @property
+    def is_global(self) -> bool:
+        return isinstance(self, GlobalStep)
+
+    @property
+    def is_normal(self) -> bool:
+        return not self.is_generator and not self.is_global
+
+    @property
+    def inputs(self) -> StepColumns:
+        """Columns the step reads: a list, or `{column: required}`."""
+        return []
+
+    @property
+    def outputs(self) -> StepColumns:
+        """Columns the step writes: a list, or `{column: required}`."""
+        return []
+
+    def get_inputs(self) -> dict[str, bool]:
+        return _columns(self.inputs)
+
+    def get_outputs(self) -> dict[str, bool]:
+        return _columns(self.outputs)
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Called once in each replica's worker before the first batch."""
+
+    def unload(self) -> None:
+        """Called once in each replica's worker after the last batch."""
+
+    def impute_step_outputs(self, rows: list[Row]) -> list[Row]:
+        """Rows of a failed batch: the input rows with every output column set to None."""
+        outputs = [self.output_mappings.get(c, c) for c in self.get_outputs()]
+        return [{**row, **dict.fromkeys(outputs)} for row in rows]
+
+    def _map_output(self, row: Row, overridden: Row) -> Row:
+        inverse_inputs = self.input_mappings
+        result = {}
+        for key, value in row.items():
+            result[self.output_mappings.get(key) or inverse_inputs.get(key) or key] = value
+        for key, value in overridden.items():
+            result.setdefault(key, value)
+        return result
+
+
+def _columns(columns: StepColumns) -> dict[str, bool]:
+    return dict(columns) if isinstance(columns, dict) else dict.fromkeys(columns, True)
+
+
+class Step(_Step, ABC):
+    """A step that receives batches of `input_batch_size` rows from its predecessors.
+
+    Attributes:
+        input_batch_size: How many rows each call of `process` receives.
+    """
+
+    input_batch_size: RuntimeParameter[PositiveInt] = Field(default=50)
+
+    @abstractmethod
+    def process(self, *inputs: StepInput) -> StepOutput:
+        """Yield lists of output rows; one `StepInput` per predecessor."""
+
+    @property
+    def process_parameters(self) -> list[inspect.Parameter]:
+        return list(inspect.signature(self.process).parameters.values())
+
+    def process_applying_mappings(self, *inputs: list[Row]) -> StepOutput:
+        """Run `process` with `input_mappings` applied on the way in and
+        `output_mappings` on the way out; columns hidden by a mapping are restored."""
+        if not self.input_mappings:
+            for rows in self.process(*inputs):
+                if self.output_mappings:
+                    yield [self._map_output(row, {}) for row in rows]
+                else:
+                    yield rows
+            return
+        renamed, overridden = self._apply_input_mappings(inputs)
+        for rows in self.process(*renamed):
+            n = len(overridden) or 1
+            yield [
+                self._map_output(row, overridden[i % n] if overridden else {})
+                for i, row in enumerate(rows)
+            ]
+
+    def _apply_input_mappings(self, inputs: tuple[list[Row], ...]) -> tuple[list[list[Row]], list[Row]]:
+        to_step = {data_col: step_col for step_col, data_col in self.input_mappings.items()}
+        renamed_inputs: list[list[Row]] = []
+        overridden_rows: list[Row] = []
+        for position, rows in enumerate(inputs):
+            renamed_rows = []
+            for row in rows:
+                renamed: Row = {}
+                overridden: Row = {}
+                for key, value in row.items():
+                    target = to_step.get(key, key)
+                    if target != key and target in row and len(inputs) == 1:
+                        overridden[target] = row[target]
+                    if target == key and key in renamed:
+                        continue  # already filled from a mapped column
+                    renamed[target] = value
+                renamed_rows.append(renamed)
+                if position == 0:
+                    overridden_rows.append(overridden)
+            renamed_inputs.append(renamed_rows)
+        return renamed_inputs, overridden_rows
+
+
+class GlobalStep(Step, ABC):
+    """A step that receives every row of its predecessors in one call."""
+
+
+class GeneratorStep(_Step, ABC):
+    """A step that produces rows; it has no predecessors.
+
+    Attributes:
+        batch_size: How many rows each yielded batch holds.
+    """
+
+    batch_size: RuntimeParameter[int] = Field(default=50)
+
+    @abstractmethod
+    def process(self, offset: int = 0) -> GeneratorStepOutput:
+        """Yield `(rows, is_last_batch)`, skipping the first `offset` rows."""
+
+    def process_applying_mappings(self, offset: int = 0) -> GeneratorStepOutput:
+        for rows, last in self.process(offset=offset):
+            if self.output_mappings:
+                rows = [self._map_output(row, {}) for row in rows]
+            yield rows, last

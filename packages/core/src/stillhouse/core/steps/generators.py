@@ -1,0 +1,55 @@
+"""Steps that produce rows from data the user already has."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from stillhouse.core.step import GeneratorStep
+from stillhouse.core.typing import GeneratorStepOutput, Row
+
+
+class LoadDataFromDicts(GeneratorStep):
+    """Yields the rows of `data` in batches of `batch_size`.
+
+    Attributes:
+        data: The rows, as a list of dicts (all rows should share their keys).
+    """
+
+    data: list[dict[str, Any]] = Field(default_factory=list, exclude=False)
+
+    @property
+    def outputs(self) -> list[str]:
+        return list(self.data[0]) if self.data else []
+
+    def process(self, offset: int = 0) -> GeneratorStepOutput:
+        size = self.batch_size or 50
+        if offset >= len(self.data):
+            yield [], True
+            return
+        for start in range(offset, len(self.data), size):
+            end = start + size
+            rows: list[Row] = [dict(row) for row in self.data[start:end]]
+            yield rows, end >= len(self.data)
+
+
+def make_generator_step(
+    dataset: Any,
+    pipeline: Any = None,
+    batch_size: int = 50,
+    input_mappings: dict[str, str] | None = None,
+    output_mappings: dict[str, str] | None = None,
+) -> LoadDataFromDicts:
+    """A generator step over a list of dicts, a `datasets.Dataset` or a pandas DataFrame."""
+    from stillhouse.core.pipeline import _dataset_rows
+
+    kwargs: dict[str, Any] = {
+        "data": _dataset_rows(dataset),
+        "batch_size": batch_size,
+        "input_mappings": input_mappings or {},
+        "output_mappings": output_mappings or {},
+    }
+    if pipeline is not None:
+        kwargs["pipeline"] = pipeline
+    return LoadDataFromDicts(**kwargs)
