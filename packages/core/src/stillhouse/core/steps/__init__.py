@@ -1,5 +1,20 @@
 """Built-in steps (same behaviour as distilabel's)."""
 
+from stillhouse.core.steps.columns import (
+    CombineOutputs,
+    ExpandColumns,
+    GroupColumns,
+    KeepColumns,
+    MergeColumns,
+)
 from stillhouse.core.steps.generators import LoadDataFromDicts, make_generator_step
 
-__all__ = ["LoadDataFromDicts", "make_generator_step"]
+__all__ = [
+    "CombineOutputs",
+    "ExpandColumns",
+    "GroupColumns",
+    "KeepColumns",
+    "LoadDataFromDicts",
+    "MergeColumns",
+    "make_generator_step",
+]

@@ -1,0 +1,135 @@
+"""Small filesystem helpers shared by the writer, the reader and `Distiset`.
+
+Every location may be a local path, a `pathlib.Path` or an fsspec URL. Local paths
+go through `os` so that writes can be fsynced; everything else goes through fsspec.
+Nothing here knows about Parquet, datasets or the Hub.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import posixpath
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import fsspec
+from fsspec.core import url_to_fs
+from fsspec.implementations.local import LocalFileSystem
+
+PathLike = str | os.PathLike[str]
+
+
+def resolve(location: PathLike, storage_options: dict[str, Any] | None = None):
+    """`(filesystem, path inside it)` for a local path or an fsspec URL."""
+    fs, path = url_to_fs(os.fspath(location), **(storage_options or {}))
+    return fs, path.rstrip("/") or path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    return isinstance(fs, LocalFileSystem)
+
+
+def join(*parts: str) -> str:
+    return posixpath.join(*parts)
+
+
+def public(fs: fsspec.AbstractFileSystem, path: str) -> Path | str:
+    """How a location is shown to users: a `Path` when local, else a URL."""
+    return Path(path) if is_local(fs) else fs.unstrip_protocol(path)
+
+
+def atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file so that readers see either nothing or all of it.
+
+    The bytes go to a hidden temporary name in the same folder (so the rename stays on
+    one filesystem), are flushed and fsynced, then renamed over `path`. A crash leaves
+    at most a `.*.tmp` file behind, which no reader ever lists.
+    """
+    directory, name = posixpath.split(path)
+    tmp = join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
+    if is_local(fs):
+        os.makedirs(directory, exist_ok=True)
+        try:
+            with open(tmp, "wb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        _fsync_dir(directory)
+        return
+    fs.makedirs(directory, exist_ok=True)
+    try:
+        with fs.open(tmp, "wb") as handle:
+            write(handle)
+        fs.mv(tmp, path)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            fs.rm(tmp)
+        raise
+
+
+def _fsync_dir(directory: str) -> None:
+    # The rename is durable only once the directory entry is; Windows cannot open dirs.
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def list_entries(
+    fs: fsspec.AbstractFileSystem, directory: str, *, hidden: bool = False
+) -> list[dict[str, Any]]:
+    """The entries of a folder (`[]` when it does not exist); `.`-names only if `hidden`."""
+    try:
+        entries = fs.ls(directory, detail=True, refresh=True)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except TypeError:  # filesystems whose `ls` takes no `refresh`
+        try:
+            entries = fs.ls(directory, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+    if hidden:
+        return entries
+    return [e for e in entries if not posixpath.basename(e["name"].rstrip("/")).startswith(".")]
+
+
+def subdirectories(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
+    """Names of the folders directly inside `directory`, sorted."""
+    return sorted(
+        posixpath.basename(e["name"].rstrip("/"))
+        for e in list_entries(fs, directory)
+        if e.get("type") == "directory"
+    )
+
+
+def read_bytes(location: PathLike, storage_options: dict[str, Any] | None = None) -> bytes:
+    fs, path = resolve(location, storage_options)
+    return fs.cat_file(path)
+
+
+def exists(location: PathLike, storage_options: dict[str, Any] | None = None) -> bool:
+    fs, path = resolve(location, storage_options)
+    return fs.exists(path)
+
+
+def files_under(location: PathLike, storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    """`(path relative to location, file location)` of every file below `location`."""
+    fs, root = resolve(location, storage_options)
+    if not fs.isdir(root):
+        return []
+    return [
+        (path[len(root) :].lstrip("/"), str(public(fs, path)))
+        for path in sorted(fs.find(root))
+        if not posixpath.basename(path).startswith(".")
+    ]

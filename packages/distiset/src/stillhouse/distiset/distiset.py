@@ -1,0 +1,244 @@
+"""`Distiset`: a pipeline's results, one `datasets.DatasetDict` per leaf step.
+
+Saving and loading live here; building a Distiset from a run's Parquet files is
+`reader.py`, pushing it to the Hugging Face Hub is `hub.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Self
+
+from datasets import DatasetDict
+
+from stillhouse.distiset._storage import (
+    PathLike,
+    atomic_write,
+    files_under,
+    join,
+    list_entries,
+    public,
+    read_bytes,
+    resolve,
+)
+
+SAVED_PIPELINE = "pipeline.yaml"
+SAVED_LOG = "pipeline.log"
+SAVED_ARTIFACTS = "artifacts"
+
+
+def _as_location(value: PathLike | None) -> Path | str | None:
+    """A local file as a `Path`, anything else (s3://, memory://) as its URL."""
+    if value is None:
+        return None
+    text = os.fspath(value)
+    if "://" in text and not text.startswith("file://"):
+        return text
+    return Path(text.removeprefix("file://"))
+
+
+class Distiset(dict):
+    """The results of a pipeline: leaf step name -> `datasets.DatasetDict`.
+
+    Each value has a `"train"` split (and `"test"` after `train_test_split`). A
+    pipeline with a single leaf step gives a single entry named `"default"`.
+
+    Attributes:
+        pipeline_path: The `pipeline.yaml` that made these results, if known
+            (a `Path`, or a URL for remote storage).
+        log_filename_path: The run's `pipeline.log`, if known.
+        artifacts_path: The folder of files steps saved as artifacts, if any;
+            `artifacts` lists them per step.
+        storage_options: fsspec options used to read the files above, if remote.
+    """
+
+    _pipeline_path: Path | str | None = None
+    _log_filename_path: Path | str | None = None
+    _artifacts_path: Path | str | None = None
+    storage_options: dict[str, Any] | None = None
+    run_summary: list[dict[str, Any]] | None = None
+    """Per-step rows and timings of the run, shown in the dataset card when set."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A temporary results folder the Datasets are mapped from, kept alive with them.
+        self._owned_dir: Any = None
+
+    @property
+    def pipeline_path(self) -> Path | str | None:
+        return self._pipeline_path
+
+    @pipeline_path.setter
+    def pipeline_path(self, value: PathLike | None) -> None:
+        self._pipeline_path = _as_location(value)
+
+    @property
+    def log_filename_path(self) -> Path | str | None:
+        return self._log_filename_path
+
+    @log_filename_path.setter
+    def log_filename_path(self, value: PathLike | None) -> None:
+        self._log_filename_path = _as_location(value)
+
+    @property
+    def artifacts_path(self) -> Path | str | None:
+        """The folder holding `<step>/<files>` saved by steps as artifacts, if any."""
+        return self._artifacts_path
+
+    @artifacts_path.setter
+    def artifacts_path(self, value: PathLike | None) -> None:
+        self._artifacts_path = _as_location(value)
+
+    @property
+    def artifacts(self) -> dict[str, list[str]]:
+        """`{step name: [file, ...]}` for the files under `artifacts_path`."""
+        found: dict[str, list[str]] = {}
+        for relative, location in self.artifact_files():
+            found.setdefault(relative.split("/", 1)[0], []).append(location)
+        return found
+
+    def artifact_files(self) -> list[tuple[str, str]]:
+        """`(path relative to artifacts_path, file location)` of every artifact file."""
+        if self.artifacts_path is None:
+            return []
+        return files_under(self.artifacts_path, self.storage_options)
+
+    # -- transforming ---------------------------------------------------------------
+
+    def train_test_split(self, train_size: float, shuffle: bool = True, seed: int | None = None) -> Self:
+        """Split every leaf's `"train"` split into `"train"` and `"test"`, in place.
+
+        Args:
+            train_size: Fraction of rows that stay in `"train"`, between 0 and 1.
+            shuffle: Shuffle the rows before splitting.
+            seed: Seed of the shuffle, for a reproducible split.
+
+        Returns:
+            This Distiset.
+        """
+        if not 0 < train_size < 1:
+            raise ValueError(f"train_size must be between 0 and 1 (exclusive), got {train_size!r}.")
+        for name, splits in self.items():
+            train = splits["train"]
+            if len(train) == 0:
+                # datasets refuses to split nothing; an empty leaf has empty splits.
+                self[name] = DatasetDict({"train": train, "test": train})
+                continue
+            self[name] = train.train_test_split(train_size=train_size, shuffle=shuffle, seed=seed)
+        return self
+
+    # -- disk -----------------------------------------------------------------------
+
+    def save_to_disk(
+        self, distiset_path: PathLike, storage_options: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
+        """Save every leaf under `<distiset_path>/<leaf>/`, with the pipeline files beside.
+
+        `pipeline.yaml` and `pipeline.log` are copied to `distiset_path`, and step
+        artifacts to `<distiset_path>/artifacts/<step>/`.
+
+        Args:
+            distiset_path: A local path or an fsspec URL (`s3://...`, `memory://...`).
+            storage_options: fsspec options for `distiset_path`.
+            **kwargs: Passed to `datasets.DatasetDict.save_to_disk` (`max_shard_size`,
+                `num_shards`, `num_proc`).
+        """
+        fs, root = resolve(distiset_path, storage_options)
+        for name, splits in self.items():
+            splits.save_to_disk(
+                fs.unstrip_protocol(join(root, name)), storage_options=storage_options, **kwargs
+            )
+        for source, filename in ((self.pipeline_path, SAVED_PIPELINE), (self.log_filename_path, SAVED_LOG)):
+            if source is not None:
+                self._copy(source, fs, join(root, filename))
+        for relative, location in self.artifact_files():
+            self._copy(location, fs, join(root, SAVED_ARTIFACTS, relative))
+
+    def _copy(self, source: PathLike, fs: Any, target: str) -> None:
+        payload = read_bytes(source, self.storage_options if "://" in os.fspath(source) else None)
+        atomic_write(fs, target, lambda handle: handle.write(payload))
+
+    @classmethod
+    def load_from_disk(
+        cls,
+        distiset_path: PathLike,
+        storage_options: dict[str, Any] | None = None,
+        keep_in_memory: bool | None = None,
+    ) -> Self:
+        """Load a Distiset written by `save_to_disk` (a local path or an fsspec URL)."""
+        fs, root = resolve(distiset_path, storage_options)
+        if not fs.isdir(root):
+            raise FileNotFoundError(
+                f"No saved Distiset at {os.fspath(distiset_path)!r}: it is not a folder. "
+                "Pass the path given to `Distiset.save_to_disk`."
+            )
+        distiset = cls()
+        for entry in sorted(list_entries(fs, root), key=lambda e: e["name"]):
+            leaf_dir = entry["name"].rstrip("/")
+            # A leaf folder is one datasets wrote; `artifacts/` and stray folders are not.
+            if entry.get("type") == "directory" and fs.exists(join(leaf_dir, "dataset_dict.json")):
+                location = str(public(fs, leaf_dir))
+                distiset[os.path.basename(leaf_dir)] = DatasetDict.load_from_disk(
+                    location, keep_in_memory=keep_in_memory, storage_options=storage_options
+                )
+        if not distiset:
+            raise FileNotFoundError(
+                f"{os.fspath(distiset_path)!r} holds no saved leaf (no `<leaf>/dataset_dict.json`). "
+                "Pass the path given to `Distiset.save_to_disk`."
+            )
+        for filename, attribute in ((SAVED_PIPELINE, "pipeline_path"), (SAVED_LOG, "log_filename_path")):
+            if fs.exists(join(root, filename)):
+                setattr(distiset, attribute, public(fs, join(root, filename)))
+        if fs.isdir(join(root, SAVED_ARTIFACTS)):
+            distiset.artifacts_path = public(fs, join(root, SAVED_ARTIFACTS))
+        distiset.storage_options = storage_options
+        return distiset
+
+    # -- hub ------------------------------------------------------------------------
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        private: bool = False,
+        token: str | None = None,
+        generate_card: bool = True,
+        include_script: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Push every leaf to a Hub dataset repository as a configuration named after it.
+
+        Then a dataset card (`README.md`), `pipeline.yaml`, `pipeline.log` and any
+        artifacts are added in one commit. The token is sent to the Hub, never logged.
+
+        Args:
+            repo_id: `<user or org>/<name>` of the dataset repository (created if needed).
+            private: Create the repository as private (an existing one is left as is).
+            token: A Hub token; defaults to `HF_TOKEN` or the one saved by `hf auth login`.
+            generate_card: Write the dataset card.
+            include_script: Upload the script that was run (`sys.argv[0]`) if it exists.
+            **kwargs: Passed to `datasets.DatasetDict.push_to_hub` (`max_shard_size`, ...).
+        """
+        from stillhouse.distiset.hub import push_distiset
+
+        push_distiset(
+            self,
+            repo_id,
+            private=private,
+            token=token,
+            generate_card=generate_card,
+            include_script=include_script,
+            **kwargs,
+        )
+
+    # -- display --------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        body = "\n".join(f"{name}: {splits}" for name, splits in self.items())
+        body = re.sub(r"^", " " * 4, body, flags=re.M)
+        return f"Distiset({{\n{body}\n}})"
+
+    def row_counts(self) -> dict[str, dict[str, int]]:
+        """`{leaf: {split: rows}}`."""
+        return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in self.items()}

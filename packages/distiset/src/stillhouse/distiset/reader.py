@@ -1,0 +1,179 @@
+"""Rebuilding results from a run's `data/` folder: `create_distiset`.
+
+Each leaf folder holds Parquet files written in row order, whose schemas may
+differ (a column None in early files and filled later, or missing from some
+rows). They are unified here, once, into one Arrow file per leaf in the datasets
+cache and memory-mapped, so a large result never has to fit in memory. The cache
+file is named after the Parquet files it was made from, so a second
+`create_distiset` over the same data reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+from collections.abc import Sequence
+from typing import Any
+
+import datasets
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from datasets import Dataset, DatasetDict
+
+from stillhouse.core.engine.worker import METADATA_COLUMN
+from stillhouse.distiset._storage import (
+    PathLike,
+    atomic_write,
+    join,
+    list_entries,
+    public,
+    resolve,
+    subdirectories,
+)
+from stillhouse.distiset.distiset import Distiset
+from stillhouse.distiset.writer import FILE_ID_KEY, LeafSchemaError
+
+logger = logging.getLogger("stillhouse.distiset")
+
+PIPELINE_FILENAME = "pipeline.yaml"
+LOG_FILENAME = "pipeline.log"
+ARTIFACTS_DIRNAME = "artifacts"
+# Fields of an fsspec listing entry that change when a file is rewritten; which ones
+# exist depends on the filesystem (local, memory, S3, GCS).
+_VERSION_FIELDS = ("size", "mtime", "created", "LastModified", "ETag", "md5Hash")
+
+
+def create_distiset(
+    data_dir: PathLike,
+    pipeline_path: PathLike | None = None,
+    log_filename_path: PathLike | None = None,
+    enable_metadata: bool = False,
+    dag: Any = None,
+) -> Distiset:
+    """Rebuild a run's results from its `data/` folder (`<data_dir>/<leaf>/*.parquet`).
+
+    Args:
+        data_dir: The folder the output writer filled: a path or an fsspec URL.
+        pipeline_path: The `pipeline.yaml` to attach; defaults to the one next to
+            `data_dir` (`<data_dir>/../pipeline.yaml`) if there is one.
+        log_filename_path: The `pipeline.log` to attach; same default.
+        enable_metadata: Keep the `stillhouse_metadata` column.
+        dag: The pipeline's DAG: its `leaves` give the configurations and their order.
+            Without it, every folder in `data_dir` is a leaf, in name order.
+
+    Returns:
+        A `Distiset` with one `DatasetDict` (split `"train"`) per leaf, or a single
+        `"default"` entry when there is one leaf.
+    """
+    return build_distiset(
+        data_dir,
+        leaves=list(dag.leaves) if dag is not None else None,
+        pipeline_path=pipeline_path,
+        log_filename_path=log_filename_path,
+        enable_metadata=enable_metadata,
+    )
+
+
+def build_distiset(
+    data_dir: PathLike,
+    *,
+    leaves: Sequence[str] | None,
+    pipeline_path: PathLike | None = None,
+    log_filename_path: PathLike | None = None,
+    enable_metadata: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    cache_dir: str | None = None,
+) -> Distiset:
+    """`create_distiset` with the knobs the output writer needs (no public contract)."""
+    fs, root = resolve(data_dir, storage_options)
+    if leaves is None:
+        if not fs.isdir(root):
+            raise FileNotFoundError(
+                f"No results folder at {os.fspath(data_dir)!r}. `create_distiset` expects the "
+                "`data` folder of a run (`<cache dir>/<pipeline name>/<signature>/data`)."
+            )
+        leaves = subdirectories(fs, root)
+    cache_dir = cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "stillhouse")
+
+    distiset = Distiset()
+    for leaf in leaves:
+        dataset = load_leaf(fs, join(root, leaf), leaf=leaf, cache_dir=cache_dir)
+        if not enable_metadata and METADATA_COLUMN in dataset.column_names:
+            dataset = dataset.remove_columns(METADATA_COLUMN)
+        distiset[leaf] = DatasetDict({"train": dataset})
+    if len(distiset) == 1:
+        distiset["default"] = distiset.pop(next(iter(distiset)))
+
+    run_dir = posixpath.dirname(root)
+    distiset.pipeline_path = pipeline_path or _if_exists(fs, join(run_dir, PIPELINE_FILENAME))
+    distiset.log_filename_path = log_filename_path or _if_exists(fs, join(run_dir, LOG_FILENAME))
+    if fs.isdir(join(run_dir, ARTIFACTS_DIRNAME)):
+        distiset.artifacts_path = public(fs, join(run_dir, ARTIFACTS_DIRNAME))
+    distiset.storage_options = storage_options
+    return distiset
+
+
+def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, cache_dir: str) -> Dataset:
+    """One leaf's rows, in file order, as a memory-mapped `Dataset`."""
+    entries = sorted(
+        (e for e in list_entries(fs, directory) if e["name"].endswith(".parquet")),
+        key=lambda e: _file_order(e["name"]),
+    )
+    if not entries:
+        return Dataset.from_dict({})
+    schemas = [_read_schema(fs, e["name"]) for e in entries]
+    try:
+        schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LeafSchemaError(
+            f"The Parquet files of leaf {leaf!r} in {fs.unstrip_protocol(directory)!r} have "
+            f"incompatible column types: {exc}. The step produced one column with two types; "
+            "convert its values to one type and run the pipeline again."
+        ) from exc
+
+    path = os.path.join(cache_dir, f"{leaf}-{_fingerprint(fs, entries, schemas)}.arrow")
+    if not os.path.exists(path):
+        logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
+        local = fsspec.filesystem("file")
+        atomic_write(local, path, lambda handle: _write_unified(fs, entries, schema, handle))
+    return Dataset.from_file(path)
+
+
+def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle) -> None:
+    with pa.ipc.new_stream(handle, schema) as stream:
+        for entry in entries:
+            with fs.open(entry["name"], "rb") as source:
+                table = pq.read_table(source).replace_schema_metadata(None)
+            # Concatenating after an empty table of the unified schema adds missing
+            # columns as nulls and promotes types (null -> string, struct fields, ...).
+            table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
+            stream.write_table(table.select(schema.names).cast(schema))
+
+
+def _read_schema(fs: fsspec.AbstractFileSystem, path: str) -> pa.Schema:
+    with fs.open(path, "rb") as handle:
+        return pq.read_schema(handle)
+
+
+def _file_order(path: str) -> tuple[int, str]:
+    # Numbered files sort by number, so 100000.parquet comes after 99999.parquet.
+    stem = posixpath.basename(path).removesuffix(".parquet")
+    return (int(stem), stem) if stem.isdigit() else (2**63, stem)
+
+
+def _fingerprint(fs, entries: list[dict[str, Any]], schemas: list[pa.Schema]) -> str:
+    parts = []
+    for entry, schema in zip(entries, schemas, strict=True):
+        version = {k: str(entry[k]) for k in _VERSION_FIELDS if k in entry}
+        file_id = (schema.metadata or {}).get(FILE_ID_KEY, b"").decode()
+        parts.append([fs.unstrip_protocol(entry["name"]), file_id, version])
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _if_exists(fs: fsspec.AbstractFileSystem, path: str):
+    return public(fs, path) if fs.exists(path) else None
+

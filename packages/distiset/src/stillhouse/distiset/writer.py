@@ -1,0 +1,238 @@
+"""The output writer: streams every leaf step's rows to Parquet files as they arrive.
+
+Layout: `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order, then a
+`_COMPLETE` marker once the leaf has produced all its rows. Files are never
+rewritten: a column that is None in early files and filled later is reconciled
+when the results are read (`reader.py`), so memory stays bounded by one file's
+worth of rows per leaf however long the run. Reading results back does not belong
+here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stillhouse.core.engine.protocol import OutputWriter
+from stillhouse.core.errors import EngineError, StillhouseError
+from stillhouse.core.typing import Row
+from stillhouse.distiset._storage import (
+    PathLike,
+    atomic_write,
+    join,
+    list_entries,
+    resolve,
+)
+
+logger = logging.getLogger("stillhouse.distiset")
+
+DEFAULT_ROWS_PER_FILE = 1000
+# Rows are flushed early past this many bytes so a leaf with huge rows (long texts,
+# embeddings, images) cannot hold hundreds of MB waiting for `rows_per_file` rows.
+DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
+COMPLETE_MARKER = "_COMPLETE"
+FILE_ID_KEY = b"stillhouse.file_id"
+"""Parquet schema metadata naming each file uniquely, so readers can cache by it."""
+
+
+class LeafSchemaError(StillhouseError, TypeError):
+    """A leaf step produced values that cannot share one column type."""
+
+
+@dataclass
+class _LeafBuffer:
+    tables: list[pa.Table] = field(default_factory=list)
+    rows: int = 0
+    nbytes: int = 0
+    next_file: int = 0
+    written_rows: int = 0
+
+
+class ParquetOutputWriter(OutputWriter):
+    """Writes leaf rows to `<data_dir>/<leaf>/NNNNN.parquet` and returns a `Distiset`.
+
+    Args:
+        data_dir: Where the leaf folders go: a path or an fsspec URL. None makes a
+            temporary folder that lives as long as this writer and its result.
+        leaves: The leaf step names, in DAG order (the order of the Distiset).
+        pipeline_path: The run's `pipeline.yaml`, attached to the Distiset if it exists.
+        log_path: The run's `pipeline.log`, likewise.
+        enable_metadata: Keep the `stillhouse_metadata` column in the results.
+        rows_per_file: Rows per Parquet file.
+        max_buffer_bytes: Write buffered rows early once they take this much memory.
+        storage_options: fsspec options for a `data_dir` URL.
+    """
+
+    def __init__(
+        self,
+        data_dir: PathLike | None = None,
+        leaves: Sequence[str] = (),
+        *,
+        pipeline_path: PathLike | None = None,
+        log_path: PathLike | None = None,
+        enable_metadata: bool = False,
+        rows_per_file: int = DEFAULT_ROWS_PER_FILE,
+        max_buffer_bytes: int = DEFAULT_MAX_BUFFER_BYTES,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if rows_per_file < 1:
+            raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file!r}.")
+        self._owned_dir: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._owned_dir = tempfile.TemporaryDirectory(prefix="stillhouse-results-")
+            data_dir = join(self._owned_dir.name, "data")
+        self.data_dir = data_dir
+        self.leaves = list(leaves)
+        self.pipeline_path = pipeline_path
+        self.log_path = log_path
+        self.enable_metadata = enable_metadata
+        self.rows_per_file = rows_per_file
+        self.max_buffer_bytes = max_buffer_bytes
+        self.storage_options = storage_options
+        self._fs, self._root = resolve(data_dir, storage_options)
+        self._buffers: dict[str, _LeafBuffer] = {}
+
+    # -- OutputWriter ---------------------------------------------------------------
+
+    def is_complete(self, leaf: str) -> bool:
+        return self._fs.exists(join(self._leaf_dir(leaf), COMPLETE_MARKER))
+
+    def begin(self, leaf: str) -> None:
+        directory = self._leaf_dir(leaf)
+        marker = join(directory, COMPLETE_MARKER)
+        # The marker goes first: a crash half-way through the cleanup must not leave a
+        # "complete" leaf with some of its files missing.
+        if self._fs.exists(marker):
+            self._fs.rm(marker)
+        # Hidden entries too: temporary files of an interrupted write.
+        for entry in list_entries(self._fs, directory, hidden=True):
+            self._fs.rm(entry["name"], recursive=entry.get("type") == "directory")
+        self._fs.makedirs(directory, exist_ok=True)
+        self._buffers[leaf] = _LeafBuffer()
+
+    def write(self, leaf: str, rows: list[Row]) -> None:
+        buffer = self._buffer(leaf)
+        if not rows:
+            return
+        table = rows_to_table(leaf, rows)
+        buffer.tables.append(table)
+        buffer.rows += table.num_rows
+        buffer.nbytes += table.nbytes
+        if buffer.nbytes >= self.max_buffer_bytes:
+            self._drain(leaf, buffer, everything=True)
+        elif buffer.rows >= self.rows_per_file:
+            self._drain(leaf, buffer, everything=False)
+
+    def finish(self, leaf: str) -> None:
+        buffer = self._buffer(leaf)
+        self._drain(leaf, buffer, everything=True)
+        summary = {"rows": buffer.written_rows, "files": buffer.next_file}
+        payload = json.dumps(summary).encode()
+        atomic_write(self._fs, join(self._leaf_dir(leaf), COMPLETE_MARKER), lambda f: f.write(payload))
+        logger.debug("Leaf %r complete: %d rows in %d files.", leaf, *summary.values())
+
+    def flush(self) -> None:
+        for leaf, buffer in self._buffers.items():
+            self._drain(leaf, buffer, everything=True)
+
+    def result(self) -> Any:
+        """The `Distiset` of everything written so far."""
+        from stillhouse.distiset.reader import build_distiset
+
+        self.flush()
+        distiset = build_distiset(
+            self.data_dir,
+            leaves=self.leaves or None,
+            pipeline_path=self.pipeline_path,
+            log_filename_path=self.log_path,
+            enable_metadata=self.enable_metadata,
+            storage_options=self.storage_options,
+            cache_dir=join(self._owned_dir.name, "cache") if self._owned_dir else None,
+        )
+        # The Datasets map files inside the temporary folder: keep it alive with them.
+        distiset._owned_dir = self._owned_dir
+        return distiset
+
+    # -- internals ------------------------------------------------------------------
+
+    @property
+    def buffered_rows(self) -> dict[str, int]:
+        """Rows held in memory per leaf, not yet in a file."""
+        return {leaf: buffer.rows for leaf, buffer in self._buffers.items()}
+
+    def _leaf_dir(self, leaf: str) -> str:
+        return join(self._root, leaf)
+
+    def _buffer(self, leaf: str) -> _LeafBuffer:
+        try:
+            return self._buffers[leaf]
+        except KeyError:
+            raise EngineError(
+                f"The output writer got rows for leaf {leaf!r} before `begin({leaf!r})`. "
+                f"Leaves begun: {sorted(self._buffers) or 'none'}."
+            ) from None
+
+    def _drain(self, leaf: str, buffer: _LeafBuffer, *, everything: bool) -> None:
+        """Write full files of `rows_per_file` rows (and the remainder if `everything`)."""
+        if not buffer.rows:
+            return
+        table = concat_tables(leaf, buffer.tables)
+        offset = 0
+        while table.num_rows - offset >= self.rows_per_file:
+            self._write_file(leaf, buffer, table.slice(offset, self.rows_per_file))
+            offset += self.rows_per_file
+        rest = table.slice(offset)
+        if everything and rest.num_rows:
+            self._write_file(leaf, buffer, rest)
+            rest = rest.slice(rest.num_rows)
+        buffer.tables = [rest] if rest.num_rows else []
+        buffer.rows = rest.num_rows
+        buffer.nbytes = rest.nbytes if rest.num_rows else 0
+
+    def _write_file(self, leaf: str, buffer: _LeafBuffer, table: pa.Table) -> None:
+        path = join(self._leaf_dir(leaf), f"{buffer.next_file:05d}.parquet")
+        metadata = {**(table.schema.metadata or {}), FILE_ID_KEY: uuid.uuid4().hex.encode()}
+        table = table.replace_schema_metadata(metadata)
+        atomic_write(self._fs, path, lambda handle: pq.write_table(table, handle))
+        buffer.next_file += 1
+        buffer.written_rows += table.num_rows
+
+
+def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
+    """An Arrow table of `rows`; a key missing from some rows is None there."""
+    names = dict.fromkeys(key for row in rows for key in row)
+    columns: dict[str, pa.Array] = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            columns[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            kinds = sorted({type(v).__name__ for v in values if v is not None})
+            raise LeafSchemaError(
+                f"Leaf step {leaf!r} produced values of different types in column {name!r} "
+                f"({', '.join(kinds)}): {exc}. A column must hold one type (None is allowed): "
+                "convert the values in the step, for example with `json.dumps`."
+            ) from exc
+    return pa.table(columns)
+
+
+def concat_tables(leaf: str, tables: list[pa.Table]) -> pa.Table:
+    """Concatenate tables whose columns differ or were all-None in some of them."""
+    if len(tables) == 1:
+        return tables[0]
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise LeafSchemaError(
+            f"Leaf step {leaf!r} produced a column whose type changed between batches: "
+            f"{exc}. A column must hold one type (None is allowed): convert the values in "
+            "the step, for example with `json.dumps`."
+        ) from exc

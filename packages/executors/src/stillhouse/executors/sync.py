@@ -1,0 +1,115 @@
+"""The "sync" executor: every step runs in the calling thread, one task at a time.
+
+For debugging: `breakpoint()` inside `process()` stops in the driver's terminal,
+and a traceback goes straight from the engine into the step. Nothing here may
+start a thread or a process.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from stillhouse.core.engine import Event, Executor, Failed, Finished, Loaded, StepRunner, Task
+from stillhouse.core.errors import EngineError
+from stillhouse.core.step import _Step
+
+from stillhouse.executors._common import check_options, failed_event
+
+
+class SyncExecutor(Executor):
+    """Runs each step in the calling thread: `events()` runs exactly one pending task.
+
+    Loading is lazy: the first `events()` after `start()` loads the new steps and
+    reports them. A step runs as one copy whatever its `replicas`; every replica is
+    still reported as loaded, so the engine's bookkeeping matches the other executors.
+    """
+
+    name: ClassVar[str] = "sync"
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, ())
+        super().__init__(**options)
+        self._runners: dict[str, StepRunner] = {}
+        self._to_load: list[str] = []
+        self._load_failures: dict[str, Failed] = {}
+        self._tasks: deque[Task] = deque()
+        self._pending: list[Event] = []
+
+    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+        for step in steps:
+            if step.name in self._runners:
+                raise EngineError(f"Step {step.name!r} was started twice without being stopped.")
+            self._runners[step.name] = StepRunner(step, replica=0, enable_metadata=enable_metadata)
+            self._to_load.append(step.name)
+
+    def send(self, task: Task) -> None:
+        if task.step_name not in self._runners:
+            raise EngineError(
+                f"A task was sent to step {task.step_name!r}, which is not running. "
+                f"Running steps: {sorted(self._runners)}."
+            )
+        self._tasks.append(task)
+
+    def events(self, timeout: float) -> list[Event]:
+        # Nothing can happen while we wait (there is no other worker), so never sleep.
+        if self._pending:
+            events, self._pending = self._pending, []
+            return events
+        if self._to_load:
+            events: list[Event] = []
+            while self._to_load:
+                events.extend(self._load(self._to_load.pop(0)))
+            return events
+        if self._tasks:
+            return [self._run(self._tasks.popleft())]
+        return []
+
+    def stop_steps(self, names: Sequence[str]) -> None:
+        for name in names:
+            # Tasks sent before the stop still run, as they would on the other executors.
+            mine = [task for task in self._tasks if task.step_name == name]
+            self._tasks = deque(task for task in self._tasks if task.step_name != name)
+            for task in mine:
+                event = self._run(task)
+                self._pending.append(event)
+            self._end(name)
+
+    def shutdown(self, force: bool = False) -> None:
+        # unload() runs even when forced: nothing needs killing, and an in-process model
+        # left loaded would hold its memory for the rest of the interpreter's life.
+        self._tasks.clear()
+        self._pending.clear()
+        for name in list(self._runners):
+            self._end(name)
+
+    def _load(self, name: str) -> list[Event]:
+        runner = self._runners[name]
+        try:
+            runner.load()
+        except Exception as exc:
+            failed = failed_event(name, exc)
+            self._load_failures[name] = failed
+            return [failed]
+        return [Loaded(name, replica) for replica in range(runner.step.resources.replicas)]
+
+    def _run(self, task: Task) -> Event:
+        name = task.step_name
+        if name in self._to_load:
+            self._to_load.remove(name)
+            self._pending.extend(self._load(name))
+        if name in self._load_failures:
+            return self._load_failures[name]
+        try:
+            return Finished(self._runners[name].run(task))
+        except Exception as exc:
+            return failed_event(name, exc)
+
+    def _end(self, name: str) -> None:
+        runner = self._runners.pop(name, None)
+        if name in self._to_load:
+            self._to_load.remove(name)
+        elif runner is not None and name not in self._load_failures:
+            runner.unload()
+        self._load_failures.pop(name, None)
