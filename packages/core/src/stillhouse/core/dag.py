@@ -318,18 +318,10 @@ def load_stages(dag: DAG, load_groups: LoadGroups = None) -> list[list[str]]:
 
     Each global step starts a new stage, so steps after it are loaded only once it
     ran. `load_groups` (lists of steps or names) isolate those steps in stages of
-    their own; `"sequential_step_execution"` gives every step its own stage.
+    their own, and the steps after a group wait for it as they wait for a global
+    step; `"sequential_step_execution"` gives every step its own stage.
     """
     order = dag.topological_order()
-    depth: dict[str, int] = {}
-    for name in order:
-        step = dag.get_step(name)
-        base = max((depth[p] + (1 if dag.get_step(p).is_global else 0) for p in dag.predecessors(name)), default=0)
-        depth[name] = base
-    key: dict[str, tuple[int, int]] = {}
-    for name in order:
-        step = dag.get_step(name)
-        key[name] = (2 * depth[name] + (1 if step.is_global else 0), 0)
     if load_groups == "sequential_step_execution":
         return [[name] for name in order]
     if isinstance(load_groups, str):
@@ -337,6 +329,11 @@ def load_stages(dag: DAG, load_groups: LoadGroups = None) -> list[list[str]]:
             f"Unknown load_groups value {load_groups!r}. Pass a list of lists of steps, or "
             "'sequential_step_execution'."
         )
+    # A group (a user's load group, or a global step alone) is a barrier: it is its own
+    # stage and whatever follows it goes to a later one. Contract each group to one node
+    # and give every node a level: one more than the deepest barrier before it.
+    unit = {name: name for name in order}
+    barrier: dict[str, int] = {}  # unit -> sort tiebreak (0: global step, i + 1: load_groups[i])
     for index, group in enumerate(load_groups or []):
         names = [_step_name(item) for item in group]
         for name in names:
@@ -344,19 +341,36 @@ def load_stages(dag: DAG, load_groups: LoadGroups = None) -> list[list[str]]:
                 raise PipelineValidationError(
                     f"load_groups[{index}] names unknown step {name!r}. Steps: {order!r}."
                 )
-        stage = max(key[name][0] for name in names)
+            if unit[name] != name:
+                raise PipelineValidationError(
+                    f"Step {name!r} is in more than one of load_groups ({unit[name]} and "
+                    f"load_groups[{index}]). Put each step in one group only."
+                )
         for name in names:
-            key[name] = (stage, index + 1)
-    ordered_keys = sorted(set(key.values()))
-    stages = [[n for n in order if key[n] == k] for k in ordered_keys]
-    stage_of = {n: i for i, stage in enumerate(stages) for n in stage}
-    for source, target in dag.graph.edges:
-        if stage_of[source] > stage_of[target]:
-            raise PipelineValidationError(
-                f"load_groups put step {target!r} in a stage before its predecessor "
-                f"{source!r}. Put them in the same group or order the groups differently."
-            )
-    return stages
+            unit[name] = f"load_groups[{index}]"
+        if names:
+            barrier[f"load_groups[{index}]"] = index + 1
+    for name in order:
+        if unit[name] == name and dag.get_step(name).is_global:
+            barrier[name] = 0
+    units = nx.DiGraph()
+    units.add_nodes_from(dict.fromkeys(unit[name] for name in order))
+    units.add_edges_from((unit[a], unit[b]) for a, b in dag.graph.edges if unit[a] != unit[b])
+    if not nx.is_directed_acyclic_graph(units):
+        raise PipelineValidationError(
+            "load_groups cannot be honoured: a step outside a group sits between two steps "
+            f"of that group ({nx.find_cycle(units)!r}). Put them in the same group."
+        )
+    level: dict[str, int] = {}
+    for node in nx.topological_sort(units):
+        level[node] = max(
+            (level[p] + (1 if p in barrier else 0) for p in units.predecessors(node)), default=0
+        )
+    key = {
+        name: (2 * level[unit[name]] + (1 if unit[name] in barrier else 0), barrier.get(unit[name], 0))
+        for name in order
+    }
+    return [[n for n in order if key[n] == k] for k in sorted(set(key.values()))]
 
 
 def _step_name(item: Any) -> str:

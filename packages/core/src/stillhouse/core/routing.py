@@ -39,7 +39,8 @@ class RoutingBatchFunction(BaseModel):
         return list(self.routing_function(steps))
 
     def _set_upstream(self, step: _Step) -> None:
-        if self._step is not None and self._step is not step:
+        same_pipeline = self._step is not None and self._step.pipeline is step.pipeline
+        if same_pipeline and self._step is not step:
             raise RoutingError(
                 f"Routing function {self.name!r} already follows step {self._step.name!r}, "
                 f"so it cannot also follow {step.name!r}. Create one routing function per step."

@@ -60,7 +60,8 @@ def _docstring_descriptions(cls: type) -> dict[str, str]:
         doc = inspect.getdoc(klass) if "__doc__" in vars(klass) else None
         if not doc:
             continue
-        for match in re.finditer(r"^\s*-?\s*`?(\w+)`?:\s+(.+)$", doc, re.MULTILINE):
+        # [ \t], not \s: a bare \s would let "Attributes:" swallow the next line as its text.
+        for match in re.finditer(r"^[ \t]*-?[ \t]*`?(\w+)`?:[ \t]+(.+)$", doc, re.MULTILINE):
             found[match.group(1)] = match.group(2).strip()
     return found
 

@@ -106,17 +106,24 @@ def loads(text: str, source: str) -> dict[str, Any]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise SerializationError(f"{source} is not valid YAML/JSON: {exc}") from exc
+    check_format(data, source)
+    return data
+
+
+def check_format(data: Any, source: str) -> None:
+    """Raise unless `data` is a pipeline dict this version of stillhouse can read."""
     if not isinstance(data, dict) or "pipeline" not in data:
         raise SerializationError(
             f"{source} is not a stillhouse pipeline file (no top-level 'pipeline' key)."
         )
     version = (data.get("stillhouse") or {}).get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int):
+        raise SerializationError(f"{source} has an invalid format version {version!r}.")
     if version > FORMAT_VERSION:
         raise SerializationError(
             f"{source} has format version {version}, newer than this stillhouse supports "
             f"({FORMAT_VERSION}). Upgrade stillhouse."
         )
-    return data
 
 
 def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
@@ -146,6 +153,7 @@ def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
     from stillhouse.core.pipeline import Pipeline
     from stillhouse.core.routing import RoutingBatchFunction
 
+    check_format(data, "The pipeline dict")  # from_dict callers skip loads()
     spec = data["pipeline"]
     pipeline = Pipeline(
         name=spec.get("name"),

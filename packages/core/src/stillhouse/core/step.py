@@ -75,6 +75,13 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
 
     _built_from_decorator: bool = PrivateAttr(default=False)
 
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
+        # Joined after validation, not in model_post_init: pydantic would turn a
+        # DuplicateStepNameError (a ValueError) raised there into a generic ValidationError.
+        if self.pipeline is not None:
+            self.pipeline._add_step(self)
+
     def model_post_init(self, context: Any) -> None:
         super().model_post_init(context)
         if self.pipeline is None:
@@ -82,8 +89,6 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         if not self.name:
             taken = set(self.pipeline.dag.step_names) if self.pipeline is not None else set()
             self.name = infer_step_name(type(self).__name__, taken)
-        if self.pipeline is not None:
-            self.pipeline._add_step(self)
 
     def __getstate__(self) -> dict[Any, Any]:
         # A step travels to workers alone; its pipeline (and every other step) stays home.

@@ -41,7 +41,9 @@ def public(fs: fsspec.AbstractFileSystem, path: str) -> Path | str:
     return Path(path) if is_local(fs) else fs.unstrip_protocol(path)
 
 
-def atomic_write(fs: fsspec.AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(
+    fs: fsspec.AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]
+) -> None:
     """Write a file so that readers see either nothing or all of it.
 
     The bytes go to a hidden temporary name in the same folder (so the rename stays on
@@ -123,7 +125,9 @@ def exists(location: PathLike, storage_options: dict[str, Any] | None = None) ->
     return fs.exists(path)
 
 
-def files_under(location: PathLike, storage_options: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+def files_under(
+    location: PathLike, storage_options: dict[str, Any] | None = None
+) -> list[tuple[str, str]]:
     """`(path relative to location, file location)` of every file below `location`."""
     fs, root = resolve(location, storage_options)
     if not fs.isdir(root):

@@ -107,7 +107,9 @@ class Distiset(dict):
 
     # -- transforming ---------------------------------------------------------------
 
-    def train_test_split(self, train_size: float, shuffle: bool = True, seed: int | None = None) -> Self:
+    def train_test_split(
+        self, train_size: float, shuffle: bool = True, seed: int | None = None
+    ) -> Self:
         """Split every leaf's `"train"` split into `"train"` and `"test"`, in place.
 
         Args:
@@ -150,7 +152,10 @@ class Distiset(dict):
             splits.save_to_disk(
                 fs.unstrip_protocol(join(root, name)), storage_options=storage_options, **kwargs
             )
-        for source, filename in ((self.pipeline_path, SAVED_PIPELINE), (self.log_filename_path, SAVED_LOG)):
+        for source, filename in (
+            (self.pipeline_path, SAVED_PIPELINE),
+            (self.log_filename_path, SAVED_LOG),
+        ):
             if source is not None:
                 self._copy(source, fs, join(root, filename))
         for relative, location in self.artifact_files():
@@ -188,7 +193,10 @@ class Distiset(dict):
                 f"{os.fspath(distiset_path)!r} holds no saved leaf (no `<leaf>/dataset_dict.json`). "
                 "Pass the path given to `Distiset.save_to_disk`."
             )
-        for filename, attribute in ((SAVED_PIPELINE, "pipeline_path"), (SAVED_LOG, "log_filename_path")):
+        for filename, attribute in (
+            (SAVED_PIPELINE, "pipeline_path"),
+            (SAVED_LOG, "log_filename_path"),
+        ):
             if fs.exists(join(root, filename)):
                 setattr(distiset, attribute, public(fs, join(root, filename)))
         if fs.isdir(join(root, SAVED_ARTIFACTS)):
@@ -241,4 +249,6 @@ class Distiset(dict):
 
     def row_counts(self) -> dict[str, dict[str, int]]:
         """`{leaf: {split: rows}}`."""
-        return {name: {split: len(ds) for split, ds in splits.items()} for name, splits in self.items()}
+        return {
+            name: {split: len(ds) for split, ds in splits.items()} for name, splits in self.items()
+        }

@@ -117,7 +117,9 @@ def build_distiset(
     return distiset
 
 
-def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, cache_dir: str) -> Dataset:
+def load_leaf(
+    fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, cache_dir: str
+) -> Dataset:
     """One leaf's rows, in file order, as a memory-mapped `Dataset`."""
     entries = sorted(
         (e for e in list_entries(fs, directory) if e["name"].endswith(".parquet")),
@@ -176,4 +178,3 @@ def _fingerprint(fs, entries: list[dict[str, Any]], schemas: list[pa.Schema]) ->
 
 def _if_exists(fs: fsspec.AbstractFileSystem, path: str):
     return public(fs, path) if fs.exists(path) else None
-

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 import uuid
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +29,7 @@ from stillhouse.core.typing import Row
 from stillhouse.distiset._storage import (
     PathLike,
     atomic_write,
+    exists,
     join,
     list_entries,
     resolve,
@@ -45,6 +48,14 @@ FILE_ID_KEY = b"stillhouse.file_id"
 
 class LeafSchemaError(StillhouseError, TypeError):
     """A leaf step produced values that cannot share one column type."""
+
+
+class _OwnedDir:
+    """A temporary folder, removed once nothing holds it (or at exit)."""
+
+    def __init__(self) -> None:
+        self.name = tempfile.mkdtemp(prefix="stillhouse-results-")
+        weakref.finalize(self, shutil.rmtree, self.name, ignore_errors=True)
 
 
 @dataclass
@@ -85,9 +96,9 @@ class ParquetOutputWriter(OutputWriter):
     ) -> None:
         if rows_per_file < 1:
             raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file!r}.")
-        self._owned_dir: tempfile.TemporaryDirectory[str] | None = None
+        self._owned_dir: _OwnedDir | None = None
         if data_dir is None:
-            self._owned_dir = tempfile.TemporaryDirectory(prefix="stillhouse-results-")
+            self._owned_dir = _OwnedDir()
             data_dir = join(self._owned_dir.name, "data")
         self.data_dir = data_dir
         self.leaves = list(leaves)
@@ -136,7 +147,9 @@ class ParquetOutputWriter(OutputWriter):
         self._drain(leaf, buffer, everything=True)
         summary = {"rows": buffer.written_rows, "files": buffer.next_file}
         payload = json.dumps(summary).encode()
-        atomic_write(self._fs, join(self._leaf_dir(leaf), COMPLETE_MARKER), lambda f: f.write(payload))
+        atomic_write(
+            self._fs, join(self._leaf_dir(leaf), COMPLETE_MARKER), lambda f: f.write(payload)
+        )
         logger.debug("Leaf %r complete: %d rows in %d files.", leaf, *summary.values())
 
     def flush(self) -> None:
@@ -151,8 +164,8 @@ class ParquetOutputWriter(OutputWriter):
         distiset = build_distiset(
             self.data_dir,
             leaves=self.leaves or None,
-            pipeline_path=self.pipeline_path,
-            log_filename_path=self.log_path,
+            pipeline_path=self._if_exists(self.pipeline_path),
+            log_filename_path=self._if_exists(self.log_path),
             enable_metadata=self.enable_metadata,
             storage_options=self.storage_options,
             cache_dir=join(self._owned_dir.name, "cache") if self._owned_dir else None,
@@ -167,6 +180,10 @@ class ParquetOutputWriter(OutputWriter):
     def buffered_rows(self) -> dict[str, int]:
         """Rows held in memory per leaf, not yet in a file."""
         return {leaf: buffer.rows for leaf, buffer in self._buffers.items()}
+
+    def _if_exists(self, location: PathLike | None) -> PathLike | None:
+        # The run store may not have written them (no cache): then there is nothing to attach.
+        return location if location is not None and exists(location, self.storage_options) else None
 
     def _leaf_dir(self, leaf: str) -> str:
         return join(self._root, leaf)

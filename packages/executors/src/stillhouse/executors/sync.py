@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 from stillhouse.core.engine import Event, Executor, Failed, Finished, Loaded, StepRunner, Task
 from stillhouse.core.errors import EngineError
 from stillhouse.core.step import _Step
-
 from stillhouse.executors._common import check_options, failed_event
 
 

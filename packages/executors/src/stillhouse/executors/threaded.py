@@ -17,7 +17,6 @@ from typing import Any, ClassVar
 from stillhouse.core.engine import Event, Executor, StepRunner, Task
 from stillhouse.core.errors import EngineError
 from stillhouse.core.step import _Step
-
 from stillhouse.executors._common import STOP, check_options, failed_event, serve
 
 logger = logging.getLogger("stillhouse.executors.threaded")
@@ -59,8 +58,8 @@ class ThreadedExecutor(Executor):
             self._tasks[step.name] = tasks
             self._threads[step.name] = []
             for replica in range(step.resources.replicas):
-                copy = step if replica == 0 else step.model_copy()
-                runner = StepRunner(copy, replica=replica, enable_metadata=enable_metadata)
+                own = step if replica == 0 else step.model_copy()
+                runner = StepRunner(own, replica=replica, enable_metadata=enable_metadata)
                 thread = threading.Thread(
                     target=self._run_replica,
                     args=(runner, tasks),

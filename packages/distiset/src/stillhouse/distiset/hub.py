@@ -1,0 +1,113 @@
+"""Pushing a Distiset to the Hugging Face Hub.
+
+Each leaf goes up with `datasets.DatasetDict.push_to_hub` as its own configuration
+(Parquet shards plus the `configs` entry of the README's YAML header). Then one
+more commit adds the dataset card, `pipeline.yaml`, `pipeline.log`, the script
+and the artifacts. The token is handed to `huggingface_hub` and never logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub.errors import EntryNotFoundError
+
+from stillhouse.distiset._storage import read_bytes
+from stillhouse.distiset.card import render_card
+
+if TYPE_CHECKING:
+    from stillhouse.distiset.distiset import Distiset
+
+logger = logging.getLogger("stillhouse.distiset")
+
+README = "README.md"
+
+
+def push_distiset(
+    distiset: Distiset,
+    repo_id: str,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    generate_card: bool = True,
+    include_script: bool = False,
+    **kwargs: Any,
+) -> None:
+    """Implementation of `Distiset.push_to_hub` (see there)."""
+    if not distiset:
+        raise ValueError(f"Nothing to push to {repo_id!r}: the Distiset has no configuration.")
+    api = HfApi(token=token)
+    for name, splits in distiset.items():
+        rows = sum(len(split) for split in splits.values())
+        logger.info(
+            "Pushing configuration %r (%d rows) to the Hub dataset %r.", name, rows, repo_id
+        )
+        commit = splits.push_to_hub(
+            repo_id, config_name=name, private=private, token=token, **kwargs
+        )
+        # "name" without a namespace resolves to "<user>/name": use what the Hub says.
+        repo_id = getattr(getattr(commit, "repo_url", None), "repo_id", None) or repo_id
+
+    operations: list[CommitOperationAdd] = []
+    script = Path(sys.argv[0]) if include_script and sys.argv and sys.argv[0] else None
+    if script is not None and not script.is_file():
+        logger.warning(
+            "include_script=True but %r is not a file: the script is not uploaded.", str(script)
+        )
+        script = None
+    if script is not None:
+        operations.append(CommitOperationAdd(path_in_repo=script.name, path_or_fileobj=str(script)))
+
+    pipeline_yaml = None
+    if distiset.pipeline_path is not None:
+        pipeline_yaml = _read(distiset, distiset.pipeline_path)
+        operations.append(
+            CommitOperationAdd(path_in_repo="pipeline.yaml", path_or_fileobj=pipeline_yaml)
+        )
+    if distiset.log_filename_path is not None:
+        log = _read(distiset, distiset.log_filename_path)
+        operations.append(CommitOperationAdd(path_in_repo="pipeline.log", path_or_fileobj=log))
+    for relative, location in distiset.artifact_files():
+        content = _read(distiset, location)
+        operations.append(
+            CommitOperationAdd(path_in_repo=f"artifacts/{relative}", path_or_fileobj=content)
+        )
+
+    if generate_card:
+        readme = render_card(
+            distiset,
+            repo_id,
+            pipeline_yaml=pipeline_yaml.decode("utf-8", "replace") if pipeline_yaml else None,
+            hub_url=api.endpoint,
+            existing_readme=_current_readme(api, repo_id),
+            script_name=script.name if script is not None else None,
+        )
+        operations.append(CommitOperationAdd(path_in_repo=README, path_or_fileobj=readme.encode()))
+
+    if operations:
+        logger.info("Adding %s to %r.", ", ".join(op.path_in_repo for op in operations), repo_id)
+        api.create_commit(
+            repo_id,
+            operations=operations,
+            commit_message="Add the stillhouse dataset card and pipeline files",
+            repo_type="dataset",
+        )
+
+
+def _read(distiset: Distiset, location: Any) -> bytes:
+    remote = "://" in os.fspath(location)
+    return read_bytes(location, distiset.storage_options if remote else None)
+
+
+def _current_readme(api: HfApi, repo_id: str) -> str | None:
+    """The README `datasets` just pushed: its YAML header lists the configurations."""
+    try:
+        path = api.hf_hub_download(repo_id, README, repo_type="dataset")
+    except EntryNotFoundError:
+        return None
+    return Path(path).read_text(encoding="utf-8")

@@ -1,0 +1,123 @@
+"""The child side of the "mp" executor: what runs inside each worker process.
+
+Everything here executes in the worker (or is pickled to it), so it must be
+importable by a freshly spawned interpreter and must not touch driver state.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from logging.handlers import QueueHandler
+from multiprocessing.queues import Queue
+from typing import Any
+
+from tblib import pickling_support
+
+from stillhouse.core.engine import Event, Failed, Finished, StepRunner
+from stillhouse.core.step import _Step
+from stillhouse.executors._common import serve
+
+PARENT_CHECK_INTERVAL = 1.0
+"""Seconds between a worker's checks that its driver is alive: a driver killed with
+SIGKILL must not leave orphans holding memory or GPUs."""
+
+
+@dataclass(frozen=True, slots=True)
+class Exited:
+    """A worker's last message: it is ending because it was told to (not a death)."""
+
+    step_name: str
+    replica: int
+
+
+class ResultsQueue(Queue):
+    """The queue workers send events and log records on.
+
+    Pickling happens in the queue's feeder thread, where a failure would otherwise
+    just print a traceback and drop the message (and the engine would wait forever
+    for that batch). This turns an unpicklable result into a `Failed` event.
+    """
+
+    def _on_queue_feeder_error(self, e: Exception, obj: Any) -> None:
+        if isinstance(obj, logging.LogRecord):
+            return  # a log record with unpicklable extras is not worth a failure
+        if isinstance(obj, Finished):
+            result = obj.result
+            error = RuntimeError(
+                f"The result of step {result.step_name!r} for batch {result.key} could not be "
+                f"sent to the driver: {type(e).__name__}: {e}. Make the step output only "
+                "picklable values (str, numbers, lists, dicts, ...)."
+            )
+            self.put(Failed(result.step_name, error, f"{error}\n"))
+            return
+        super()._on_queue_feeder_error(e, obj)
+
+
+def worker_main(
+    step: _Step,
+    replica: int,
+    tasks: Queue,
+    results: ResultsQueue,
+    enable_metadata: bool,
+    env: dict[str, str],
+    log_level: int,
+) -> None:
+    """Body of a worker process: serve `step` from `tasks` until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
+    os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
+    _route_logs(results, log_level)
+    pickling_support.install()
+    _exit_with_parent()
+    runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
+    serve(runner, tasks.get, lambda event: results.put(_portable(event)))
+    results.put(Exited(step.name, replica))
+
+
+def _portable(event: Event) -> Event:
+    """Make a `Failed` event's exception survive the trip (with its traceback, via tblib)."""
+    if not isinstance(event, Failed):
+        return event
+    exc = event.exception
+    try:
+        pickling_support.install(exc)  # its class may be defined after install() ran
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return Failed(event.step_name, exc, event.traceback)
+
+
+def _route_logs(results: ResultsQueue, level: int) -> None:
+    """Send every log record to the driver, which re-emits it through its own handlers.
+
+    Under fork the child inherits the driver's handlers (files, the terminal, pytest's
+    capture); they are removed so that no line is written twice.
+    """
+    handler = QueueHandler(results)
+    root = logging.getLogger()
+    for logger in [root, *logging.Logger.manager.loggerDict.values()]:
+        if not isinstance(logger, logging.Logger) or not logger.handlers:
+            continue
+        for inherited in list(logger.handlers):
+            logger.removeHandler(inherited)
+        if logger is not root and not logger.propagate:
+            logger.addHandler(handler)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _exit_with_parent() -> None:
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_INTERVAL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="stillhouse-parent-watch", daemon=True).start()

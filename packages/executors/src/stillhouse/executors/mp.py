@@ -1,0 +1,333 @@
+"""The "mp" executor: one OS process per step replica.
+
+Data path: each step has one task queue shared by its replicas, and every worker
+writes its events and log records to one results queue that the driver reads.
+`events()` waits on that queue and on every worker's sentinel together, so a
+killed worker is noticed at once. The worker side lives in `_mp_worker.py`;
+scheduling decisions belong to the engine, never here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from multiprocessing import connection, get_context
+from multiprocessing.process import BaseProcess
+from multiprocessing.queues import Queue
+from typing import Any, ClassVar
+
+from stillhouse.core.engine import Died, Event, Executor, Task
+from stillhouse.core.errors import (
+    EngineError,
+    InvalidResourcesError,
+    PipelineValidationError,
+    StepRuntimeError,
+)
+from stillhouse.core.step import _Step
+from stillhouse.executors._common import STOP, check_options
+from stillhouse.executors._mp_worker import Exited, ResultsQueue, worker_main
+
+logger = logging.getLogger("stillhouse.executors.mp")
+
+START_METHOD_ENV = "STILLHOUSE_START_METHOD"
+"""Overrides the default start method, e.g. to try "spawn" (macOS, Python 3.14) on Linux."""
+
+GPU_COUNT_ENV = "STILLHOUSE_GPU_COUNT"
+"""How many GPUs to hand out when `CUDA_VISIBLE_DEVICES` is unset (also lets tests fake GPUs)."""
+
+START_METHODS = ("fork", "forkserver", "spawn")
+
+DEFAULT_JOIN_TIMEOUT = 30.0
+"""Seconds a graceful stop waits for replicas to unload before terminating them: time
+for a model to free its GPU, but a stuck `unload()` cannot hang the run."""
+
+KILL_GRACE = 2.0
+"""Seconds between SIGTERM and SIGKILL for a replica that outlived its join timeout."""
+
+
+@dataclass
+class _Replica:
+    step_name: str
+    index: int
+    process: BaseProcess
+    gpus: list[str]
+    exited: bool = False  # it said goodbye: its end is not a death
+
+
+class MultiprocessingExecutor(Executor):
+    """Runs each replica of a step in its own process.
+
+    Options:
+        start_method: "fork", "forkserver" or "spawn"; default `STILLHOUSE_START_METHOD`,
+            else "fork" on Linux and "spawn" elsewhere.
+        gpu_count: GPUs to hand out when `CUDA_VISIBLE_DEVICES` is unset (default
+            `STILLHOUSE_GPU_COUNT`, else 0).
+        join_timeout: Seconds to wait for replicas to unload when stopping (default 30).
+
+    A replica of a step with `resources.gpus = n` gets its own n devices in
+    `CUDA_VISIBLE_DEVICES`, set in the child before `load()`.
+    """
+
+    name: ClassVar[str] = "mp"
+
+    def __init__(self, **options: Any) -> None:
+        check_options(self.name, options, ("start_method", "gpu_count", "join_timeout"))
+        super().__init__(**options)
+        self.start_method = _start_method(options.get("start_method"))
+        self._ctx = get_context(self.start_method)
+        self._gpu_count = int(options.get("gpu_count", os.environ.get(GPU_COUNT_ENV) or 0))
+        self._join_timeout = float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
+        self._results: ResultsQueue | None = None
+        self._tasks: dict[str, Queue] = {}
+        self._replicas: dict[tuple[str, int], _Replica] = {}
+        self._pending: list[Event] = []
+
+    # -- the Executor interface ---------------------------------------------------------
+
+    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+        for step in steps:
+            if step.name in self._tasks:
+                raise EngineError(f"Step {step.name!r} was started twice without being stopped.")
+        placement = self._place_gpus(steps)  # raises before any process exists
+        if self._results is None:
+            self._results = ResultsQueue(ctx=self._ctx)
+            # Workers are not daemonic (steps may start processes of their own, as vLLM
+            # does), so multiprocessing's exit hook would wait for them forever.
+            atexit.register(self._at_exit)
+        log_level = logging.getLogger().getEffectiveLevel()
+        for step in steps:
+            tasks = self._ctx.Queue()
+            tasks._ignore_epipe = True  # see _close_queue
+            self._tasks[step.name] = tasks
+            for index in range(step.resources.replicas):
+                gpus = placement.get((step.name, index), [])
+                env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
+                process = self._ctx.Process(
+                    target=worker_main,
+                    args=(step, index, tasks, self._results, enable_metadata, env, log_level),
+                    name=f"stillhouse-{step.name}-{index}",
+                )
+                try:
+                    process.start()
+                except Exception as exc:
+                    raise StepRuntimeError(
+                        f"Step {step.name!r} could not be sent to a worker process "
+                        f"(start method {self.start_method!r}): {type(exc).__name__}: {exc}. "
+                        "Define the step class or `@step` function at module level in an "
+                        "importable module, and keep its fields picklable.",
+                        step_name=step.name,
+                    ) from exc
+                self._replicas[step.name, index] = _Replica(step.name, index, process, gpus)
+
+    def send(self, task: Task) -> None:
+        try:
+            tasks = self._tasks[task.step_name]
+        except KeyError:
+            raise EngineError(
+                f"A task was sent to step {task.step_name!r}, which is not running. "
+                f"Running steps: {sorted(self._tasks)}."
+            ) from None
+        tasks.put(task)
+
+    def events(self, timeout: float) -> list[Event]:
+        events, self._pending = self._pending, []
+        if self._results is None:
+            return events  # nothing started: nothing can arrive
+        deadline = time.monotonic() + max(timeout, 0.0)
+        while True:
+            self._poll(0.0 if events else max(0.0, deadline - time.monotonic()), events)
+            if events or time.monotonic() >= deadline:
+                return events
+
+    def stop_steps(self, names: Sequence[str]) -> None:
+        names = [name for name in names if name in self._tasks]
+        targets = [r for r in self._replicas.values() if r.step_name in names]
+        for replica in targets:
+            self._tasks[replica.step_name].put(STOP)
+        self._join(targets, self._join_timeout)
+        self._end([r for r in targets if (r.step_name, r.index) in self._replicas], force=False)
+        for name in names:
+            _close_queue(self._tasks.pop(name))
+
+    def shutdown(self, force: bool = False) -> None:
+        try:
+            if not force:
+                targets = list(self._replicas.values())
+                for replica in targets:
+                    self._tasks[replica.step_name].put(STOP)
+                self._join(targets, self._join_timeout)
+            self._end(list(self._replicas.values()), force=force)
+        finally:
+            for tasks in self._tasks.values():
+                _close_queue(tasks)
+            self._tasks.clear()
+            if self._results is not None:
+                # Only this process reads it and every writer is gone: close both ends now
+                # rather than leave the descriptors to the garbage collector.
+                self._results._reader.close()
+                self._results._writer.close()
+                self._results = None
+            self._pending.clear()
+            atexit.unregister(self._at_exit)
+
+    def worker_pids(self) -> dict[str, list[int]]:
+        """`{step name: [pid of each live replica]}`, for tests and debugging."""
+        pids: dict[str, list[int]] = {}
+        for (name, _), replica in sorted(self._replicas.items()):
+            if replica.process.pid is not None:
+                pids.setdefault(name, []).append(replica.process.pid)
+        return pids
+
+    # -- driver side of the data path ------------------------------------------------------
+
+    def _poll(self, timeout: float, out: list[Event]) -> None:
+        """Wait up to `timeout` for a message or a worker's end; collect what came."""
+        if self._results is None:
+            return
+        by_sentinel = {r.process.sentinel: r for r in self._replicas.values()}
+        ready = connection.wait([self._results._reader, *by_sentinel], timeout)
+        if not ready:
+            return
+        # Drain first: a worker flushes everything it sent before it exits, so a clean
+        # exit's goodbye is always read before its sentinel is judged.
+        self._drain(out)
+        for handle in ready:
+            replica = by_sentinel.get(handle)
+            if replica is not None:
+                self._reap(replica, out)
+
+    def _drain(self, out: list[Event]) -> None:
+        assert self._results is not None
+        while True:
+            try:
+                item = self._results.get_nowait()
+            except queue.Empty:
+                return
+            except (EOFError, OSError):
+                return
+            except Exception:
+                logger.exception("A message from a worker could not be unpickled; it is lost.")
+                continue
+            if isinstance(item, logging.LogRecord):
+                logging.getLogger(item.name).handle(item)
+            elif isinstance(item, Exited):
+                replica = self._replicas.get((item.step_name, item.replica))
+                if replica is not None:
+                    replica.exited = True
+            else:
+                out.append(item)
+
+    def _reap(self, replica: _Replica, out: list[Event]) -> None:
+        process = replica.process
+        process.join(1.0)  # its sentinel is ready: this returns at once and reaps it
+        del self._replicas[replica.step_name, replica.index]
+        if not replica.exited:
+            out.append(Died(replica.step_name, replica.index, _describe_exit(process)))
+        if process.exitcode is not None:
+            process.close()
+
+    def _join(self, targets: list[_Replica], timeout: float) -> None:
+        """Wait for `targets` to exit, reading results meanwhile (a worker cannot exit
+        while its last messages do not fit in the pipe)."""
+        deadline = time.monotonic() + timeout
+        while any((r.step_name, r.index) in self._replicas for r in targets):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self._poll(remaining, self._pending)
+
+    def _end(self, targets: list[_Replica], *, force: bool) -> None:
+        """Terminate (or kill) replicas that are still there, and reap them."""
+        for replica in targets:
+            if replica.process.is_alive():
+                if not force:
+                    logger.warning(
+                        "Replica %d of step %r did not stop within %.0f s; terminating it.",
+                        replica.index, replica.step_name, self._join_timeout,
+                    )
+                    replica.process.terminate()
+                else:
+                    replica.process.kill()
+        for replica in targets:
+            replica.process.join(KILL_GRACE)
+            if replica.process.exitcode is None:
+                replica.process.kill()
+                replica.process.join()
+            self._replicas.pop((replica.step_name, replica.index), None)
+            replica.process.close()
+
+    def _at_exit(self) -> None:
+        self.shutdown(force=True)
+
+    # -- GPUs -------------------------------------------------------------------------------
+
+    def _place_gpus(self, steps: Sequence[_Step]) -> dict[tuple[str, int], list[str]]:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            devices = [d.strip() for d in visible.split(",") if d.strip()]
+            source = f"CUDA_VISIBLE_DEVICES={visible!r}"
+        else:
+            devices = [str(i) for i in range(self._gpu_count)]
+            source = f"gpu_count/{GPU_COUNT_ENV}={self._gpu_count}"
+        taken = {gpu for replica in self._replicas.values() for gpu in replica.gpus}
+        free = [d for d in devices if d not in taken]
+        placement: dict[tuple[str, int], list[str]] = {}
+        for step in steps:
+            per_replica, replicas = step.resources.gpus or 0, step.resources.replicas
+            if not per_replica:
+                continue
+            if per_replica * replicas > len(free):
+                raise InvalidResourcesError(
+                    f"Step {step.name!r} asks for {per_replica} GPU(s) for each of its "
+                    f"{replicas} replica(s), {per_replica * replicas} in all, but only "
+                    f"{len(free)} of the {len(devices)} GPU(s) are free ({source}). Lower "
+                    "`resources.gpus` or `resources.replicas`, or make more GPUs visible "
+                    f"with CUDA_VISIBLE_DEVICES or {GPU_COUNT_ENV}."
+                )
+            for index in range(replicas):
+                placement[step.name, index], free = free[:per_replica], free[per_replica:]
+        return placement
+
+
+def _start_method(requested: str | None) -> str:
+    default = "fork" if sys.platform.startswith("linux") else "spawn"
+    method = requested or os.environ.get(START_METHOD_ENV) or default
+    if method not in START_METHODS:
+        raise PipelineValidationError(
+            f"Unknown start method {method!r} for the 'mp' executor. Expected one of: "
+            f"{', '.join(repr(m) for m in START_METHODS)}. Set the `start_method` option "
+            f"or {START_METHOD_ENV}."
+        )
+    return method
+
+
+def _describe_exit(process: BaseProcess) -> str:
+    code = process.exitcode
+    if code is not None and code < 0:
+        try:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"was killed by signal {-code}"
+    else:
+        how = f"exited with code {code} without saying goodbye"
+    return f"worker process {process.pid} ({process.name}) {how}"
+
+
+def _close_queue(tasks: Queue) -> None:
+    # Tasks nobody will read must not block the driver's exit on the feeder thread.
+    tasks.cancel_join_thread()
+    tasks.close()
+    feeder = tasks._thread
+    if feeder is not None:
+        feeder.join(0.2)
+        if feeder.is_alive():
+            # Blocked writing to a pipe no worker reads: closing our read end gives it
+            # EPIPE, which `_ignore_epipe` turns into a quiet exit.
+            tasks._reader.close()

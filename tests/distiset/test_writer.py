@@ -1,0 +1,184 @@
+"""ParquetOutputWriter: streaming, bounded buffers, atomic files and restarts."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+
+from stillhouse.core.errors import EngineError
+from stillhouse.distiset import ParquetOutputWriter
+from stillhouse.distiset.writer import COMPLETE_MARKER, LeafSchemaError
+
+
+def _files(directory):
+    return sorted(os.listdir(directory))
+
+
+def test_streams_rows_to_numbered_files_with_bounded_buffer(tmp_path):
+    writer = ParquetOutputWriter(tmp_path / "data", ["leaf"], rows_per_file=10)
+    writer.begin("leaf")
+    rows = [{"i": i} for i in range(95)]
+    for start in range(0, len(rows), 7):
+        writer.write("leaf", rows[start : start + 7])
+        # Never more than one file's worth waiting, whatever has been written so far.
+        assert writer.buffered_rows["leaf"] < 10
+    assert _files(tmp_path / "data" / "leaf") == [f"{n:05d}.parquet" for n in range(9)]
+    writer.finish("leaf")
+
+    names = _files(tmp_path / "data" / "leaf")
+    assert names == [f"{n:05d}.parquet" for n in range(10)] + [COMPLETE_MARKER]
+    counts = [pq.read_metadata(tmp_path / "data" / "leaf" / n).num_rows for n in names[:-1]]
+    assert counts == [10] * 9 + [5]
+    assert writer.result()["default"]["train"]["i"] == list(range(95))
+
+
+def test_flushes_early_when_buffered_rows_exceed_the_byte_limit(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=1000, max_buffer_bytes=10_000)
+    writer.begin("leaf")
+    for i in range(10):
+        writer.write("leaf", [{"i": i, "text": "x" * 3000}])
+        # ~3 KB a row: the fourth row crosses 10 KB and the buffer goes to a file.
+        assert writer.buffered_rows["leaf"] <= 3
+    assert _files(tmp_path / "leaf") == ["00000.parquet", "00001.parquet"]
+    assert writer.buffered_rows["leaf"] == 2
+
+
+def test_no_temporary_files_are_left_and_the_marker_is_written(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=3)
+    writer.begin("leaf")
+    writer.write("leaf", [{"i": i} for i in range(7)])
+    assert not writer.is_complete("leaf")
+    writer.finish("leaf")
+    assert writer.is_complete("leaf")
+    # os.listdir shows hidden names too: no `.NNNNN.parquet.*.tmp` survives.
+    assert _files(tmp_path / "leaf") == ["00000.parquet", "00001.parquet", "00002.parquet", COMPLETE_MARKER]
+    assert json.loads((tmp_path / "leaf" / COMPLETE_MARKER).read_text()) == {"rows": 7, "files": 3}
+
+
+def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path, monkeypatch):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=2)
+    writer.begin("leaf")
+
+    def explode(table, where, **kwargs):
+        where.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", explode)
+    with pytest.raises(OSError, match="disk full"):
+        writer.write("leaf", [{"i": 1}, {"i": 2}])
+    assert _files(tmp_path / "leaf") == []
+
+
+def test_an_interrupted_leaf_is_incomplete_and_begin_restarts_it_from_nothing(tmp_path):
+    first = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=2)
+    first.begin("leaf")
+    first.write("leaf", [{"i": i} for i in range(5)])
+    first.flush()
+    # The driver died here, mid-way through writing a file: no finish(), a temporary left.
+    (tmp_path / "leaf" / ".00003.parquet.0123abcd.tmp").write_bytes(b"PAR1 partial")
+    assert len(_files(tmp_path / "leaf")) == 4
+
+    second = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=2)
+    assert not second.is_complete("leaf")
+    second.begin("leaf")
+    assert _files(tmp_path / "leaf") == []
+    second.write("leaf", [{"i": 10}, {"i": 11}, {"i": 12}])
+    second.finish("leaf")
+    assert second.result()["default"]["train"]["i"] == [10, 11, 12]
+
+
+def test_begin_on_a_complete_leaf_removes_the_marker_first(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"])
+    writer.begin("leaf")
+    writer.write("leaf", [{"i": 1}])
+    writer.finish("leaf")
+    assert writer.is_complete("leaf")
+    writer.begin("leaf")
+    assert not writer.is_complete("leaf")
+    assert _files(tmp_path / "leaf") == []
+
+
+def test_flush_writes_buffered_rows(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["a", "b"], rows_per_file=100)
+    for leaf in ("a", "b"):
+        writer.begin(leaf)
+        writer.write(leaf, [{"i": 1}, {"i": 2}])
+    writer.flush()
+    assert writer.buffered_rows == {"a": 0, "b": 0}
+    assert _files(tmp_path / "a") == _files(tmp_path / "b") == ["00000.parquet"]
+    writer.write("a", [{"i": 3}])
+    writer.finish("a")
+    assert _files(tmp_path / "a") == ["00000.parquet", "00001.parquet", COMPLETE_MARKER]
+
+
+def test_a_leaf_without_rows_gives_an_empty_dataset(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["empty", "full"])
+    writer.begin("empty")
+    writer.begin("full")
+    writer.write("full", [{"i": 1}])
+    writer.finish("empty")
+    writer.finish("full")
+    assert writer.is_complete("empty")
+    distiset = writer.result()
+    assert len(distiset["empty"]["train"]) == 0
+    assert distiset["full"]["train"]["i"] == [1]
+
+
+def test_write_before_begin_is_an_engine_error(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"])
+    with pytest.raises(EngineError, match=r"'leaf' before `begin\('leaf'\)`"):
+        writer.write("leaf", [{"i": 1}])
+
+
+def test_mixed_types_in_a_column_name_the_leaf_and_column(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"])
+    writer.begin("leaf")
+    with pytest.raises(LeafSchemaError, match=r"'leaf'.*column 'value' \(dict, str\)"):
+        writer.write("leaf", [{"value": "text"}, {"value": {"a": 1}}])
+    writer.write("leaf", [{"value": 1}])
+    with pytest.raises(LeafSchemaError, match="changed between batches"):
+        writer.write("leaf", [{"value": "text"}])
+        writer.flush()
+
+
+def test_without_data_dir_the_writer_owns_a_temporary_folder(tmp_path):
+    writer = ParquetOutputWriter(None, ["leaf"])
+    writer.begin("leaf")
+    writer.write("leaf", [{"i": 1}])
+    writer.finish("leaf")
+    assert os.path.isdir(os.path.join(writer.data_dir, "leaf"))
+    distiset = writer.result()
+    assert distiset["default"]["train"]["i"] == [1]
+    assert distiset.pipeline_path is None
+    folder = os.path.dirname(writer.data_dir)
+    del writer
+    gc.collect()
+    assert os.path.isdir(folder), "the Distiset's files must outlive the writer"
+    del distiset
+    gc.collect()
+    assert not os.path.exists(folder)
+
+
+def test_writes_to_an_fsspec_url(tmp_path):
+    import fsspec
+
+    url = "memory://writer-test/run/data"
+    writer = ParquetOutputWriter(url, ["leaf"], rows_per_file=2)
+    writer.begin("leaf")
+    writer.write("leaf", [{"i": i} for i in range(5)])
+    writer.finish("leaf")
+    fs = fsspec.filesystem("memory")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls("/writer-test/run/data/leaf", detail=False))
+    assert names == ["00000.parquet", "00001.parquet", "00002.parquet", COMPLETE_MARKER]
+    assert writer.is_complete("leaf")
+    assert writer.result()["default"]["train"]["i"] == list(range(5))
+    fs.rm("/writer-test", recursive=True)
+
+
+def test_rejects_a_bad_rows_per_file(tmp_path):
+    with pytest.raises(ValueError, match="rows_per_file must be at least 1, got 0"):
+        ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=0)

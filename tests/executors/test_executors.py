@@ -1,0 +1,162 @@
+"""Behaviour every built-in executor shares, driven directly (no engine, no pipeline)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+from executor_testkit import (
+    Chatty,
+    Counter,
+    Double,
+    FailingGlobal,
+    FailingLoad,
+    FailOnThree,
+    GlobalBoom,
+    LoadBoom,
+    Numbers,
+    WhoAmI,
+    batch,
+    collect,
+    results,
+    run_tasks,
+)
+
+from stillhouse.core.engine import Executor, Failed, Loaded, Task
+from stillhouse.core.errors import EngineError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_every_task_gets_a_result(executor: Executor) -> None:
+    executor.start([Double(name="double")])
+    tasks = [Task("double", (0, i), batch(i, i + 100)) for i in range(10)]
+    got = run_tasks(executor, tasks)
+    assert sorted(got) == [(0, i) for i in range(10)]
+    for i in range(10):
+        assert [row["y"] for row in got[0, i].rows] == [2 * i, 2 * (i + 100)]
+        assert got[0, i].error is None and not got[0, i].last
+
+
+def test_every_replica_is_loaded(executor: Executor) -> None:
+    executor.start([Double(name="double", resources={"replicas": 2})])
+    events = collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
+    assert sorted(e.replica for e in events if isinstance(e, Loaded)) == [0, 1]
+
+
+@pytest.mark.parametrize("generator", [Counter, Numbers], ids=["class", "decorator"])
+def test_generator_resumes_from_offset(executor: Executor, generator: type) -> None:
+    executor.start([generator(name="gen", batch_size=3)])
+    rows, last, i = [], False, 0
+    while not last:
+        result = run_tasks(executor, [Task("gen", (0, i), None, offset=4 if i == 0 else 0)])[0, i]
+        rows += [row["n"] for row in result.rows]
+        last, i = result.last, i + 1
+    assert rows == list(range(4, 10))
+
+
+def test_failing_batch_is_imputed(executor: Executor) -> None:
+    executor.start([FailOnThree(name="flaky")], enable_metadata=True)
+    got = run_tasks(executor, [Task("flaky", (0, 0), batch(1, 2)), Task("flaky", (0, 1), batch(3, 4))])
+    assert got[0, 0].error is None
+    assert [row["y"] for row in got[0, 0].rows] == [1, 2]
+    failed = got[0, 1]
+    assert failed.error == "ValueError: three is bad"
+    assert [(row["x"], row["y"]) for row in failed.rows] == [(3, None), (4, None)]
+    assert all("three is bad" in row["stillhouse_metadata"]["error_flaky"] for row in failed.rows)
+
+
+def test_load_failure_is_fatal(executor: Executor) -> None:
+    executor.start([FailingLoad(name="broken")])
+    events = collect(executor, lambda ev: any(isinstance(e, Failed) for e in ev))
+    failed = next(e for e in events if isinstance(e, Failed))
+    assert failed.step_name == "broken"
+    assert type(failed.exception) is LoadBoom
+    assert str(failed.exception) == "no model here"
+    assert "explode_on_load" in failed.traceback
+    assert not any(isinstance(e, Loaded) for e in events)
+
+
+def test_global_step_failure_is_fatal(executor: Executor) -> None:
+    executor.start([FailingGlobal(name="everything")])
+    executor.send(Task("everything", (0, 0), batch(1, 2, 3)))
+    events = collect(executor, lambda ev: any(isinstance(e, Failed) for e in ev))
+    failed = next(e for e in events if isinstance(e, Failed))
+    assert failed.step_name == "everything"
+    assert type(failed.exception) is GlobalBoom
+    assert str(failed.exception) == "cannot handle 3 rows"
+    assert "explode_globally" in failed.traceback
+    assert failed.exception.__traceback__ is not None
+
+
+def test_worker_logs_reach_the_driver(executor: Executor, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    executor.start([Chatty(name="chatty"), FailOnThree(name="flaky")])
+    run_tasks(executor, [Task("chatty", (0, 0), batch(1, 2)), Task("flaky", (0, 0), batch(3))])
+    messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
+    assert ("executor_testkit", logging.WARNING, "chatty saw 2 rows") in messages
+    assert any(name == "executor_testkit" and msg.startswith("chatty loading") for name, _, msg in messages)
+    step_failure = [msg for name, _, msg in messages if name == "stillhouse.worker"]
+    assert step_failure and "'flaky' failed on batch (0, 0)" in step_failure[0]
+    assert "three is bad" in step_failure[0]
+
+
+def test_stop_then_start_again(executor: Executor) -> None:
+    executor.start([Double(name="first")])
+    run_tasks(executor, [Task("first", (0, 0), batch(1))])
+    executor.stop_steps(["first"])
+    with pytest.raises(EngineError, match="'first', which is not running"):
+        executor.send(Task("first", (0, 1), batch(2)))
+    executor.start([Double(name="second")])
+    assert run_tasks(executor, [Task("second", (0, 0), batch(5))])[0, 0].rows[0]["y"] == 10
+
+
+def test_tasks_sent_before_stop_still_run(executor: Executor) -> None:
+    executor.start([Double(name="double")])
+    for i in range(3):
+        executor.send(Task("double", (0, i), batch(i)))
+    executor.stop_steps(["double"])
+    events = collect(executor, lambda ev: len(results(ev)) == 3, timeout=10)
+    assert sorted(r.key for r in results(events)) == [(0, 0), (0, 1), (0, 2)]
+
+
+def test_shutdown_is_idempotent(executor: Executor) -> None:
+    executor.start([Double(name="double")])
+    run_tasks(executor, [Task("double", (0, 0), batch(1))])
+    executor.shutdown()
+    executor.shutdown()
+    executor.shutdown(force=True)
+
+
+@pytest.mark.parametrize("kind", ["mp", "threaded"])
+def test_replicas_share_the_work(make_executor, kind: str) -> None:
+    executor = make_executor(kind)
+    executor.start([Double(name="double", delay=0.2, resources={"replicas": 2})])
+    collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
+    got = run_tasks(executor, [Task("double", (0, i), batch(i)) for i in range(6)])
+    worker = "pid" if kind == "mp" else "thread"
+    assert len({result.rows[0][worker] for result in got.values()}) == 2
+
+
+def test_sync_runs_in_the_calling_thread(make_executor) -> None:
+    executor = make_executor("sync")
+    executor.start([Double(name="double")])
+    assert executor.events(0) == [Loaded("double", 0)]  # loading is lazy
+    executor.send(Task("double", (0, 0), batch(1)))
+    executor.send(Task("double", (0, 1), batch(2)))
+    first = executor.events(10)
+    assert len(first) == 1 and first[0].result.key == (0, 0)  # one task per call
+    assert first[0].result.rows[0]["thread"] == threading.get_ident()
+    assert executor.events(10)[0].result.key == (0, 1)
+    assert executor.events(10) == []
+
+
+def test_threaded_replicas_get_their_own_step(make_executor) -> None:
+    executor = make_executor("threaded")
+    original = WhoAmI(name="who", resources={"replicas": 2})
+    executor.start([original])
+    collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
+    got = run_tasks(executor, [Task("who", (0, i), batch(i)) for i in range(4)])
+    ids = {result.rows[0]["step_id"] for result in got.values()}
+    assert len(ids) == 2 and id(original) in ids

@@ -1,0 +1,10 @@
+from __future__ import annotations
+
+import pytest
+
+EXECUTORS = ["sync", "threaded", "mp"]
+
+
+@pytest.fixture(params=EXECUTORS)
+def executor(request: pytest.FixtureRequest) -> str:
+    return request.param

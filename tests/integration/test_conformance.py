@@ -1,0 +1,172 @@
+"""The behaviour every executor must share (SPEC.md §1, §2, §5): same rows, same order."""
+
+from __future__ import annotations
+
+import pytest
+
+from stillhouse.core import Pipeline, routing_batch_function, sample_n_steps
+from stillhouse.core.errors import MisalignedInputsError, StepRuntimeError
+from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.results import rows_of
+from tests.support.steps import (
+    AlwaysFail,
+    BrokenGenerator,
+    BrokenGlobal,
+    BrokenLoad,
+    Count,
+    CountAll,
+    Double,
+    DropAll,
+    DropOdd,
+    Ok,
+    Pid,
+    Tag,
+    Zip,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def data(n: int) -> list[dict[str, int]]:
+    return [{"x": i} for i in range(n)]
+
+
+def test_linear_pipeline_keeps_every_row_in_order(executor, tmp_path):
+    with Pipeline(name="linear", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(37), batch_size=5) >> Double(input_batch_size=4)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [(r["x"], r["y"]) for r in rows] == [(i, 2 * i) for i in range(37)]
+
+
+def test_replicas_split_batches_and_keep_input_order(executor, tmp_path):
+    with Pipeline(name="replicas", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(60), batch_size=7)
+        loader >> Pid(input_batch_size=3, sleep=0.02, resources={"replicas": 2})
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(60))
+    if executor == "mp":
+        assert len({r["pid"] for r in rows}) == 2
+
+
+def test_fan_out_and_fan_in_align_rows(executor, tmp_path):
+    with Pipeline(name="fan", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(25), batch_size=4)
+        branches = [Tag(tag=t, sleep=0.01, input_batch_size=s) for t, s in (("a", 3), ("b", 5), ("c", 2))]
+        join = Zip(input_batch_size=6)
+        loader >> branches >> join
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(25))
+    assert all(r["tags"] == ["a", "b", "c"] for r in rows)
+
+
+def test_sample_n_steps_convergence_gets_each_rows_branches(executor, tmp_path):
+    with Pipeline(name="route", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(41), batch_size=6)
+        branches = [Tag(tag=t, sleep=0.01, input_batch_size=s) for t, s in (("a", 4), ("b", 3), ("c", 5))]
+        join = Zip(input_batch_size=7)
+        loader >> sample_n_steps(2) >> branches >> join
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(41))
+    for row in rows:
+        assert len(row["tags"]) == 2 and len(set(row["tags"])) == 2
+    # rows of one generator batch travel together
+    by_batch = {}
+    for row in rows:
+        by_batch.setdefault(row["x"] // 6, set()).add(tuple(row["tags"]))
+    assert all(len(tags) == 1 for tags in by_batch.values())
+
+
+@routing_batch_function
+def first_branch(steps: list[str]) -> list[str]:
+    return steps[:1]
+
+
+def test_two_routings_in_a_row(executor, tmp_path):
+    with Pipeline(name="route2", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(30), batch_size=4)
+        first = [Tag(tag=t, input_batch_size=3) for t in ("a", "b")]
+        join1 = Zip(name="join1", input_batch_size=5)
+        second = [Tag(tag=t, input_batch_size=2) for t in ("c", "d")]
+        join2 = Zip(name="join2", input_batch_size=4)
+        loader >> sample_n_steps(1) >> first >> join1
+        join1 >> first_branch >> second >> join2
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(30))
+    assert all(r["tags"] == ["c"] for r in rows)
+
+
+def test_global_step_gets_all_rows_after_predecessors_finish(executor, tmp_path):
+    with Pipeline(name="global", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(23), batch_size=5) >> Double(input_batch_size=4) >> Count()
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert rows == [{"n": 23, "xs": list(range(23))}]
+
+
+def test_failing_step_beside_a_working_one_gives_none_and_ok(executor, tmp_path):
+    with Pipeline(name="fail", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        loader = LoadDataFromDicts(data=data(6), batch_size=3)
+        loader >> [AlwaysFail(name="bad"), Ok(name="good")] >> Zip(name="joined")
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert len(rows) == 6
+    assert all(r["out"] == "ok" for r in rows)
+    bad_rows = rows_of(pipeline.run(use_cache=True, progress=False))
+    assert bad_rows == rows
+    summary = {row["step"]: row for row in pipeline.last_run_summary}
+    assert summary["bad"]["failed_batches"] == 0  # second run came from the cache
+
+
+def test_failing_step_imputes_none_and_records_metadata(executor, tmp_path):
+    with Pipeline(name="fail-meta", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        LoadDataFromDicts(data=data(4), batch_size=2) >> AlwaysFail(name="bad", input_batch_size=2)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["out"] for r in rows] == [None] * 4
+    assert all("this step always fails" in r["stillhouse_metadata"]["error_bad"] for r in rows)
+    assert {row["step"]: row for row in pipeline.last_run_summary}["bad"]["failed_batches"] == 2
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: BrokenGlobal(name="boom"), "global step exploded"),
+        (lambda: BrokenLoad(name="boom"), "model weights not found"),
+    ],
+)
+def test_fatal_failures_stop_the_run_naming_the_step(executor, tmp_path, make, message):
+    with Pipeline(name="fatal", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(5)) >> make()
+    with pytest.raises(StepRuntimeError, match="boom") as info:
+        pipeline.run(use_cache=False, progress=False)
+    assert info.value.step_name == "boom"
+    assert message in str(info.value)
+    assert "Traceback" in str(info.value)
+
+
+def test_generator_failure_stops_the_run(executor, tmp_path):
+    with Pipeline(name="fatal-gen", executor=executor, cache_dir=tmp_path) as pipeline:
+        BrokenGenerator(name="gen") >> Double()
+    with pytest.raises(StepRuntimeError, match="generator exploded"):
+        pipeline.run(use_cache=False, progress=False)
+
+
+def test_diverging_row_counts_fail_naming_step_and_predecessors(executor, tmp_path):
+    with Pipeline(name="misaligned", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(10), batch_size=5)
+        loader >> [DropOdd(name="filtering"), Tag(name="keeping")] >> Zip(name="join")
+    with pytest.raises(MisalignedInputsError) as info:
+        pipeline.run(use_cache=False, progress=False)
+    text = str(info.value)
+    assert "'join'" in text and "'filtering'" in text and "'keeping'" in text
+
+
+def test_everything_filtered_still_finishes(executor, tmp_path):
+    with Pipeline(name="empty", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(8), batch_size=3) >> DropAll() >> CountAll(name="total")
+    result = pipeline.run(use_cache=False, progress=False)
+    assert rows_of(result) == []
+
+
+def test_dataset_argument_becomes_the_generator(executor, tmp_path):
+    with Pipeline(name="dataset", executor=executor, cache_dir=tmp_path) as pipeline:
+        Double(input_batch_size=3)
+    rows = rows_of(pipeline.run(dataset=data(5), use_cache=False, progress=False))
+    assert [r["y"] for r in rows] == [0, 2, 4, 6, 8]

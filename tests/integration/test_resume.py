@@ -1,0 +1,132 @@
+"""Kill real runs at random moments; the resumed result must equal an uninterrupted one."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.crash_pipeline import ROWS
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(cache: Path, executor: str, out: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.crash_pipeline", str(cache), executor, str(out)],
+        cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def finish(process: subprocess.Popen, timeout: float = 90) -> tuple[int, str]:
+    try:
+        _, err = process.communicate(timeout=timeout)
+    finally:
+        kill_group(process)
+    return process.returncode, err
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def group_is_gone(pgid: int, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def wait_until_running(cache: Path, timeout: float = 60) -> None:
+    """Wait until a batch has been checkpointed (imports alone take seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(log.stat().st_size for log in cache.glob("crash/steps/slow-*/batches.log")):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run never started")
+
+
+def check(rows: dict, reference: dict) -> None:
+    final, total = rows["final"], rows["total"]
+    assert [r["x"] for r in final] == list(range(ROWS)), "rows lost, duplicated or reordered"
+    assert total == reference["total"]
+    plain = ["x", "y", "slow", "z"]
+    assert [{k: r[k] for k in plain} for r in final] == [{k: r[k] for k in plain} for r in reference["final"]]
+    for row in final:
+        assert len(row["tags"]) == 2  # what fan_in zipped: join's row and side's row
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> dict:
+    tmp = tmp_path_factory.mktemp("reference")
+    code, err = finish(start(tmp / "cache", "mp", tmp / "out.json"))
+    assert code == 0, err
+    return json.loads((tmp / "out.json").read_text())
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("executor", ["mp", "threaded"])
+@pytest.mark.parametrize("target", ["group", "driver"])
+def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference, executor, target):
+    rng = random.Random(f"{executor}-{target}")
+    cache, out = tmp_path / "cache", tmp_path / "out.json"
+    kills = 0
+    for _attempt in range(12):
+        process = start(cache, executor, out)
+        delay = rng.uniform(0.8, 3.0)
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL) if target == "driver" else kill_group(process)
+            process.communicate(timeout=10)
+            kills += 1
+            assert group_is_gone(process.pid), "workers outlived their driver"
+            continue
+        finally:
+            kill_group(process)
+        _, err = process.communicate(timeout=10)
+        assert process.returncode == 0, err
+        break
+    else:
+        code, err = finish(start(cache, executor, out))
+        assert code == 0, err
+    assert kills >= 1
+    check(json.loads(out.read_text()), reference)
+
+
+@pytest.mark.timeout(200)
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_stops_then_resume_is_exact(tmp_path, reference, presses):
+    cache, out = tmp_path / "cache", tmp_path / "out.json"
+    process = start(cache, "mp", out)
+    wait_until_running(cache)
+    for _ in range(presses):
+        os.killpg(process.pid, signal.SIGINT)  # a terminal sends it to the whole group
+        time.sleep(0.05)
+    code, err = finish(process, timeout=60)
+    assert code != 0 and "KeyboardInterrupt" in err, err[-2000:]
+    if presses == 1:
+        assert "resume" in err
+    assert group_is_gone(process.pid)
+    code, err = finish(start(cache, "mp", out))
+    assert code == 0, err
+    check(json.loads(out.read_text()), reference)
