@@ -20,7 +20,7 @@ from stillhouse.distiset.writer import LeafSchemaError
 def _run(tmp_path, batches_per_leaf, *, rows_per_file=2):
     """Write a run folder (`run/data/<leaf>/...` plus pipeline.yaml and .log); return data dir."""
     run_dir = tmp_path / "run"
-    run_dir.mkdir(exist_ok=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text("pipeline: {name: demo}\n")
     (run_dir / "pipeline.log").write_text("a log line\n")
     writer = ParquetOutputWriter(run_dir / "data", list(batches_per_leaf), rows_per_file=rows_per_file)

@@ -104,7 +104,7 @@ def test_unpicklable_result_is_reported(make_executor) -> None:
     assert "'lambdas' for batch (0, 7) could not be sent" in str(failed.exception)
 
 
-@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+@pytest.mark.parametrize("start_method", START_METHODS)
 def test_killed_worker_is_reported_as_died(make_executor, start_method: str) -> None:
     executor = make_executor("mp", start_method=start_method)
     executor.start([Sleeper(name="sleepy", resources={"replicas": 2})])

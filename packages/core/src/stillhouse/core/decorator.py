@@ -43,9 +43,11 @@ def step(
         fields: dict[str, Any] = {}
         annotations: dict[str, Any] = {}
         takes_offset = False
+        input_params: list[inspect.Parameter] = []
         for param in inspect.signature(func).parameters.values():
             hint = hints.get(param.name, Any)
             if param.kind is inspect.Parameter.VAR_POSITIONAL or _is_step_input(hint):
+                input_params.append(param)
                 continue
             if step_type == "generator" and param.name == "offset":
                 takes_offset = True
@@ -80,6 +82,11 @@ def step(
 
             def process(self: Step, *step_inputs: Any) -> Any:
                 yield from func(*step_inputs, **field_values(self))
+
+            # Show the function's inputs, not `*step_inputs`: validation counts them
+            # against the step's predecessors.
+            self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            process.__signature__ = inspect.Signature([self_param, *input_params])  # type: ignore[attr-defined]
 
         namespace: dict[str, Any] = {
             "__annotations__": annotations,

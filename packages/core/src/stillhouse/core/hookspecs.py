@@ -47,3 +47,12 @@ def stillhouse_make_output_writer(pipeline: Any, data_dir: Any) -> Any:
 
     `data_dir` is where the run store wants results (`<run dir>/data`), or None when
     nothing is cached."""
+
+
+@hookspec
+def register_cli(subparsers: Any) -> None:
+    """Add command groups to the `stillhouse` CLI.
+
+    `subparsers` is the `argparse` sub-parsers object of the top-level parser; give every
+    parser you add a `handler=function(args) -> int` default (stillhouse-cache adds
+    `stillhouse cache ...` this way)."""

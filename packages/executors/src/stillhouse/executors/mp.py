@@ -26,21 +26,18 @@ from typing import Any, ClassVar
 from stillhouse.core.engine import Died, Event, Executor, Task
 from stillhouse.core.errors import (
     EngineError,
-    InvalidResourcesError,
     PipelineValidationError,
     StepRuntimeError,
 )
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import STOP, check_options
+from stillhouse.executors._gpus import GPU_COUNT_ENV, place_gpus
 from stillhouse.executors._mp_worker import Exited, ResultsQueue, worker_main
 
 logger = logging.getLogger("stillhouse.executors.mp")
 
 START_METHOD_ENV = "STILLHOUSE_START_METHOD"
 """Overrides the default start method, e.g. to try "spawn" (macOS, Python 3.14) on Linux."""
-
-GPU_COUNT_ENV = "STILLHOUSE_GPU_COUNT"
-"""How many GPUs to hand out when `CUDA_VISIBLE_DEVICES` is unset (also lets tests fake GPUs)."""
 
 START_METHODS = ("fork", "forkserver", "spawn")
 
@@ -95,7 +92,8 @@ class MultiprocessingExecutor(Executor):
         for step in steps:
             if step.name in self._tasks:
                 raise EngineError(f"Step {step.name!r} was started twice without being stopped.")
-        placement = self._place_gpus(steps)  # raises before any process exists
+        taken = [gpu for replica in self._replicas.values() for gpu in replica.gpus]
+        placement = place_gpus(steps, self._gpu_count, taken)  # raises before any process
         if self._results is None:
             self._results = ResultsQueue(ctx=self._ctx)
             # Workers are not daemonic (steps may start processes of their own, as vLLM
@@ -265,35 +263,6 @@ class MultiprocessingExecutor(Executor):
 
     def _at_exit(self) -> None:
         self.shutdown(force=True)
-
-    # -- GPUs -------------------------------------------------------------------------------
-
-    def _place_gpus(self, steps: Sequence[_Step]) -> dict[tuple[str, int], list[str]]:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        if visible is not None:
-            devices = [d.strip() for d in visible.split(",") if d.strip()]
-            source = f"CUDA_VISIBLE_DEVICES={visible!r}"
-        else:
-            devices = [str(i) for i in range(self._gpu_count)]
-            source = f"gpu_count/{GPU_COUNT_ENV}={self._gpu_count}"
-        taken = {gpu for replica in self._replicas.values() for gpu in replica.gpus}
-        free = [d for d in devices if d not in taken]
-        placement: dict[tuple[str, int], list[str]] = {}
-        for step in steps:
-            per_replica, replicas = step.resources.gpus or 0, step.resources.replicas
-            if not per_replica:
-                continue
-            if per_replica * replicas > len(free):
-                raise InvalidResourcesError(
-                    f"Step {step.name!r} asks for {per_replica} GPU(s) for each of its "
-                    f"{replicas} replica(s), {per_replica * replicas} in all, but only "
-                    f"{len(free)} of the {len(devices)} GPU(s) are free ({source}). Lower "
-                    "`resources.gpus` or `resources.replicas`, or make more GPUs visible "
-                    f"with CUDA_VISIBLE_DEVICES or {GPU_COUNT_ENV}."
-                )
-            for index in range(replicas):
-                placement[step.name, index], free = free[:per_replica], free[per_replica:]
-        return placement
 
 
 def _start_method(requested: str | None) -> str:

@@ -102,6 +102,7 @@ def summary_rows(states: dict[str, StepState]) -> list[dict[str, Any]]:
             "seconds": round(elapsed, 3),
             "rows_per_s": stats.rows_out / elapsed if elapsed > 0 else 0.0,
             "status": status,
+            "started_worker": state.started,
         })
     return rows
 

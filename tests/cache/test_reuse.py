@@ -1,0 +1,163 @@
+"""Reuse and invalidation (SPEC.md §3): what is recomputed after which change."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from stillhouse.cache import pipeline_dir
+from stillhouse.core import Pipeline
+from stillhouse.core.errors import CacheLockedError, CorruptCacheError
+from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.results import rows_of
+from tests.support.steps import Double, Tag
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def computed(pipeline: Pipeline) -> set[str]:
+    """Steps whose workers ran in the last run."""
+    return {row["step"] for row in pipeline.last_run_summary if row["started_worker"]}
+
+
+def build(tmp_path: Path, *, tag: str = "a", extra: bool = False, ibs: int = 3) -> Pipeline:
+    with Pipeline(name="reuse", cache_dir=tmp_path, executor="sync") as pipeline:
+        loader = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(10)], batch_size=4)
+        double = Double(name="double", input_batch_size=ibs)
+        tagger = Tag(name="tag", tag=tag)
+        loader >> double >> tagger
+        if extra:
+            loader >> Tag(name="extra", tag="e")
+    return pipeline
+
+
+def test_finished_pipeline_is_returned_from_cache_without_workers(tmp_path):
+    first = build(tmp_path).run(progress=False)
+    again = build(tmp_path)
+    second = again.run(progress=False)
+    assert computed(again) == set()
+    assert rows_of(second) == rows_of(first)
+
+
+def test_changed_field_recomputes_the_step_and_its_successors_only(tmp_path):
+    build(tmp_path).run(progress=False)
+    changed = build(tmp_path, tag="b")
+    rows = rows_of(changed.run(progress=False))
+    assert computed(changed) == {"tag"}
+    assert {r["z"] for r in rows} == {"b"}
+
+
+def test_added_step_is_the_only_one_that_runs(tmp_path):
+    build(tmp_path).run(progress=False)
+    grown = build(tmp_path, extra=True)
+    result = grown.run(progress=False)
+    assert computed(grown) == {"extra"}
+    assert [r["z"] for r in rows_of(result, "extra")] == ["e"] * 10
+    assert [r["y"] for r in rows_of(result, "tag")] == [2 * i for i in range(10)]
+
+
+def test_changed_input_batch_size_takes_effect_but_keeps_finished_outputs(tmp_path):
+    build(tmp_path).run(progress=False)
+    rebatched = build(tmp_path, ibs=5)
+    rebatched.run(progress=False)
+    assert computed(rebatched) == set()  # batch sizes are not part of the signature
+
+
+def test_use_cache_false_recomputes_everything(tmp_path):
+    build(tmp_path).run(progress=False)
+    again = build(tmp_path)
+    again.run(use_cache=False, progress=False)
+    assert computed(again) == {"load", "double", "tag"}
+
+
+def test_step_use_cache_false_recomputes_it_and_its_successors(tmp_path):
+    build(tmp_path).run(progress=False)
+    again = build(tmp_path)
+    again.dag.get_step("double").use_cache = False
+    again.run(progress=False)
+    assert computed(again) == {"double", "tag"}
+
+
+def test_new_generator_data_is_never_answered_from_the_old_cache(tmp_path):
+    build(tmp_path).run(progress=False)
+    with Pipeline(name="reuse", cache_dir=tmp_path, executor="sync") as pipeline:
+        loader = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(100, 103)])
+        loader >> Double(name="double", input_batch_size=3) >> Tag(name="tag", tag="a")
+    rows = rows_of(pipeline.run(progress=False))
+    assert [r["x"] for r in rows] == [100, 101, 102]
+
+
+STEP_SOURCE = '''
+from stillhouse.core import StepInput, step
+
+@step(inputs=["x"], outputs=["v"])
+def Edited(inputs: StepInput):
+    for row in inputs:
+        row["v"] = {value}
+    yield inputs
+'''
+
+
+def load_module(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_edited_process_body_is_a_change(tmp_path):
+    source = tmp_path / "edited_step.py"
+    results = []
+    for value in (1, 2):
+        source.write_text(textwrap.dedent(STEP_SOURCE.format(value=value)))
+        module = load_module(source, "edited_step")
+        with Pipeline(name="edit", cache_dir=tmp_path / "cache", executor="sync") as pipeline:
+            LoadDataFromDicts(name="load", data=[{"x": 1}]) >> module.Edited(name="edited")
+        results.append(rows_of(pipeline.run(progress=False)))
+        assert "edited" in computed(pipeline)
+    assert [r["v"] for r in results[0]] == [1] and [r["v"] for r in results[1]] == [2]
+
+
+def test_second_concurrent_run_fails_fast_with_a_clear_message(tmp_path):
+    import fcntl
+    import os
+
+    pipeline = build(tmp_path)
+    lock_dir = pipeline_dir(pipeline)
+    lock_dir.mkdir(parents=True)
+    fd = os.open(lock_dir / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(CacheLockedError, match="Another run of pipeline 'reuse'"):
+            pipeline.run(progress=False)
+    finally:
+        os.close(fd)
+    assert rows_of(build(tmp_path).run(progress=False))
+
+
+@pytest.mark.parametrize("damage", ["meta", "log"])
+def test_corrupt_cache_file_names_the_file_and_the_fix(tmp_path, damage):
+    build(tmp_path).run(progress=False)
+    store = next((tmp_path / "reuse" / "steps").glob("double-*"))
+    if damage == "meta":
+        (store / "meta.json").write_text("{not json")
+    else:
+        meta = json.loads((store / "meta.json").read_text())
+        meta["finished"] = True
+        (store / "meta.json").write_text(json.dumps(meta))
+        log = store / "batches.log"
+        data = bytearray(log.read_bytes())
+        data[30] ^= 0xFF  # inside the first record's payload
+        log.write_bytes(bytes(data))
+    again = build(tmp_path, tag="new")  # "tag" must re-read double's batches
+    with pytest.raises(CorruptCacheError) as info:
+        again.run(progress=False)
+    assert str(store) in str(info.value)
+    assert "use_cache=False" in str(info.value)
+    assert rows_of(build(tmp_path, tag="new").run(use_cache=False, progress=False))
