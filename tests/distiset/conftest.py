@@ -55,6 +55,7 @@ class FakeHub:
     repos: dict[str, Repo] = field(default_factory=dict)
     lfs_objects: dict[str, bytes] = field(default_factory=dict)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    """(method, path, headers with lower-case names) of every request."""
     commits: list[dict[str, Any]] = field(default_factory=list)
     unhandled: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -89,7 +90,9 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         self.body = self.rfile.read(length) if length else b""
         with self.hub.lock:
-            self.hub.requests.append((self.command, self.path, dict(self.headers)))
+            self.hub.requests.append(
+                (self.command, self.path, {k.lower(): v for k, v in self.headers.items()})
+            )
             for method, pattern, name in _ROUTES:
                 match = re.match(pattern, parts.path)
                 if method == self.command and match:

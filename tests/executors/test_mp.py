@@ -45,7 +45,8 @@ def loaded(executor: MultiprocessingExecutor, count: int) -> list:
 
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_start_methods(make_executor, start_method: str, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO)
+    # Only this logger is at INFO (root stays at WARNING): workers must follow its level.
+    caplog.set_level(logging.INFO, logger="executor_testkit")
     executor = make_executor("mp", start_method=start_method)
     steps = [Double(name="double", resources={"replicas": 2}), Triple(name="triple"),
              Numbers(name="numbers"), Counter(name="counter", batch_size=4), Chatty(name="chatty")]
@@ -67,6 +68,7 @@ def test_start_methods(make_executor, start_method: str, caplog: pytest.LogCaptu
     executor.shutdown()
     assert_no_workers(pids)
     assert "chatty saw 1 rows" in caplog.messages
+    assert any(message.startswith("chatty loading") for message in caplog.messages)
 
 
 @pytest.mark.parametrize("start_method", START_METHODS)

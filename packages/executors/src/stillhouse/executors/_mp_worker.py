@@ -66,12 +66,12 @@ def worker_main(
     results: ResultsQueue,
     enable_metadata: bool,
     env: dict[str, str],
-    log_level: int,
+    log_levels: dict[str, int],
 ) -> None:
     """Body of a worker process: serve `step` from `tasks` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
     os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
-    _route_logs(results, log_level)
+    _route_logs(results, log_levels)
     pickling_support.install()
     _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
@@ -92,8 +92,11 @@ def _portable(event: Event) -> Event:
     return Failed(event.step_name, exc, event.traceback)
 
 
-def _route_logs(results: ResultsQueue, level: int) -> None:
-    """Send every log record to the driver, which re-emits it through its own handlers.
+def _route_logs(results: ResultsQueue, levels: dict[str, int]) -> None:
+    """Send log records to the driver, which re-emits them through its own handlers.
+
+    `levels` are the driver's logger levels (`""` is the root), so a worker logs what
+    the driver would.
 
     Under fork the child inherits the driver's handlers (files, the terminal, pytest's
     capture); they are removed so that no line is written twice.
@@ -108,7 +111,8 @@ def _route_logs(results: ResultsQueue, level: int) -> None:
         if logger is not root and not logger.propagate:
             logger.addHandler(handler)
     root.addHandler(handler)
-    root.setLevel(level)
+    for name, level in levels.items():
+        logging.getLogger(name or None).setLevel(level)
 
 
 def _exit_with_parent() -> None:

@@ -24,11 +24,7 @@ from multiprocessing.queues import Queue
 from typing import Any, ClassVar
 
 from stillhouse.core.engine import Died, Event, Executor, Task
-from stillhouse.core.errors import (
-    EngineError,
-    PipelineValidationError,
-    StepRuntimeError,
-)
+from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import STOP, check_options
 from stillhouse.executors._gpus import GPU_COUNT_ENV, place_gpus
@@ -79,7 +75,7 @@ class MultiprocessingExecutor(Executor):
         super().__init__(**options)
         self.start_method = _start_method(options.get("start_method"))
         self._ctx = get_context(self.start_method)
-        self._gpu_count = int(options.get("gpu_count", os.environ.get(GPU_COUNT_ENV) or 0))
+        self._gpu_count = _gpu_count(options.get("gpu_count", os.environ.get(GPU_COUNT_ENV)))
         self._join_timeout = float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
         self._results: ResultsQueue | None = None
         self._tasks: dict[str, Queue] = {}
@@ -99,7 +95,7 @@ class MultiprocessingExecutor(Executor):
             # Workers are not daemonic (steps may start processes of their own, as vLLM
             # does), so multiprocessing's exit hook would wait for them forever.
             atexit.register(self._at_exit)
-        log_level = logging.getLogger().getEffectiveLevel()
+        log_levels = _log_levels()
         for step in steps:
             tasks = self._ctx.Queue()
             tasks._ignore_epipe = True  # see _close_queue
@@ -109,7 +105,7 @@ class MultiprocessingExecutor(Executor):
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
                 process = self._ctx.Process(
                     target=worker_main,
-                    args=(step, index, tasks, self._results, enable_metadata, env, log_level),
+                    args=(step, index, tasks, self._results, enable_metadata, env, log_levels),
                     name=f"stillhouse-{step.name}-{index}",
                 )
                 try:
@@ -275,6 +271,29 @@ def _start_method(requested: str | None) -> str:
             f"or {START_METHOD_ENV}."
         )
     return method
+
+
+def _log_levels() -> dict[str, int]:
+    # A spawned worker starts with default levels; without these, an INFO line the driver
+    # would show (e.g. under the "stillhouse" logger the engine sets to INFO) is dropped.
+    levels = {"": logging.getLogger().level}
+    for name, log in list(logging.Logger.manager.loggerDict.items()):
+        if isinstance(log, logging.Logger) and log.level != logging.NOTSET:
+            levels[name] = log.level
+    return levels
+
+
+def _gpu_count(value: Any) -> int:
+    try:
+        count = int(value or 0)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
+        raise PipelineValidationError(
+            f"Invalid GPU count {value!r} (the `gpu_count` option or {GPU_COUNT_ENV}). "
+            "Expected a whole number of GPUs, 0 or more."
+        )
+    return count
 
 
 def _describe_exit(process: BaseProcess) -> str:

@@ -1,0 +1,149 @@
+"""Routing batch functions: decorating, wiring, regions and their serialised form."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from stillhouse.core import (
+    Pipeline,
+    RoutingBatchFunction,
+    StepInput,
+    StepOutput,
+    routing_batch_function,
+    sample_n_steps,
+    step,
+)
+from stillhouse.core.dag import convergence_steps, routed_region, routing_context
+from stillhouse.core.errors import RoutingError, SerializationError
+from stillhouse.core.steps import CombineOutputs, LoadDataFromDicts
+
+
+@step(inputs=["x"], outputs=["x"])
+def Work(inputs: StepInput) -> StepOutput:
+    yield inputs
+
+
+@routing_batch_function
+def first_only(steps: list[str]) -> list[str]:
+    """Send every batch to the first successor."""
+    return steps[:1]
+
+
+@routing_batch_function(description="Every successor.")
+def everyone(steps: list[str]) -> list[str]:
+    return steps
+
+
+def source(name: str = "source") -> LoadDataFromDicts:
+    return LoadDataFromDicts(name=name, data=[{"x": 1}])
+
+
+def test_the_decorator_works_with_and_without_parentheses() -> None:
+    assert isinstance(first_only, RoutingBatchFunction)
+    assert isinstance(everyone, RoutingBatchFunction)
+    assert first_only(["a", "b"]) == ["a"]
+    assert everyone(["a", "b"]) == ["a", "b"]
+    assert first_only.description == "Send every batch to the first successor."
+    assert everyone.description == "Every successor."
+    assert first_only.name == "first_only"
+
+
+def test_sample_n_steps_picks_n_distinct_successors() -> None:
+    route = sample_n_steps(2)
+    random.seed(3)
+    for _ in range(20):
+        chosen = route(["a", "b", "c"])
+        assert len(chosen) == 2 and len(set(chosen)) == 2 and set(chosen) <= {"a", "b", "c"}
+    assert route.name == "sample_n_steps"
+
+
+def test_sample_n_steps_rejects_a_bad_n() -> None:
+    with pytest.raises(RoutingError, match="n=0"):
+        sample_n_steps(0)
+    with pytest.raises(RoutingError, match=r"sample_n_steps\(3\).*2 successors"):
+        sample_n_steps(3)(["a", "b"])
+
+
+def test_routing_is_recorded_on_the_source_step() -> None:
+    with Pipeline(name="routing", executor="sync") as pipeline:
+        s = source("s")
+        a, b = Work(name="a"), Work(name="b")
+        s >> first_only >> [a, b] >> CombineOutputs(name="c")
+    dag = pipeline.dag
+    assert dag.routing == {"s": first_only}
+    assert dag.routed_branches("s") == ["a", "b"]
+    assert dag.routed_branches("a") == []
+    assert routed_region(dag, "s") == ["a", "b"]
+    assert routing_context(dag, "a") == "s"
+    assert routing_context(dag, "c") is None
+    assert convergence_steps(dag) == {"s": "c"}
+
+
+def test_downstream_of_a_branch_stays_in_the_routed_region() -> None:
+    with Pipeline(name="routing", executor="sync") as pipeline:
+        s = source("s")
+        a, b = Work(name="a"), Work(name="b")
+        s >> sample_n_steps(1) >> [a, b]
+        a >> Work(name="a2")
+        [pipeline.dag.get_step("a2"), b] >> CombineOutputs(name="c")
+    assert routed_region(pipeline.dag, "s") == ["a", "b", "a2"]
+    assert convergence_steps(pipeline.dag) == {"s": "c"}
+    pipeline.validate()
+
+
+def test_one_routing_function_cannot_follow_two_steps() -> None:
+    route = sample_n_steps(1)
+    with Pipeline(name="routing", executor="sync"):
+        first, second = source("first"), source("second")
+        first >> route >> [Work(), Work()]
+        with pytest.raises(RoutingError, match=r"'first'.*'second'"):
+            second >> route
+
+
+def test_a_routing_function_must_be_followed_by_a_list() -> None:
+    with Pipeline(name="routing", executor="sync"):
+        s, a = source(), Work()
+        with pytest.raises(RoutingError, match="list of steps"):
+            s >> sample_n_steps(1) >> a
+
+
+def test_a_routing_function_needs_an_upstream_step() -> None:
+    with Pipeline(name="routing", executor="sync"):
+        a = Work()
+        with pytest.raises(RoutingError, match="no upstream step"):
+            sample_n_steps(1) >> [a]
+
+
+def test_nested_routing_is_rejected() -> None:
+    with Pipeline(name="routing", executor="sync") as pipeline:
+        s = source("s")
+        a, b = Work(name="a"), Work(name="b")
+        s >> sample_n_steps(1) >> [a, b]
+        a >> everyone >> [Work(name="a1"), Work(name="a2")]
+    with pytest.raises(RoutingError, match=r"'a'.*'s'.*Nested routing"):
+        pipeline.validate()
+
+
+def test_dump_and_from_dump_rebuild_a_decorated_function() -> None:
+    data = first_only.dump()
+    assert data["type_info"] == {"module": __name__, "name": "first_only"}
+    rebuilt = RoutingBatchFunction.from_dump(data)
+    assert rebuilt is not first_only
+    assert rebuilt(["a", "b"]) == ["a"]
+
+
+def test_dump_and_from_dump_rebuild_sample_n_steps_with_its_argument() -> None:
+    data = sample_n_steps(2).dump()
+    assert data["type_info"] == {"module": "stillhouse.core.routing", "name": "sample_n_steps"}
+    assert data["kwargs"] == {"n": 2}
+    rebuilt = RoutingBatchFunction.from_dump(data)
+    assert rebuilt.dump() == data
+    assert len(rebuilt(["a", "b", "c"])) == 2
+
+
+def test_from_dump_names_an_unresolvable_function() -> None:
+    data = {"type_info": {"module": "no_such_module_here", "name": "route"}}
+    with pytest.raises(SerializationError, match=r"no_such_module_here\.route"):
+        RoutingBatchFunction.from_dump(data)
