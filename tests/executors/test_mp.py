@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -245,3 +247,49 @@ def test_results_keep_flowing_while_stopping(make_executor) -> None:
     executor.stop_steps(["double"])
     events = executor.events(0)
     assert len([e for e in events if isinstance(e, Finished)]) == 20
+
+
+DRIVER = """
+import sys
+from executor_testkit import Sleeper, collect
+from stillhouse.core.engine import Loaded
+from stillhouse.executors import MultiprocessingExecutor
+
+executor = MultiprocessingExecutor(start_method=sys.argv[1])
+executor.start([Sleeper(name="sleepy", resources={"replicas": 2})])
+collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
+print(*executor.worker_pids()["sleepy"], flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_exit_when_the_driver_is_killed(start_method: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, start_method],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True,
+    )
+    try:
+        pids = [int(pid) for pid in driver.stdout.readline().split()]
+        assert len(pids) == 2
+        driver.kill()
+        driver.wait(5)
+        deadline = time.monotonic() + 10
+        while any(_running(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"orphaned workers {pids} outlived their driver"
+            time.sleep(0.1)
+    finally:
+        driver.kill()
+        driver.wait(5)
+        driver.stdin.close()
+        driver.stdout.close()
+
+
+def _running(pid: int) -> bool:
+    # An orphan's zombie is its new parent's to reap (a container's PID 1 may not): ignore it.
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

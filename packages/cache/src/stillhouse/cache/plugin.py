@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
 from typing import Any
 
+from stillhouse.cache.batch_storage import FsBatchStorage
 from stillhouse.cache.run_store import FileRunStore
 from stillhouse.core.hookspecs import hookimpl
 
@@ -11,3 +13,13 @@ from stillhouse.core.hookspecs import hookimpl
 @hookimpl
 def stillhouse_make_run_store(pipeline: Any, use_cache: bool, fresh_steps: set[str]) -> FileRunStore:
     return FileRunStore(pipeline, use_cache=use_cache, fresh_steps=fresh_steps)
+
+
+@hookimpl
+def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, Any] | None) -> FsBatchStorage:
+    parameters = dict(storage_parameters or {})
+    url = parameters.pop("path", None)
+    if url is None:
+        run_dir = getattr(pipeline, "_run_dir", None)
+        url = f"{run_dir}/batch_data" if run_dir else f"{tempfile.gettempdir()}/stillhouse-batch-data"
+    return FsBatchStorage(str(url), parameters)

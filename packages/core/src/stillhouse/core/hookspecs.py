@@ -56,3 +56,11 @@ def register_cli(subparsers: Any) -> None:
     `subparsers` is the `argparse` sub-parsers object of the top-level parser; give every
     parser you add a `handler=function(args) -> int` default (stillhouse-cache adds
     `stillhouse cache ...` this way)."""
+
+
+@hookspec(firstresult=True)
+def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, Any] | None) -> Any:
+    """Return the `BatchStorage` that passes batch data through a filesystem.
+
+    `storage_parameters` is `run(storage_parameters=...)`: `{"path": URL, **fsspec
+    options}`; without a path, a folder inside the run's cache directory."""

@@ -50,7 +50,15 @@ def _manager(disabled: frozenset[str]) -> tuple[pluggy.PluginManager, dict[str, 
         manager.register(module, name=entry_point.name)
         dist = entry_point.dist.name if entry_point.dist else "?"
         origins[entry_point.name] = f"{dist} ({entry_point.value})"
-    manager.check_pending()
+    try:
+        manager.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = manager.get_name(exc.plugin) or repr(exc.plugin)
+        raise PluginError(
+            f"The stillhouse plugin {name!r} implements a hook stillhouse does not define: "
+            f"{exc}. Check the hook's spelling against stillhouse.core.hookspecs, or skip the "
+            f"plugin with {DISABLE_ENV}={name}."
+        ) from exc
     return manager, origins
 
 

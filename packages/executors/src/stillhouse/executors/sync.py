@@ -26,6 +26,7 @@ class SyncExecutor(Executor):
     """
 
     name: ClassVar[str] = "sync"
+    in_process: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         check_options(self.name, options, ())

@@ -40,6 +40,7 @@ class ThreadedExecutor(Executor):
     """
 
     name: ClassVar[str] = "threaded"
+    in_process: ClassVar[bool] = True
 
     def __init__(self, **options: Any) -> None:
         check_options(self.name, options, ("join_timeout",))

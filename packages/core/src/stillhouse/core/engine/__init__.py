@@ -3,6 +3,7 @@
 from stillhouse.core.engine.protocol import (
     BatchKey,
     BatchRecord,
+    BatchStorage,
     Died,
     Event,
     Executor,
@@ -13,6 +14,7 @@ from stillhouse.core.engine.protocol import (
     NullRunStore,
     NullStepStore,
     OutputWriter,
+    Payload,
     RunStore,
     StepStore,
     Task,
@@ -21,7 +23,7 @@ from stillhouse.core.engine.protocol import (
 from stillhouse.core.engine.worker import FatalStepError, StepRunner
 
 __all__ = [
-    "BatchKey", "BatchRecord", "Died", "Event", "Executor", "Failed", "FatalStepError",
+    "BatchKey", "BatchRecord", "BatchStorage", "Payload", "Died", "Event", "Executor", "Failed", "FatalStepError",
     "Finished", "Loaded", "MemoryOutputWriter", "NullRunStore", "NullStepStore",
     "OutputWriter", "RunStore", "StepRunner", "StepStore", "Task", "TaskResult",
 ]

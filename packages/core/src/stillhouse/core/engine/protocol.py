@@ -23,6 +23,30 @@ BatchKey = tuple[int, int]
 stream order; outside routed branches the lineage is 0."""
 
 
+class Payload(ABC):
+    """Batch data kept somewhere else (a filesystem) and loaded by the worker."""
+
+    @abstractmethod
+    def load(self) -> list[list[Row]]:
+        """The inputs: one list of rows per predecessor."""
+
+
+class BatchStorage(ABC):
+    """Passes batch data through a filesystem (`use_fs_to_pass_data`, global steps).
+
+    Made by the `stillhouse_make_batch_storage` hook (stillhouse-cache implements it)."""
+
+    shared_between_processes: bool = True
+
+    @abstractmethod
+    def put(self, step_name: str, key: BatchKey, inputs: list[list[Row]]) -> Payload:
+        """Write a batch's inputs and return what the worker loads them from."""
+
+    @abstractmethod
+    def discard(self, payload: Payload) -> None:
+        """The batch is done: delete its data."""
+
+
 @dataclass(frozen=True, slots=True)
 class Task:
     """One unit of work for a step.
@@ -34,7 +58,7 @@ class Task:
 
     step_name: str
     key: BatchKey
-    inputs: list[list[Row]] | None = None
+    inputs: list[list[Row]] | Payload | None = None
     offset: int = 0
 
 
@@ -103,6 +127,8 @@ class Executor(ABC):
     """
 
     name: ClassVar[str] = ""
+    in_process: ClassVar[bool] = False
+    """True when every replica runs in the driver process (it can read `memory://`)."""
 
     def __init__(self, **options: Any) -> None:
         self.options = options

@@ -13,9 +13,16 @@ from typing import TYPE_CHECKING, Any
 from stillhouse.core import plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
-from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore, OutputWriter, RunStore
+from stillhouse.core.engine.protocol import (
+    BatchStorage,
+    MemoryOutputWriter,
+    NullRunStore,
+    OutputWriter,
+    RunStore,
+)
 from stillhouse.core.engine.scheduler import Scheduler
 from stillhouse.core.engine.state import build_states
+from stillhouse.core.errors import MissingPluginError, PipelineValidationError
 
 if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
@@ -76,6 +83,7 @@ def run_pipeline(
             states = build_states(pipeline.dag, stores, writer)
             view = Progress(states, live=progress_enabled(progress))
             executor = executor_cls(**pipeline.executor_options)
+            storage = _batch_storage(pipeline, executor_cls, storage_parameters, use_fs_to_pass_data)
             scheduler = Scheduler(
                 pipeline.dag,
                 states,
@@ -86,6 +94,8 @@ def run_pipeline(
                 stop_requested=lambda: pipeline._stop_requested,
                 on_tick=view.tick,
                 dry_run_rows=dry_run_rows,
+                batch_storage=storage,
+                use_fs_to_pass_data=use_fs_to_pass_data,
             )
             try:
                 with _signal_handlers(pipeline):
@@ -119,6 +129,29 @@ def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
         executor.shutdown(force=True)
         raise
     executor.shutdown()
+
+
+def _batch_storage(
+    pipeline: Pipeline, executor_cls: Any, parameters: dict[str, Any] | None, use_fs: bool
+) -> BatchStorage | None:
+    """Where batch data goes through a filesystem; refused when workers cannot see it."""
+    storage = plugins.first_result(
+        "stillhouse_make_batch_storage", pipeline=pipeline, storage_parameters=parameters
+    )
+    if storage is None:
+        if use_fs or parameters:
+            raise MissingPluginError(
+                "use_fs_to_pass_data/storage_parameters need stillhouse-cache. Install it "
+                "(`pip install stillhouse-cache`)."
+            )
+        return None
+    if not storage.shared_between_processes and not getattr(executor_cls, "in_process", False):
+        raise PipelineValidationError(
+            f"storage_parameters path {storage.url!r} is only visible inside this process, but "
+            f"executor {pipeline.executor!r} runs steps in other processes. Use a path every "
+            "worker can reach (a local folder, s3://...) or the 'threaded'/'sync' executor."
+        )
+    return storage
 
 
 def _make_writer(pipeline: Pipeline, store: RunStore) -> OutputWriter:

@@ -16,6 +16,7 @@ from typing import Any
 from stillhouse.core.dag import DAG, convergence_steps, routed_region
 from stillhouse.core.engine.protocol import (
     BatchRecord,
+    BatchStorage,
     Died,
     Event,
     Executor,
@@ -55,6 +56,8 @@ class Scheduler:
         stop_requested: Callable[[], int] = lambda: 0,
         on_tick: Callable[[], None] = lambda: None,
         dry_run_rows: int | None = None,
+        batch_storage: BatchStorage | None = None,
+        use_fs_to_pass_data: bool = False,
     ) -> None:
         self.dag = dag
         self.states = states
@@ -65,6 +68,9 @@ class Scheduler:
         self.stop_requested = stop_requested
         self.on_tick = on_tick
         self.dry_run_rows = dry_run_rows
+        self.batch_storage = batch_storage
+        self.use_fs_to_pass_data = use_fs_to_pass_data
+        self.payloads: dict[tuple[str, tuple[int, int]], Any] = {}
         self.order = dag.topological_order()
         self.active: list[StepState] = []
         self.region_members = {r: routed_region(dag, r) for r in dag.routing}
@@ -143,6 +149,9 @@ class Scheduler:
                     rows, last = rows[: self.dry_run_rows], True
             record = BatchRecord(result.key, rows, last, result.error)
             state.store.put(record)
+            payload = self.payloads.pop((state.name, result.key), None)
+            if payload is not None:
+                self.batch_storage.discard(payload)
             self._accept(state, record, cached=False)
         elif isinstance(event, Failed):
             raise StepRuntimeError(
@@ -271,7 +280,11 @@ class Scheduler:
             self._accept(state, record, cached=True)
             return
         state.inflight += 1
-        self.executor.send(Task(state.name, key, inputs))
+        payload: Any = inputs
+        if self.batch_storage is not None and (self.use_fs_to_pass_data or state.step.is_global):
+            payload = self.batch_storage.put(state.name, key, inputs)
+            self.payloads[(state.name, key)] = payload
+        self.executor.send(Task(state.name, key, payload))
 
     def _misaligned(self, state: StepState, lineage: Lineage, counts: list[int]) -> None:
         detail = ", ".join(f"{p!r}: {n} rows" for p, n in zip(lineage.expected, counts, strict=True))

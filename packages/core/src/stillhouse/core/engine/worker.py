@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
-from stillhouse.core.engine.protocol import Task, TaskResult
+from stillhouse.core.engine.protocol import Payload, Task, TaskResult
 from stillhouse.core.step import GeneratorStep, _Step
 from stillhouse.core.typing import Row
 
@@ -57,6 +57,8 @@ class StepRunner:
 
     def run(self, task: Task) -> TaskResult:
         started = time.perf_counter()
+        if isinstance(task.inputs, Payload):
+            task = Task(task.step_name, task.key, task.inputs.load(), task.offset)
         if isinstance(self.step, GeneratorStep):
             rows, last = self._pull(task)
             return TaskResult(task.step_name, task.key, rows, last, None, time.perf_counter() - started)

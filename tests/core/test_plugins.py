@@ -1,0 +1,139 @@
+"""The plugin manager: installed plugins, a throwaway plugin, and broken ones."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+
+import pytest
+
+from stillhouse.core import Pipeline, Step, StepInput, StepOutput, hookimpl, hookspecs
+from stillhouse.core.errors import PluginError, UnknownExecutorError
+from stillhouse.core.plugins import (
+    DISABLE_ENV,
+    executor_class,
+    plugin_manager,
+    registry,
+)
+from stillhouse.core.serialization import resolve_step_class
+from stillhouse.core.steps import LoadDataFromDicts
+
+
+class Shout(Step):
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield [{**row, "text": str(row.get("text", "")).upper()} for row in inputs]
+
+
+class FakeExecutor:
+    """Stands in for an executor class; nothing here starts it."""
+
+
+class ThrowawayPlugin:
+    @hookimpl
+    def register_steps(self, register) -> None:
+        register(Shout)
+
+    @hookimpl
+    def register_executors(self, register) -> None:
+        register("throwaway", FakeExecutor)
+
+
+class MisspeltPlugin:
+    @hookimpl
+    def register_stepz(self, register) -> None:  # the typo is the point
+        register(Shout)
+
+
+@pytest.fixture
+def throwaway_plugin():
+    manager = plugin_manager()
+    plugin = ThrowawayPlugin()
+    manager.register(plugin, name="throwaway-test-plugin")
+    try:
+        yield plugin
+    finally:
+        manager.unregister(plugin)
+
+
+def installed_entry_points() -> list[str]:
+    return [ep.name for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT)]
+
+
+def test_installed_executors_are_registered() -> None:
+    executors = registry().executors
+    if not executors:
+        pytest.skip("no executor plugin is installed in this environment")
+    assert {"mp", "threaded"} <= set(executors)
+    for name, cls in executors.items():
+        assert executor_class(name) is cls
+        assert registry().sources[f"executor:{name}"]
+
+
+def test_an_unknown_executor_lists_the_installed_ones() -> None:
+    installed = sorted(registry().executors)
+    with pytest.raises(UnknownExecutorError, match="'nope'") as info:
+        executor_class("nope")
+    for name in installed:
+        assert name in str(info.value)
+    assert "Pipeline(executor=...)" in str(info.value)
+
+
+def test_a_throwaway_plugin_registers_a_step_and_an_executor(throwaway_plugin) -> None:
+    found = registry()
+    assert found.steps["Shout"] is Shout
+    assert found.executors["throwaway"] is FakeExecutor
+    assert found.sources["step:Shout"] == "throwaway-test-plugin"
+    assert executor_class("throwaway") is FakeExecutor
+
+
+def test_the_throwaway_plugin_is_gone_after_its_test() -> None:
+    assert "Shout" not in registry().steps
+    assert "throwaway" not in registry().executors
+
+
+def test_registered_steps_resolve_by_name_alone(throwaway_plugin) -> None:
+    assert resolve_step_class({"name": "Shout"}, "shout") is Shout
+    with Pipeline(name="registered", executor="sync") as pipeline:
+        LoadDataFromDicts(name="data", data=[{"text": "a"}]) >> Shout(name="shout")
+    data = pipeline.dump()
+    data["pipeline"]["steps"][1]["step"]["type_info"] = {"name": "Shout"}  # no module path
+    rebuilt = Pipeline.from_dict(data)
+    assert type(rebuilt.dag.get_step("shout")) is Shout
+
+
+def test_disabling_every_plugin_leaves_no_executor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DISABLE_ENV, ",".join(installed_entry_points() or ["none"]))
+    assert registry().executors == {}
+    with pytest.raises(UnknownExecutorError, match="pip install stillhouse-executors"):
+        executor_class("mp")
+
+
+def test_a_plugin_that_fails_to_load_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = importlib.metadata.EntryPoint(
+        name="broken", value="surely_no_such_module_xyz.plugin", group=hookspecs.PROJECT
+    )
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [broken])
+    # A disabled set of its own gives a fresh (uncached) manager.
+    monkeypatch.setenv(DISABLE_ENV, "only-for-the-broken-plugin-test")
+    with pytest.raises(PluginError, match=rf"'broken'.*ModuleNotFoundError.*{DISABLE_ENV}=broken"):
+        registry()
+
+
+def test_a_plugin_with_a_misspelt_hook_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    misspelt = importlib.metadata.EntryPoint(
+        name="misspelt", value=f"{__name__}:MisspeltPlugin", group=hookspecs.PROJECT
+    )
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group: [misspelt])
+    monkeypatch.setenv(DISABLE_ENV, "only-for-the-misspelt-plugin-test")
+    with pytest.raises(PluginError, match=r"'misspelt'.*register_stepz"):
+        registry()
+
+
+def test_every_hook_is_documented() -> None:
+    specs = [
+        function for _, function in inspect.getmembers(hookspecs, inspect.isfunction)
+        if hasattr(function, f"{hookspecs.PROJECT}_spec")
+    ]
+    assert {"register_executors", "register_steps"} <= {spec.__name__ for spec in specs}
+    for spec in specs:
+        assert spec.__doc__ and len(inspect.getdoc(spec)) > 40, f"{spec.__name__} needs a docstring"
