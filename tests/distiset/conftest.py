@@ -24,7 +24,9 @@ _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
     """Keep the unified Arrow files out of the user's cache and refuse any network."""
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-datasets"))
+    monkeypatch.setattr(
+        datasets.config, "HF_DATASETS_CACHE", tmp_path_factory.mktemp("hf-datasets")
+    )
     real_connect = socket.socket.connect
 
     def connect(sock, address):
@@ -103,7 +105,13 @@ class _Handler(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_HEAD = _dispatch
 
-    def _send(self, status: int, payload: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+    def _send(
+        self,
+        status: int,
+        payload: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+    ) -> None:
         body = raw if raw is not None else json.dumps(payload).encode()
         self.send_response(status)
         for key, value in (headers or {}).items():
@@ -143,10 +151,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def repo_info(self, repo: str, rev: str | None = None) -> None:
         if (found := self._repo(repo)) is not None:
-            self._send(200, {
-                "id": repo, "author": repo.split("/")[0], "sha": found.sha,
-                "private": found.private, "siblings": [{"rfilename": p} for p in sorted(found.files)],
-            })
+            self._send(
+                200,
+                {
+                    "id": repo,
+                    "author": repo.split("/")[0],
+                    "sha": found.sha,
+                    "private": found.private,
+                    "siblings": [{"rfilename": p} for p in sorted(found.files)],
+                },
+            )
 
     def create_repo(self) -> None:
         if not self._authorized():
@@ -159,21 +173,39 @@ class _Handler(BaseHTTPRequestHandler):
     def preupload(self, repo: str, rev: str) -> None:
         if self._authorized() and self._repo(repo) is not None:
             files = json.loads(self.body)["files"]
-            self._send(200, {"files": [
-                {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".parquet") else "regular",
-                 "shouldIgnore": False}
-                for f in files
-            ]})
+            self._send(
+                200,
+                {
+                    "files": [
+                        {
+                            "path": f["path"],
+                            "uploadMode": "lfs" if f["path"].endswith(".parquet") else "regular",
+                            "shouldIgnore": False,
+                        }
+                        for f in files
+                    ]
+                },
+            )
 
     def lfs_batch(self, repo: str) -> None:
         if not self._authorized():
             return
         objects = json.loads(self.body)["objects"]
-        self._send(200, {"transfer": "basic", "objects": [
-            {"oid": o["oid"], "size": o["size"], "authenticated": True,
-             "actions": {"upload": {"href": f"{self.hub.url}/lfs-upload/{o['oid']}"}}}
-            for o in objects
-        ]})
+        self._send(
+            200,
+            {
+                "transfer": "basic",
+                "objects": [
+                    {
+                        "oid": o["oid"],
+                        "size": o["size"],
+                        "authenticated": True,
+                        "actions": {"upload": {"href": f"{self.hub.url}/lfs-upload/{o['oid']}"}},
+                    }
+                    for o in objects
+                ],
+            },
+        )
 
     def lfs_upload(self, oid: str) -> None:
         if hashlib.sha256(self.body).hexdigest() != oid:
@@ -196,7 +228,9 @@ class _Handler(BaseHTTPRequestHandler):
                 found.lfs.discard(value["path"])
             elif key == "lfsFile":
                 if value["oid"] not in self.hub.lfs_objects:
-                    return self._send(400, {"error": f"LFS object of {value['path']} was never uploaded"})
+                    return self._send(
+                        400, {"error": f"LFS object of {value['path']} was never uploaded"}
+                    )
                 found.files[value["path"]] = self.hub.lfs_objects[value["oid"]]
                 found.lfs.add(value["path"])
             elif key == "deletedFile":
@@ -207,17 +241,30 @@ class _Handler(BaseHTTPRequestHandler):
                 touched.append(value["path"])
         found.sha = hashlib.sha1((found.sha + json.dumps(touched)).encode()).hexdigest()
         self.hub.commits.append({"repo": repo, "summary": header.get("summary"), "paths": touched})
-        self._send(200, {"commitUrl": f"{self.hub.url}/datasets/{repo}/commit/{found.sha}",
-                         "commitOid": found.sha, "success": True})
+        self._send(
+            200,
+            {
+                "commitUrl": f"{self.hub.url}/datasets/{repo}/commit/{found.sha}",
+                "commitOid": found.sha,
+                "success": True,
+            },
+        )
 
     def _entry(self, repo: Repo, path: str) -> dict[str, Any]:
         if path in repo.files:
             content = repo.files[path]
-            entry = {"type": "file", "path": path, "size": len(content),
-                     "oid": hashlib.sha1(content).hexdigest()}
+            entry = {
+                "type": "file",
+                "path": path,
+                "size": len(content),
+                "oid": hashlib.sha1(content).hexdigest(),
+            }
             if path in repo.lfs:
-                entry["lfs"] = {"oid": hashlib.sha256(content).hexdigest(), "size": len(content),
-                                "pointerSize": 130}
+                entry["lfs"] = {
+                    "oid": hashlib.sha256(content).hexdigest(),
+                    "size": len(content),
+                    "pointerSize": 130,
+                }
             return entry
         return {"type": "directory", "path": path, "oid": "0" * 40}
 
@@ -230,7 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
         for file in found.files:
             if not file.startswith(prefix):
                 continue
-            parts = file[len(prefix):].split("/")
+            parts = file[len(prefix) :].split("/")
             depth = len(parts) if recursive else 1
             names.update(prefix + "/".join(parts[: i + 1]) for i in range(min(depth, len(parts))))
         if path and not names:
@@ -250,8 +297,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path not in found.files:
             return self._send(404, {"error": "Entry not found"}, {"X-Error-Code": "EntryNotFound"})
         content = found.files[path]
-        headers = {"X-Repo-Commit": found.sha, "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
-                   "Accept-Ranges": "bytes"}
+        headers = {
+            "X-Repo-Commit": found.sha,
+            "ETag": f'"{hashlib.sha256(content).hexdigest()}"',
+            "Accept-Ranges": "bytes",
+        }
         status = 200
         if match := re.match(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or ""):
             start = int(match[1])
@@ -275,13 +325,21 @@ def fake_hub(monkeypatch, tmp_path):
 
     # Both libraries read these once at import: point them at the fake Hub.
     monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE", hub.url + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(
+        hf_constants,
+        "HUGGINGFACE_CO_URL_TEMPLATE",
+        hub.url + "/{repo_id}/resolve/{revision}/{filename}",
+    )
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # plain LFS uploads
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
     monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
     monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
-    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL", hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
+    monkeypatch.setattr(
+        datasets.config,
+        "HUB_DATASETS_URL",
+        hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}",
+    )
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     try:

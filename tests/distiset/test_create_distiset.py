@@ -23,7 +23,9 @@ def _run(tmp_path, batches_per_leaf, *, rows_per_file=2):
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "pipeline.yaml").write_text("pipeline: {name: demo}\n")
     (run_dir / "pipeline.log").write_text("a log line\n")
-    writer = ParquetOutputWriter(run_dir / "data", list(batches_per_leaf), rows_per_file=rows_per_file)
+    writer = ParquetOutputWriter(
+        run_dir / "data", list(batches_per_leaf), rows_per_file=rows_per_file
+    )
     for leaf, batches in batches_per_leaf.items():
         writer.begin(leaf)
         for batch in batches:
@@ -33,7 +35,11 @@ def _run(tmp_path, batches_per_leaf, *, rows_per_file=2):
 
 
 def test_columns_none_at_first_and_filled_later(tmp_path):
-    batches = [[{"q": "a", "answer": None}] * 2, [{"q": "b", "answer": None}], [{"q": "c", "answer": "yes"}]]
+    batches = [
+        [{"q": "a", "answer": None}] * 2,
+        [{"q": "b", "answer": None}],
+        [{"q": "c", "answer": "yes"}],
+    ]
     train = create_distiset(_run(tmp_path, {"leaf": batches}))["default"]["train"]
     assert train.features["answer"].dtype == "string"
     assert train.to_list() == [
@@ -71,7 +77,7 @@ def test_missing_keys_are_none(tmp_path):
 
 def test_types_that_cannot_be_unified_name_the_leaf(tmp_path):
     data_dir = _run(tmp_path, {"leaf": [[{"v": 1}] * 2, [{"v": "text"}] * 2]})
-    with pytest.raises(LeafSchemaError, match="leaf 'leaf'.*incompatible column types"):
+    with pytest.raises(LeafSchemaError, match=r"leaf 'leaf'.*incompatible column types"):
         create_distiset(data_dir)
 
 
@@ -99,7 +105,11 @@ def test_rows_keep_file_order_past_99999_files(tmp_path):
     leaf.mkdir(parents=True)
     for number, value in [(100000, "last"), (99999, "middle"), (0, "first")]:
         pq.write_table(pa.table({"v": [value]}), leaf / f"{number:05d}.parquet")
-    assert create_distiset(tmp_path / "data")["default"]["train"]["v"] == ["first", "middle", "last"]
+    assert create_distiset(tmp_path / "data")["default"]["train"]["v"] == [
+        "first",
+        "middle",
+        "last",
+    ]
 
 
 def test_pipeline_files_default_to_the_run_folder(tmp_path):
@@ -163,7 +173,9 @@ def test_memory_url(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_create_distiset_in_a_fresh_process(tmp_path):
-    data_dir = _run(tmp_path, {"first": [[{"a": None}], [{"a": "x", "b": 2}]], "second": [[{"c": 1}]]})
+    data_dir = _run(
+        tmp_path, {"first": [[{"a": None}], [{"a": "x", "b": 2}]], "second": [[{"c": 1}]]}
+    )
     code = textwrap.dedent(
         f"""
         import json, sys
@@ -174,7 +186,12 @@ def test_create_distiset_in_a_fresh_process(tmp_path):
     )
     env = {**os.environ, "HF_DATASETS_CACHE": str(tmp_path / "child-cache"), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=100, env=env, check=False
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        env=env,
+        check=False,
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {

@@ -26,7 +26,9 @@ def _distiset(tmp_path, leaves=("text", "scores"), rows=10):
 
 
 def _rows(distiset):
-    return {name: {s: ds.to_list() for s, ds in splits.items()} for name, splits in distiset.items()}
+    return {
+        name: {s: ds.to_list() for s, ds in splits.items()} for name, splits in distiset.items()
+    }
 
 
 @pytest.fixture(params=["path", "file-url", "memory-url"])
@@ -48,7 +50,11 @@ def test_save_and_load_round_trip(tmp_path, target):
     assert _rows(loaded) == _rows(distiset)
     fs, root = fsspec.core.url_to_fs(str(target))
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [
-        "artifacts", "pipeline.log", "pipeline.yaml", "scores", "text"
+        "artifacts",
+        "pipeline.log",
+        "pipeline.yaml",
+        "scores",
+        "text",
     ]
     with fsspec.open(str(loaded.pipeline_path), "r") as handle:
         assert handle.read() == "pipeline: {name: demo}\n"

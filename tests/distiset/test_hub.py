@@ -88,7 +88,10 @@ def test_push_uploads_each_leaf_as_a_config_with_card_and_pipeline_files(
     assert "| `text` | train | 5 |" in body and "| `scores` | train | 5 |" in body
     assert "```mermaid\ngraph TD" in body and "s0 --> s1" in body and "s0 --> s2" in body
     assert "Two generations from one loader." in body
-    assert f'stillhouse pipeline run --config "{fake_hub.url}/datasets/tester/demo/raw/main/pipeline.yaml"' in body
+    assert (
+        f'stillhouse pipeline run --config "{fake_hub.url}/datasets/tester/demo/raw/main/pipeline.yaml"'
+        in body
+    )
 
     # The card, pipeline.yaml and pipeline.log arrive together, after the data.
     assert fake_hub.commits[-1]["paths"] == ["pipeline.yaml", "pipeline.log", "README.md"]

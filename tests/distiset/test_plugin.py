@@ -19,7 +19,9 @@ def _pipeline(run_dir, leaves=("a", "b"), enable_metadata=True):
 
 
 def test_the_entry_point_names_the_plugin_module():
-    [entry] = [e for e in importlib.metadata.entry_points(group="stillhouse") if e.name == "distiset"]
+    [entry] = [
+        e for e in importlib.metadata.entry_points(group="stillhouse") if e.name == "distiset"
+    ]
     assert entry.value == "stillhouse.distiset.plugin"
 
 

@@ -55,7 +55,12 @@ def test_no_temporary_files_are_left_and_the_marker_is_written(tmp_path):
     writer.finish("leaf")
     assert writer.is_complete("leaf")
     # os.listdir shows hidden names too: no `.NNNNN.parquet.*.tmp` survives.
-    assert _files(tmp_path / "leaf") == ["00000.parquet", "00001.parquet", "00002.parquet", COMPLETE_MARKER]
+    assert _files(tmp_path / "leaf") == [
+        "00000.parquet",
+        "00001.parquet",
+        "00002.parquet",
+        COMPLETE_MARKER,
+    ]
     assert json.loads((tmp_path / "leaf" / COMPLETE_MARKER).read_text()) == {"rows": 7, "files": 3}
 
 
