@@ -6,7 +6,7 @@ import os
 import random
 import time
 
-from stillhouse.core import GlobalStep, Step, StepInput, StepOutput, step
+from stillhouse.core import GlobalStep, RuntimeParameter, Step, StepInput, StepOutput, step
 
 
 @step(inputs=["x"], outputs=["y"])
@@ -110,3 +110,37 @@ class Zip(Step):
 class CountAll(GlobalStep):
     def process(self, *inputs: StepInput) -> StepOutput:
         yield [{"rows": sum(len(rows) for rows in inputs)}]
+
+
+class Recorder(Step):
+    """Appends "<name> load|unload <time>" to `log_path`, to observe load stages."""
+
+    log_path: str
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    def _note(self, what: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"{self.name} {what} {time.time()}\n")
+
+    def load(self) -> None:
+        self._note("load")
+
+    def unload(self) -> None:
+        self._note("unload")
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield inputs
+
+
+class NeedsParam(Step):
+    """Has a required runtime parameter."""
+
+    temperature: RuntimeParameter[float] = None
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        for row in inputs:
+            row["temperature"] = self.temperature
+        yield inputs
