@@ -81,7 +81,7 @@ def test_cycle_names_the_steps_in_it() -> None:
     with pipeline() as p:
         a, b = Generate(name="a"), Generate(name="b")
         loader() >> a >> b >> a
-    with pytest.raises(CycleError, match="a >> b >> a|b >> a >> b"):
+    with pytest.raises(CycleError, match=r"a >> b >> a|b >> a >> b"):
         p.validate()
 
 
@@ -228,7 +228,9 @@ def test_missing_required_runtime_parameter() -> None:
 def test_missing_requirements_name_the_package() -> None:
     with pipeline(requirements=["surely-not-installed-pkg>=1"]) as p:
         loader() >> Generate()
-    with pytest.raises(MissingRequirementsError, match=r"(?s)'validation'.*surely-not-installed-pkg>=1"):
+    with pytest.raises(
+        MissingRequirementsError, match=r"(?s)'validation'.*surely-not-installed-pkg>=1"
+    ):
         p.validate()
 
 

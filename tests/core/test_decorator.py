@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import subprocess
 import sys
@@ -93,7 +94,10 @@ def test_a_normal_step_may_take_several_inputs() -> None:
 
 
 def test_a_generator_without_offset_skips_offset_rows_itself() -> None:
-    assert list(Count().process()) == [([{"n": 0}, {"n": 1}], False), ([{"n": 2}, {"n": 3}, {"n": 4}], True)]
+    assert list(Count().process()) == [
+        ([{"n": 0}, {"n": 1}], False),
+        ([{"n": 2}, {"n": 3}, {"n": 4}], True),
+    ]
     assert list(Count().process(offset=3)) == [([{"n": 3}, {"n": 4}], True)]
     assert list(Count(limit=2).process(offset=2)) == [([], True)]
 
@@ -135,9 +139,15 @@ def test_a_decorated_step_unpickles_in_a_fresh_interpreter() -> None:
         "import pickle, sys; step = pickle.loads(sys.stdin.buffer.read()); "
         "print(next(step.process([{'text': 'abc'}]))[0]['length'])"
     )
+    # The child sees what this process sees (the repo root for `tests.core...`, and the
+    # packages even when they are only on sys.path, as in an isolated-install run).
     result = subprocess.run(
-        [sys.executable, "-c", code], input=payload, capture_output=True, cwd=ROOT, timeout=50,
-        env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        [sys.executable, "-c", code],
+        input=payload,
+        capture_output=True,
+        cwd=ROOT,
+        timeout=50,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])},
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode().strip() == "6"

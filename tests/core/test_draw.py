@@ -33,8 +33,10 @@ def routed_pipeline() -> Pipeline:
         left = Work(name="left", input_batch_size=4)
         right = Work(name="right", resources={"replicas": 3})
         data >> sample_n_steps(1) >> [left, right] >> CombineOutputs(name="combine")
-        pipeline.dag.get_step("combine") >> Total(name="total") >> KeepColumns(
-            name="keep", columns=["total"]
+        (
+            pipeline.dag.get_step("combine")
+            >> Total(name="total")
+            >> KeepColumns(name="keep", columns=["total"])
         )
     return pipeline
 
@@ -129,7 +131,7 @@ def test_drawing_a_cycle_names_it(tmp_path: Path) -> None:
     with Pipeline(name="cyclic", executor="sync") as pipeline:
         a, b = Work(name="a"), Work(name="b")
         LoadDataFromDicts(data=[{"x": 1}]) >> a >> b >> a
-    with pytest.raises(CycleError, match="a >> b|b >> a"):
+    with pytest.raises(CycleError, match=r"a >> b|b >> a"):
         pipeline.draw(tmp_path / "cyclic.svg")
 
 

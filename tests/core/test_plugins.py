@@ -131,7 +131,8 @@ def test_a_plugin_with_a_misspelt_hook_is_named(monkeypatch: pytest.MonkeyPatch)
 
 def test_every_hook_is_documented() -> None:
     specs = [
-        function for _, function in inspect.getmembers(hookspecs, inspect.isfunction)
+        function
+        for _, function in inspect.getmembers(hookspecs, inspect.isfunction)
         if hasattr(function, f"{hookspecs.PROJECT}_spec")
     ]
     assert {"register_executors", "register_steps"} <= {spec.__name__ for spec in specs}

@@ -70,14 +70,22 @@ def test_runtime_parameters_names_say_which_are_optional() -> None:
 def test_info_lists_name_optional_type_default_and_description() -> None:
     info = info_by_name(Generate())
     assert info["model"] == {
-        "name": "model", "optional": False, "type": "str", "default": None,
+        "name": "model",
+        "optional": False,
+        "type": "str",
+        "default": None,
         "description": "The model that generates.",
     }
     assert info["temperature"] == {
-        "name": "temperature", "optional": True, "type": "float", "default": 0.7,
+        "name": "temperature",
+        "optional": True,
+        "type": "float",
+        "default": 0.7,
         "description": "Sampling temperature.",
     }
-    assert info["input_batch_size"]["description"] == "How many rows each call of `process` receives."
+    assert (
+        info["input_batch_size"]["description"] == "How many rows each call of `process` receives."
+    )
     assert "seed" not in info
 
 
@@ -111,7 +119,11 @@ def test_set_runtime_parameters_sets_values_and_nested_ones() -> None:
 def test_set_runtime_parameters_warns_about_unknown_names() -> None:
     messages = Generate(name="gen").set_runtime_parameters({"modle": "m", "resources": {"gpu": 1}})
     assert len(messages) == 2
-    assert "'modle'" in messages[0] and "'gen'" in messages[0] and "Did you mean 'model'?" in messages[0]
+    assert (
+        "'modle'" in messages[0]
+        and "'gen'" in messages[0]
+        and "Did you mean 'model'?" in messages[0]
+    )
     assert "'gpu'" in messages[1] and "'gpus'" in messages[1]
 
 

@@ -24,7 +24,9 @@ from stillhouse.core.steps import CombineOutputs, KeepColumns, LoadDataFromDicts
 
 
 @step(inputs=["instruction"], outputs=["generation"])
-def Generate(inputs: StepInput, style: str = "plain", model: RuntimeParameter[str] = None) -> StepOutput:
+def Generate(
+    inputs: StepInput, style: str = "plain", model: RuntimeParameter[str] = None
+) -> StepOutput:
     yield inputs
 
 
@@ -43,15 +45,19 @@ def first_only(steps: list[str]) -> list[str]:
 
 
 def build(route=None) -> Pipeline:
-    with Pipeline(name="serialised", description="A test pipeline.", executor="sync",
-                  requirements=["pydantic>=2"]) as pipeline:
+    with Pipeline(
+        name="serialised",
+        description="A test pipeline.",
+        executor="sync",
+        requirements=["pydantic>=2"],
+    ) as pipeline:
         data = LoadDataFromDicts(name="data", data=[{"instruction": "i", "n": 1}], batch_size=7)
-        a = Generate(name="a", style="fancy", model="m1", input_batch_size=3,
-                     resources={"replicas": 2})
+        a = Generate(
+            name="a", style="fancy", model="m1", input_batch_size=3, resources={"replicas": 2}
+        )
         b = Generate(name="b", model="m2", output_mappings={"generation": "other"})
         combine = CombineOutputs(name="combine")
-        judge = Judge(name="judge", api_key="sk-very-secret", password="hunter2",
-                      use_cache=False)
+        judge = Judge(name="judge", api_key="sk-very-secret", password="hunter2", use_cache=False)
         keep = KeepColumns(name="keep", columns=["instruction", "score"])
         data >> (route or sample_n_steps(2)) >> [a, b] >> combine >> judge >> keep
     return pipeline
@@ -78,7 +84,14 @@ def test_dump_has_a_format_version_steps_connections_and_routing() -> None:
     data = build().dump()
     assert data["stillhouse"]["format_version"] == FORMAT_VERSION
     spec = data["pipeline"]
-    assert [entry["name"] for entry in spec["steps"]] == ["data", "a", "b", "combine", "judge", "keep"]
+    assert [entry["name"] for entry in spec["steps"]] == [
+        "data",
+        "a",
+        "b",
+        "combine",
+        "judge",
+        "keep",
+    ]
     a = spec["steps"][1]["step"]
     assert a["type_info"] == {"module": __name__, "name": "Generate"}
     assert (a["style"], a["input_batch_size"], a["resources"]["replicas"]) == ("fancy", 3, 2)
@@ -98,7 +111,9 @@ def test_dump_has_a_format_version_steps_connections_and_routing() -> None:
 
 def test_secrets_are_never_written(tmp_path: Path) -> None:
     pipeline = build()
-    judge = next(entry for entry in pipeline.dump()["pipeline"]["steps"] if entry["name"] == "judge")
+    judge = next(
+        entry for entry in pipeline.dump()["pipeline"]["steps"] if entry["name"] == "judge"
+    )
     assert "api_key" not in judge["step"] and "password" not in judge["step"]
     for fmt in ("yaml", "json"):
         path = tmp_path / f"pipeline.{fmt}"

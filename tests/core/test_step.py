@@ -67,7 +67,10 @@ def test_names_are_snake_case_of_the_class_with_the_first_free_suffix() -> None:
         third = Generate()
         data = LoadDataFromDicts()
     assert [first.name, second.name, taken.name, third.name] == [
-        "generate_0", "generate_1", "generate_2", "generate_3",
+        "generate_0",
+        "generate_1",
+        "generate_2",
+        "generate_3",
     ]
     assert data.name == "load_data_from_dicts_0"
 
@@ -135,7 +138,7 @@ def test_connect_is_the_same_as_rshift() -> None:
 def test_connecting_a_step_without_pipeline_names_it() -> None:
     with Pipeline(name="one", executor="sync"):
         inside = loader()
-    with pytest.raises(StepConnectionError, match="'lonely'.*no pipeline"):
+    with pytest.raises(StepConnectionError, match=r"'lonely'.*no pipeline"):
         Generate(name="lonely") >> inside
 
 
@@ -185,13 +188,17 @@ def test_output_mappings_rename_outputs() -> None:
 
 def test_generator_output_mappings_rename_outputs() -> None:
     step = Numbers(output_mappings={"n": "number"})
-    assert list(step.process_applying_mappings(offset=1)) == [([{"number": 1}, {"number": 2}], True)]
+    assert list(step.process_applying_mappings(offset=1)) == [
+        ([{"number": 1}, {"number": 2}], True)
+    ]
 
 
 def test_mapped_input_is_found_by_validation() -> None:
     with Pipeline(name="mapped", executor="sync") as pipeline:
         data = LoadDataFromDicts(data=[{"prompt": "a"}])
-        data >> Generate(input_mappings={"instruction": "prompt"}, output_mappings={"generation": "g"})
+        data >> Generate(
+            input_mappings={"instruction": "prompt"}, output_mappings={"generation": "g"}
+        )
     pipeline.validate()
 
 

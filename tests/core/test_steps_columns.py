@@ -65,7 +65,9 @@ def test_combine_outputs_merges_stillhouse_metadata() -> None:
         [{"b": 2, METADATA_COLUMN: {"shared": 2}}],
         [{"c": 3}],
     )
-    assert rows == [{"a": 1, "b": 2, "c": 3, METADATA_COLUMN: {"error_x": "boom", "shared": [1, 2]}}]
+    assert rows == [
+        {"a": 1, "b": 2, "c": 3, METADATA_COLUMN: {"error_x": "boom", "shared": [1, 2]}}
+    ]
 
 
 def test_merge_metadata_concatenates_list_metadata() -> None:
@@ -133,8 +135,14 @@ def test_merge_columns_output_column_may_reuse_an_input_name() -> None:
 
 def test_expand_columns_explodes_a_list_column_into_rows() -> None:
     step = ExpandColumns(columns=["generation"])
-    rows = run(step, [{"instruction": "i", "generation": ["g1", "g2"]}, {"instruction": "j", "generation": []}])
-    assert rows == [{"instruction": "i", "generation": "g1"}, {"instruction": "i", "generation": "g2"}]
+    rows = run(
+        step,
+        [{"instruction": "i", "generation": ["g1", "g2"]}, {"instruction": "j", "generation": []}],
+    )
+    assert rows == [
+        {"instruction": "i", "generation": "g1"},
+        {"instruction": "i", "generation": "g2"},
+    ]
     assert step.inputs == ["generation"]
     assert step.outputs == ["generation"]
     assert step.columns == {"generation": "generation"}
@@ -143,7 +151,10 @@ def test_expand_columns_explodes_a_list_column_into_rows() -> None:
 def test_expand_columns_dict_form_writes_items_under_the_new_name() -> None:
     step = ExpandColumns(columns={"generation": "single"})
     rows = run(step, [{"generation": ["a", "b"]}])
-    assert rows == [{"generation": ["a", "b"], "single": "a"}, {"generation": ["a", "b"], "single": "b"}]
+    assert rows == [
+        {"generation": ["a", "b"], "single": "a"},
+        {"generation": ["a", "b"], "single": "b"},
+    ]
     assert step.inputs == ["generation"]
     assert step.outputs == ["single"]
 

@@ -104,7 +104,9 @@ def mermaid(pipeline: Pipeline, top_to_bottom: bool = False, show_edge_labels: b
         arrow = f"-->|{_mermaid_text(label)}|" if label else "-->"
         lines.append(f"    {ids[source]} {arrow} {ids[target]}")
     for kind in ("generator", "normal", "global"):
-        lines.append(f"    classDef {kind} fill:{_FILL[kind]},stroke:{_STROKE[kind]},text-align:center;")
+        lines.append(
+            f"    classDef {kind} fill:{_FILL[kind]},stroke:{_STROKE[kind]},text-align:center;"
+        )
     return "\n".join(lines)
 
 
@@ -270,17 +272,39 @@ def _png(pipeline: Pipeline, path: Path, top_to_bottom: bool, show_edge_labels: 
         axes.annotate("", xy=end, xytext=start, arrowprops=arrow)
         if label:
             mx, my = _label_point(start, end)
-            axes.text(mx, my, label, ha="center", va="center", fontsize=11 * points,
-                      style="italic", backgroundcolor="white")
+            axes.text(
+                mx,
+                my,
+                label,
+                ha="center",
+                va="center",
+                fontsize=11 * points,
+                style="italic",
+                backgroundcolor="white",
+            )
     for box in layout.boxes.values():
         axes.add_patch(
-            FancyBboxPatch((box.x, box.y), box.width, box.height, boxstyle="round,pad=0,rounding_size=6",
-                           facecolor=_FILL[box.kind], edgecolor=_STROKE[box.kind], linewidth=1.2)
+            FancyBboxPatch(
+                (box.x, box.y),
+                box.width,
+                box.height,
+                boxstyle="round,pad=0,rounding_size=6",
+                facecolor=_FILL[box.kind],
+                edgecolor=_STROKE[box.kind],
+                linewidth=1.2,
+            )
         )
         for i, line in enumerate(box.lines):
             y = box.y + _PADDING + (i + 0.5) * _LINE_HEIGHT
-            axes.text(box.center[0], y, line, ha="center", va="center",
-                      fontsize=_FONT_SIZE * points, weight="bold" if i == 0 else "normal")
+            axes.text(
+                box.center[0],
+                y,
+                line,
+                ha="center",
+                va="center",
+                fontsize=_FONT_SIZE * points,
+                weight="bold" if i == 0 else "normal",
+            )
     figure.savefig(str(path), format="png", dpi=dpi, facecolor="white")
 
 
