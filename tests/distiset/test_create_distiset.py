@@ -9,6 +9,7 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -52,15 +53,22 @@ def test_columns_none_at_first_and_filled_later(tmp_path):
 
 def test_nested_values_none_or_partial_at_first(tmp_path):
     batches = [
-        [{"meta": {"a": None}, "tags": []}, {"meta": None, "tags": None}],
+        [{"meta": {"a": None}, "tags": []}, {"meta": None, "tags": [None, None]}],
         [{"meta": {"a": "x", "b": 1}, "tags": ["t"]}],
     ]
     train = create_distiset(_run(tmp_path, {"leaf": batches}))["default"]["train"]
     assert train.to_list() == [
         {"meta": {"a": None, "b": None}, "tags": []},
-        {"meta": None, "tags": None},
+        {"meta": None, "tags": [None, None]},
         {"meta": {"a": "x", "b": 1}, "tags": ["t"]},
     ]
+
+
+def test_lists_of_none_only(tmp_path):
+    # list<null> columns trip a pyarrow cast bug; they must read back unchanged.
+    rows = [{"tags": [None, None], "x": i} for i in range(3)]
+    train = create_distiset(_run(tmp_path, {"leaf": [rows]}, rows_per_file=2))["default"]["train"]
+    assert train.to_list() == rows
 
 
 def test_missing_keys_are_none(tmp_path):
@@ -75,10 +83,14 @@ def test_missing_keys_are_none(tmp_path):
     ]
 
 
-def test_types_that_cannot_be_unified_name_the_leaf(tmp_path):
-    data_dir = _run(tmp_path, {"leaf": [[{"v": 1}] * 2, [{"v": "text"}] * 2]})
+def test_files_whose_types_cannot_be_unified_name_the_leaf(tmp_path):
+    # The writer refuses such batches; files from elsewhere get the same clear error.
+    leaf = tmp_path / "data" / "leaf"
+    leaf.mkdir(parents=True)
+    pq.write_table(pa.table({"v": [1]}), leaf / "00000.parquet")
+    pq.write_table(pa.table({"v": ["text"]}), leaf / "00001.parquet")
     with pytest.raises(LeafSchemaError, match=r"leaf 'leaf'.*incompatible column types"):
-        create_distiset(data_dir)
+        create_distiset(tmp_path / "data")
 
 
 @pytest.mark.parametrize("enable_metadata", [False, True])
@@ -198,3 +210,29 @@ def test_create_distiset_in_a_fresh_process(tmp_path):
         "first": [{"a": None, "b": None}, {"a": "x", "b": 2}],
         "second": [{"c": 1}],
     }
+
+
+def test_an_incomplete_leaf_is_read_with_a_warning(tmp_path, caplog):
+    writer = ParquetOutputWriter(tmp_path / "data", ["leaf"], rows_per_file=2)
+    writer.begin("leaf")
+    writer.write("leaf", [{"x": i} for i in range(3)])
+    writer.flush()  # stopped here: no finish()
+    distiset = create_distiset(tmp_path / "data")
+    assert distiset["default"]["train"]["x"] == [0, 1, 2]
+    assert "Leaf 'leaf' is incomplete" in caplog.text
+
+
+def test_the_unified_copy_lives_beside_the_data_or_in_the_datasets_cache(tmp_path, monkeypatch):
+    data_dir = _run(tmp_path, {"leaf": [[{"x": 1}]]})
+    create_distiset(data_dir)
+    [copy] = [n for n in os.listdir(data_dir / "leaf") if n.endswith(".arrow")]
+    assert copy.startswith(".unified-")  # hidden: never read as data
+    writer = ParquetOutputWriter(data_dir, ["leaf"])
+    writer.begin("leaf")  # a rerun of the leaf drops it with the old files
+    assert os.listdir(data_dir / "leaf") == []
+
+    data_dir = _run(tmp_path / "read-only", {"leaf": [[{"x": 2}]]})
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert create_distiset(data_dir)["default"]["train"]["x"] == [2]
+    assert not [n for n in os.listdir(data_dir / "leaf") if n.endswith(".arrow")]
+    assert os.listdir(os.path.join(datasets.config.HF_DATASETS_CACHE, "stillhouse"))

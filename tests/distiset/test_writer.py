@@ -145,9 +145,12 @@ def test_mixed_types_in_a_column_name_the_leaf_and_column(tmp_path):
     with pytest.raises(LeafSchemaError, match=r"'leaf'.*column 'value' \(dict, str\)"):
         writer.write("leaf", [{"value": "text"}, {"value": {"a": 1}}])
     writer.write("leaf", [{"value": 1}])
-    with pytest.raises(LeafSchemaError, match="changed between batches"):
+    writer.flush()  # the conflict is caught at the batch, even across files
+    with pytest.raises(LeafSchemaError, match=r"'leaf'.*changed between batches.*value"):
         writer.write("leaf", [{"value": "text"}])
-        writer.flush()
+    writer.write("leaf", [{"value": None}, {"value": 2.5}])  # None and widening are fine
+    writer.finish("leaf")
+    assert writer.result()["default"]["train"]["value"] == [1.0, None, 2.5]
 
 
 def test_without_data_dir_the_writer_owns_a_temporary_folder(tmp_path):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from stillhouse.core.engine import Executor
+from stillhouse.executors import MultiprocessingExecutor, SyncExecutor, ThreadedExecutor
 
 HERE = Path(__file__).resolve().parent
 
@@ -15,17 +17,6 @@ HERE = Path(__file__).resolve().parent
 # test steps by module name, so `executor_testkit` must be importable from it.
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
-
-# An environment synced before the package had modules may lack its editable path.
-if importlib.util.find_spec("stillhouse.executors") is None:
-    sys.path.insert(0, str(HERE.parents[1] / "packages" / "executors" / "src"))
-
-from stillhouse.core.engine import Executor  # noqa: E402
-from stillhouse.executors import (  # noqa: E402
-    MultiprocessingExecutor,
-    SyncExecutor,
-    ThreadedExecutor,
-)
 
 EXECUTORS: dict[str, type[Executor]] = {
     "mp": MultiprocessingExecutor,

@@ -141,6 +141,14 @@ class Exits(Step):
         yield inputs
 
 
+class DiesLoading(Step):
+    def load(self) -> None:
+        os._exit(4)
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield inputs
+
+
 class Chatty(Step):
     def load(self) -> None:
         logger.info("chatty loading in %d", os.getpid())

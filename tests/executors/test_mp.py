@@ -13,6 +13,7 @@ import pytest
 from executor_testkit import (
     Chatty,
     Counter,
+    DiesLoading,
     Double,
     Exits,
     FailingGlobal,
@@ -130,10 +131,14 @@ def test_killed_worker_is_reported_as_died(make_executor, start_method: str) -> 
 
 def test_worker_exiting_by_itself_is_a_death(make_executor) -> None:
     executor = make_executor("mp")
-    executor.start([Exits(name="quitter")])
+    executor.start([Exits(name="quitter"), DiesLoading(name="early")])
+    # Only a worker whose Loaded message arrived counts as loaded: wait for it first.
+    events = collect(executor, lambda ev: any(isinstance(e, Loaded) for e in ev), timeout=10)
     executor.send(Task("quitter", (0, 0), batch(1)))
-    events = collect(executor, lambda ev: any(isinstance(e, Died) for e in ev), timeout=10)
-    assert "exited with code 3" in next(e for e in events if isinstance(e, Died)).detail
+    events += collect(executor, lambda ev: sum(isinstance(e, Died) for e in events + ev) == 2, timeout=10)
+    died = {e.step_name: e.detail for e in events if isinstance(e, Died)}
+    assert "exited with code 3" in died["quitter"] and "before its step loaded" not in died["quitter"]
+    assert "exited with code 4 without saying goodbye before its step loaded" in died["early"]
 
 
 def test_workers_ignore_ctrl_c(make_executor) -> None:

@@ -51,7 +51,7 @@ def test_stop_from_another_thread_then_resume(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(progress=False)
     timer.cancel()
-    done = [row for row in pipeline.last_run_summary if row["step"] == "slow_0"][0]
+    done = next(row for row in pipeline.last_run_summary if row["step"] == "slow_0")
     assert 0 < done["batches"] < 20
     rows = rows_of(pipeline.run(progress=False))
     assert [r["x"] for r in rows] == list(range(40))

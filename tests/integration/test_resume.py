@@ -55,14 +55,17 @@ def group_is_gone(pgid: int, timeout: float = 10) -> bool:
     return False
 
 
-def wait_until_running(cache: Path, timeout: float = 60) -> None:
-    """Wait until a batch has been checkpointed (imports alone take seconds)."""
+def wait_until_running(cache: Path, process: subprocess.Popen, timeout: float = 60) -> None:
+    """Wait until this run has checkpointed a new batch (imports alone take seconds)."""
+    def stored() -> int:
+        return sum(log.stat().st_size for log in cache.glob("crash/steps/*/batches.log"))
+
+    before = stored()
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(log.stat().st_size for log in cache.glob("crash/steps/slow-*/batches.log")):
+    while time.monotonic() < deadline and process.poll() is None:
+        if stored() > before:
             return
-        time.sleep(0.05)
-    raise AssertionError("the run never started")
+        time.sleep(0.02)
 
 
 def check(rows: dict, reference: dict) -> None:
@@ -92,9 +95,9 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference, exe
     kills = 0
     for _attempt in range(12):
         process = start(cache, executor, out)
-        delay = rng.uniform(0.8, 3.0)
         try:
-            process.wait(timeout=delay)
+            wait_until_running(cache, process)
+            process.wait(timeout=rng.uniform(0.0, 1.0))
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL) if target == "driver" else kill_group(process)
             process.communicate(timeout=10)
@@ -118,7 +121,7 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference, exe
 def test_ctrl_c_stops_then_resume_is_exact(tmp_path, reference, presses):
     cache, out = tmp_path / "cache", tmp_path / "out.json"
     process = start(cache, "mp", out)
-    wait_until_running(cache)
+    wait_until_running(cache, process)
     for _ in range(presses):
         os.killpg(process.pid, signal.SIGINT)  # a terminal sends it to the whole group
         time.sleep(0.05)

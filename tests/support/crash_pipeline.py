@@ -21,7 +21,7 @@ def build(cache_dir: str, executor: str) -> Pipeline:
     with Pipeline(name="crash", cache_dir=cache_dir, executor=executor) as pipeline:
         loader = LoadDataFromDicts(data=[{"x": i} for i in range(ROWS)], batch_size=16)
         double = Double(name="double", input_batch_size=10)
-        slow = Slow(name="slow", sleep=0.02, input_batch_size=6, resources={"replicas": 2})
+        slow = Slow(name="slow", sleep=0.08, input_batch_size=6, resources={"replicas": 2})
         branches = [Tag(name=f"tag_{t}", tag=t, sleep=0.02, input_batch_size=s) for t, s in (("a", 4), ("b", 7), ("c", 5))]
         join = Zip(name="join", input_batch_size=9)
         side = Slow(name="side", sleep=0.01, input_batch_size=8)

@@ -27,7 +27,6 @@ class Uppercase(Step):
     def process(self, inputs: StepInput) -> StepOutput:
         for row in inputs:
             for column in self.columns:
-                value = row.get(column)
-                if value is not None:
-                    row[column] = str(value).upper()
+                if row.get(column) is not None:
+                    row[column] = str(row[column]).upper()
         yield inputs

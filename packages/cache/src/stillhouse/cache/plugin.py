@@ -1,4 +1,4 @@
-"""stillhouse-cache's hooks: it provides the run store."""
+"""stillhouse-cache's hooks: it provides the run store and `stillhouse cache ...` commands."""
 
 from __future__ import annotations
 
@@ -23,3 +23,10 @@ def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, A
         run_dir = getattr(pipeline, "_run_dir", None)
         url = f"{run_dir}/batch_data" if run_dir else f"{tempfile.gettempdir()}/stillhouse-batch-data"
     return FsBatchStorage(str(url), parameters)
+
+
+@hookimpl
+def register_cli(subparsers: Any) -> None:
+    from stillhouse.cache.cli import register  # the CLI's imports are only paid by the CLI
+
+    register(subparsers)

@@ -10,7 +10,7 @@
         batch_manager.json      where the run is: per step, batches and rows done
         data/<leaf>/*.parquet   results, from which create_distiset rebuilds the Distiset
     steps/<step>-<signature>/   a step's outputs, shared by every shape that has the step
-        meta.json               signature, generation, batch size, finished
+        meta.json               signature (and its parts), generation, batch size, finished
         batches.log             append-only output batches and routing decisions
 ```
 """
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stillhouse.cache.atomic import atomic_write_json, atomic_write_text
-from stillhouse.cache.signature import step_signatures
+from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core.dag import load_stages
 from stillhouse.core.engine import RunStore, StepStore
@@ -78,6 +78,7 @@ class FileRunStore(RunStore):
             batching=None if dag.get_step(name).is_generator else batching,
             predecessors=predecessors,
             fresh=name in self.fresh,
+            parts=step_signature_parts(dag, name, self.signatures),
         )
         self.stores[name] = store
         return store

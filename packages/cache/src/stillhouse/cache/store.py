@@ -63,8 +63,12 @@ class FileStepStore(StepStore):
         batching: int | None,
         predecessors: dict[str, str],
         fresh: bool,
+        parts: dict[str, Any] | None = None,
     ) -> FileStepStore:
-        """Open the store, starting it over when its contents cannot be reused."""
+        """Open the store, starting it over when its contents cannot be reused.
+
+        `parts` (what the signature hashes) are kept so `stillhouse cache explain` can
+        say which of them changed when a later signature differs."""
         meta = None if fresh else read_meta(directory)
         reusable = (
             meta is not None
@@ -83,6 +87,7 @@ class FileStepStore(StepStore):
                 "batching": batching,
                 "predecessors": predecessors,
                 "finished": False,
+                "parts": parts,
             }
             atomic_write_json(directory / META, meta)
         return cls(directory, meta)

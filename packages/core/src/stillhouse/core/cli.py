@@ -209,10 +209,16 @@ def _cmd_pipeline_info(args: argparse.Namespace) -> int:
     params = table("Runtime parameters", "step", "parameter", "type", "default", "value",
                    "optional", "description")
     info = pipeline.get_runtime_parameters_info()
+    described: set[tuple[str, str]] = set()  # every step has resources.*: say it once
     for name in dag.topological_order():
         entries = list(_flatten_info(info.get(name, [])))
         step = dag.get_step(name)
         for i, entry in enumerate(entries):
+            description = entry.get("description", "")
+            key = (entry["name"], description)
+            if description and key in described:
+                description = "(as above)"
+            described.add(key)
             params.add_row(
                 name if i == 0 else "",
                 entry["name"],
@@ -220,7 +226,7 @@ def _cmd_pipeline_info(args: argparse.Namespace) -> int:
                 _plain(entry.get("default")),
                 _plain(_current(step, entry["name"])),
                 "yes" if entry.get("optional") else "no",
-                entry.get("description", ""),
+                description,
                 end_section=i == len(entries) - 1,
             )
     out.print(params)

@@ -97,6 +97,10 @@ class MisalignedInputsError(StepRuntimeError):
     """A step's predecessors produced different numbers of rows."""
 
 
+class LeafSchemaError(StillhouseError, TypeError):
+    """A leaf step produced values that cannot share one column type."""
+
+
 class EngineError(StillhouseError, RuntimeError):
     """The engine reached a state it should never reach (a bug: please report it)."""
 

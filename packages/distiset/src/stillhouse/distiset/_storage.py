@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import shutil
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,9 @@ from fsspec.implementations.local import LocalFileSystem
 PathLike = str | os.PathLike[str]
 
 
-def resolve(location: PathLike, storage_options: dict[str, Any] | None = None):
+def resolve(
+    location: PathLike, storage_options: dict[str, Any] | None = None
+) -> tuple[fsspec.AbstractFileSystem, str]:
     """`(filesystem, path inside it)` for a local path or an fsspec URL."""
     fs, path = url_to_fs(os.fspath(location), **(storage_options or {}))
     return fs, path.rstrip("/") or path
@@ -118,6 +121,18 @@ def subdirectories(fs: fsspec.AbstractFileSystem, directory: str) -> list[str]:
 def read_bytes(location: PathLike, storage_options: dict[str, Any] | None = None) -> bytes:
     fs, path = resolve(location, storage_options)
     return fs.cat_file(path)
+
+
+def copy_file(
+    source: PathLike,
+    fs: fsspec.AbstractFileSystem,
+    target: str,
+    storage_options: dict[str, Any] | None = None,
+) -> None:
+    """Copy `source` (read with `storage_options`) to `target` on `fs`, atomically, streamed."""
+    source_fs, source_path = resolve(source, storage_options)
+    with source_fs.open(source_path, "rb") as handle:
+        atomic_write(fs, target, lambda out: shutil.copyfileobj(handle, out))
 
 
 def exists(location: PathLike, storage_options: dict[str, Any] | None = None) -> bool:

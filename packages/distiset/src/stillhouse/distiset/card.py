@@ -50,7 +50,7 @@ def render_card(
     card = DatasetCard(existing_readme or "", ignore_metadata_errors=True)
     tags = list(getattr(card.data, "tags", None) or [])
     card.data.tags = tags + [tag for tag in TAGS if tag not in tags]
-    rows = [n for counts in distiset.row_counts().values() for n in counts.values()]
+    rows = [sum(counts.values()) for counts in distiset.row_counts().values()]
     card.data.size_categories = size_category(max(rows, default=0))
     raw_url = f"{hub_url.rstrip('/')}/datasets/{repo_id}/raw/main"
     sections = [

@@ -15,12 +15,11 @@ from datasets import DatasetDict
 
 from stillhouse.distiset._storage import (
     PathLike,
-    atomic_write,
+    copy_file,
     files_under,
     join,
     list_entries,
     public,
-    read_bytes,
     resolve,
 )
 
@@ -157,19 +156,16 @@ class Distiset(dict):
             (self.log_filename_path, SAVED_LOG),
         ):
             if source is not None:
-                self._copy(source, fs, join(root, filename))
+                copy_file(source, fs, join(root, filename), self.storage_options)
         for relative, location in self.artifact_files():
-            self._copy(location, fs, join(root, SAVED_ARTIFACTS, relative))
-
-    def _copy(self, source: PathLike, fs: Any, target: str) -> None:
-        payload = read_bytes(source, self.storage_options if "://" in os.fspath(source) else None)
-        atomic_write(fs, target, lambda handle: handle.write(payload))
+            copy_file(location, fs, join(root, SAVED_ARTIFACTS, relative), self.storage_options)
 
     @classmethod
     def load_from_disk(
         cls,
         distiset_path: PathLike,
         storage_options: dict[str, Any] | None = None,
+        *,
         keep_in_memory: bool | None = None,
     ) -> Self:
         """Load a Distiset written by `save_to_disk` (a local path or an fsspec URL)."""

@@ -50,8 +50,8 @@ def push_distiset(
         commit = splits.push_to_hub(
             repo_id, config_name=name, private=private, token=token, **kwargs
         )
-        # "name" without a namespace resolves to "<user>/name": use what the Hub says.
-        repo_id = getattr(getattr(commit, "repo_url", None), "repo_id", None) or repo_id
+        if commit is not None:  # a bare "name" became "<user>/name": use what the Hub says
+            repo_id = commit.repo_url.repo_id
 
     operations: list[CommitOperationAdd] = []
     script = Path(sys.argv[0]) if include_script and sys.argv and sys.argv[0] else None
@@ -65,15 +65,15 @@ def push_distiset(
 
     pipeline_yaml = None
     if distiset.pipeline_path is not None:
-        pipeline_yaml = _read(distiset, distiset.pipeline_path)
+        pipeline_yaml = read_bytes(distiset.pipeline_path, distiset.storage_options)
         operations.append(
             CommitOperationAdd(path_in_repo="pipeline.yaml", path_or_fileobj=pipeline_yaml)
         )
     if distiset.log_filename_path is not None:
-        log = _read(distiset, distiset.log_filename_path)
+        log = _content(distiset, distiset.log_filename_path)
         operations.append(CommitOperationAdd(path_in_repo="pipeline.log", path_or_fileobj=log))
     for relative, location in distiset.artifact_files():
-        content = _read(distiset, location)
+        content = _content(distiset, location)
         operations.append(
             CommitOperationAdd(path_in_repo=f"artifacts/{relative}", path_or_fileobj=content)
         )
@@ -99,9 +99,10 @@ def push_distiset(
         )
 
 
-def _read(distiset: Distiset, location: Any) -> bytes:
-    remote = "://" in os.fspath(location)
-    return read_bytes(location, distiset.storage_options if remote else None)
+def _content(distiset: Distiset, location: Path | str) -> str | bytes:
+    """A local file by path (huggingface_hub streams it), a remote one read into memory."""
+    text = os.fspath(location)
+    return read_bytes(text, distiset.storage_options) if "://" in text else text
 
 
 def _current_readme(api: HfApi, repo_id: str) -> str | None:

@@ -2,10 +2,10 @@
 
 Each leaf folder holds Parquet files written in row order, whose schemas may
 differ (a column None in early files and filled later, or missing from some
-rows). They are unified here, once, into one Arrow file per leaf in the datasets
-cache and memory-mapped, so a large result never has to fit in memory. The cache
-file is named after the Parquet files it was made from, so a second
-`create_distiset` over the same data reuses it.
+rows). They are unified here, once, into one Arrow file per leaf, which is
+memory-mapped, so a large result never has to fit in memory. That file is named
+after the Parquet files it was made from, so a second `create_distiset` over the
+same data reuses it and changed data never does.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import logging
 import os
 import posixpath
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -28,6 +29,7 @@ from stillhouse.core.engine.worker import METADATA_COLUMN
 from stillhouse.distiset._storage import (
     PathLike,
     atomic_write,
+    is_local,
     join,
     list_entries,
     public,
@@ -35,7 +37,7 @@ from stillhouse.distiset._storage import (
     subdirectories,
 )
 from stillhouse.distiset.distiset import Distiset
-from stillhouse.distiset.writer import FILE_ID_KEY, LeafSchemaError
+from stillhouse.distiset.writer import COMPLETE_MARKER, FILE_ID_KEY, LeafSchemaError
 
 logger = logging.getLogger("stillhouse.distiset")
 
@@ -86,7 +88,6 @@ def build_distiset(
     log_filename_path: PathLike | None = None,
     enable_metadata: bool = False,
     storage_options: dict[str, Any] | None = None,
-    cache_dir: str | None = None,
 ) -> Distiset:
     """`create_distiset` with the knobs the output writer needs (no public contract)."""
     fs, root = resolve(data_dir, storage_options)
@@ -97,11 +98,10 @@ def build_distiset(
                 "`data` folder of a run (`<cache dir>/<pipeline name>/<signature>/data`)."
             )
         leaves = subdirectories(fs, root)
-    cache_dir = cache_dir or os.path.join(datasets.config.HF_DATASETS_CACHE, "stillhouse")
 
     distiset = Distiset()
     for leaf in leaves:
-        dataset = load_leaf(fs, join(root, leaf), leaf=leaf, cache_dir=cache_dir)
+        dataset = load_leaf(fs, join(root, leaf), leaf=leaf)
         if not enable_metadata and METADATA_COLUMN in dataset.column_names:
             dataset = dataset.remove_columns(METADATA_COLUMN)
         distiset[leaf] = DatasetDict({"train": dataset})
@@ -117,9 +117,7 @@ def build_distiset(
     return distiset
 
 
-def load_leaf(
-    fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, cache_dir: str
-) -> Dataset:
+def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Dataset:
     """One leaf's rows, in file order, as a memory-mapped `Dataset`."""
     entries = sorted(
         (e for e in list_entries(fs, directory) if e["name"].endswith(".parquet")),
@@ -127,6 +125,12 @@ def load_leaf(
     )
     if not entries:
         return Dataset.from_dict({})
+    if not fs.exists(join(directory, COMPLETE_MARKER)):
+        logger.warning(
+            "Leaf %r is incomplete: its run stopped before the step finished. Its rows so far "
+            "are read; run the pipeline again to complete them.",
+            leaf,
+        )
     schemas = [_read_schema(fs, e["name"]) for e in entries]
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
@@ -137,7 +141,7 @@ def load_leaf(
             "convert its values to one type and run the pipeline again."
         ) from exc
 
-    path = os.path.join(cache_dir, f"{leaf}-{_fingerprint(fs, entries, schemas)}.arrow")
+    path = _unified_path(fs, directory, leaf, _fingerprint(fs, entries, schemas))
     if not os.path.exists(path):
         logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
         local = fsspec.filesystem("file")
@@ -153,7 +157,19 @@ def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle)
             # Concatenating after an empty table of the unified schema adds missing
             # columns as nulls and promotes types (null -> string, struct fields, ...).
             table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
-            stream.write_table(table.select(schema.names).cast(schema))
+            if not table.schema.equals(schema):
+                # Only when needed: pyarrow 26 corrupts a list<null> column cast to itself.
+                table = table.select(schema.names).cast(schema)
+            stream.write_table(table)
+
+
+def _unified_path(fs: fsspec.AbstractFileSystem, directory: str, leaf: str, key: str) -> str:
+    """Where the unified Arrow file of a leaf goes: hidden beside its Parquet files, so it
+    goes when the run's cache goes (and `begin()` of a rerun removes it); in the datasets
+    cache when that folder is remote or read-only."""
+    if is_local(fs) and os.access(directory, os.W_OK):
+        return os.path.join(directory, f".unified-{key}.arrow")
+    return os.path.join(datasets.config.HF_DATASETS_CACHE, "stillhouse", f"{leaf}-{key}.arrow")
 
 
 def _read_schema(fs: fsspec.AbstractFileSystem, path: str) -> pa.Schema:
@@ -176,5 +192,5 @@ def _fingerprint(fs, entries: list[dict[str, Any]], schemas: list[pa.Schema]) ->
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def _if_exists(fs: fsspec.AbstractFileSystem, path: str):
+def _if_exists(fs: fsspec.AbstractFileSystem, path: str) -> Path | str | None:
     return public(fs, path) if fs.exists(path) else None

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stillhouse.core.engine.protocol import OutputWriter
-from stillhouse.core.errors import EngineError, StillhouseError
+from stillhouse.core.errors import EngineError, LeafSchemaError
 from stillhouse.core.typing import Row
 from stillhouse.distiset._storage import (
     PathLike,
@@ -46,10 +46,6 @@ FILE_ID_KEY = b"stillhouse.file_id"
 """Parquet schema metadata naming each file uniquely, so readers can cache by it."""
 
 
-class LeafSchemaError(StillhouseError, TypeError):
-    """A leaf step produced values that cannot share one column type."""
-
-
 class _OwnedDir:
     """A temporary folder, removed once nothing holds it (or at exit)."""
 
@@ -61,6 +57,7 @@ class _OwnedDir:
 @dataclass
 class _LeafBuffer:
     tables: list[pa.Table] = field(default_factory=list)
+    schema: pa.Schema | None = None  # of every row of the leaf so far, files included
     rows: int = 0
     nbytes: int = 0
     next_file: int = 0
@@ -134,6 +131,7 @@ class ParquetOutputWriter(OutputWriter):
         if not rows:
             return
         table = rows_to_table(leaf, rows)
+        buffer.schema = unify_schema(leaf, buffer.schema, table.schema)
         buffer.tables.append(table)
         buffer.rows += table.num_rows
         buffer.nbytes += table.nbytes
@@ -158,7 +156,7 @@ class ParquetOutputWriter(OutputWriter):
 
     def result(self) -> Any:
         """The `Distiset` of everything written so far."""
-        from stillhouse.distiset.reader import build_distiset
+        from stillhouse.distiset.reader import build_distiset  # reader imports this module
 
         self.flush()
         distiset = build_distiset(
@@ -168,7 +166,6 @@ class ParquetOutputWriter(OutputWriter):
             log_filename_path=self._if_exists(self.log_path),
             enable_metadata=self.enable_metadata,
             storage_options=self.storage_options,
-            cache_dir=join(self._owned_dir.name, "cache") if self._owned_dir else None,
         )
         # The Datasets map files inside the temporary folder: keep it alive with them.
         distiset._owned_dir = self._owned_dir
@@ -198,18 +195,15 @@ class ParquetOutputWriter(OutputWriter):
             ) from None
 
     def _drain(self, leaf: str, buffer: _LeafBuffer, *, everything: bool) -> None:
-        """Write full files of `rows_per_file` rows (and the remainder if `everything`)."""
+        """Write files of `rows_per_file` rows (and a last, shorter one if `everything`)."""
         if not buffer.rows:
             return
-        table = concat_tables(leaf, buffer.tables)
-        offset = 0
-        while table.num_rows - offset >= self.rows_per_file:
-            self._write_file(leaf, buffer, table.slice(offset, self.rows_per_file))
-            offset += self.rows_per_file
-        rest = table.slice(offset)
-        if everything and rest.num_rows:
-            self._write_file(leaf, buffer, rest)
-            rest = rest.slice(rest.num_rows)
+        table = pa.concat_tables(buffer.tables, promote_options="permissive")
+        size = self.rows_per_file
+        end = table.num_rows if everything else table.num_rows - table.num_rows % size
+        for start in range(0, end, size):
+            self._write_file(leaf, buffer, table.slice(start, min(size, end - start)))
+        rest = table.slice(end)
         buffer.tables = [rest] if rest.num_rows else []
         buffer.rows = rest.num_rows
         buffer.nbytes = rest.nbytes if rest.num_rows else 0
@@ -241,12 +235,15 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     return pa.table(columns)
 
 
-def concat_tables(leaf: str, tables: list[pa.Table]) -> pa.Table:
-    """Concatenate tables whose columns differ or were all-None in some of them."""
-    if len(tables) == 1:
-        return tables[0]
+def unify_schema(leaf: str, schema: pa.Schema | None, new: pa.Schema) -> pa.Schema:
+    """`schema` widened to take `new` (null -> string, new struct fields, int -> float).
+
+    Checked per batch so that a column changing type fails the run at the batch that
+    changed it, not when the results are read."""
+    if schema is None:
+        return new
     try:
-        return pa.concat_tables(tables, promote_options="permissive")
+        return pa.unify_schemas([schema, new], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise LeafSchemaError(
             f"Leaf step {leaf!r} produced a column whose type changed between batches: "

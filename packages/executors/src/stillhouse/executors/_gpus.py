@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
-from stillhouse.core.errors import InvalidResourcesError
+from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
 from stillhouse.core.step import _Step
 
 GPU_COUNT_ENV = "STILLHOUSE_GPU_COUNT"
@@ -50,3 +51,17 @@ def place_gpus(
         for index in range(replicas):
             placement[step.name, index], free = free[:per_replica], free[per_replica:]
     return placement
+
+
+def parse_gpu_count(value: Any) -> int:
+    """The `gpu_count` option (or env value) as a count, with a clear error if it is not one."""
+    try:
+        count = int(value or 0)
+    except (TypeError, ValueError):
+        count = -1
+    if count < 0:
+        raise PipelineValidationError(
+            f"Invalid GPU count {value!r} (the `gpu_count` option or {GPU_COUNT_ENV}). "
+            "Expected a whole number of GPUs, 0 or more."
+        )
+    return count

@@ -23,11 +23,11 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from typing import Any, ClassVar
 
-from stillhouse.core.engine import Died, Event, Executor, Task
+from stillhouse.core.engine import Died, Event, Executor, Loaded, Task
 from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import STOP, check_options
-from stillhouse.executors._gpus import GPU_COUNT_ENV, place_gpus
+from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
 from stillhouse.executors._mp_worker import Exited, ResultsQueue, worker_main
 
 logger = logging.getLogger("stillhouse.executors.mp")
@@ -51,6 +51,7 @@ class _Replica:
     index: int
     process: BaseProcess
     gpus: list[str]
+    loaded: bool = False
     exited: bool = False  # it said goodbye: its end is not a death
 
 
@@ -75,7 +76,7 @@ class MultiprocessingExecutor(Executor):
         super().__init__(**options)
         self.start_method = _start_method(options.get("start_method"))
         self._ctx = get_context(self.start_method)
-        self._gpu_count = _gpu_count(options.get("gpu_count", os.environ.get(GPU_COUNT_ENV)))
+        self._gpu_count = parse_gpu_count(options.get("gpu_count", os.environ.get(GPU_COUNT_ENV)))
         self._join_timeout = float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
         self._results: ResultsQueue | None = None
         self._tasks: dict[str, Queue] = {}
@@ -114,8 +115,10 @@ class MultiprocessingExecutor(Executor):
                     raise StepRuntimeError(
                         f"Step {step.name!r} could not be sent to a worker process "
                         f"(start method {self.start_method!r}): {type(exc).__name__}: {exc}. "
-                        "Define the step class or `@step` function at module level in an "
-                        "importable module, and keep its fields picklable.",
+                        "Steps are pickled to their workers: define the step class or "
+                        "`@step` function at module level in an importable module, keep its "
+                        "fields picklable, and run the pipeline under "
+                        "`if __name__ == '__main__':`.",
                         step_name=step.name,
                     ) from exc
                 self._replicas[step.name, index] = _Replica(step.name, index, process, gpus)
@@ -202,9 +205,7 @@ class MultiprocessingExecutor(Executor):
         while True:
             try:
                 item = self._results.get_nowait()
-            except queue.Empty:
-                return
-            except (EOFError, OSError):
+            except (queue.Empty, EOFError, OSError):
                 return
             except Exception:
                 logger.exception("A message from a worker could not be unpickled; it is lost.")
@@ -216,6 +217,8 @@ class MultiprocessingExecutor(Executor):
                 if replica is not None:
                     replica.exited = True
             else:
+                if isinstance(item, Loaded) and (item.step_name, item.replica) in self._replicas:
+                    self._replicas[item.step_name, item.replica].loaded = True
                 out.append(item)
 
     def _reap(self, replica: _Replica, out: list[Event]) -> None:
@@ -223,7 +226,13 @@ class MultiprocessingExecutor(Executor):
         process.join(1.0)  # its sentinel is ready: this returns at once and reaps it
         del self._replicas[replica.step_name, replica.index]
         if not replica.exited:
-            out.append(Died(replica.step_name, replica.index, _describe_exit(process)))
+            detail = _describe_exit(process)
+            if not replica.loaded:
+                detail += (
+                    " before its step loaded; its traceback, if any, is on stderr (a script "
+                    "run with 'spawn' or 'forkserver' needs `if __name__ == '__main__':`)"
+                )
+            out.append(Died(replica.step_name, replica.index, detail))
         if process.exitcode is not None:
             process.close()
 
@@ -281,19 +290,6 @@ def _log_levels() -> dict[str, int]:
         if isinstance(log, logging.Logger) and log.level != logging.NOTSET:
             levels[name] = log.level
     return levels
-
-
-def _gpu_count(value: Any) -> int:
-    try:
-        count = int(value or 0)
-    except (TypeError, ValueError):
-        count = -1
-    if count < 0:
-        raise PipelineValidationError(
-            f"Invalid GPU count {value!r} (the `gpu_count` option or {GPU_COUNT_ENV}). "
-            "Expected a whole number of GPUs, 0 or more."
-        )
-    return count
 
 
 def _describe_exit(process: BaseProcess) -> str:

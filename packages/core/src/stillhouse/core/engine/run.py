@@ -113,7 +113,10 @@ def run_pipeline(
                         "The run did not finish. Run the same pipeline again with use_cache=True "
                         "to resume from %s.", pipeline._run_dir,
                     )
-            return writer.result()
+            result = writer.result()
+            if hasattr(result, "run_summary"):
+                result.run_summary = pipeline.last_run_summary  # shown on the dataset card
+            return result
     finally:
         store.sync()
         store.close(completed=completed)
@@ -123,7 +126,10 @@ def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
     try:
         scheduler.run()
     except KeyboardInterrupt:
-        executor.shutdown(force=pipeline._stop_requested > 1)
+        try:
+            executor.shutdown(force=pipeline._stop_requested > 1)
+        except KeyboardInterrupt:  # Ctrl+C again while workers unload: kill them
+            executor.shutdown(force=True)
         raise
     except BaseException:
         executor.shutdown(force=True)

@@ -1,0 +1,308 @@
+"""`stillhouse cache ...`: look into, measure, remove and explain the pipeline cache.
+
+Everything here reads the layout documented in `run_store.py` and never writes to
+it, except `remove`, which takes the pipeline's lock first so a running pipeline
+never loses its cache. The decisions `explain` prints mirror `FileStepStore.open`;
+keep the two in step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from stillhouse.cache.records import _HEADER, BATCH, MAGIC
+from stillhouse.cache.run_store import pipeline_dir, step_dir
+from stillhouse.cache.signature import explain_changes, step_signature_parts, step_signatures
+from stillhouse.cache.store import LOG, META, read_meta
+from stillhouse.core.cli import add_param_option, console, load_pipeline, parse_params, table
+from stillhouse.core.errors import CacheError, CacheLockedError
+from stillhouse.core.pipeline import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
+
+STEPS = "steps"
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR).expanduser()
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+
+
+def _pipelines(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _named(root: Path, name: str) -> Path:
+    path = root / name
+    if not path.is_dir() or name.startswith(".") or "/" in name:
+        known = ", ".join(repr(p.name) for p in _pipelines(root)) or "none"
+        raise CacheError(
+            f"No cached pipeline {name!r} in {root}. Cached pipelines: {known}. "
+            "Check the name (`stillhouse cache list`) or pass --cache-dir."
+        )
+    return path
+
+
+def _usage(path: Path) -> tuple[int, float]:
+    """Bytes on disk and the newest modification time under `path`."""
+    size, newest = 0, path.stat().st_mtime
+    for entry in path.rglob("*"):
+        try:
+            stat = entry.lstat()
+        except FileNotFoundError:  # removed by a run while we walk
+            continue
+        if entry.is_file():
+            size += stat.st_size
+        newest = max(newest, stat.st_mtime)
+    return size, newest
+
+
+def _human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _when(mtime: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(mtime))
+
+
+def _run_dirs(base: Path) -> list[Path]:
+    return sorted(p for p in base.iterdir() if p.is_dir() and p.name != STEPS)
+
+
+def _step_dirs(base: Path) -> list[Path]:
+    steps = base / STEPS
+    return sorted(p for p in steps.iterdir() if p.is_dir()) if steps.is_dir() else []
+
+
+# -- list / size / remove ------------------------------------------------------------------
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    root, out = _root(args), console()
+    found = _pipelines(root)
+    if not found:
+        out.print(f"No cached pipelines in {root}.", soft_wrap=True)
+        return 0
+    listing = table(f"Cached pipelines in {root}", "pipeline", "runs", "step stores", "size",
+                    "last modified")
+    for base in found:
+        size, newest = _usage(base)
+        listing.add_row(base.name, str(len(_run_dirs(base))), str(len(_step_dirs(base))),
+                        _human(size), _when(newest))
+    out.print(listing)
+    return 0
+
+
+def _cmd_size(args: argparse.Namespace) -> int:
+    root, out = _root(args), console()
+    if args.name is None:
+        sizes = table(f"Cache size of {root}", "pipeline", "size")
+        total = 0
+        for base in _pipelines(root):
+            size = _usage(base)[0]
+            total += size
+            sizes.add_row(base.name, _human(size))
+        out.print(sizes)
+        out.print(f"Total: {_human(total)} ({total} bytes)")
+        return 0
+    base = _named(root, args.name)
+    parts = table(f"Cache size of pipeline {args.name!r}", "kind", "folder", "size")
+    for run in _run_dirs(base):
+        parts.add_row("run", run.name, _human(_usage(run)[0]))
+    for store in _step_dirs(base):
+        parts.add_row("step store", f"{STEPS}/{store.name}", _human(_usage(store)[0]))
+    total = _usage(base)[0]
+    out.print(parts)
+    out.print(f"Total: {_human(total)} ({total} bytes)")
+    return 0
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    base = _named(_root(args), args.name)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise CacheError(
+                f"Refusing to remove the cache of pipeline {args.name!r} ({base}) without "
+                "confirmation. Add --yes."
+            )
+        answer = input(f"Remove {base} ({_human(_usage(base)[0])})? [y/N] ")
+        if answer.strip().lower() not in {"y", "yes"}:
+            console().print("Nothing removed.")
+            return 1
+    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise CacheLockedError(
+                f"Pipeline {args.name!r} is running (pid {holder}) and holds its cache {base}. "
+                "Wait for it to finish or stop it, then remove the cache."
+            ) from None
+        # Held while deleting, so a run that starts now waits instead of writing into it.
+        shutil.rmtree(base)
+    finally:
+        os.close(fd)
+    console().print(f"Removed the cache of pipeline {args.name!r} ({base}).", soft_wrap=True)
+    return 0
+
+
+# -- explain ---------------------------------------------------------------------------------
+
+
+def _batches_stored(directory: Path) -> int:
+    """Count batch records by walking the log's headers, read-only (RecordLog would repair)."""
+    path, count, offset = directory / LOG, 0, 0
+    if not path.exists():
+        return 0
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        while offset + _HEADER.size <= size:
+            handle.seek(offset)
+            magic, kind, _a, _b, length, _crc = _HEADER.unpack(handle.read(_HEADER.size))
+            end = offset + _HEADER.size + length
+            if magic != MAGIC or end > size:
+                break
+            count += kind == BATCH
+            offset = end
+    return count
+
+
+def _plain_json(value: Any) -> Any:
+    # meta.json went through json with default=str: compare like with like.
+    return json.loads(json.dumps(value, default=str))
+
+
+def _latest_other_store(base: Path, name: str, directory: Path) -> dict[str, Any] | None:
+    candidates = []
+    for store in _step_dirs(base):
+        if store == directory or not store.name.startswith(f"{name}-"):
+            continue
+        meta = read_meta(store)
+        if meta is not None and meta.get("step") == name:
+            candidates.append(((store / META).stat().st_mtime, meta))
+    return max(candidates, key=lambda c: c[0])[1] if candidates else None
+
+
+def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
+    """`[{step, decision, why}]` in topological order: what a run would do with the cache."""
+    from stillhouse.core.engine.run import fresh_steps
+
+    dag, base = pipeline.dag, pipeline_dir(pipeline)
+    fresh = fresh_steps(pipeline, use_cache)
+    signatures = step_signatures(dag)
+    generations: dict[str, str | None] = {}  # None: recomputed, so a new generation
+    rows = []
+    for name in dag.topological_order():
+        step = dag.get_step(name)
+        directory = step_dir(base, name, signatures[name])
+        meta = read_meta(directory) if directory.is_dir() else None
+        batching = None if step.is_generator else getattr(step, "input_batch_size", None)
+        preds = dag.predecessors(name)
+        recomputed_preds = [p for p in preds if generations[p] is None]
+        decision, why = "recompute", ""
+        if meta is not None and meta.get("signature") != signatures[name]:
+            meta = None  # a 20-character prefix collision: FileStepStore.open starts it over
+        if name in fresh:
+            why = ("--ignore-cache" if not use_cache else "use_cache=False on this step"
+                   if not step.use_cache else "use_cache=False on a step before it")
+        elif meta is None:
+            other = _latest_other_store(base, name, directory)
+            parts = _plain_json(step_signature_parts(dag, name, signatures))
+            if other is None:
+                why = "new step"
+            elif not other.get("parts"):
+                why = "its signature changed (the stored outputs do not record why)"
+            else:
+                reasons = explain_changes(other["parts"], parts) or ["its signature changed"]
+                if recomputed_preds:
+                    reasons = [
+                        f"a step before it changed ({', '.join(recomputed_preds)})"
+                        if r == "a step before it changed" else r for r in reasons
+                    ]
+                why = "; ".join(reasons)
+        elif recomputed_preds or meta.get("predecessors") != {p: generations[p] for p in preds}:
+            which = ", ".join(recomputed_preds) or "its outputs were rebuilt since"
+            why = f"a step before it is recomputed ({which})"
+        elif meta.get("finished"):
+            decision, why = "reuse", "finished with the same signature"
+        elif meta.get("batching") != batching:
+            why = (f"its unfinished outputs were made with input_batch_size={meta.get('batching')}, "
+                   f"now {batching}")
+        else:
+            decision = f"resume ({_batches_stored(directory)} batches stored)"
+            why = "stored outputs are not finished"
+        generations[name] = meta["generation"] if decision != "recompute" and meta else None
+        rows.append({"step": name, "decision": decision, "why": why})
+    return rows
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.config)
+    parameters = parse_params(args.param)
+    if parameters:
+        pipeline.apply_parameters(parameters)
+    if args.cache_dir:
+        pipeline._cache_dir = args.cache_dir
+    out = console()
+    run_dir = pipeline_dir(pipeline) / pipeline.signature
+    state = "has a run folder" if run_dir.is_dir() else "has never run in this shape"
+    out.print(f"Pipeline {pipeline.name!r} (signature {pipeline.signature[:12]}) {state}: "
+              f"{run_dir}", soft_wrap=True)
+    decisions = table("Cache decisions", "step", "decision", "why")
+    for row in explain(pipeline, use_cache=not args.ignore_cache):
+        decisions.add_row(row["step"], row["decision"], row["why"])
+    out.print(decisions)
+    return 0
+
+
+# -- registration ------------------------------------------------------------------------
+
+
+def _add_cache_dir(parser: argparse.ArgumentParser, default_text: str) -> None:
+    parser.add_argument("--cache-dir", metavar="DIR", help=f"cache root (default: {default_text})")
+
+
+def register(subparsers: Any) -> None:
+    """Add `stillhouse cache ...` to the CLI (called from the `register_cli` hook)."""
+    env_default = f"${CACHE_DIR_ENV} or {DEFAULT_CACHE_DIR}"
+    group = subparsers.add_parser("cache", help="list, measure, remove and explain cached runs")
+    commands = group.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+
+    listing = commands.add_parser("list", help="cached pipelines with their runs and sizes")
+    _add_cache_dir(listing, env_default)
+    listing.set_defaults(handler=_cmd_list)
+
+    size = commands.add_parser("size", help="disk use of the cache, or of one pipeline")
+    size.add_argument("name", nargs="?", metavar="NAME", help="a pipeline name")
+    _add_cache_dir(size, env_default)
+    size.set_defaults(handler=_cmd_size)
+
+    remove = commands.add_parser("remove", help="delete a pipeline's cache (not while it runs)")
+    remove.add_argument("name", metavar="NAME", help="the pipeline name")
+    remove.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    _add_cache_dir(remove, env_default)
+    remove.set_defaults(handler=_cmd_remove)
+
+    why = commands.add_parser("explain", help="which steps a run would reuse, resume or recompute")
+    why.add_argument("--config", required=True, metavar="PATH_OR_URL", help="pipeline.yaml")
+    add_param_option(why)
+    why.add_argument("--ignore-cache", action="store_true", help="as `pipeline run --ignore-cache`")
+    _add_cache_dir(why, "the pipeline's cache_dir")
+    why.set_defaults(handler=_cmd_explain)

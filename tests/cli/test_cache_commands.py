@@ -1,0 +1,134 @@
+"""`stillhouse cache list|size|remove|explain`, added by stillhouse-cache through `register_cli`."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+
+import pytest
+
+from stillhouse.core.steps import KeepColumns
+from tests.cli.helpers import build, edit_yaml, run_dir, table_rows
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+
+
+@pytest.fixture
+def ran(cli, config):
+    done = cli("pipeline", "run", "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    return run_dir(done.stdout)
+
+
+def decisions(done) -> dict[str, tuple[str, str]]:
+    assert done.returncode == 0, done.stderr
+    return {row[0]: (row[1], row[2]) for row in table_rows(done.stdout) if len(row) == 3}
+
+
+def test_list_and_size(cli, ran, cache_dir):
+    listed = cli("cache", "list")
+    assert listed.returncode == 0, listed.stderr
+    [row] = table_rows(listed.stdout)
+    assert row[:3] == ["clidemo", "1", "4"]  # one shape of the pipeline, four step stores
+    assert row[3].endswith(("B", "KiB", "MiB"))
+
+    total = cli("cache", "size")
+    assert total.returncode == 0, total.stderr
+    assert [r[0] for r in table_rows(total.stdout)] == ["clidemo"]
+    one = cli("cache", "size", "clidemo", "--cache-dir", str(cache_dir))
+    assert one.returncode == 0, one.stderr
+    folders = [r[1] for r in table_rows(one.stdout)]
+    assert ran.name in folders
+    assert sum(f.startswith("steps/") for f in folders) == 4
+    size = int(one.stdout.split("(")[-1].split(" bytes")[0])
+    on_disk = sum(p.stat().st_size for p in (cache_dir / "clidemo").rglob("*") if p.is_file())
+    assert size == on_disk
+
+
+def test_list_of_an_empty_cache(cli, tmp_path):
+    done = cli("cache", "list", "--cache-dir", str(tmp_path / "nothing"))
+    assert done.returncode == 0
+    assert "No cached pipelines" in done.stdout
+
+
+def test_remove_needs_yes_and_an_existing_name(cli, ran, cache_dir):
+    refused = cli("cache", "remove", "clidemo")  # stdin is not a terminal: no prompt
+    assert refused.returncode == 1
+    assert "Add --yes" in refused.stderr
+    unknown = cli("cache", "remove", "nope", "--yes")
+    assert unknown.returncode == 1
+    assert "Cached pipelines: 'clidemo'" in unknown.stderr
+    assert (cache_dir / "clidemo").is_dir()
+
+    removed = cli("cache", "remove", "clidemo", "--yes")
+    assert removed.returncode == 0, removed.stderr
+    assert not (cache_dir / "clidemo").exists()
+
+
+def test_remove_refuses_while_a_run_holds_the_lock(cli, ran, cache_dir):
+    fd = os.open(cache_dir / "clidemo" / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, b"4242", 0)
+        done = cli("cache", "remove", "clidemo", "--yes")
+    finally:
+        os.close(fd)
+    assert done.returncode == 1
+    assert "is running (pid 4242)" in done.stderr
+    assert (ran / "pipeline.yaml").exists()
+
+
+def test_explain_before_and_after_a_run(cli, config):
+    fresh = decisions(cli("cache", "explain", "--config", str(config)))
+    assert fresh == {name: ("recompute", "new step") for name in ("load", "double", "tag", "drop_odd")}
+    assert cli("pipeline", "run", "--config", str(config)).returncode == 0
+    again = decisions(cli("cache", "explain", "--config", str(config)))
+    assert {decision for decision, _ in again.values()} == {"reuse"}
+    assert set(again) == {"load", "double", "tag", "drop_odd"}
+    ignored = decisions(cli("cache", "explain", "--config", str(config), "--ignore-cache"))
+    assert set(ignored.values()) == {("recompute", "--ignore-cache")}
+
+
+def test_explain_names_the_changed_field_and_what_follows(cli, config, ran):
+    edit_yaml(config, "tag", tag="b")
+    changed = decisions(cli("cache", "explain", "--config", str(config)))
+    assert changed["tag"] == ("recompute", "field 'tag' changed")
+    assert changed["load"][0] == changed["double"][0] == changed["drop_odd"][0] == "reuse"
+
+    edit_yaml(config, "load", data=[{"x": 1}])
+    upstream = decisions(cli("cache", "explain", "--config", str(config)))
+    assert upstream["load"] == ("recompute", "field 'data' changed")
+    assert upstream["double"] == ("recompute", "a step before it changed (load)")
+    assert upstream["drop_odd"] == ("recompute", "a step before it changed (double)")
+
+
+def test_explain_batch_size_change_keeps_finished_outputs(cli, config, ran):
+    batching = decisions(cli("cache", "explain", "--config", str(config),
+                             "--param", "double.input_batch_size=5"))
+    assert batching["double"][0] == "reuse"
+
+
+def test_explain_reports_a_step_to_resume(cli, config, ran, cache_dir):
+    [store] = (cache_dir / "clidemo" / "steps").glob("double-*")
+    meta = json.loads((store / "meta.json").read_text())
+    assert meta["parts"]["fields"] == {  # what explain compares against
+        "name": "double", "input_mappings": {}, "output_mappings": {},
+    }
+    (store / "meta.json").write_text(json.dumps({**meta, "finished": False}))
+    explained = decisions(cli("cache", "explain", "--config", str(config)))
+    assert explained["double"] == ("resume (4 batches stored)", "stored outputs are not finished")
+    assert explained["tag"][0] == "reuse"  # its own outputs are finished and keyed to double's
+
+
+def test_explain_a_new_step_in_a_grown_pipeline(cli, tmp_path, ran):
+    grown = build()
+    with grown:
+        keep = KeepColumns(name="keep", columns=["x"])
+    grown.dag.get_step("double").connect(keep)
+    path = tmp_path / "grown.yaml"
+    grown.save(path)
+    explained = decisions(cli("cache", "explain", "--config", str(path)))
+    assert explained["keep"] == ("recompute", "new step")
+    assert explained["tag"][0] == "reuse"
