@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -38,10 +39,8 @@ def finish(process: subprocess.Popen, timeout: float = 90) -> tuple[int, str]:
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def group_is_gone(pgid: int, timeout: float = 10) -> bool:
