@@ -101,3 +101,18 @@ def test_load_groups_start_a_stage_only_after_the_previous_one_ended(tmp_path, e
     assert len(rows_of(result)) == 10
     events = {tuple(line.split()[:2]): float(line.split()[2]) for line in log.read_text().splitlines()}
     assert events[("first", "unload")] <= events[("second", "load")]
+
+
+def test_step_requirements_are_checked_before_the_run(tmp_path):
+    from stillhouse.core import Step, requirements
+
+    @requirements(["another-missing-package==0.1", "pyyaml"])
+    class NeedsPackages(Step):
+        def process(self, inputs):
+            yield inputs
+
+    with Pipeline(name="req-step", cache_dir=tmp_path, executor="sync") as pipeline:
+        LoadDataFromDicts(data=rows(1)) >> NeedsPackages()
+    with pytest.raises(MissingRequirementsError, match="another-missing-package==0.1") as info:
+        pipeline.run(progress=False)
+    assert "pyyaml" not in str(info.value).lower().split("installed:")[1]

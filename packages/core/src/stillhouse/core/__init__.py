@@ -7,7 +7,7 @@ from stillhouse.core.hookspecs import hookimpl
 from stillhouse.core.pipeline import Pipeline
 from stillhouse.core.routing import RoutingBatchFunction, routing_batch_function, sample_n_steps
 from stillhouse.core.runtime import RuntimeParameter
-from stillhouse.core.step import GeneratorStep, GlobalStep, Step, StepResources
+from stillhouse.core.step import GeneratorStep, GlobalStep, Step, StepResources, requirements
 from stillhouse.core.steps.generators import make_generator_step
 from stillhouse.core.typing import GeneratorStepOutput, StepInput, StepOutput
 
@@ -28,6 +28,7 @@ __all__ = [
     "StepOutput",
     "StepResources",
     "hookimpl",
+    "requirements",
     "make_generator_step",
     "routing_batch_function",
     "sample_n_steps",

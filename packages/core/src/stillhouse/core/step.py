@@ -11,7 +11,7 @@ import inspect
 import re
 import warnings
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
 
@@ -74,6 +74,9 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     use_cache: bool = True
 
     _built_from_decorator: bool = PrivateAttr(default=False)
+
+    requirements: ClassVar[list[str]] = []
+    """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
 
     def __init__(self, **data: Any) -> None:
         super().__init__(**data)
@@ -284,3 +287,13 @@ class GeneratorStep(_Step, ABC):
             if self.output_mappings:
                 rows = [self._map_output(row, {}) for row in rows]
             yield rows, last
+
+
+def requirements(specs: list[str]):  # noqa: ANN201 - a class decorator
+    """Declare the pip requirements of a step class: `@requirements(["nltk>=3"])`."""
+
+    def decorate(cls: type[_Step]) -> type[_Step]:
+        cls.requirements = list(specs)
+        return cls
+
+    return decorate
