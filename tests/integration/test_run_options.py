@@ -113,6 +113,6 @@ def test_step_requirements_are_checked_before_the_run(tmp_path):
 
     with Pipeline(name="req-step", cache_dir=tmp_path, executor="sync") as pipeline:
         LoadDataFromDicts(data=rows(1)) >> NeedsPackages()
-    with pytest.raises(MissingRequirementsError, match="another-missing-package==0.1") as info:
+    with pytest.raises(MissingRequirementsError, match=r"another-missing-package==0\.1") as info:
         pipeline.run(progress=False)
     assert "pyyaml" not in str(info.value).lower().split("installed:")[1]

@@ -11,6 +11,7 @@ import inspect
 import re
 import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
@@ -289,7 +290,7 @@ class GeneratorStep(_Step, ABC):
             yield rows, last
 
 
-def requirements(specs: list[str]):  # noqa: ANN201 - a class decorator
+def requirements(specs: list[str]) -> Callable[[type[_Step]], type[_Step]]:
     """Declare the pip requirements of a step class: `@requirements(["nltk>=3"])`."""
 
     def decorate(cls: type[_Step]) -> type[_Step]:
