@@ -6,12 +6,16 @@ import tempfile
 from typing import Any
 
 from stillhouse.cache.batch_storage import FsBatchStorage
+from stillhouse.cache.remote import RemoteRunStore
 from stillhouse.cache.run_store import FileRunStore
 from stillhouse.core.hookspecs import hookimpl
 
 
 @hookimpl
-def stillhouse_make_run_store(pipeline: Any, use_cache: bool, fresh_steps: set[str]) -> FileRunStore:
+def stillhouse_make_run_store(pipeline: Any, use_cache: bool, fresh_steps: set[str]) -> FileRunStore | RemoteRunStore:
+    root = str(pipeline.cache_dir)
+    if "://" in root and not root.startswith("file://"):
+        return RemoteRunStore(pipeline, use_cache=use_cache, fresh_steps=fresh_steps)
     return FileRunStore(pipeline, use_cache=use_cache, fresh_steps=fresh_steps)
 
 
@@ -21,7 +25,9 @@ def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, A
     url = parameters.pop("path", None)
     if url is None:
         run_dir = getattr(pipeline, "_run_dir", None)
-        url = f"{run_dir}/batch_data" if run_dir else f"{tempfile.gettempdir()}/stillhouse-batch-data"
+        local = run_dir and "://" not in str(run_dir)
+        # A remote cache is for durability; batch data stays on this machine unless asked.
+        url = f"{run_dir}/batch_data" if local else f"{tempfile.gettempdir()}/stillhouse-batch-data"
     return FsBatchStorage(str(url), parameters)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from stillhouse.core.typing import Row
@@ -209,6 +210,12 @@ class RunStore(ABC):
 
         `batching` is the step's input batch size: stored batches of an unfinished
         step cut with another size cannot be matched and must be discarded."""
+
+    def log_file(self) -> Path | None:
+        """The local file this run's log lines go to (`pipeline.log`), or None."""
+        if self.run_dir is None or "://" in str(self.run_dir):
+            return None
+        return Path(self.run_dir) / "pipeline.log"
 
     def data_dir(self) -> Any:
         """Where the output writer puts leaf rows, or None to keep them in memory."""

@@ -74,7 +74,7 @@ def run_pipeline(
     pipeline._run_dir = str(store.run_dir) if store.run_dir is not None else None
     completed = False
     try:
-        with _run_logging(pipeline._run_dir, logging_handlers):
+        with _run_logging(store.log_file(), logging_handlers):
             writer = _make_writer(pipeline, store)
             stores = {
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
@@ -113,6 +113,7 @@ def run_pipeline(
                         "The run did not finish. Run the same pipeline again with use_cache=True "
                         "to resume from %s.", pipeline._run_dir,
                     )
+            store.sync()  # pipeline.log and checkpoints are where the results point to
             result = writer.result()
             if hasattr(result, "run_summary"):
                 result.run_summary = pipeline.last_run_summary  # shown on the dataset card
@@ -187,14 +188,14 @@ def _signal_handlers(pipeline: Pipeline) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _run_logging(run_dir: str | None, handlers: list[logging.Handler] | None) -> Iterator[None]:
+def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) -> Iterator[None]:
     """Send stillhouse's log records to pipeline.log and the user's handlers for this run.
 
     Only the "stillhouse" logger is touched; the root logger and its handlers never are."""
     library_logger = logging.getLogger("stillhouse")
     added: list[logging.Handler] = list(handlers or [])
-    if run_dir and "://" not in run_dir:
-        file_handler = logging.FileHandler(Path(run_dir) / "pipeline.log", encoding="utf-8")
+    if log_file is not None:
+        file_handler = logging.FileHandler(log_file, encoding="utf-8")
         file_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
         added.append(file_handler)
     if not library_logger.handlers and not logging.getLogger().handlers and not handlers:

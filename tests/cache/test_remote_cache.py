@@ -1,0 +1,111 @@
+"""The cache on fsspec URLs: memory:// in process, s3:// on a real S3-compatible server."""
+
+from __future__ import annotations
+
+import socket
+
+import fsspec
+import pytest
+
+from stillhouse.core import Pipeline
+from stillhouse.core.errors import CacheLockedError
+from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.results import rows_of
+from tests.support.steps import Count, Double, Slow, Tag
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def build(cache_dir: str, executor: str, *, tag: str = "a", name: str = "remote") -> Pipeline:
+    with Pipeline(name=name, cache_dir=cache_dir, executor=executor) as pipeline:
+        loader = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(30)], batch_size=7)
+        loader >> Slow(name="slow", sleep=0.01, input_batch_size=4) >> Tag(name="tag", tag=tag)
+        loader >> Double(name="double") >> Count(name="count")
+    return pipeline
+
+
+def computed(pipeline: Pipeline) -> set[str]:
+    return {row["step"] for row in pipeline.last_run_summary if row["started_worker"]}
+
+
+def check_reuse_and_resume(cache_dir: str, executor: str) -> None:
+    first = build(cache_dir, executor)
+    result = first.run(progress=False)
+    assert [r["x"] for r in rows_of(result, "tag")] == list(range(30))
+    assert rows_of(result, "count")[0]["n"] == 30
+    again = build(cache_dir, executor)
+    assert rows_of(again.run(progress=False), "tag") == rows_of(result, "tag")
+    assert computed(again) == set()
+    changed = build(cache_dir, executor, tag="b")
+    assert {r["z"] for r in rows_of(changed.run(progress=False), "tag")} == {"b"}
+    assert computed(changed) == {"tag"}
+    fs, root = fsspec.core.url_to_fs(cache_dir)
+    names = {path.rsplit("/", 1)[-1] for path in fs.find(f"{root}/remote")}
+    assert {"pipeline.yaml", "pipeline.log", "stages.json", "batch_manager.json", "meta.json"} <= names
+
+
+def test_memory_cache_reuses_and_recomputes_only_what_changed():
+    check_reuse_and_resume("memory://stillhouse-cache-test", "threaded")
+
+
+def test_memory_cache_lease_blocks_a_second_run():
+    fs = fsspec.filesystem("memory")
+    fs.pipe_file("/lease-test/remote/.lock", b'{"owner": "elsewhere", "time": 9999999999}')
+    with pytest.raises(CacheLockedError, match="elsewhere"):
+        build("memory://lease-test", "sync").run(progress=False)
+
+
+def test_interrupted_run_resumes_from_a_memory_cache():
+    cache = "memory://stillhouse-resume-test"
+    pipeline = build(cache, "threaded")
+    stored = {"n": 0}
+    original = pipeline.dag.get_step("slow").process
+
+    def stop_midway(*inputs):
+        stored["n"] += 1
+        if stored["n"] == 3:
+            pipeline.stop()
+        yield from original(*inputs)
+
+    object.__setattr__(pipeline.dag.get_step("slow"), "process", stop_midway)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False)
+    resumed = build(cache, "threaded")
+    rows = rows_of(resumed.run(progress=False), "tag")
+    assert [r["x"] for r in rows] == list(range(30))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    previous = fsspec.config.conf.get("s3")
+    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}, "use_listings_cache": False}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("stillhouse-test")
+    try:
+        yield endpoint
+    finally:
+        if previous is None:
+            fsspec.config.conf.pop("s3", None)
+        else:
+            fsspec.config.conf["s3"] = previous
+        fsspec.filesystem("s3").clear_instance_cache()
+        server.stop()
+
+
+def test_s3_cache_on_an_s3_compatible_server(s3_server):
+    check_reuse_and_resume("s3://stillhouse-test/cache", "mp")
