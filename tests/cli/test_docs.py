@@ -96,3 +96,16 @@ def test_plugins_doc_python_blocks_run():
     with contextlib.redirect_stdout(out):
         assert args.handler(args) == 0
     assert out.getvalue() == "hello, world\n"
+
+
+def test_example_package_readme_python_blocks_run():
+    readme = DOCS.parent / "examples" / "plugin-steps" / "README.md"
+    blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.DOTALL)
+    assert len(blocks) == 2
+    namespace: dict[str, object] = {"__name__": "docs_example_readme"}
+    for block in blocks:
+        exec(compile(block, str(readme), "exec"), namespace)
+    registered: list[type] = []
+    namespace["register_steps"](register=registered.append)
+    assert registered == [Uppercase]
+    assert namespace["pipeline"].dag.step_names == ["load_data_from_dicts_0", "uppercase_0"]

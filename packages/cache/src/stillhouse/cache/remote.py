@@ -10,6 +10,7 @@ Only the driver process writes the cache, whatever the executor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,10 +87,8 @@ class Lease:
             self._written = time.monotonic()
 
     def release(self) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm_file(self.path)
-        except FileNotFoundError:
-            pass
 
 
 class RemoteStepStore(StepStore):
