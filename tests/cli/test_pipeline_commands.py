@@ -192,3 +192,22 @@ def test_ctrl_c_exits_130_with_one_line(cli_env, tmp_path, cache_dir):
     assert process.returncode == 130
     assert "error: interrupted. Finished work is cached" in stderr
     assert "Traceback" not in stderr
+
+
+def test_repo_id_pushes_the_distiset(config, tmp_path, monkeypatch, capsys):
+    """In-process, with the Hub call replaced: the CLI passes repo id and privacy through."""
+    from stillhouse.core import cli
+    from stillhouse.distiset import Distiset
+
+    pushed: list[tuple[str, bool, list[str]]] = []
+    monkeypatch.setenv("STILLHOUSE_PROGRESS", "0")
+    monkeypatch.setattr(
+        Distiset, "push_to_hub",
+        lambda self, repo_id, private=False: pushed.append((repo_id, private, sorted(self))),
+    )
+    argv = ["pipeline", "run", "--config", str(config), "--cache-dir", str(tmp_path / "c")]
+    assert cli.main([*argv, "--private"]) == 1  # --private alone is a mistake
+    assert "--private only applies to a push" in capsys.readouterr().err
+    assert cli.main([*argv, "--repo-id", "me/clidemo", "--private"]) == 0
+    assert pushed == [("me/clidemo", True, ["drop_odd", "tag"])]
+    assert "Pushed to https://huggingface.co/datasets/me/clidemo" in capsys.readouterr().out

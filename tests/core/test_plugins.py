@@ -138,3 +138,22 @@ def test_every_hook_is_documented() -> None:
     assert {"register_executors", "register_steps"} <= {spec.__name__ for spec in specs}
     for spec in specs:
         assert spec.__doc__ and len(inspect.getdoc(spec)) > 40, f"{spec.__name__} needs a docstring"
+
+
+def test_two_plugins_registering_one_name_is_an_error():
+    import types
+
+    import pluggy
+
+    from stillhouse.core import hookspecs, plugins
+    from stillhouse.core.errors import PluginError
+
+    manager = pluggy.PluginManager(hookspecs.PROJECT)
+    manager.add_hookspecs(hookspecs)
+    for plugin_name in ("pkg-one", "pkg-two"):
+        module = types.ModuleType(plugin_name)
+        cls = type(f"Executor{plugin_name[-3:]}", (), {})
+        module.register_executors = hookspecs.hookimpl(lambda register, cls=cls: register("dup", cls))
+        manager.register(module, name=plugin_name)
+    with pytest.raises(PluginError, match=r"'dup'.*pkg-one.*pkg-two"):
+        plugins.registry(manager)

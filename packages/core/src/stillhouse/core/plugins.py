@@ -71,26 +71,39 @@ def plugin_origins() -> dict[str, str]:
     return dict(_manager(frozenset(_disabled()))[1])
 
 
-def registry() -> Registry:
+def registry(manager: pluggy.PluginManager | None = None) -> Registry:
     """Everything the installed plugins register (recomputed on each call: cheap)."""
     found = Registry()
-    manager = plugin_manager()
+    origins = plugin_origins() if manager is None else {}
+    manager = manager or plugin_manager()
     for plugin_name, plugin in manager.list_name_plugin():
-        origin = plugin_origins().get(plugin_name, plugin_name)
+        origin = origins.get(plugin_name, plugin_name)
 
         def add_executor(name: str, cls: type, origin: str = origin) -> None:
+            _claim(found, f"executor:{name}", cls, origin)
             found.executors[name] = cls
-            found.sources[f"executor:{name}"] = origin
 
         def add_step(cls: type, origin: str = origin) -> None:
+            _claim(found, f"step:{cls.__name__}", cls, origin)
             found.steps[cls.__name__] = cls
-            found.sources[f"step:{cls.__name__}"] = origin
 
         if hasattr(plugin, "register_executors"):
             plugin.register_executors(register=add_executor)
         if hasattr(plugin, "register_steps"):
             plugin.register_steps(register=add_step)
     return found
+
+
+def _claim(found: Registry, key: str, cls: type, origin: str) -> None:
+    """Two plugins must not silently fight over one name."""
+    kind, name = key.split(":", 1)
+    previous = found.executors.get(name) if kind == "executor" else found.steps.get(name)
+    if previous is not None and previous is not cls:
+        raise PluginError(
+            f"Two plugins register the {kind} name {name!r}: {found.sources[key]} and {origin}. "
+            f"Uninstall one of them, or skip one with {DISABLE_ENV}=<entry point name>."
+        )
+    found.sources[key] = origin
 
 
 def executor_class(name: str) -> type:
