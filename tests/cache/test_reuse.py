@@ -161,3 +161,24 @@ def test_corrupt_cache_file_names_the_file_and_the_fix(tmp_path, damage):
     assert str(store) in str(info.value)
     assert "use_cache=False" in str(info.value)
     assert rows_of(build(tmp_path, tag="new").run(use_cache=False, progress=False))
+
+
+def routed(tmp_path: Path, *, branch_ibs: int, join_name: str = "join") -> Pipeline:
+    from stillhouse.core import sample_n_steps
+    from tests.support.steps import Zip
+
+    with Pipeline(name="routed", cache_dir=tmp_path, executor="sync") as pipeline:
+        loader = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(20)], batch_size=6)
+        branches = [Tag(name=f"tag_{t}", tag=t, input_batch_size=branch_ibs) for t in "abc"]
+        loader >> sample_n_steps(2) >> branches >> Zip(name=join_name, input_batch_size=4)
+    return pipeline
+
+
+def test_branch_with_a_new_batch_size_is_recomputed_when_replayed_batch_by_batch(tmp_path):
+    routed(tmp_path, branch_ibs=2).run(progress=False)
+    again = routed(tmp_path, branch_ibs=5)
+    again.dag.get_step("join").use_cache = False  # the convergence step must re-read the branches
+    rows = rows_of(again.run(progress=False))
+    assert [r["x"] for r in rows] == list(range(20))
+    assert all(len(set(r["tags"])) == 2 for r in rows)
+    assert {"tag_a", "tag_b", "tag_c"} & computed(again)

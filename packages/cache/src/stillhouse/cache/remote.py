@@ -29,7 +29,7 @@ import fsspec
 
 from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FORMAT
-from stillhouse.core.dag import load_stages
+from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
 from stillhouse.core.serialization import dumps
@@ -99,13 +99,15 @@ class RemoteStepStore(StepStore):
         self._index: dict[str, set[str]] | None = None
 
     @classmethod
-    def open(cls, fs: Any, root: str, *, lease: Lease, fresh: bool, **identity: Any) -> RemoteStepStore:
+    def open(
+        cls, fs: Any, root: str, *, lease: Lease, fresh: bool, keyed: bool = False, **identity: Any
+    ) -> RemoteStepStore:
         meta = None if fresh else _read_meta(fs, f"{root}/meta.json")
         reusable = (
             meta is not None
             and meta.get("signature") == identity["signature"]
             and meta.get("predecessors") == identity["predecessors"]
-            and (meta.get("finished") or meta.get("batching") == identity["batching"])
+            and ((meta.get("finished") and not keyed) or meta.get("batching") == identity["batching"])
         )
         if not reusable:
             if fs.exists(root):
@@ -219,6 +221,7 @@ class RemoteRunStore(RunStore):
             f"{self.base}/steps/{name}-{signature[:20]}",
             lease=self.lease,
             fresh=name in self.fresh,
+            keyed=routing_context(dag, name) is not None,
             step=name,
             signature=signature,
             batching=None if dag.get_step(name).is_generator else batching,

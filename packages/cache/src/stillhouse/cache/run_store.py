@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from stillhouse.cache.atomic import atomic_write_json, atomic_write_text
 from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FileStepStore
-from stillhouse.core.dag import load_stages
+from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import RunStore, StepStore
 from stillhouse.core.errors import CacheError, CacheLockedError
 from stillhouse.core.serialization import dumps
@@ -79,6 +79,7 @@ class FileRunStore(RunStore):
             predecessors=predecessors,
             fresh=name in self.fresh,
             parts=step_signature_parts(dag, name, self.signatures),
+            keyed=routing_context(dag, name) is not None,
         )
         self.stores[name] = store
         return store

@@ -64,9 +64,12 @@ class FileStepStore(StepStore):
         predecessors: dict[str, str],
         fresh: bool,
         parts: dict[str, Any] | None = None,
+        keyed: bool = False,
     ) -> FileStepStore:
         """Open the store, starting it over when its contents cannot be reused.
 
+        `keyed`: the step is replayed batch by batch even once finished (it sits inside
+        routed branches), so its batches are only reusable if cut with the same size.
         `parts` (what the signature hashes) are kept so `stillhouse cache explain` can
         say which of them changed when a later signature differs."""
         meta = None if fresh else read_meta(directory)
@@ -74,7 +77,7 @@ class FileStepStore(StepStore):
             meta is not None
             and meta.get("signature") == signature
             and meta.get("predecessors") == predecessors
-            and (meta.get("finished") or meta.get("batching") == batching)
+            and ((meta.get("finished") and not keyed) or meta.get("batching") == batching)
         )
         if not reusable:
             if directory.exists():

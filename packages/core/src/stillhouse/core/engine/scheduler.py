@@ -111,7 +111,9 @@ class Scheduler:
             self.executor.stop_steps(started)
 
     def _start(self, states: list[StepState]) -> None:
-        to_start = [s for s in states if s.mode == "compute" and not s.finished]
+        # A finished step replayed inside routed branches answers every batch from its
+        # store: it needs no worker.
+        to_start = [s for s in states if s.mode == "compute" and not s.finished and not s.store.finished]
         if not to_start:
             return
         replicas_ibs = sum(s.input_batch_size * s.max_inflight * max(1, len(s.preds)) for s in to_start)
