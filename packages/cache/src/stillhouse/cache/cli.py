@@ -23,6 +23,7 @@ from stillhouse.cache.run_store import pipeline_dir, step_dir
 from stillhouse.cache.signature import explain_changes, step_signature_parts, step_signatures
 from stillhouse.cache.store import LOG, META, read_meta
 from stillhouse.core.cli import add_param_option, console, load_pipeline, parse_params, table
+from stillhouse.core.dag import routing_context
 from stillhouse.core.errors import CacheError, CacheLockedError
 from stillhouse.core.pipeline import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 
@@ -239,11 +240,14 @@ def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
         elif recomputed_preds or meta.get("predecessors") != {p: generations[p] for p in preds}:
             which = ", ".join(recomputed_preds) or "its outputs were rebuilt since"
             why = f"a step before it is recomputed ({which})"
-        elif meta.get("finished"):
+        elif meta.get("finished") and routing_context(dag, name) is None:
             decision, why = "reuse", "finished with the same signature"
         elif meta.get("batching") != batching:
-            why = (f"its unfinished outputs were made with input_batch_size={meta.get('batching')}, "
+            state = "finished (inside routed branches)" if meta.get("finished") else "unfinished"
+            why = (f"its {state} outputs were made with input_batch_size={meta.get('batching')}, "
                    f"now {batching}")
+        elif meta.get("finished"):
+            decision, why = "reuse", "finished with the same signature"
         else:
             decision = f"resume ({_batches_stored(directory)} batches stored)"
             why = "stored outputs are not finished"
