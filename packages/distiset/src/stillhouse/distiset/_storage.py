@@ -45,13 +45,18 @@ def public(fs: fsspec.AbstractFileSystem, path: str) -> Path | str:
 
 
 def atomic_write(
-    fs: fsspec.AbstractFileSystem, path: str, write: Callable[[IO[bytes]], None]
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    write: Callable[[IO[bytes]], None],
+    *,
+    durable: bool = True,
 ) -> None:
     """Write a file so that readers see either nothing or all of it.
 
     The bytes go to a hidden temporary name in the same folder (so the rename stays on
     one filesystem), are flushed and fsynced, then renamed over `path`. A crash leaves
-    at most a `.*.tmp` file behind, which no reader ever lists.
+    at most a `.*.tmp` file behind, which no reader ever lists. `durable=False` skips
+    the fsyncs (the rename is still atomic): for files made durable later in one go.
     """
     directory, name = posixpath.split(path)
     tmp = join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
@@ -61,13 +66,15 @@ def atomic_write(
             with open(tmp, "wb") as handle:
                 write(handle)
                 handle.flush()
-                os.fsync(handle.fileno())
+                if durable:
+                    os.fsync(handle.fileno())
             os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-        _fsync_dir(directory)
+        if durable:
+            _fsync_dir(directory)
         return
     fs.makedirs(directory, exist_ok=True)
     try:
@@ -152,3 +159,17 @@ def files_under(
         for path in sorted(fs.find(root))
         if not posixpath.basename(path).startswith(".")
     ]
+
+
+def make_durable(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:
+    """fsync files written with `durable=False`, and their folders (local files only)."""
+    if not is_local(fs):
+        return
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for directory in {posixpath.dirname(path) for path in paths}:
+        _fsync_dir(directory)

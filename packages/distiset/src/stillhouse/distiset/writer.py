@@ -32,12 +32,13 @@ from stillhouse.distiset._storage import (
     exists,
     join,
     list_entries,
+    make_durable,
     resolve,
 )
 
 logger = logging.getLogger("stillhouse.distiset")
 
-DEFAULT_ROWS_PER_FILE = 1000
+DEFAULT_ROWS_PER_FILE = 10_000
 # Rows are flushed early past this many bytes so a leaf with huge rows (long texts,
 # embeddings, images) cannot hold hundreds of MB waiting for `rows_per_file` rows.
 DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
@@ -62,6 +63,7 @@ class _LeafBuffer:
     nbytes: int = 0
     next_file: int = 0
     written_rows: int = 0
+    paths: list[str] = field(default_factory=list)  # files not yet fsynced
 
 
 class ParquetOutputWriter(OutputWriter):
@@ -143,6 +145,7 @@ class ParquetOutputWriter(OutputWriter):
     def finish(self, leaf: str) -> None:
         buffer = self._buffer(leaf)
         self._drain(leaf, buffer, everything=True)
+        make_durable(self._fs, buffer.paths)
         summary = {"rows": buffer.written_rows, "files": buffer.next_file}
         payload = json.dumps(summary).encode()
         atomic_write(
@@ -212,7 +215,10 @@ class ParquetOutputWriter(OutputWriter):
         path = join(self._leaf_dir(leaf), f"{buffer.next_file:05d}.parquet")
         metadata = {**(table.schema.metadata or {}), FILE_ID_KEY: uuid.uuid4().hex.encode()}
         table = table.replace_schema_metadata(metadata)
-        atomic_write(self._fs, path, lambda handle: pq.write_table(table, handle))
+        # Durable only before the leaf is marked complete: an unfinished leaf is rewritten
+        # from the checkpoints on resume anyway, so one fsync per file would buy nothing.
+        atomic_write(self._fs, path, lambda handle: pq.write_table(table, handle), durable=False)
+        buffer.paths.append(path)
         buffer.next_file += 1
         buffer.written_rows += table.num_rows
 
