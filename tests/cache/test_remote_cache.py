@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 
 import fsspec
@@ -95,7 +97,8 @@ def s3_server(monkeypatch):
     previous = fsspec.config.conf.get("s3")
     fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}, "use_listings_cache": False}
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("stillhouse-test")
+    with contextlib.suppress(FileExistsError):  # moto keeps one backend per process
+        fs.mkdir("stillhouse-test")
     try:
         yield endpoint
     finally:
@@ -109,3 +112,18 @@ def s3_server(monkeypatch):
 
 def test_s3_cache_on_an_s3_compatible_server(s3_server):
     check_reuse_and_resume("s3://stillhouse-test/cache", "mp")
+
+
+def test_s3_cache_and_s3_batch_data_together(s3_server, caplog):
+    caplog.set_level(logging.DEBUG, logger="stillhouse.cache")
+    pipeline = build("s3://stillhouse-test/cache2", "mp")
+    result = pipeline.run(
+        progress=False, use_fs_to_pass_data=True,
+        storage_parameters={"path": "s3://stillhouse-test/batches", "client_kwargs": {"endpoint_url": s3_server}},
+    )
+    assert [r["x"] for r in rows_of(result, "tag")] == list(range(30))
+    assert rows_of(result, "count")[0]["n"] == 30
+    through = [r.getMessage() for r in caplog.records if "goes through" in r.getMessage()]
+    assert through and all("s3://stillhouse-test/batches/" in line for line in through)
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    assert not fs.find("stillhouse-test/batches")  # every batch file was removed after use

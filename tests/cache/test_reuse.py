@@ -182,3 +182,23 @@ def test_branch_with_a_new_batch_size_is_recomputed_when_replayed_batch_by_batch
     assert [r["x"] for r in rows] == list(range(20))
     assert all(len(set(r["tags"])) == 2 for r in rows)
     assert {"tag_a", "tag_b", "tag_c"} & computed(again)
+
+
+def test_damaged_result_files_are_rebuilt_from_the_checkpoints(tmp_path):
+    first = rows_of(build(tmp_path).run(progress=False))
+    damaged = next(tmp_path.glob("reuse/*/data/tag/*.parquet"))
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    again = build(tmp_path)
+    assert rows_of(again.run(progress=False)) == first
+    assert computed(again) == set()  # rebuilt from stored batches, no step re-ran
+
+
+def test_create_distiset_names_a_damaged_file(tmp_path):
+    from stillhouse.distiset import create_distiset
+
+    pipeline = build(tmp_path)
+    pipeline.run(progress=False)
+    damaged = next(tmp_path.glob("reuse/*/data/tag/*.parquet"))
+    damaged.write_bytes(b"not parquet at all")
+    with pytest.raises(CorruptCacheError, match=damaged.name):
+        create_distiset(Path(pipeline._run_dir) / "data")

@@ -170,3 +170,28 @@ def test_dataset_argument_becomes_the_generator(executor, tmp_path):
         Double(input_batch_size=3)
     rows = rows_of(pipeline.run(dataset=data(5), use_cache=False, progress=False))
     assert [r["y"] for r in rows] == [0, 2, 4, 6, 8]
+
+
+def test_filters_and_expanders_keep_order(executor, tmp_path):
+    from stillhouse.core.steps import ExpandColumns
+
+    with Pipeline(name="shape", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=[{"x": i, "parts": [i, -i]} for i in range(15)], batch_size=4)
+        loader >> DropOdd(input_batch_size=3) >> ExpandColumns(columns=["parts"], input_batch_size=5)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [(r["x"], r["parts"]) for r in rows] == [(i, p) for i in range(0, 15, 2) for p in (i, -i)]
+
+
+def test_a_single_row(executor, tmp_path):
+    with Pipeline(name="one", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(1))
+        loader >> [Double(), Tag(tag="t")] >> Zip(name="join")
+    assert rows_of(pipeline.run(use_cache=False, progress=False)) == [{"x": 0, "y": 0, "z": "t", "tags": [None, "t"]}]
+
+
+def test_a_hundred_thousand_rows(executor, tmp_path):
+    with Pipeline(name="big", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(100_000), batch_size=1000) >> Double(input_batch_size=1000)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert len(rows) == 100_000
+    assert rows[-1] == {"x": 99_999, "y": 199_998}

@@ -1,16 +1,23 @@
-"""Batch data passed to workers through any fsspec filesystem (`use_fs_to_pass_data`)."""
+"""Batch data passed to workers through any filesystem (`use_fs_to_pass_data`).
+
+Paths are `universal_pathlib.UPath`s, so a local folder, `memory://` or `s3://...`
+behave alike; options (credentials, endpoints) are fsspec storage options.
+"""
 
 from __future__ import annotations
 
+import logging
 import pickle
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
+from upath import UPath
 
 from stillhouse.core.engine import BatchKey, BatchStorage, Payload
 from stillhouse.core.typing import Row
+
+logger = logging.getLogger("stillhouse.cache")
 
 
 @dataclass(frozen=True)
@@ -21,30 +28,27 @@ class FsPayload(Payload):
     options: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> list[list[Row]]:
-        with fsspec.open(self.url, "rb", **self.options) as handle:
+        with UPath(self.url, **self.options).open("rb") as handle:
             return pickle.load(handle)
 
 
 class FsBatchStorage(BatchStorage):
     def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
-        self.url = url.rstrip("/")
+        self.url = str(url).rstrip("/")
         self.options = dict(options or {})
-        self.fs, self.root = fsspec.core.url_to_fs(self.url, **self.options)
-        self.shared_between_processes = "memory" not in _protocols(self.fs)
-        self.run_id = uuid.uuid4().hex[:12]
+        self.root = UPath(self.url, **self.options) / uuid.uuid4().hex[:12]
+        protocol = self.root.protocol or "file"
+        # `memory://` lives in one process: workers elsewhere would see nothing.
+        self.shared_between_processes = protocol != "memory"
 
     def put(self, step_name: str, key: BatchKey, inputs: list[list[Row]]) -> Payload:
-        path = f"{self.root}/{self.run_id}/{step_name}/{key[0]}-{key[1]}.pkl"
-        self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(path, "wb") as handle:
+        path = self.root / step_name / f"{key[0]}-{key[1]}.pkl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logger.debug("Batch %s of step %r goes through %s", key, step_name, path)
+        with path.open("wb") as handle:
             pickle.dump(inputs, handle, protocol=pickle.HIGHEST_PROTOCOL)
-        return FsPayload(self.fs.unstrip_protocol(path), self.options)
+        return FsPayload(str(path), self.options)
 
     def discard(self, payload: Payload) -> None:
         assert isinstance(payload, FsPayload)
-        self.fs.rm(fsspec.core.url_to_fs(payload.url, **self.options)[1])
-
-
-def _protocols(fs: Any) -> set[str]:
-    protocol = fs.protocol
-    return set(protocol) if isinstance(protocol, tuple | list) else {protocol}
+        UPath(payload.url, **self.options).unlink(missing_ok=True)

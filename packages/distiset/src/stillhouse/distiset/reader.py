@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from datasets import Dataset, DatasetDict
 
 from stillhouse.core.engine.worker import METADATA_COLUMN
+from stillhouse.core.errors import CorruptCacheError
 from stillhouse.distiset._storage import (
     PathLike,
     atomic_write,
@@ -173,8 +174,16 @@ def _unified_path(fs: fsspec.AbstractFileSystem, directory: str, leaf: str, key:
 
 
 def _read_schema(fs: fsspec.AbstractFileSystem, path: str) -> pa.Schema:
-    with fs.open(path, "rb") as handle:
-        return pq.read_schema(handle)
+    try:
+        with fs.open(path, "rb") as handle:
+            return pq.read_schema(handle)
+    except (pa.ArrowException, OSError) as exc:
+        folder = fs.unstrip_protocol(posixpath.dirname(path))
+        raise CorruptCacheError(
+            f"The result file {fs.unstrip_protocol(path)} is damaged ({exc}). Delete {folder}: "
+            "running the pipeline again rebuilds it from its checkpoints (or run with "
+            "use_cache=False to recompute everything)."
+        ) from exc
 
 
 def _file_order(path: str) -> tuple[int, str]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import posixpath
 import shutil
 import tempfile
 import uuid
@@ -113,7 +114,28 @@ class ParquetOutputWriter(OutputWriter):
     # -- OutputWriter ---------------------------------------------------------------
 
     def is_complete(self, leaf: str) -> bool:
-        return self._fs.exists(join(self._leaf_dir(leaf), COMPLETE_MARKER))
+        """Marked complete, and every file is readable with the rows the marker counts.
+
+        Anything else (a damaged or missing file) makes the engine rebuild the leaf from
+        its checkpoints, so a bad results folder is repaired, never returned."""
+        directory = self._leaf_dir(leaf)
+        marker = join(directory, COMPLETE_MARKER)
+        if not self._fs.exists(marker):
+            return False
+        try:
+            expected = json.loads(self._fs.cat_file(marker))["rows"]
+            found = 0
+            for entry in self._fs.ls(directory, detail=False):
+                if entry.endswith(".parquet") and not posixpath.basename(entry).startswith("."):
+                    with self._fs.open(entry, "rb") as handle:
+                        found += pq.read_metadata(handle).num_rows
+        except (ValueError, KeyError, OSError, pa.ArrowException) as exc:
+            logger.warning("Results of leaf %r in %s are damaged (%s); rebuilding them.", leaf, directory, exc)
+            return False
+        if found != expected:
+            logger.warning("Results of leaf %r hold %d rows, not %d; rebuilding them.", leaf, found, expected)
+            return False
+        return True
 
     def begin(self, leaf: str) -> None:
         directory = self._leaf_dir(leaf)
