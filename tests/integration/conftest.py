@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-EXECUTORS = ["sync", "threaded", "mp"]
+EXECUTORS = ["sync", "threaded", "mp", "ray"]
 
 
 @pytest.fixture(params=EXECUTORS)

@@ -14,6 +14,7 @@ import signal
 import threading
 import traceback
 from dataclasses import dataclass, field
+
 from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, FatalStepError, Finished, Loaded, StepRunner, Task

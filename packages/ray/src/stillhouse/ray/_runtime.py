@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ray
-
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
 from stillhouse.core.step import StepResources, _Step
 
@@ -38,6 +38,7 @@ def start_local_runtime(num_cpus: int | None = None, **init_kwargs: Any) -> None
         "ignore_reinit_error": True,
         **init_kwargs,
     }
+    kwargs["runtime_env"] = _with_driver_path(kwargs.get("runtime_env"))
     # "local": a cluster started with `ray start` on this machine is used only when
     # asked for (ray_head_node_url="auto"), so a run's resources are always its own.
     with _without_uv_run_hook():
@@ -75,6 +76,33 @@ def connect(
     return True
 
 
+def _with_driver_path(runtime_env: Mapping[str, Any] | None) -> dict[str, Any]:
+    """`runtime_env` plus a PYTHONPATH holding the driver's own `sys.path` entries.
+
+    Ray gives local workers only the driver's script directory and working directory;
+    a step imported from a folder the program put on `sys.path` (a notebook, a test
+    suite) would not unpickle in them. ("mp" under spawn passes `sys.path` on too.)
+    A PYTHONPATH the caller set in `env_vars` wins."""
+    env = dict(runtime_env or {})
+    env_vars = dict(env.get("env_vars") or {})
+    installed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    own = [
+        os.path.abspath(p or os.curdir)
+        for p in sys.path
+        if os.path.isdir(p or os.curdir) and not _inside(os.path.realpath(p or os.curdir), installed)
+    ]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    paths = list(dict.fromkeys(own + inherited))
+    if paths:
+        env_vars.setdefault("PYTHONPATH", os.pathsep.join(paths))
+        env["env_vars"] = env_vars
+    return env
+
+
+def _inside(path: str, roots: set[str]) -> bool:
+    return any(path == root or path.startswith(root + os.sep) for root in roots)
+
+
 @contextlib.contextmanager
 def _without_uv_run_hook() -> Iterator[None]:
     # Under `uv run`, Ray makes its workers re-run `uv run` in a copy of the working
@@ -96,28 +124,42 @@ def _without_uv_run_hook() -> Iterator[None]:
 # -- placement ------------------------------------------------------------------------
 
 
-def actor_options(resources: StepResources) -> dict[str, Any]:
-    """Ray actor options for one replica.
+RESERVED = {"CPU": "cpus", "GPU": "gpus", "memory": "memory", "object_store_memory": None}
 
-    Without `cpus` the actor takes Ray's actor default: it needs a node with a CPU to
-    be placed but holds none while it lives, so any number of replicas fit on a small
-    machine, as OS processes do under "mp". With `cpus` it holds that many.
+
+def actor_options(step: _Step) -> dict[str, Any]:
+    """Ray actor options for one replica: it holds exactly what its `StepResources` name.
+
+    Without `cpus` it holds no CPU (`num_cpus=0`), as a process under "mp" holds no
+    core: any number of replicas fit on a small machine, and a replica is never left
+    unplaced because others hold every CPU. (Ray's own actor default would need a free
+    CPU to place the actor, and would hold one as soon as `gpus` or `resources` is set.)
     """
-    options: dict[str, Any] = {}
-    if resources.cpus is not None:
-        options["num_cpus"] = resources.cpus
+    resources = step.resources
+    custom = dict(resources.resources or {})
+    for name in custom:
+        if name in RESERVED:
+            instead = RESERVED[name]
+            raise InvalidResourcesError(
+                f"Step {step.name!r} names Ray's built-in resource {name!r} in "
+                f"`resources.resources`. "
+                + (f"Use `resources.{instead}` instead." if instead else "Leave it out.")
+            )
+    options: dict[str, Any] = {"num_cpus": resources.cpus or 0}
     if resources.gpus is not None:
         options["num_gpus"] = resources.gpus
     if resources.memory is not None:
         options["memory"] = resources.memory
-    if resources.resources:
-        options["resources"] = dict(resources.resources)
+    if custom:
+        options["resources"] = custom
     return options
 
 
 def demand(resources: StepResources) -> dict[str, float]:
-    """What one replica needs from the node it is placed on, in Ray's resource names."""
-    needs: dict[str, float] = {"CPU": float(resources.cpus or 1)}  # placement needs a CPU node
+    """What one replica holds on the node it is placed on, in Ray's resource names."""
+    needs: dict[str, float] = {}
+    if resources.cpus:
+        needs["CPU"] = float(resources.cpus)
     if resources.gpus:
         needs["GPU"] = float(resources.gpus)
     if resources.memory:
@@ -144,12 +186,13 @@ def check_resources(steps: Sequence[_Step], nodes: Sequence[Mapping[str, float]]
             "or add a node that has them (a local runtime takes `num_cpus` and `ray_init_kwargs="
             "{'num_gpus': ..., 'resources': {...}}`)."
         )
-    held = {"CPU": 0.0}  # actors without `cpus` hold none (see actor_options)
+    once: dict[str, float] = {}
+    wanted: dict[str, float] = {}
     for step in steps:
         for name, amount in demand(step.resources).items():
-            if name != "CPU" or step.resources.cpus is not None:
-                held[name] = held.get(name, 0.0) + amount
-    over = {k: v for k, v in held.items() if v > totals.get(k, 0.0)}
+            once[name] = once.get(name, 0.0) + amount
+            wanted[name] = wanted.get(name, 0.0) + amount * step.resources.replicas
+    over = {k: v for k, v in once.items() if v > totals.get(k, 0.0)}
     if over:
         names = ", ".join(repr(s.name) for s in steps)
         raise InvalidResourcesError(
@@ -158,11 +201,6 @@ def check_resources(steps: Sequence[_Step], nodes: Sequence[Mapping[str, float]]
             "some would wait forever for the others to end. Lower their `resources`, put them "
             "in different `load_groups`, or add nodes."
         )
-    wanted = {k: 0.0 for k in held}
-    for step in steps:
-        for name, amount in demand(step.resources).items():
-            if name in wanted and (name != "CPU" or step.resources.cpus is not None):
-                wanted[name] += amount * step.resources.replicas
     short = {k: v for k, v in wanted.items() if v > totals.get(k, 0.0)}
     if short:
         logger.warning(
