@@ -9,6 +9,7 @@ routes them, and moves through the load stages.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +38,12 @@ from stillhouse.core.errors import (
 
 logger = logging.getLogger("stillhouse.engine")
 
+# Rows buffered ahead of the slowest step before generators are paused: enough to keep
+# every replica busy, small enough that memory stays flat however large the dataset.
 _MIN_BUFFERED_ROWS = 10_000
+# STILLHOUSE_TRACE_SCHEDULING=1 logs every batch sent and released (at DEBUG), to see
+# why a pipeline waits; off by default because it is one log line per batch.
+TRACE = os.environ.get("STILLHOUSE_TRACE_SCHEDULING") == "1"
 _REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being served
 
 
@@ -91,6 +97,17 @@ class Scheduler:
             self._run_stage(stage)
 
     def _run_stage(self, stage: list[str]) -> None:
+        """Run one load stage to its end.
+
+        1. Start the stage's steps that have work (finished or replayed steps need no worker).
+        2. Loop until every step of the stage finished:
+           a. a stop request (Ctrl+C, `pipeline.stop()`) drains what is in flight and raises;
+           b. advance every active step: pull generators, replay stored batches, cut and
+              send input batches, close lineages, finish steps;
+           c. handle the executor's events (results are stored, then released in key order);
+           d. nothing moved and nothing in flight: raise `EngineError` with the buckets.
+        3. Stop the stage's workers (`unload()`), so the next stage can load.
+        """
         stage_set = set(stage) | {s.name for s in self.active}
         self.active = [self.states[n] for n in self.order if n in stage_set]
         self._start([self.states[n] for n in self.order if n in stage])
@@ -282,6 +299,8 @@ class Scheduler:
             self._accept(state, record, cached=True)
             return
         state.inflight += 1
+        if TRACE:
+            logger.debug("send %s %s (%d rows)", state.name, key, len(inputs[0]) if inputs else 0)
         payload: Any = inputs
         if self.batch_storage is not None and (self.use_fs_to_pass_data or state.step.is_global):
             payload = self.batch_storage.put(state.name, key, inputs)
@@ -310,6 +329,8 @@ class Scheduler:
 
     def _emit(self, state: StepState, record: BatchRecord) -> None:
         rows = record.rows
+        if TRACE:
+            logger.debug("release %s %s (%d rows)", state.name, record.key, len(rows))
         state.stats.batches += 1
         state.stats.rows_out += len(rows)
         if record.error:
