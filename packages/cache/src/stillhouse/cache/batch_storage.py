@@ -28,7 +28,11 @@ class FsPayload(Payload):
     options: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> list[list[Row]]:
-        with UPath(self.url, **self.options).open("rb") as handle:
+        path = UPath(self.url, **self.options)
+        # A worker's filesystem instance may have listed this folder before the file
+        # existed (s3fs caches listings): forget that, the file is there now.
+        path.fs.invalidate_cache(path.path)
+        with path.open("rb") as handle:
             return pickle.load(handle)
 
 

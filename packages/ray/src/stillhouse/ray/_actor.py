@@ -13,6 +13,7 @@ import pickle
 import signal
 import threading
 import traceback
+from collections import deque
 from dataclasses import dataclass, field
 
 from tblib import pickling_support
@@ -38,7 +39,7 @@ class StepActor:
     """One replica of a step: `load()`, then `run(task)` per task, then `unload()`.
 
     Ray runs an actor's methods one at a time, in the order they were submitted, so
-    tasks sent before `load()` returned still run after it.
+    an `unload()` sent after the last task runs after it.
     """
 
     def __init__(
@@ -101,7 +102,7 @@ class _BufferHandler(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__()
-        self._records: list[logging.LogRecord] = []
+        self._records: deque[logging.LogRecord] = deque(maxlen=MAX_BUFFERED_LOG_RECORDS)
         self._dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -117,14 +118,14 @@ class _BufferHandler(logging.Handler):
             self.handleError(record)
             return
         with self.lock:
-            if len(self._records) >= MAX_BUFFERED_LOG_RECORDS:
-                self._records.pop(0)
-                self._dropped += 1
+            if len(self._records) == self._records.maxlen:
+                self._dropped += 1  # appending pushes the oldest out
             self._records.append(record)
 
     def take(self) -> list[logging.LogRecord]:
         with self.lock:
-            records, self._records = self._records, []
+            records = list(self._records)
+            self._records.clear()
             dropped, self._dropped = self._dropped, 0
         if dropped:
             note = logging.LogRecord(

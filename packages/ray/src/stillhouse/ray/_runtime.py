@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import ray
+
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
 from stillhouse.core.step import StepResources, _Step
 

@@ -1,0 +1,249 @@
+"""The "ray" executor on a real local Ray runtime (2 CPUs, shared by this module)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stillhouse.core import Pipeline
+from stillhouse.core.engine import Died, Failed, Finished, Loaded, Task
+from stillhouse.core.errors import InvalidResourcesError, StepRuntimeError, WorkerDiedError
+from stillhouse.core.steps import LoadDataFromDicts
+from stillhouse.ray import RayExecutor
+from tests.ray.conftest import live_actors
+from tests.ray.ray_steps import Chatty, PidFile, SeesStorage, Unpicklable
+from tests.support.results import rows_of
+from tests.support.steps import AlwaysFail, BrokenLoad, Count, Double, Pid, Recorder, Slow
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(120), pytest.mark.usefixtures("no_actors_left")]
+
+
+def data(n: int) -> list[dict[str, int]]:
+    return [{"x": i} for i in range(n)]
+
+
+def collect(executor: RayExecutor, count: int, kinds: tuple[type, ...], timeout: float = 60) -> list:
+    events: list = []
+    deadline = time.monotonic() + timeout
+    while sum(isinstance(e, kinds) for e in events) < count:
+        assert time.monotonic() < deadline, f"only got {events}"
+        events.extend(executor.events(0.5))
+    return events
+
+
+@pytest.fixture
+def executor():
+    made = RayExecutor()
+    yield made
+    made.shutdown(force=True)
+
+
+# -- the executor interface --------------------------------------------------------------
+
+
+def test_replicas_each_load_and_share_the_tasks(executor):
+    with Pipeline(name="unit"):
+        step = Pid(name="pid", sleep=0.05, resources={"replicas": 2})
+    executor.start([step])
+    for index in range(12):  # sent before any replica loaded: held, then spread
+        executor.send(Task("pid", (0, index), [data(3)]))
+    events = collect(executor, 12, (Finished,))
+    assert sorted(e.replica for e in events if isinstance(e, Loaded)) == [0, 1]
+    results = sorted(e.result.key for e in events if isinstance(e, Finished))
+    assert results == [(0, i) for i in range(12)]
+    pids = {row["pid"] for e in events if isinstance(e, Finished) for row in e.result.rows}
+    assert pids == set(executor.worker_pids()["pid"]) and len(pids) == 2
+    assert os.getpid() not in pids
+
+
+def test_a_failing_load_is_failed_with_the_steps_own_exception(executor):
+    with Pipeline(name="unit"):
+        step = BrokenLoad(name="broken")
+    executor.start([step])
+    (event,) = [e for e in collect(executor, 1, (Failed,)) if isinstance(e, Failed)]
+    assert event.step_name == "broken"
+    assert isinstance(event.exception, OSError)
+    assert "model weights not found" in event.traceback and "Traceback" in event.traceback
+    assert event.exception.__traceback__ is not None  # tblib carried it across
+
+
+def test_a_killed_actor_is_reported_dead_within_seconds(executor):
+    with Pipeline(name="unit"):
+        step = Slow(name="slow", sleep=5)
+    executor.start([step])
+    collect(executor, 1, (Loaded,))
+    (pid,) = executor.worker_pids()["slow"]
+    executor.send(Task("slow", (0, 0), [data(2)]))
+    os.kill(pid, signal.SIGKILL)
+    started = time.monotonic()
+    (event,) = [e for e in collect(executor, 1, (Died,), timeout=20) if isinstance(e, Died)]
+    assert time.monotonic() - started < 10
+    assert (event.step_name, event.replica) == ("slow", 0)
+    assert "actor" in event.detail
+
+
+def test_stop_steps_unloads_then_ends_the_actors(executor, tmp_path):
+    log = tmp_path / "calls.log"
+    with Pipeline(name="unit"):
+        step = Recorder(name="rec", log_path=str(log), resources={"replicas": 2})
+    executor.start([step])
+    collect(executor, 2, (Loaded,))
+    executor.send(Task("rec", (0, 0), [data(1)]))
+    collect(executor, 1, (Finished,))
+    executor.stop_steps(["rec"])
+    calls = [line.split()[1] for line in log.read_text().splitlines()]
+    assert sorted(calls) == ["load", "load", "unload", "unload"]
+
+
+# -- whole runs ------------------------------------------------------------------------
+
+
+def test_a_run_keeps_rows_in_order_and_leaves_the_runtime_running(tmp_path):
+    import ray
+
+    with Pipeline(name="ray-run", executor="ray", cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(50), batch_size=7)
+        loader >> Pid(input_batch_size=3, sleep=0.01, resources={"replicas": 2}) >> Count()
+    (row,) = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert row == {"n": 50, "xs": list(range(50))}
+    assert ray.is_initialized()  # not started by the executor: not its to stop
+
+
+def test_worker_log_lines_reach_the_drivers_handlers_and_pipeline_log(tmp_path, caplog):
+    with Pipeline(name="ray-logs", executor="ray", cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(6), batch_size=3)
+        loader >> Chatty(input_batch_size=3) >> AlwaysFail(name="bad", input_batch_size=6)
+    pipeline.run(use_cache=False, progress=False)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tests.ray.steps"]
+    assert len(lines) == 2 and all(line.startswith("chatty saw 3 rows in pid ") for line in lines)
+    assert str(os.getpid()) not in lines[0]
+    # pipeline.log holds the "stillhouse" loggers' lines, the workers' included
+    log = (Path(pipeline._run_dir) / "pipeline.log").read_text()
+    assert "Step 'bad' failed on batch (0, 0) (6 rows)" in log and "this step always fails" in log
+
+
+def test_a_result_that_does_not_pickle_stops_the_run_naming_the_step(tmp_path):
+    with Pipeline(name="ray-pickle", executor="ray", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(3)) >> Unpicklable(name="locks")
+    with pytest.raises(StepRuntimeError, match="'locks'") as info:
+        pipeline.run(use_cache=False, progress=False)
+    assert "pickle" in str(info.value)
+
+
+def test_killing_an_actor_fails_the_run_naming_the_step(tmp_path):
+    pid_file = tmp_path / "pid"
+    with Pipeline(name="ray-kill", executor="ray", cache_dir=tmp_path / "cache") as pipeline:
+        loader = LoadDataFromDicts(data=data(400), batch_size=10)
+        loader >> PidFile(name="victim", path=str(pid_file), sleep=0.2, input_batch_size=5)
+    killed_at: list[float] = []
+
+    def kill_when_loaded() -> None:
+        deadline = time.monotonic() + 60
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # let it take some batches
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+        killed_at.append(time.monotonic())
+
+    killer = threading.Thread(target=kill_when_loaded, daemon=True)
+    killer.start()
+    with pytest.raises(WorkerDiedError, match="'victim'") as info:
+        pipeline.run(use_cache=False, progress=False)
+    assert time.monotonic() - killed_at[0] < 10
+    assert info.value.step_name == "victim"
+    killer.join(5)
+
+
+def test_graceful_stop_then_resume_gives_every_row_once(tmp_path):
+    def build() -> Pipeline:
+        with Pipeline(name="ray-stop", executor="ray", cache_dir=tmp_path) as pipeline:
+            loader = LoadDataFromDicts(data=data(60), batch_size=5)
+            loader >> Slow(name="slow", sleep=0.1, input_batch_size=2, resources={"replicas": 2})
+        return pipeline
+
+    pipeline = build()
+    started = threading.Event()
+
+    def stop_once_running() -> None:
+        started.wait(60)
+        time.sleep(1.0)
+        pipeline.stop()
+
+    stopper = threading.Thread(target=stop_once_running, daemon=True)
+    stopper.start()
+    started.set()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False)
+    done = next(row for row in pipeline.last_run_summary if row["step"] == "slow")
+    assert done["batches"] < 30
+    rows = rows_of(build().run(progress=False))
+    assert [r["x"] for r in rows] == list(range(60))
+
+
+# -- placement ---------------------------------------------------------------------------
+
+
+def test_resources_no_node_has_fail_before_any_actor_starts(tmp_path):
+    with Pipeline(name="ray-big", executor="ray", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(4)) >> Double(name="huge", resources={"cpus": 64})
+    with pytest.raises(InvalidResourcesError, match=r"'huge' asks for 64 CPU.*largest node has 2 CPU"):
+        pipeline.run(use_cache=False, progress=False)
+    assert not live_actors()
+
+
+def test_a_custom_resource_no_node_has_fails_naming_it(tmp_path):
+    with Pipeline(name="ray-custom", executor="ray", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(4)) >> Double(name="tpu", resources={"resources": {"TPU": 1}})
+    with pytest.raises(InvalidResourcesError, match=r"'tpu'.*no node has resource 'TPU'"):
+        pipeline.run(use_cache=False, progress=False)
+
+
+def test_steps_that_cannot_be_placed_together_fail_fast(tmp_path):
+    with Pipeline(name="ray-together", executor="ray", cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(4))
+        loader >> [Double(name="a", resources={"cpus": 2}), Slow(name="b", resources={"cpus": 1})]
+    with pytest.raises(InvalidResourcesError, match=r"'a', 'b'.*3 CPU at once"):
+        pipeline.run(use_cache=False, progress=False)
+
+
+def test_cpus_and_custom_resources_are_held_per_replica(tmp_path):
+    with Pipeline(name="ray-held", executor="ray", cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(40), batch_size=4)
+        held = Pid(
+            name="held", sleep=0.3, input_batch_size=2,
+            resources={"replicas": 2, "cpus": 1, "resources": {"slot": 1}},
+        )
+        loader >> held >> Slow(name="plain", sleep=0.0, resources={"replicas": 2})
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(40))
+    assert len({r["pid"] for r in rows}) == 2
+
+
+# -- storage ------------------------------------------------------------------------------
+
+
+def test_batch_data_goes_through_s3(tmp_path, s3_storage):
+    with Pipeline(name="ray-s3", executor="ray", cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(30), batch_size=4)
+        loader >> SeesStorage(name="sees", storage=s3_storage, input_batch_size=5)
+        loader >> Count(name="count")  # global steps always get their rows this way
+    result = pipeline.run(
+        use_cache=False, progress=False, use_fs_to_pass_data=True, storage_parameters=s3_storage
+    )
+    assert rows_of(result, "count") == [{"n": 30, "xs": list(range(30))}]
+    sees = rows_of(result, "sees")
+    assert [r["x"] for r in sees] == list(range(30))
+    assert all(r["stored"] >= 1 for r in sees)  # its own batch was in the bucket
+    import fsspec
+
+    options = {k: v for k, v in s3_storage.items() if k != "path"}
+    fs, root = fsspec.core.url_to_fs(s3_storage["path"], **options)
+    fs.invalidate_cache()
+    assert fs.find(root) == []  # each batch's file is deleted once its result is in
+    # the cache (local: only the driver writes it) has every step's output
+    assert (Path(pipeline._run_dir) / "data").exists()
