@@ -1,0 +1,249 @@
+"""Medians, ranges, ratios, derived figures and the targets, as JSON and markdown.
+
+Ratios are ours / theirs (below 1 is faster). Every figure is computed from the
+medians of one invocation, so the columns were measured side by side.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+COLUMNS = ("stillhouse-mp", "stillhouse-threaded", "distilabel", "plain")
+OURS = ("stillhouse-mp", "stillhouse-threaded")
+GB = 1024**3
+MB = 1024**2
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """`runs` holds one dict per measurement: case, column, result or error."""
+    cases: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        case = cases.setdefault(run["case"]["id"], {"case": run["case"], "columns": {}})
+        column = case["columns"].setdefault(run["column"], {"results": [], "errors": []})
+        if "error" in run:
+            column["errors"].append(run["error"])
+        else:
+            column["results"].append(run["result"])
+    for case in cases.values():
+        for column in case["columns"].values():
+            column["stats"] = _stats(column["results"])
+        case["ratios"] = _ratios(case["columns"])
+    return cases
+
+
+def _stats(results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    if not results:
+        return None
+    seconds = [r["seconds"] for r in results]
+    stats: dict[str, Any] = {"n": len(results), "median": statistics.median(seconds),
+                             "min": min(seconds), "max": max(seconds), "all": seconds}
+    for key in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes", "killed_after_batches",
+                "leaf_batches_after_kill", "rows",
+                "wall_seconds", "import_seconds", "processes"):
+        values = [r[key] for r in results if key in r]
+        if values:
+            stats[key] = statistics.median(values)
+    return stats
+
+
+def median(case: dict[str, Any] | None, column: str, key: str = "median") -> float | None:
+    if case is None:
+        return None
+    stats = case["columns"].get(column, {}).get("stats")
+    return None if stats is None else stats.get(key)
+
+
+def _ratios(columns: dict[str, Any]) -> dict[str, float]:
+    ratios = {}
+    for ours in OURS:
+        for theirs in ("distilabel", "plain"):
+            a = (columns.get(ours) or {}).get("stats")
+            b = (columns.get(theirs) or {}).get("stats")
+            if a and b and b["median"] > 0:
+                ratios[f"{ours}/{theirs}"] = a["median"] / b["median"]
+    return ratios
+
+
+# -- derived figures and targets ---------------------------------------------------------
+
+
+def _by_role(cases: dict[str, Any], workload: str) -> dict[str, dict[str, Any]]:
+    return {c["case"]["role"]: c for c in cases.values() if c["case"]["workload"] == workload}
+
+
+def _batches(case: dict[str, Any]) -> int:
+    params = case["case"]["params"]
+    return -(-params["rows"] // params["batch"])
+
+
+def derive(cases: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    derived: dict[str, Any] = {}
+    targets: list[dict[str, Any]] = []
+
+    def target(name: str, value: float | None, limit: float, *, below: bool = True, unit: str = "") -> None:
+        met = None if value is None else (value <= limit if below else value >= limit)
+        targets.append({"target": name, "value": value, "limit": limit,
+                        "op": "<=" if below else ">=", "unit": unit, "met": met})
+
+    startup = _by_role(cases, "startup").get("startup")
+    for column in OURS:
+        if startup is not None:
+            target(f"startup in run() ({column})", median(startup, column), 1.0, unit="s")
+
+    overhead = _by_role(cases, "overhead")
+    if {"probe", "small", "large"} <= set(overhead):
+        for column in (*OURS, "distilabel", "plain"):
+            derived.setdefault("overhead", {})[column] = _per_batch(overhead, column)
+        for role in ("small", "large"):
+            ratio = overhead[role]["ratios"].get("stillhouse-mp/distilabel")
+            target(f"overhead {overhead[role]['case']['label']} (mp / distilabel)", ratio, 0.1, unit="x")
+
+    memory = _by_role(cases, "memory")
+    if "large" in memory:
+        ratio = memory["large"]["ratios"].get("stillhouse-threaded/plain")
+        target(f"threaded {memory['large']['case']['label']} vs plain loop", ratio, 3.0, unit="x")
+        for column in OURS:
+            peak = median(memory["large"], column, "peak_rss_bytes")
+            target(f"peak RSS {memory['large']['case']['label']} ({column})",
+                   None if peak is None else peak / GB, 1.5, unit="GiB")
+            if "small" in memory:
+                small = median(memory["small"], column, "peak_rss_bytes")
+                growth = peak / small if peak and small else None
+                derived.setdefault("memory_growth", {})[column] = growth
+                target(f"peak RSS growth {memory['small']['case']['label'].split(' x')[0]} -> "
+                       f"{memory['large']['case']['label'].split(' x')[0]} ({column})", growth, 1.25, unit="x")
+
+    replicas = _by_role(cases, "replicas")
+    if {"one", "two"} <= set(replicas):
+        for column in (*OURS, "distilabel"):
+            one, two = median(replicas["one"], column), median(replicas["two"], column)
+            speedup = one / two if one and two else None
+            derived.setdefault("replica_speedup", {})[column] = speedup
+            if column == "stillhouse-mp":
+                target("2 replicas vs 1 (mp speed-up)", speedup, 1.7, below=False, unit="x")
+
+    scaling = _by_role(cases, "scaling")
+    sizes = [c for role, c in sorted(scaling.items()) if role != "probe"]
+    if "probe" in scaling and len(sizes) >= 3:
+        low, high = (sizes[0], sizes[1]), (sizes[-2], sizes[-1])
+        for column in (*OURS, "distilabel", "plain"):
+            fixed = median(scaling["probe"], column)
+            beyond = {}
+            for case in sizes:
+                total = median(case, column)
+                if fixed is not None and total is not None:
+                    beyond[case["case"]["params"]["rows"]] = (total - fixed) / max(1, _batches(case) - 1)
+            slopes = [_slope(a, b, column) for a, b in (low, high)]
+            derived.setdefault("scaling", {})[column] = {"per_batch_beyond_probe_s": beyond,
+                                                         "marginal_s": slopes}
+            if column in OURS and None not in slopes and slopes[0] > 0:
+                rows = [c["case"]["params"]["rows"] for c in (*low, *high)]
+                target(f"per-batch time {rows[2]:,}->{rows[3]:,} vs {rows[0]:,}->{rows[1]:,} rows ({column})",
+                       slopes[1] / slopes[0], 1.3, unit="x")
+
+    resume = _by_role(cases, "resume").get("resume")
+    if resume is not None:
+        for column in (*OURS, "distilabel"):
+            stats = (resume["columns"].get(column) or {}).get("stats") or {}
+            if "killed_after_batches" in stats:
+                derived.setdefault("resume", {})[column] = {
+                    "batches": _batches(resume), "killed_after": stats["killed_after_batches"],
+                    "leaf_batches_after_kill": stats.get("leaf_batches_after_kill")}
+
+    cached = _by_role(cases, "cached").get("cached")
+    if cached is not None:
+        for column in OURS:
+            target(f"cached re-run {cached['case']['label']} ({column})", median(cached, column), 1.5, unit="s")
+    return derived, targets
+
+
+def _slope(a: dict[str, Any], b: dict[str, Any], column: str) -> float | None:
+    """Marginal seconds per batch between two sizes: fixed costs cancel out."""
+    ta, tb = median(a, column), median(b, column)
+    if ta is None or tb is None:
+        return None
+    return (tb - ta) / (_batches(b) - _batches(a))
+
+
+def _per_batch(cases: dict[str, dict[str, Any]], column: str) -> dict[str, float] | None:
+    """Solve t - fixed = rows * per_row + batches * per_batch from the two sizes."""
+    fixed, small, large = (median(cases[r], column) for r in ("probe", "small", "large"))
+    if None in (fixed, small, large):
+        return None
+    n1, n2 = (cases[r]["case"]["params"]["rows"] for r in ("small", "large"))
+    b1, b2 = _batches(cases["small"]), _batches(cases["large"])
+    y1, y2 = small - fixed, large - fixed
+    det = n1 * b2 - n2 * b1
+    return {"fixed_s": fixed, "per_row_us": (y1 * b2 - y2 * b1) / det * 1e6,
+            "per_batch_ms": (n1 * y2 - n2 * y1) / det * 1e3}
+
+
+# -- markdown ------------------------------------------------------------------------------
+
+
+def _cell(stats: dict[str, Any] | None, errors: list[str]) -> str:
+    if stats is None:
+        return "failed" if errors else "n/a"
+    if stats["n"] == 1:
+        return f"{stats['median']:.2f}"
+    return f"{stats['median']:.2f} ({stats['min']:.2f}-{stats['max']:.2f})"
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cases, columns = report["cases"], report["columns"]
+    names = {"stillhouse-mp": "stillhouse mp", "stillhouse-threaded": "stillhouse threaded",
+             "distilabel": "distilabel 1.5.3", "plain": "plain loop"}
+    ratio_keys = [k for k in ("stillhouse-mp/distilabel", "stillhouse-threaded/distilabel",
+                              "stillhouse-mp/plain", "stillhouse-threaded/plain")
+                  if any(k in c["ratios"] for c in cases.values())]
+    lines = ["Seconds in `run()`: median (min-max) over the repeats; ratios are ours / theirs.", "",
+             "| workload | case | n | " + " | ".join(names[c] for c in columns) + " | "
+             + " | ".join(k.replace("stillhouse-", "") for k in ratio_keys) + " |",
+             "|---|---|---|" + "---:|" * (len(columns) + len(ratio_keys))]
+    for case in cases.values():
+        info = case["case"]
+        cells = [_cell(case["columns"].get(c, {}).get("stats"), case["columns"].get(c, {}).get("errors", []))
+                 for c in columns]
+        n = max((case["columns"][c]["stats"] or {}).get("n", 0) for c in case["columns"])
+        lines.append(f"| {info['workload']} | {info['label']} | {n} | " + " | ".join(cells) + " | "
+                     + " | ".join(_fmt(case["ratios"].get(k)) for k in ratio_keys) + " |")
+    memory = [c for c in cases.values() if c["case"].get("pss")]
+    if memory:
+        lines += ["", "Memory: peak summed over the run's processes, RSS / PSS in MiB; cache on disk in MiB.", "",
+                  "| case | " + " | ".join(names[c] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+        for case in memory:
+            cells = []
+            for column in columns:
+                stats = case["columns"].get(column, {}).get("stats") or {}
+                rss, pss, disk = (stats.get(k) for k in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes"))
+                cells.append("n/a" if rss is None else f"{rss / MB:.0f} / {(pss or 0) / MB:.0f}; disk {(disk or 0) / MB:.0f}")
+            lines.append(f"| {case['case']['label']} | " + " | ".join(cells) + " |")
+    lines += ["", *_derived_lines(report["derived"]), "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
+    for t in report["targets"]:
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {t['op']} {t['limit']} {t['unit']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def _derived_lines(derived: dict[str, Any]) -> list[str]:
+    lines = []
+    for column, figures in (derived.get("overhead") or {}).items():
+        if figures:
+            lines.append(f"- overhead, {column}: fixed {figures['fixed_s']:.2f} s, "
+                         f"{figures['per_batch_ms']:.2f} ms per batch, {figures['per_row_us']:.2f} µs per row")
+    for column, figures in (derived.get("scaling") or {}).items():
+        beyond = ", ".join(f"{rows:,}: {sec * 1000:.2f}" for rows, sec in figures["per_batch_beyond_probe_s"].items())
+        low, high = (_fmt(None if v is None else v * 1000) for v in figures["marginal_s"])
+        lines.append(f"- scaling, {column}: marginal ms per batch {low} (small sizes), {high} (large sizes); "
+                     f"ms per batch beyond the 1-batch probe: {beyond}")
+    for column, figures in (derived.get("resume") or {}).items():
+        lines.append(f"- resume, {column}: killed after {figures['killed_after']:.0f} of {figures['batches']} "
+                     f"leaf batches; the resumed run ran {figures['leaf_batches_after_kill']:.0f} more")
+    for column, speedup in (derived.get("replica_speedup") or {}).items():
+        lines.append(f"- replicas, {column}: 2 replicas are {_fmt(speedup)}x as fast as 1")
+    return lines

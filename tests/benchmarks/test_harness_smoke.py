@@ -1,0 +1,45 @@
+"""The benchmark harness runs end to end (stillhouse and the plain loop, no distilabel)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+COLUMNS = ["stillhouse-mp", "stillhouse-threaded", "plain"]
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.mark.timeout(120)
+def test_quick_startup_writes_results(tmp_path: Path) -> None:
+    command = [
+        sys.executable, "-m", "benchmarks.run", "--quick", "--only", "startup", "--no-warmup",
+        "--columns", ",".join(COLUMNS), "--results-dir", str(tmp_path),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    result = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
+    assert result["quick"] is True
+    assert result["columns"] == COLUMNS
+    assert {"cpu", "cores", "versions"} <= set(result["machine"])
+    case = result["cases"]["startup-startup"]
+    assert case["case"]["params"] == {"rows": 10, "batch": 50}
+    for column in COLUMNS:
+        stats = case["columns"][column]["stats"]
+        assert stats["n"] == 1
+        assert 0 < stats["min"] <= stats["median"] <= stats["max"]
+        assert stats["rows"] == 10
+        assert stats["peak_rss_bytes"] > 0
+    assert set(case["ratios"]) == {"stillhouse-mp/plain", "stillhouse-threaded/plain"}
+    assert [t["target"] for t in result["targets"]] == [
+        "startup in run() (stillhouse-mp)", "startup in run() (stillhouse-threaded)",
+    ]
+    assert all(t["met"] in (True, False) for t in result["targets"])
+    assert len(result["runs"]) == len(COLUMNS)
+    assert (tmp_path / "latest.md").read_text(encoding="utf-8").startswith("# Benchmarks")
