@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if load_before[0] > 1.0:
         print(f"warning: load average {load_before[0]:.1f} before the run: other processes compete "
               "for the cores and the figures will be slower and noisier", flush=True)
+    info = machine(columns)  # before the run: the commit measured is the one at the start
     scratch = Path(tempfile.mkdtemp(prefix="stillhouse-bench-"))
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
@@ -141,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
         "quick": args.quick,
-        "machine": {**machine(columns), "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**info, "load_before": load_before, "load_after": os.getloadavg()},
         "notes": notes + ([f"burn: {iterations} iterations per row (~5 ms)"] if iterations else []),
         "columns": [c.key for c in columns],
         "duration_s": round(time.monotonic() - started, 1),
