@@ -60,7 +60,9 @@ def step_signature_parts(dag: DAG, name: str, signatures: dict[str, str]) -> dic
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "kind": "generator" if step.is_generator else "global" if step.is_global else "normal",
-        "fields": step_fields(step),
+        # One short hash per field: explain can still name the field that changed, and a
+        # generator's data (100k rows) does not end up verbatim in every meta.json.
+        "fields": {name: _hash(value)[:16] for name, value in step_fields(step).items()},
         "code": hashlib.sha256(step_code(step).encode()).hexdigest(),
         "predecessors": [signatures[p] for p in preds],
         "routing": [

@@ -80,7 +80,9 @@ def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
 
 def dumps(data: dict[str, Any], format: str) -> str:
     if format == "yaml":
-        return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+        # The C dumper when libyaml is there: a generator's inline data can be 100k rows.
+        dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+        return yaml.dump(data, Dumper=dumper, sort_keys=False, allow_unicode=True)
     if format == "json":
         return json.dumps(data, indent=2, ensure_ascii=False)
     raise SerializationError(f"Unknown format {format!r}. Use 'yaml' or 'json'.")
