@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from stillhouse.cache.signature import step_signature_parts, step_signatures
-from stillhouse.cache.store import FORMAT
+from stillhouse.cache.store import FORMAT, parse_meta
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
@@ -174,19 +174,7 @@ def _read_meta(fs: Any, path: str) -> dict[str, Any] | None:
         blob = fs.cat_file(path)
     except FileNotFoundError:
         return None
-    try:
-        meta = json.loads(blob)
-    except ValueError as exc:
-        raise CorruptCacheError(
-            f"The cache file {fs.unstrip_protocol(path)} cannot be read ({exc}). Delete its "
-            "folder or run with use_cache=False to recompute this step."
-        ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CorruptCacheError(
-            f"The cache file {fs.unstrip_protocol(path)} was not written by this version of "
-            "stillhouse. Delete its folder or run with use_cache=False."
-        )
-    return meta
+    return parse_meta(blob, fs.unstrip_protocol(path), fs.unstrip_protocol(path.rsplit("/", 1)[0]))
 
 
 class RemoteRunStore(RunStore):

@@ -24,16 +24,28 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
         raise CorruptCacheError(
             f"The cache file {path} cannot be read ({exc}). Delete {directory} or run with "
             "use_cache=False to recompute this step."
         ) from exc
+    return parse_meta(text, str(path), str(directory))
+
+
+def parse_meta(text: str | bytes, where: str, folder: str) -> dict[str, Any]:
+    """A step store's `meta.json`, checked; shared by the local and the remote store."""
+    try:
+        meta = json.loads(text)
+    except ValueError as exc:
+        raise CorruptCacheError(
+            f"The cache file {where} cannot be read ({exc}). Delete {folder} or run with "
+            "use_cache=False to recompute this step."
+        ) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CorruptCacheError(
-            f"The cache file {path} was not written by this version of stillhouse. Delete "
-            f"{directory} or run with use_cache=False to recompute this step."
+            f"The cache file {where} was not written by this version of stillhouse. Delete "
+            f"{folder} or run with use_cache=False to recompute this step."
         )
     return meta
 

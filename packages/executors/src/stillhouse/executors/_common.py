@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from stillhouse.core.engine import Event, Failed, FatalStepError, Finished, Loaded, StepRunner, Task
-from stillhouse.core.errors import PipelineValidationError
+from stillhouse.core.errors import EngineError, PipelineValidationError
 
 STOP = None
 """Put on a step's task queue once per replica: that replica unloads and ends."""
@@ -68,3 +68,15 @@ def check_options(executor: str, options: Mapping[str, Any], known: Iterable[str
             f"Unknown option(s) {', '.join(repr(u) for u in unknown)} for the {executor!r} "
             f"executor. Known options: {expected}. Check the spelling in `executor_options`."
         )
+
+
+def queue_task(queues: Mapping[str, Any], task: Task) -> None:
+    """Put `task` on its step's queue; a step that is not running is an engine bug."""
+    try:
+        tasks = queues[task.step_name]
+    except KeyError:
+        raise EngineError(
+            f"A task was sent to step {task.step_name!r}, which is not running. "
+            f"Running steps: {sorted(queues)}."
+        ) from None
+    tasks.put(task)

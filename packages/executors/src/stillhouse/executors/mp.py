@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from stillhouse.core.engine import Died, Event, Executor, Loaded, Task
 from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.step import _Step
-from stillhouse.executors._common import STOP, check_options
+from stillhouse.executors._common import STOP, check_options, queue_task
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
 from stillhouse.executors._mp_worker import Exited, ResultsQueue, worker_main
 
@@ -124,14 +124,7 @@ class MultiprocessingExecutor(Executor):
                 self._replicas[step.name, index] = _Replica(step.name, index, process, gpus)
 
     def send(self, task: Task) -> None:
-        try:
-            tasks = self._tasks[task.step_name]
-        except KeyError:
-            raise EngineError(
-                f"A task was sent to step {task.step_name!r}, which is not running. "
-                f"Running steps: {sorted(self._tasks)}."
-            ) from None
-        tasks.put(task)
+        queue_task(self._tasks, task)
 
     def events(self, timeout: float) -> list[Event]:
         events, self._pending = self._pending, []

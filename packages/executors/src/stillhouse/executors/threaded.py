@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from stillhouse.core.engine import Event, Executor, StepRunner, Task
 from stillhouse.core.errors import EngineError
 from stillhouse.core.step import _Step
-from stillhouse.executors._common import STOP, check_options, failed_event, serve
+from stillhouse.executors._common import STOP, check_options, failed_event, queue_task, serve
 
 logger = logging.getLogger("stillhouse.executors.threaded")
 
@@ -71,14 +71,7 @@ class ThreadedExecutor(Executor):
                 self._threads[step.name].append(thread)
 
     def send(self, task: Task) -> None:
-        try:
-            tasks = self._tasks[task.step_name]
-        except KeyError:
-            raise EngineError(
-                f"A task was sent to step {task.step_name!r}, which is not running. "
-                f"Running steps: {sorted(self._tasks)}."
-            ) from None
-        tasks.put(task)
+        queue_task(self._tasks, task)
 
     def events(self, timeout: float) -> list[Event]:
         try:
