@@ -61,7 +61,9 @@ def test_no_temporary_files_are_left_and_the_marker_is_written(tmp_path):
         "00002.parquet",
         COMPLETE_MARKER,
     ]
-    assert json.loads((tmp_path / "leaf" / COMPLETE_MARKER).read_text()) == {"rows": 7, "files": 3}
+    marker = json.loads((tmp_path / "leaf" / COMPLETE_MARKER).read_text())
+    assert {k: marker[k] for k in ("rows", "files", "version")} == {"rows": 7, "files": 3, "version": ""}
+    assert sorted(marker["sizes"]) == ["00000.parquet", "00001.parquet", "00002.parquet"]
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path, monkeypatch):

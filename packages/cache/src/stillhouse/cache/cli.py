@@ -2,14 +2,13 @@
 
 Everything here reads the layout documented in `run_store.py` and never writes to
 it, except `remove`, which takes the pipeline's lock first so a running pipeline
-never loses its cache. The decisions `explain` prints mirror `FileStepStore.open`;
-keep the two in step.
+never loses its cache. The decisions `explain` prints are `reuse.decide`'s, the
+function the stores use.
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import shutil
@@ -18,13 +17,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from stillhouse.cache.records import _HEADER, BATCH, MAGIC
+from stillhouse.cache import lock
+from stillhouse.cache.records import BATCH, iter_headers
+from stillhouse.cache.reuse import decide
 from stillhouse.cache.run_store import pipeline_dir, step_dir
 from stillhouse.cache.signature import explain_changes, step_signature_parts, step_signatures
-from stillhouse.cache.store import LOG, META, read_meta
+from stillhouse.cache.store import LOG, META, log_holdings, read_meta
 from stillhouse.core.cli import add_param_option, console, load_pipeline, parse_params, table
 from stillhouse.core.dag import routing_context
-from stillhouse.core.errors import CacheError, CacheLockedError
+from stillhouse.core.errors import CacheError, CorruptCacheError
 from stillhouse.core.pipeline import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 
 STEPS = "steps"
@@ -145,20 +146,16 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in {"y", "yes"}:
             console().print("Nothing removed.")
             return 1
-    fd = os.open(base / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = lock.acquire(
+        base,
+        f"Pipeline {args.name!r} is running (pid {{pid}}) and holds its cache {base}. Wait for "
+        "it to finish or stop it, then remove the cache.",
+    )
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise CacheLockedError(
-                f"Pipeline {args.name!r} is running (pid {holder}) and holds its cache {base}. "
-                "Wait for it to finish or stop it, then remove the cache."
-            ) from None
         # Held while deleting, so a run that starts now waits instead of writing into it.
         shutil.rmtree(base)
     finally:
-        os.close(fd)
+        lock.release(fd)
     console().print(f"Removed the cache of pipeline {args.name!r} ({base}).", soft_wrap=True)
     return 0
 
@@ -167,21 +164,14 @@ def _cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _batches_stored(directory: Path) -> int:
-    """Count batch records by walking the log's headers, read-only (RecordLog would repair)."""
-    path, count, offset = directory / LOG, 0, 0
+    """Count batch records from the log's headers, read-only (RecordLog would repair)."""
+    path = directory / LOG
     if not path.exists():
         return 0
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        while offset + _HEADER.size <= size:
-            handle.seek(offset)
-            magic, kind, _a, _b, length, _crc = _HEADER.unpack(handle.read(_HEADER.size))
-            end = offset + _HEADER.size + length
-            if magic != MAGIC or end > size:
-                break
-            count += kind == BATCH
-            offset = end
-    return count
+    try:
+        return sum(header.kind == BATCH for header in iter_headers(path, check_last=False))
+    except CorruptCacheError:
+        return 0
 
 
 def _plain_json(value: Any) -> Any:
@@ -201,7 +191,10 @@ def _latest_other_store(base: Path, name: str, directory: Path) -> dict[str, Any
 
 
 def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
-    """`[{step, decision, why}]` in topological order: what a run would do with the cache."""
+    """`[{step, decision, why}]` in topological order: what a run would do with the cache.
+
+    The decision is `reuse.decide`'s, the rule the stores themselves follow; this only
+    adds detail to its reason (which part of a signature changed, which step before)."""
     from stillhouse.core.engine.run import fresh_steps
 
     dag, base = pipeline.dag, pipeline_dir(pipeline)
@@ -213,47 +206,56 @@ def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
         step = dag.get_step(name)
         directory = step_dir(base, name, signatures[name])
         meta = read_meta(directory) if directory.is_dir() else None
-        batching = None if step.is_generator else getattr(step, "input_batch_size", None)
         preds = dag.predecessors(name)
         recomputed_preds = [p for p in preds if generations[p] is None]
-        decision, why = "recompute", ""
-        if meta is not None and meta.get("signature") != signatures[name]:
-            meta = None  # a 20-character prefix collision: FileStepStore.open starts it over
-        if name in fresh:
-            why = ("--ignore-cache" if not use_cache else "use_cache=False on this step"
-                   if not step.use_cache else "use_cache=False on a step before it")
-        elif meta is None:
-            other = _latest_other_store(base, name, directory)
-            parts = _plain_json(step_signature_parts(dag, name, signatures))
-            if other is None:
-                why = "new step"
-            elif not other.get("parts"):
-                why = "its signature changed (the stored outputs do not record why)"
-            else:
-                reasons = explain_changes(other["parts"], parts) or ["its signature changed"]
-                if recomputed_preds:
-                    reasons = [
-                        f"a step before it changed ({', '.join(recomputed_preds)})"
-                        if r == "a step before it changed" else r for r in reasons
-                    ]
-                why = "; ".join(reasons)
-        elif recomputed_preds or meta.get("predecessors") != {p: generations[p] for p in preds}:
-            which = ", ".join(recomputed_preds) or "its outputs were rebuilt since"
-            why = f"a step before it is recomputed ({which})"
-        elif meta.get("finished") and routing_context(dag, name) is None:
-            decision, why = "reuse", "finished with the same signature"
-        elif meta.get("batching") != batching:
-            state = "finished (inside routed branches)" if meta.get("finished") else "unfinished"
-            why = (f"its {state} outputs were made with input_batch_size={meta.get('batching')}, "
-                   f"now {batching}")
-        elif meta.get("finished"):
-            decision, why = "reuse", "finished with the same signature"
-        else:
-            decision = f"resume ({_batches_stored(directory)} batches stored)"
-            why = "stored outputs are not finished"
-        generations[name] = meta["generation"] if decision != "recompute" and meta else None
-        rows.append({"step": name, "decision": decision, "why": why})
+        decision = decide(
+            meta,
+            signature=signatures[name],
+            predecessors={p: generations[p] for p in preds},  # type: ignore[misc]
+            batching=None if step.is_generator else getattr(step, "input_batch_size", None),
+            keyed=routing_context(dag, name) is not None,
+            fresh=_fresh_reason(step, use_cache) if name in fresh else None,
+            holdings=lambda d=directory: log_holdings(d / LOG),
+        )
+        why = decision.reason
+        if meta is None and name not in fresh:
+            why = _why_new(dag, base, name, directory, signatures, recomputed_preds)
+        elif name not in fresh and decision.action == "recompute" and recomputed_preds and meta.get("predecessors") != {
+            p: generations[p] for p in preds
+        }:
+            why = f"a step before it is recomputed ({', '.join(recomputed_preds)})"
+        elif decision.damaged:
+            why = f"{why} ({directory / LOG})"
+        action = decision.action
+        if action == "resume":
+            action = f"resume ({_batches_stored(directory)} batches stored)"
+        generations[name] = meta["generation"] if decision.action != "recompute" and meta else None
+        rows.append({"step": name, "decision": action, "why": why})
     return rows
+
+
+def _fresh_reason(step: Any, use_cache: bool) -> str:
+    if not use_cache:
+        return "--ignore-cache"
+    return "use_cache=False on this step" if not step.use_cache else "use_cache=False on a step before it"
+
+
+def _why_new(dag: Any, base: Path, name: str, directory: Path, signatures: dict[str, str],
+             recomputed_preds: list[str]) -> str:
+    """Why a step has no store of its own signature: new, or which part of it changed."""
+    other = _latest_other_store(base, name, directory)
+    parts = _plain_json(step_signature_parts(dag, name, signatures))
+    if other is None:
+        return "new step"
+    if not other.get("parts"):
+        return "its signature changed (the stored outputs do not record why)"
+    reasons = explain_changes(other["parts"], parts) or ["its signature changed"]
+    if recomputed_preds:
+        reasons = [
+            f"a step before it changed ({', '.join(recomputed_preds)})"
+            if r == "a step before it changed" else r for r in reasons
+        ]
+    return "; ".join(reasons)
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:

@@ -1,30 +1,55 @@
 """The append-only record log a step store keeps its batches in.
 
-Each record is framed as `MAGIC | kind | key | length | crc32 | payload` (payload:
-pickle). Appending a batch costs one write of that batch, whatever the size of the
-log, and opening a log walks the headers only. A torn last record (the process died
-mid-write) is cut off on open; any other bad record is reported when read, never
-guessed at.
+Each record is framed as `MAGIC | kind | flags | a | b | rows | length | crc32 | payload`
+(32 bytes of header, little endian); a remote store keeps one such record per object
+(`frame` / `unframe`). The checksum covers the header (everything before
+it) and the payload, so a changed batch index is caught like a changed byte of data.
+The payload is data only (`codec.py`: Arrow IPC for batches, JSON for routes). Appending
+a batch costs one write of that batch, whatever the size of the log, and opening a log
+walks the headers only (`iter_headers`, also used read-only by `stillhouse cache
+explain`). A torn last record (the process died mid-write) is cut off on open; any
+other bad record is reported when read, never guessed at.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import pickle
 import struct
 import time
 import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from stillhouse.core.errors import CorruptCacheError
 
-MAGIC = b"SH"
-_HEADER = struct.Struct("<2sBqqII")
+MAGIC = b"S2"
+_HEADER = struct.Struct("<2sBBqqIII")
+_CHECKED = _HEADER.size - 4  # the header bytes the checksum covers
+HEADER_SIZE = _HEADER.size
 
 SYNC_EVERY = 1.0
 BATCH = 1
 ROUTE = 2
+LAST = 1  # flags: the generator said this was its last batch
+FILE_MODE = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    kind: int
+    flags: int
+    a: int
+    b: int
+    rows: int
+    offset: int
+    length: int
+    crc: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + _HEADER.size + self.length
 
 
 def corrupt(path: Path, offset: int, why: str) -> CorruptCacheError:
@@ -35,64 +60,96 @@ def corrupt(path: Path, offset: int, why: str) -> CorruptCacheError:
     )
 
 
-class RecordLog:
-    """Append framed records; index them by `(kind, a, b)`; cut a torn tail on open."""
+def iter_headers(path: Path, *, check_last: bool = True) -> Iterator[Header]:
+    """The headers of the whole records in `path`, in order, reading nothing else.
 
-    def __init__(self, path: Path) -> None:
+    Stops at a torn tail (a record longer than what is left, or, with `check_last`, a
+    last record whose checksum fails); raises on a header that is not ours."""
+    size = path.stat().st_size
+    offset = 0
+    with path.open("rb") as handle:
+        while offset + _HEADER.size <= size:
+            handle.seek(offset)
+            raw = handle.read(_HEADER.size)
+            magic, kind, flags, a, b, rows, length, crc = _HEADER.unpack(raw)
+            if magic != MAGIC:
+                raise corrupt(path, offset, "bad record marker")
+            header = Header(kind, flags, a, b, rows, offset, length, crc)
+            if header.end > size:
+                return  # torn tail: the writer died mid-record
+            if check_last and header.end == size and _crc(raw, handle.read(length)) != crc:
+                return  # torn tail written out of order by the OS
+            yield header
+            offset = header.end
+
+
+def _crc(header: bytes, payload: bytes) -> int:
+    return zlib.crc32(payload, zlib.crc32(header[:_CHECKED]))
+
+
+def frame(kind: int, a: int, b: int, payload: bytes, *, rows: int = 0, flags: int = 0) -> tuple[Header, bytes]:
+    """A record (`Header`, bytes) for `payload`, its checksum covering header and payload."""
+    head = _HEADER.pack(MAGIC, kind, flags, a, b, rows, len(payload), 0)[:_CHECKED]
+    crc = _crc(head, payload)
+    return Header(kind, flags, a, b, rows, 0, len(payload), crc), head + struct.pack("<I", crc) + payload
+
+
+def unframe(blob: bytes, where: str) -> tuple[Header, bytes]:
+    """The header and payload of one framed record (a remote object), checked."""
+    if len(blob) >= _HEADER.size:
+        magic, kind, flags, a, b, rows, length, crc = _HEADER.unpack_from(blob)
+        payload = blob[_HEADER.size:]
+        if magic == MAGIC and len(payload) == length and _crc(blob, payload) == crc:
+            return Header(kind, flags, a, b, rows, 0, length, crc), payload
+    raise CorruptCacheError(
+        f"The cache object {where} is damaged. Delete its step folder or run with "
+        "use_cache=False to recompute this step."
+    )
+
+
+class RecordLog:
+    """Append framed records; index their headers; cut a torn tail on open.
+
+    `repair=False` (a finished store) never cuts anything: a short log is reported."""
+
+    def __init__(self, path: Path, *, repair: bool = True) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(exist_ok=True)
-        self.index: list[tuple[int, int, int, int]] = []  # (kind, a, b, offset)
-        self._scan()
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        os.close(fd)
+        self.index: list[Header] = list(iter_headers(path))
+        end = self.index[-1].end if self.index else 0
+        if end < path.stat().st_size:
+            if not repair:
+                raise corrupt(path, end, "a record is cut short")
+            with path.open("r+b") as handle:
+                handle.truncate(end)
         self._append = path.open("ab")
         self._read = path.open("rb")
         self.dirty = False
         self._synced_at = time.monotonic()
 
-    def _scan(self) -> None:
-        size = self.path.stat().st_size
-        offset = 0
-        last_ok = 0
-        with self.path.open("rb") as handle:
-            while offset < size:
-                header = handle.read(_HEADER.size)
-                if len(header) < _HEADER.size:
-                    break
-                magic, kind, a, b, length, crc = _HEADER.unpack(header)
-                if magic != MAGIC:
-                    raise corrupt(self.path, offset, "bad record marker")
-                end = offset + _HEADER.size + length
-                if end > size:
-                    break  # torn tail: the writer died mid-record
-                if end == size and zlib.crc32(handle.read(length)) != crc:
-                    break  # torn tail written out of order by the OS
-                handle.seek(end)
-                self.index.append((kind, a, b, offset))
-                offset = last_ok = end
-        if last_ok < size:
-            with self.path.open("r+b") as handle:
-                handle.truncate(last_ok)
-
-    def append(self, kind: int, a: int, b: int, payload: Any) -> None:
-        data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    def append(self, kind: int, a: int, b: int, payload: bytes, *, rows: int = 0, flags: int = 0) -> Header:
         offset = self._append.tell()
-        self._append.write(_HEADER.pack(MAGIC, kind, a, b, len(data), zlib.crc32(data)) + data)
+        header, record = frame(kind, a, b, payload, rows=rows, flags=flags)
+        self._append.write(record)
         self._append.flush()  # in the OS now: survives the death of this process
-        self.index.append((kind, a, b, offset))
+        header = dataclasses.replace(header, offset=offset)
+        self.index.append(header)
         self.dirty = True
         if time.monotonic() - self._synced_at > SYNC_EVERY:
             self.sync()  # group commit: durable against power loss within a second
+        return header
 
-    def read(self, offset: int) -> Any:
-        self._read.seek(offset)
-        magic, _kind, _a, _b, length, crc = _HEADER.unpack(self._read.read(_HEADER.size))
-        data = self._read.read(length)
-        if magic != MAGIC or len(data) != length or zlib.crc32(data) != crc:
-            raise corrupt(self.path, offset, "checksum mismatch")
-        try:
-            return pickle.loads(data)
-        except Exception as exc:
-            raise corrupt(self.path, offset, f"cannot be decoded: {exc}") from exc
+    def read(self, header: Header) -> bytes:
+        """The payload of a record, checked against its header and checksum."""
+        self._read.seek(header.offset)
+        raw = self._read.read(_HEADER.size)
+        data = self._read.read(header.length)
+        if len(raw) < _HEADER.size or _HEADER.unpack(raw) != (
+            MAGIC, header.kind, header.flags, header.a, header.b, header.rows, header.length, header.crc
+        ) or len(data) != header.length or _crc(raw, data) != header.crc:
+            raise corrupt(self.path, header.offset, "checksum mismatch")
+        return data
 
     def sync(self) -> None:
         if self.dirty:

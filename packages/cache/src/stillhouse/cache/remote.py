@@ -1,9 +1,9 @@
 """The cache on any fsspec filesystem (`cache_dir="s3://bucket/prefix"`, `memory://`).
 
 Object stores have no append and no rename, but a single PUT is atomic. So a remote
-step store keeps one object per output batch (`b-<lineage>-<index>.pkl`, framed with
-a CRC like the local log) and one per routing decision; saving a batch costs one PUT
-of that batch. `meta.json` is rewritten with one PUT. The lock is a lease object that
+step store keeps one object per output batch (`b-<lineage>-<index>-<rows>.sh`, one
+record framed as in the local log: data only, header and payload under one CRC) and
+one per routing decision; saving a batch costs one PUT of that batch. `meta.json` is rewritten with one PUT. The lock is a lease object that
 a live run refreshes; a lease older than `LEASE_SECONDS` belongs to a dead run.
 Only the driver process writes the cache, whatever the executor.
 """
@@ -14,21 +14,21 @@ import contextlib
 import json
 import logging
 import os
-import pickle
 import socket
-import struct
 import tempfile
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode_rows
+from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
+from stillhouse.cache.reuse import Holdings, decide
 from stillhouse.cache.signature import step_signature_parts, step_signatures
-from stillhouse.cache.store import FORMAT, parse_meta
+from stillhouse.cache.store import new_meta, parse_meta, warn_recomputed
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
@@ -41,23 +41,7 @@ logger = logging.getLogger("stillhouse.cache")
 
 LEASE_SECONDS = 300.0
 _REFRESH_EVERY = 30.0
-_FRAME = struct.Struct("<2sII")
-
-
-def _frame(payload: Any) -> bytes:
-    data = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-    return _FRAME.pack(b"SH", len(data), zlib.crc32(data)) + data
-
-
-def _unframe(blob: bytes, url: str) -> Any:
-    magic, length, crc = _FRAME.unpack_from(blob)
-    data = blob[_FRAME.size:]
-    if magic != b"SH" or len(data) != length or zlib.crc32(data) != crc:
-        raise CorruptCacheError(
-            f"The cache object {url} is damaged. Delete its step folder or run with "
-            "use_cache=False to recompute this step."
-        )
-    return pickle.loads(data)
+_SUFFIX = ".sh"
 
 
 class Lease:
@@ -92,27 +76,32 @@ class Lease:
 
 
 class RemoteStepStore(StepStore):
+    """One object per batch, `b-<lineage>-<index>-<rows>.sh`, and per routing decision,
+    `r-<ordinal>.sh`, each one framed record (`records.frame`); the row count in the
+    name lets a listing alone check a finished store against its `meta.json`."""
+
     def __init__(self, fs: Any, root: str, meta: dict[str, Any], lease: Lease) -> None:
         self.fs, self.root, self.meta, self.lease = fs, root, meta, lease
         self.finished = bool(meta.get("finished"))
         self.batching = meta.get("batching")
         self._index: dict[str, set[str]] | None = None
+        self._batches: dict[BatchKey, str] | None = None
 
     @classmethod
     def open(
         cls, fs: Any, root: str, *, lease: Lease, fresh: bool, keyed: bool = False, **identity: Any
     ) -> RemoteStepStore:
         meta = None if fresh else _read_meta(fs, f"{root}/meta.json")
-        reusable = (
-            meta is not None
-            and meta.get("signature") == identity["signature"]
-            and meta.get("predecessors") == identity["predecessors"]
-            and ((meta.get("finished") and not keyed) or meta.get("batching") == identity["batching"])
+        decision = decide(
+            meta, signature=identity["signature"], predecessors=identity["predecessors"],
+            batching=identity["batching"], keyed=keyed, fresh="use_cache=False" if fresh else None,
+            holdings=lambda: _holdings(_listing(fs, root)),
         )
-        if not reusable:
+        if decision.action == "recompute":
+            warn_recomputed(decision, identity["step"], fs.unstrip_protocol(root))
             if fs.exists(root):
                 fs.rm(root, recursive=True)
-            meta = {"format": FORMAT, "generation": uuid.uuid4().hex, "finished": False, **identity}
+            meta = new_meta(identity)
             fs.pipe_file(f"{root}/meta.json", json.dumps(meta, indent=2, default=str).encode())
         return cls(fs, root, meta, lease)
 
@@ -121,52 +110,104 @@ class RemoteStepStore(StepStore):
         return self.meta["generation"]
 
     @property
+    def version(self) -> str:
+        return f"{self.meta['signature']}:{self.generation}"
+
+    @property
     def index(self) -> set[str]:
         if self._index is None:
-            try:
-                names = self.fs.ls(self.root, detail=False)
-            except FileNotFoundError:
-                names = []
-            self._index = {name.rsplit("/", 1)[-1] for name in names}
+            self._index = _listing(self.fs, self.root)
         return self._index
 
-    def _get(self, name: str) -> Any:
-        if name not in self.index:
-            return None
-        path = f"{self.root}/{name}"
-        return _unframe(self.fs.cat_file(path), self.fs.unstrip_protocol(path))
+    @property
+    def batches(self) -> dict[BatchKey, str]:
+        if self._batches is None:
+            self._batches = {}
+            for name in self.index:
+                parsed = _parse_batch_name(name)
+                if parsed is not None:
+                    self._batches[parsed[0]] = name
+        return self._batches
 
-    def _put(self, name: str, payload: Any) -> None:
-        self.fs.pipe_file(f"{self.root}/{name}", _frame(payload))
+    def _get(self, name: str) -> tuple[Header, bytes, str]:
+        path = f"{self.root}/{name}"
+        where = self.fs.unstrip_protocol(path)
+        header, payload = unframe(self.fs.cat_file(path), where)
+        return header, payload, where
+
+    def _put(self, name: str, blob: bytes) -> None:
+        self.fs.pipe_file(f"{self.root}/{name}", blob)
         self.index.add(name)
         self.lease.refresh()
 
     def get(self, key: BatchKey) -> BatchRecord | None:
-        found = self._get(_batch_name(key))
-        return None if found is None else BatchRecord(key, *found)
+        name = self.batches.get(key)
+        if name is None:
+            return None
+        header, payload, where = self._get(name)
+        rows, error = decode_rows(payload, f"The cache object {where}")
+        if (header.kind, header.a, header.b, header.rows) != (BATCH, *key, len(rows)):
+            raise CorruptCacheError(
+                f"The cache object {where} holds another batch than its name says. Delete its "
+                "step folder or run with use_cache=False to recompute this step."
+            )
+        return BatchRecord(key, rows, bool(header.flags & LAST), error)
 
     def put(self, record: BatchRecord) -> None:
-        self._put(_batch_name(record.key), (record.rows, record.last, record.error))
+        payload = encode_rows(record.rows, error=record.error, where=f"an output batch of step {self.meta.get('step')!r}")
+        _, blob = frame(BATCH, *record.key, payload, rows=len(record.rows), flags=LAST if record.last else 0)
+        name = _batch_name(record.key, len(record.rows))
+        self._put(name, blob)
+        self.batches[record.key] = name
 
     def get_route(self, ordinal: int) -> list[str] | None:
-        return self._get(f"r-{ordinal:010d}.pkl")
+        name = f"r-{ordinal:010d}{_SUFFIX}"
+        if name not in self.index:
+            return None
+        _, payload, where = self._get(name)
+        return decode_json(payload, f"The cache object {where}")
 
     def put_route(self, ordinal: int, successors: list[str]) -> None:
-        self._put(f"r-{ordinal:010d}.pkl", list(successors))
+        self._put(f"r-{ordinal:010d}{_SUFFIX}", frame(ROUTE, ordinal, 0, encode_json(list(successors)))[1])
 
     def records(self) -> Iterator[BatchRecord]:
-        for name in sorted(n for n in self.index if n.startswith("b-")):
-            _, lineage, index = name.removesuffix(".pkl").split("-")
-            yield self.get((int(lineage), int(index)))  # type: ignore[misc]
+        for key in sorted(self.batches):
+            yield self.get(key)  # type: ignore[misc]
 
     def mark_finished(self) -> None:
-        self.meta = {**self.meta, "finished": True}
+        found = _holdings(self.index)
+        self.meta = {**self.meta, "finished": True, "batches": found.batches, "rows": found.rows}
         self.finished = True
         self.fs.pipe_file(f"{self.root}/meta.json", json.dumps(self.meta, indent=2, default=str).encode())
 
 
-def _batch_name(key: BatchKey) -> str:
-    return f"b-{key[0]:010d}-{key[1]:010d}.pkl"
+def _batch_name(key: BatchKey, rows: int) -> str:
+    return f"b-{key[0]:010d}-{key[1]:010d}-{rows}{_SUFFIX}"
+
+
+def _parse_batch_name(name: str) -> tuple[BatchKey, int] | None:
+    if not (name.startswith("b-") and name.endswith(_SUFFIX)):
+        return None
+    try:
+        _, lineage, index, rows = name.removesuffix(_SUFFIX).split("-")
+        return (int(lineage), int(index)), int(rows)
+    except ValueError:
+        return None
+
+
+def _listing(fs: Any, root: str) -> set[str]:
+    try:
+        names = fs.ls(root, detail=False, refresh=True)
+    except FileNotFoundError:
+        names = []
+    except TypeError:  # filesystems whose `ls` takes no `refresh`
+        names = fs.ls(root, detail=False)
+    return {name.rsplit("/", 1)[-1] for name in names}
+
+
+def _holdings(names: set[str]) -> Holdings:
+    parsed = [p for p in map(_parse_batch_name, names) if p is not None]
+    return Holdings(len(parsed), sum(rows for _, rows in parsed))
 
 
 def _read_meta(fs: Any, path: str) -> dict[str, Any] | None:

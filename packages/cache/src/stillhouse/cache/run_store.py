@@ -2,7 +2,7 @@
 
 ```
 <cache_dir>/<pipeline name>/
-    .lock                       held while a run of this pipeline is going
+    .lock                       held while a run of this pipeline is going (lock.py)
     <pipeline signature>/       one folder per shape of the pipeline
         pipeline.yaml           what ran (a record; never loaded over the live pipeline)
         pipeline.log            every log line of the driver and the workers
@@ -10,25 +10,33 @@
         batch_manager.json      where the run is: per step, batches and rows done
         data/<leaf>/*.parquet   results, from which create_distiset rebuilds the Distiset
     steps/<step>-<signature>/   a step's outputs, shared by every shape that has the step
-        meta.json               signature (and its parts), generation, batch size, finished
-        batches.log             append-only output batches and routing decisions
+        meta.json               signature (and its parts), generation, batch size, finished,
+                                and once finished its batch and row counts (store.py)
+        batches.log             append-only output batches and routing decisions (records.py)
 ```
+
+Every file and folder is private to the user (0600 / 0700).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillhouse.cache.atomic import atomic_write_json, atomic_write_text
+from stillhouse.cache import lock
+from stillhouse.cache.atomic import (
+    atomic_write_json,
+    atomic_write_text,
+    disk_errors,
+    private_dirs,
+    private_file,
+)
 from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import RunStore, StepStore
-from stillhouse.core.errors import CacheError, CacheLockedError
+from stillhouse.core.errors import CacheError
 from stillhouse.core.serialization import dumps
 
 if TYPE_CHECKING:
@@ -56,17 +64,27 @@ class FileRunStore(RunStore):
         self.pipeline = pipeline
         self.base = pipeline_dir(pipeline)
         self.run_dir = self.base / pipeline.signature
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _acquire_lock(self.base, pipeline.name)
-        self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-        self.signatures = step_signatures(pipeline.dag)
         self.stores: dict[str, FileStepStore] = {}
-        atomic_write_text(self.run_dir / "pipeline.yaml", dumps(pipeline.dump(), "yaml"))
-        try:
-            stages = load_stages(pipeline.dag, None)
-        except Exception:  # custom load_groups are validated by the engine itself
-            stages = []
-        atomic_write_json(self.run_dir / "stages.json", {"stages": stages})
+        self._lock = lock.acquire(
+            self.base,
+            f"Another run of pipeline {pipeline.name!r} is using the cache {self.base} (pid {{pid}}). "
+            "Wait for it to finish, or give this run another name= or cache_dir=.",
+        )
+        try:  # whatever fails from here on (a field that cannot be dumped, a full disk) frees the lock
+            self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
+            self.signatures = step_signatures(pipeline.dag)
+            with disk_errors(self.run_dir):
+                private_dirs(self.run_dir)
+            private_file(self.run_dir / "pipeline.log")  # the log handler appends to it
+            atomic_write_text(self.run_dir / "pipeline.yaml", dumps(pipeline.dump(), "yaml"))
+            try:
+                stages = load_stages(pipeline.dag, None)
+            except Exception:  # custom load_groups are validated by the engine itself
+                stages = []
+            atomic_write_json(self.run_dir / "stages.json", {"stages": stages})
+        except BaseException:
+            lock.release(self._lock)
+            raise
 
     def step_store(self, name: str, batching: int | None = None) -> StepStore:
         dag = self.pipeline.dag
@@ -105,31 +123,9 @@ class FileRunStore(RunStore):
             store.sync()
 
     def close(self, *, completed: bool) -> None:
-        for store in self.stores.values():
-            store.close()
-        _release_lock(self._lock)
+        try:
+            for store in self.stores.values():
+                store.close()
+        finally:
+            lock.release(self._lock)
 
-
-def _acquire_lock(base: Path, name: str) -> int:
-    base.mkdir(parents=True, exist_ok=True)
-    path = base / ".lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise CacheLockedError(
-            f"Another run of pipeline {name!r} is using the cache {base} (pid {holder}). Wait "
-            "for it to finish, or give this run another name= or cache_dir=."
-        ) from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, str(os.getpid()).encode(), 0)
-    return fd
-
-
-def _release_lock(fd: int) -> None:
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)

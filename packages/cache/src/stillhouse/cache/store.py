@@ -1,20 +1,31 @@
-"""One step's stored output batches: `meta.json` plus an append-only `batches.log`."""
+"""One step's stored output batches: `meta.json` plus an append-only `batches.log`.
+
+`meta.json` records who wrote the batches (step, signature and its parts, the
+generations of the predecessors' outputs they were made from), a `generation` of
+its own, the input batch size, and, once the step finished, how many batches and
+rows the log holds and its length in bytes. `reuse.decide` compares all of that
+with the live pipeline and the log before anything is reused.
+"""
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from stillhouse.cache.atomic import atomic_write_json
-from stillhouse.cache.records import BATCH, ROUTE, RecordLog
+from stillhouse.cache.atomic import atomic_write_json, disk_errors, private_dirs
+from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode_rows
+from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, RecordLog, iter_headers
+from stillhouse.cache.reuse import FORMAT, Decision, Holdings, decide
 from stillhouse.core.engine import BatchKey, BatchRecord, StepStore
 from stillhouse.core.errors import CorruptCacheError
 
-FORMAT = 1
+logger = logging.getLogger("stillhouse.cache")
+
 META = "meta.json"
 LOG = "batches.log"
 
@@ -25,7 +36,7 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
         return None
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as exc:
+    except (OSError, UnicodeDecodeError) as exc:
         raise CorruptCacheError(
             f"The cache file {path} cannot be read ({exc}). Delete {directory} or run with "
             "use_cache=False to recompute this step."
@@ -34,7 +45,9 @@ def read_meta(directory: Path) -> dict[str, Any] | None:
 
 
 def parse_meta(text: str | bytes, where: str, folder: str) -> dict[str, Any]:
-    """A step store's `meta.json`, checked; shared by the local and the remote store."""
+    """A step store's `meta.json`, checked; shared by the local and the remote store.
+
+    A `meta.json` of an older format is returned as it is (`reuse.decide` discards it)."""
     try:
         meta = json.loads(text)
     except ValueError as exc:
@@ -42,7 +55,7 @@ def parse_meta(text: str | bytes, where: str, folder: str) -> dict[str, Any]:
             f"The cache file {where} cannot be read ({exc}). Delete {folder} or run with "
             "use_cache=False to recompute this step."
         ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or not isinstance(meta.get("format"), int) or meta["format"] > FORMAT:
         raise CorruptCacheError(
             f"The cache file {where} was not written by this version of stillhouse. Delete "
             f"{folder} or run with use_cache=False to recompute this step."
@@ -50,20 +63,48 @@ def parse_meta(text: str | bytes, where: str, folder: str) -> dict[str, Any]:
     return meta
 
 
+def log_holdings(path: Path) -> Holdings | None:
+    """Batches and rows in a log, from its headers alone (None: there is no log)."""
+    if not path.is_file():
+        return None
+    batches = rows = 0
+    try:
+        for header in iter_headers(path):
+            if header.kind == BATCH:
+                batches += 1
+                rows += header.rows
+    except CorruptCacheError:
+        return Holdings(-1, -1)
+    return Holdings(batches, rows, path.stat().st_size)
+
+
+def new_meta(identity: dict[str, Any]) -> dict[str, Any]:
+    return {"format": FORMAT, "generation": uuid.uuid4().hex, "finished": False, **identity}
+
+
+def warn_recomputed(decision: Decision, step: str, where: str) -> None:
+    if decision.damaged:
+        logger.warning(
+            "The stored outputs of step %r in %s cannot be trusted: %s. Recomputing the step.",
+            step, where, decision.reason,
+        )
+
+
 class FileStepStore(StepStore):
     """Batches are looked up by key through an in-memory index of the log's headers.
 
     The log is opened lazily: a step whose finished outputs nobody needs costs one
-    small JSON read."""
+    small JSON read and a walk over the log's headers."""
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         self.directory = directory
         self.meta = meta
         self.finished = bool(meta.get("finished"))
         self.batching = meta.get("batching")
+        self.step_name = meta.get("step", directory.name)
         self._log: RecordLog | None = None
-        self._batches: dict[BatchKey, int] = {}
-        self._routes: dict[int, int] = {}
+        self._batches: dict[BatchKey, Header] = {}
+        self._routes: dict[int, Header] = {}
 
     @classmethod
     def open(
@@ -74,37 +115,33 @@ class FileStepStore(StepStore):
         signature: str,
         batching: int | None,
         predecessors: dict[str, str],
-        fresh: bool,
+        fresh: bool | str,
         parts: dict[str, Any] | None = None,
         keyed: bool = False,
     ) -> FileStepStore:
-        """Open the store, starting it over when its contents cannot be reused.
+        """Open the store, starting it over when `reuse.decide` says so.
 
-        `keyed`: the step is replayed batch by batch even once finished (it sits inside
-        routed branches), so its batches are only reusable if cut with the same size.
         `parts` (what the signature hashes) are kept so `stillhouse cache explain` can
         say which of them changed when a later signature differs."""
+        identity = {
+            "step": step_name, "signature": signature, "batching": batching,
+            "predecessors": predecessors, "parts": parts,
+        }
         meta = None if fresh else read_meta(directory)
-        reusable = (
-            meta is not None
-            and meta.get("signature") == signature
-            and meta.get("predecessors") == predecessors
-            and ((meta.get("finished") and not keyed) or meta.get("batching") == batching)
+        decision = decide(
+            meta, signature=signature, predecessors=predecessors, batching=batching, keyed=keyed,
+            fresh="use_cache=False" if fresh else None,
+            holdings=lambda: log_holdings(directory / LOG),
         )
-        if not reusable:
-            if directory.exists():
-                shutil.rmtree(directory)
-            meta = {
-                "format": FORMAT,
-                "step": step_name,
-                "signature": signature,
-                "generation": uuid.uuid4().hex,
-                "batching": batching,
-                "predecessors": predecessors,
-                "finished": False,
-                "parts": parts,
-            }
+        if decision.action == "recompute":
+            warn_recomputed(decision, step_name, str(directory / LOG))
+            meta = new_meta(identity)
+            with disk_errors(directory):
+                if directory.exists():
+                    shutil.rmtree(directory)
+                private_dirs(directory)
             atomic_write_json(directory / META, meta)
+        assert meta is not None
         return cls(directory, meta)
 
     @property
@@ -112,53 +149,83 @@ class FileStepStore(StepStore):
         return self.meta["generation"]
 
     @property
+    def version(self) -> str:
+        return f"{self.meta['signature']}:{self.generation}"
+
+    @property
     def log(self) -> RecordLog:
         if self._log is None:
-            self._log = RecordLog(self.directory / LOG)
-            for kind, a, b, offset in self._log.index:
-                if kind == BATCH:
-                    self._batches[(a, b)] = offset
-                elif kind == ROUTE:
-                    self._routes[a] = offset
+            with disk_errors(self.directory / LOG, "open"):
+                self._log = RecordLog(self.directory / LOG, repair=not self.finished)
+            for header in self._log.index:
+                self._index(header)
         return self._log
 
+    def _index(self, header: Header) -> None:
+        if header.kind == BATCH:
+            self._batches[(header.a, header.b)] = header
+        elif header.kind == ROUTE:
+            self._routes[header.a] = header
+
+    def _where(self, header: Header) -> str:
+        return f"The cache file {self.log.path} (record at byte {header.offset})"
+
+    def _record(self, key: BatchKey, header: Header) -> BatchRecord:
+        rows, error = decode_rows(self.log.read(header), self._where(header))
+        if len(rows) != header.rows:
+            raise CorruptCacheError(
+                f"{self._where(header)} holds {len(rows)} rows, its header says {header.rows}. "
+                f"Delete {self.directory} or run with use_cache=False to recompute this step."
+            )
+        return BatchRecord(key, rows, bool(header.flags & LAST), error)
+
     def get(self, key: BatchKey) -> BatchRecord | None:
-        log = self.log
-        offset = self._batches.get(key)
-        if offset is None:
-            return None
-        rows, last, error = log.read(offset)
-        return BatchRecord(key, rows, last, error)
+        log = self.log  # noqa: F841 - builds the index
+        header = self._batches.get(key)
+        return None if header is None else self._record(key, header)
 
     def put(self, record: BatchRecord) -> None:
-        self.log.append(BATCH, record.key[0], record.key[1], (record.rows, record.last, record.error))
-        self._batches[record.key] = self.log.index[-1][3]
+        payload = encode_rows(record.rows, error=record.error, where=f"an output batch of step {self.step_name!r}")
+        with disk_errors(self.directory / LOG):
+            header = self.log.append(
+                BATCH, record.key[0], record.key[1], payload,
+                rows=len(record.rows), flags=LAST if record.last else 0,
+            )
+        self._index(header)
 
     def get_route(self, ordinal: int) -> list[str] | None:
         log = self.log
-        offset = self._routes.get(ordinal)
-        return None if offset is None else log.read(offset)
+        header = self._routes.get(ordinal)
+        return None if header is None else decode_json(log.read(header), self._where(header))
 
     def put_route(self, ordinal: int, successors: list[str]) -> None:
-        self.log.append(ROUTE, ordinal, 0, list(successors))
-        self._routes[ordinal] = self.log.index[-1][3]
+        with disk_errors(self.directory / LOG):
+            header = self.log.append(ROUTE, ordinal, 0, encode_json(list(successors)))
+        self._index(header)
 
     def records(self) -> Iterator[BatchRecord]:
-        log = self.log
+        self.log  # noqa: B018 - builds the index
         for key in sorted(self._batches):
-            rows, last, error = log.read(self._batches[key])
-            yield BatchRecord(key, rows, last, error)
+            yield self._record(key, self._batches[key])
 
     def mark_finished(self) -> None:
-        if self._log is not None:
-            self._log.sync()  # the batches must be durable before "finished" is
-        self.meta = {**self.meta, "finished": True}
+        log = self.log
+        with disk_errors(self.directory / LOG):
+            log.sync()  # the batches must be durable before "finished" is
+        self.meta = {
+            **self.meta,
+            "finished": True,
+            "batches": sum(1 for h in log.index if h.kind == BATCH),
+            "rows": sum(h.rows for h in log.index if h.kind == BATCH),
+            "log_bytes": log.index[-1].end if log.index else 0,
+        }
         self.finished = True
         atomic_write_json(self.directory / META, self.meta)
 
     def sync(self) -> None:
         if self._log is not None:
-            self._log.sync()
+            with disk_errors(self.directory / LOG):
+                self._log.sync()
 
     def close(self) -> None:
         if self._log is not None:

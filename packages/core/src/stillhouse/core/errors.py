@@ -118,3 +118,25 @@ class CacheLockedError(CacheError):
 
 class CorruptCacheError(CacheError):
     """A cache file is damaged or was written by something else."""
+
+
+class CacheDiskError(CacheError, OSError):
+    """The disk refused a cache or result file (read-only, full, a file where a folder goes).
+
+    Also an `OSError`, so code that catches disk errors keeps catching it."""
+
+    @classmethod
+    def about(cls, path: object, exc: OSError, doing: str = "write the cache file") -> CacheDiskError:
+        """The error for `exc`, naming the file and the fix."""
+        import errno
+
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            why = "the disk is full. Free some space"
+        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            why = "the disk or folder is read-only or not yours. Make it writable"
+        else:
+            why = "check that every folder on the path is a folder you can write to"
+        return cls(
+            f"Cannot {doing} {str(exc.filename or path)!r} ({exc.strerror or exc}): {why}, "
+            "or pass another cache_dir= (or set STILLHOUSE_CACHE_DIR)."
+        )

@@ -2,7 +2,9 @@
 
 Every location may be a local path, a `pathlib.Path` or an fsspec URL. Local paths
 go through `os` so that writes can be fsynced; everything else goes through fsspec.
-Nothing here knows about Parquet, datasets or the Hub.
+Local files and folders are created private to the user (0600 / 0700), and a failed
+local write is a `CacheError` naming the file. Nothing here knows about Parquet,
+datasets or the Hub.
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ import fsspec
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from stillhouse.core.errors import CacheDiskError
+
 PathLike = str | os.PathLike[str]
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+"""Results are private to the user, like the rest of a run's cache."""
 
 
 def resolve(
@@ -61,20 +68,23 @@ def atomic_write(
     directory, name = posixpath.split(path)
     tmp = join(directory, f".{name}.{uuid.uuid4().hex}.tmp")
     if is_local(fs):
-        os.makedirs(directory, exist_ok=True)
         try:
-            with open(tmp, "wb") as handle:
-                write(handle)
-                handle.flush()
-                if durable:
-                    os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        if durable:
-            _fsync_dir(directory)
+            make_dirs(fs, directory)
+            try:
+                with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), "wb") as handle:
+                    write(handle)
+                    handle.flush()
+                    if durable:
+                        os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+            if durable:
+                _fsync_dir(directory)
+        except OSError as exc:
+            raise CacheDiskError.about(path, exc, "write the result file") from exc
         return
     fs.makedirs(directory, exist_ok=True)
     try:
@@ -85,6 +95,24 @@ def atomic_write(
         with contextlib.suppress(Exception):
             fs.rm(tmp)
         raise
+
+
+def make_dirs(fs: fsspec.AbstractFileSystem, directory: str) -> None:
+    """`directory` and its missing parents; local ones private to the user (0700)."""
+    if not is_local(fs):
+        fs.makedirs(directory, exist_ok=True)
+        return
+    missing = []
+    current = directory
+    while current and not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, DIR_MODE)
 
 
 def _fsync_dir(directory: str) -> None:

@@ -5,7 +5,8 @@ differ (a column None in early files and filled later, or missing from some
 rows). They are unified here, once, into one Arrow file per leaf, which is
 memory-mapped, so a large result never has to fit in memory. That file is named
 after the Parquet files it was made from, so a second `create_distiset` over the
-same data reuses it and changed data never does.
+same data reuses it and changed data never does, and a `.check` file beside it
+records its rows, size and xxh3 checksum, so a damaged one is rebuilt, never read.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import datasets
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 from datasets import Dataset, DatasetDict
 
 from stillhouse.core.engine.worker import METADATA_COLUMN
@@ -48,6 +50,8 @@ ARTIFACTS_DIRNAME = "artifacts"
 # Fields of an fsspec listing entry that change when a file is rewritten; which ones
 # exist depends on the filesystem (local, memory, S3, GCS).
 _VERSION_FIELDS = ("size", "mtime", "created", "LastModified", "ETag", "md5Hash")
+_CHECK_SUFFIX = ".check"
+_CHUNK = 8 * 1024 * 1024
 
 
 def create_distiset(
@@ -120,19 +124,31 @@ def build_distiset(
 
 def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Dataset:
     """One leaf's rows, in file order, as a memory-mapped `Dataset`."""
-    entries = sorted(
-        (e for e in list_entries(fs, directory) if e["name"].endswith(".parquet")),
-        key=lambda e: _file_order(e["name"]),
-    )
-    if not entries:
-        return Dataset.from_dict({})
-    if not fs.exists(join(directory, COMPLETE_MARKER)):
+    if not fs.exists(join(directory, COMPLETE_MARKER)) and _parquet_entries(fs, directory):
         logger.warning(
             "Leaf %r is incomplete: its run stopped before the step finished. Its rows so far "
             "are read; run the pipeline again to complete them.",
             leaf,
         )
-    schemas = [_read_schema(fs, e["name"]) for e in entries]
+    path = unified_file(fs, directory, leaf=leaf)
+    if path is None:
+        return Dataset.from_dict({})
+    return Dataset.from_file(path)
+
+
+def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, build: bool = True) -> str | None:
+    """The checked unified Arrow file of a leaf's Parquet files (None: no files).
+
+    A unified file whose size, checksum or row count disagrees with its check file is
+    rebuilt; a Parquet file that cannot be read (damaged bytes: the files carry page
+    checksums) is a `CorruptCacheError` naming it and the fix. `build=False` only
+    checks: without a good unified file, every Parquet file is read through."""
+    entries = _parquet_entries(fs, directory)
+    if not entries:
+        return None
+    metadata = [_read_metadata(fs, e["name"]) for e in entries]
+    schemas = [m.schema.to_arrow_schema() for m in metadata]
+    rows = sum(m.num_rows for m in metadata)
     try:
         schema = pa.unify_schemas(schemas, promote_options="permissive").remove_metadata()
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -143,18 +159,60 @@ def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Da
         ) from exc
 
     path = _unified_path(fs, directory, leaf, _fingerprint(fs, entries, schemas))
-    if not os.path.exists(path):
+    problem = _check_unified(path, rows)
+    if problem is not None:
+        if os.path.exists(path):
+            logger.warning("The unified file %s of leaf %r %s; rebuilding it.", path, leaf, problem)
+            os.unlink(path)
+        if not build:
+            for entry in entries:
+                _read_table(fs, entry["name"])
+            return None
         logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
         local = fsspec.filesystem("file")
         atomic_write(local, path, lambda handle: _write_unified(fs, entries, schema, handle))
-    return Dataset.from_file(path)
+        check = {"rows": rows, "bytes": os.path.getsize(path), "xxh3": _digest(path)}
+        atomic_write(local, path + _CHECK_SUFFIX, lambda handle: handle.write(json.dumps(check).encode()))
+    return path
+
+
+def _parquet_entries(fs: fsspec.AbstractFileSystem, directory: str) -> list[dict[str, Any]]:
+    return sorted(
+        (e for e in list_entries(fs, directory) if e["name"].endswith(".parquet")),
+        key=lambda e: _file_order(e["name"]),
+    )
+
+
+def _check_unified(path: str, rows: int) -> str | None:
+    """Why the unified file at `path` cannot be used as it is, or None if it can."""
+    if not os.path.exists(path):
+        return "does not exist"
+    try:
+        with open(path + _CHECK_SUFFIX, "rb") as handle:
+            check = json.loads(handle.read())
+        if check["rows"] != rows:
+            return f"holds {check['rows']} rows, not {rows}"
+        if os.path.getsize(path) != check["bytes"]:
+            return f"is {os.path.getsize(path)} bytes long, not {check['bytes']}"
+        if _digest(path) != check["xxh3"]:
+            return "has a wrong checksum"
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"has no readable check file ({exc})"
+    return None
+
+
+def _digest(path: str) -> str:
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle) -> None:
     with pa.ipc.new_stream(handle, schema) as stream:
         for entry in entries:
-            with fs.open(entry["name"], "rb") as source:
-                table = pq.read_table(source).replace_schema_metadata(None)
+            table = _read_table(fs, entry["name"]).replace_schema_metadata(None)
             # Concatenating after an empty table of the unified schema adds missing
             # columns as nulls and promotes types (null -> string, struct fields, ...).
             table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
@@ -173,17 +231,29 @@ def _unified_path(fs: fsspec.AbstractFileSystem, directory: str, leaf: str, key:
     return os.path.join(datasets.config.HF_DATASETS_CACHE, "stillhouse", f"{leaf}-{key}.arrow")
 
 
-def _read_schema(fs: fsspec.AbstractFileSystem, path: str) -> pa.Schema:
+def _read_metadata(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
     try:
         with fs.open(path, "rb") as handle:
-            return pq.read_schema(handle)
+            return pq.read_metadata(handle)
     except (pa.ArrowException, OSError) as exc:
-        folder = fs.unstrip_protocol(posixpath.dirname(path))
-        raise CorruptCacheError(
-            f"The result file {fs.unstrip_protocol(path)} is damaged ({exc}). Delete {folder}: "
-            "running the pipeline again rebuilds it from its checkpoints (or run with "
-            "use_cache=False to recompute everything)."
-        ) from exc
+        raise _damaged(fs, path, exc) from exc
+
+
+def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    try:
+        with fs.open(path, "rb") as source:
+            return pq.read_table(source, page_checksum_verification=True)
+    except (pa.ArrowException, OSError) as exc:
+        raise _damaged(fs, path, exc) from exc
+
+
+def _damaged(fs: fsspec.AbstractFileSystem, path: str, exc: Exception) -> CorruptCacheError:
+    folder = fs.unstrip_protocol(posixpath.dirname(path))
+    return CorruptCacheError(
+        f"The result file {fs.unstrip_protocol(path)} is damaged ({exc}). Run the pipeline "
+        f"again: it rebuilds the results from its checkpoints (or delete {folder}, or run with "
+        "use_cache=False to recompute everything)."
+    )
 
 
 def _file_order(path: str) -> tuple[int, str]:

@@ -1,7 +1,9 @@
 """The output writer: streams every leaf step's rows to Parquet files as they arrive.
 
-Layout: `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order, then a
-`_COMPLETE` marker once the leaf has produced all its rows. Files are never
+Layout: `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order (with page
+checksums), then a `_COMPLETE` marker once the leaf has produced all its rows: JSON
+with the row count, each file's size, and the `version` of the stored outputs the
+rows come from, so a later run reuses the files only for the same outputs. Files are never
 rewritten: a column that is None in early files and filled later is reconciled
 when the results are read (`reader.py`), so memory stays bounded by one file's
 worth of rows per leaf however long the run. Reading results back does not belong
@@ -25,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stillhouse.core.engine.protocol import OutputWriter
-from stillhouse.core.errors import EngineError, LeafSchemaError
+from stillhouse.core.errors import CorruptCacheError, EngineError, LeafSchemaError
 from stillhouse.core.typing import Row
 from stillhouse.distiset._storage import (
     PathLike,
@@ -33,6 +35,7 @@ from stillhouse.distiset._storage import (
     exists,
     join,
     list_entries,
+    make_dirs,
     make_durable,
     resolve,
 )
@@ -65,6 +68,8 @@ class _LeafBuffer:
     next_file: int = 0
     written_rows: int = 0
     paths: list[str] = field(default_factory=list)  # files not yet fsynced
+    sizes: dict[str, int] = field(default_factory=dict)  # every file written: its size
+    version: str = ""  # the stored outputs the rows come from
 
 
 class ParquetOutputWriter(OutputWriter):
@@ -113,31 +118,50 @@ class ParquetOutputWriter(OutputWriter):
 
     # -- OutputWriter ---------------------------------------------------------------
 
-    def is_complete(self, leaf: str) -> bool:
-        """Marked complete, and every file is readable with the rows the marker counts.
+    def is_complete(self, leaf: str, version: str = "") -> bool:
+        """Marked complete from the stored outputs `version`, and every file is there,
+        readable, with the rows the marker counts.
 
-        Anything else (a damaged or missing file) makes the engine rebuild the leaf from
-        its checkpoints, so a bad results folder is repaired, never returned."""
+        Anything else (outputs of another signature, a damaged, missing or extra file)
+        makes the engine rebuild the leaf from its checkpoints, so a bad or stale results
+        folder is repaired, never returned. The unified Arrow file `datasets` reads is
+        checked too (without it, every file is read through), so damage found there is
+        repaired the same way."""
         directory = self._leaf_dir(leaf)
         marker = join(directory, COMPLETE_MARKER)
         if not self._fs.exists(marker):
             return False
         try:
-            expected = json.loads(self._fs.cat_file(marker))["rows"]
-            found = 0
-            for entry in self._fs.ls(directory, detail=False):
-                if entry.endswith(".parquet") and not posixpath.basename(entry).startswith("."):
-                    with self._fs.open(entry, "rb") as handle:
-                        found += pq.read_metadata(handle).num_rows
-        except (ValueError, KeyError, OSError, pa.ArrowException) as exc:
-            logger.warning("Results of leaf %r in %s are damaged (%s); rebuilding them.", leaf, directory, exc)
-            return False
-        if found != expected:
-            logger.warning("Results of leaf %r hold %d rows, not %d; rebuilding them.", leaf, found, expected)
+            summary = json.loads(self._fs.cat_file(marker))
+            if summary.get("version", "") != version:
+                logger.info("Results of leaf %r were made from other stored outputs; rebuilding them.", leaf)
+                return False
+            expected = {name: size for name, size in summary["sizes"].items()}
+            found = {
+                posixpath.basename(e["name"]): e.get("size")
+                for e in list_entries(self._fs, directory)
+                if e["name"].endswith(".parquet")
+            }
+            if found != expected:
+                raise ValueError(f"files {sorted(found)} with sizes {found}, the marker lists {expected}")
+            rows = 0
+            for name in found:
+                with self._fs.open(join(directory, name), "rb") as handle:
+                    rows += pq.read_metadata(handle).num_rows
+            if rows != summary["rows"]:
+                raise ValueError(f"{rows} rows, the marker counts {summary['rows']}")
+            from stillhouse.distiset.reader import unified_file  # reader imports this module
+
+            unified_file(self._fs, directory, leaf=leaf, build=False)
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, pa.ArrowException, CorruptCacheError) as exc:
+            logger.warning(
+                "Results of leaf %r in %s are damaged (%s); rebuilding them from the checkpoints.",
+                leaf, self._fs.unstrip_protocol(directory), exc,
+            )
             return False
         return True
 
-    def begin(self, leaf: str) -> None:
+    def begin(self, leaf: str, version: str = "") -> None:
         directory = self._leaf_dir(leaf)
         marker = join(directory, COMPLETE_MARKER)
         # The marker goes first: a crash half-way through the cleanup must not leave a
@@ -147,8 +171,8 @@ class ParquetOutputWriter(OutputWriter):
         # Hidden entries too: temporary files of an interrupted write.
         for entry in list_entries(self._fs, directory, hidden=True):
             self._fs.rm(entry["name"], recursive=entry.get("type") == "directory")
-        self._fs.makedirs(directory, exist_ok=True)
-        self._buffers[leaf] = _LeafBuffer()
+        make_dirs(self._fs, directory)
+        self._buffers[leaf] = _LeafBuffer(version=version)
 
     def write(self, leaf: str, rows: list[Row]) -> None:
         buffer = self._buffer(leaf)
@@ -168,12 +192,17 @@ class ParquetOutputWriter(OutputWriter):
         buffer = self._buffer(leaf)
         self._drain(leaf, buffer, everything=True)
         make_durable(self._fs, buffer.paths)
-        summary = {"rows": buffer.written_rows, "files": buffer.next_file}
+        summary = {
+            "rows": buffer.written_rows,
+            "files": buffer.next_file,
+            "sizes": buffer.sizes,
+            "version": buffer.version,
+        }
         payload = json.dumps(summary).encode()
         atomic_write(
             self._fs, join(self._leaf_dir(leaf), COMPLETE_MARKER), lambda f: f.write(payload)
         )
-        logger.debug("Leaf %r complete: %d rows in %d files.", leaf, *summary.values())
+        logger.debug("Leaf %r complete: %d rows in %d files.", leaf, buffer.written_rows, buffer.next_file)
 
     def flush(self) -> None:
         for leaf, buffer in self._buffers.items():
@@ -239,8 +268,11 @@ class ParquetOutputWriter(OutputWriter):
         table = table.replace_schema_metadata(metadata)
         # Durable only before the leaf is marked complete: an unfinished leaf is rewritten
         # from the checkpoints on resume anyway, so one fsync per file would buy nothing.
-        atomic_write(self._fs, path, lambda handle: pq.write_table(table, handle), durable=False)
+        atomic_write(
+            self._fs, path, lambda handle: pq.write_table(table, handle, write_page_checksum=True), durable=False
+        )
         buffer.paths.append(path)
+        buffer.sizes[posixpath.basename(path)] = self._fs.size(path)
         buffer.next_file += 1
         buffer.written_rows += table.num_rows
 

@@ -173,6 +173,9 @@ class StepStore(ABC):
 
     finished: bool = False
     batching: int | None = None
+    version: str = ""
+    """Who wrote the stored batches (signature and generation): data derived from them,
+    such as a leaf's results, is reused only while this is unchanged."""
 
     @abstractmethod
     def get(self, key: BatchKey) -> BatchRecord | None:
@@ -262,12 +265,13 @@ class OutputWriter(ABC):
     """Receives every leaf step's rows, in order. Made by `stillhouse_make_output_writer`."""
 
     @abstractmethod
-    def is_complete(self, leaf: str) -> bool:
-        """This leaf's rows were all written by an earlier run (nothing to replay)."""
+    def is_complete(self, leaf: str, version: str = "") -> bool:
+        """This leaf's rows were all written by an earlier run, from the stored outputs
+        whose `StepStore.version` is `version` (nothing to replay)."""
 
     @abstractmethod
-    def begin(self, leaf: str) -> None:
-        """Start (or restart from nothing) this leaf's output."""
+    def begin(self, leaf: str, version: str = "") -> None:
+        """Start (or restart from nothing) this leaf's output, made from `version`."""
 
     @abstractmethod
     def write(self, leaf: str, rows: list[Row]) -> None:
@@ -291,10 +295,10 @@ class MemoryOutputWriter(OutputWriter):
 
     rows: dict[str, list[Row]] = field(default_factory=dict)
 
-    def is_complete(self, leaf: str) -> bool:
+    def is_complete(self, leaf: str, version: str = "") -> bool:
         return False
 
-    def begin(self, leaf: str) -> None:
+    def begin(self, leaf: str, version: str = "") -> None:
         self.rows[leaf] = []
 
     def write(self, leaf: str, rows: list[Row]) -> None:

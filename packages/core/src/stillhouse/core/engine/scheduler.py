@@ -90,7 +90,7 @@ class Scheduler:
             if state.mode == "skip":
                 state.finished = True
             elif state.is_leaf:
-                self.writer.begin(state.name)
+                self.writer.begin(state.name, state.store.version)
         for stage in self.stages:
             if all(self.states[name].finished for name in stage):
                 continue

@@ -128,7 +128,7 @@ def _decide_modes(dag: DAG, states: dict[str, StepState], writer: OutputWriter) 
     for name in reversed(dag.topological_order()):
         state = states[name]
         finished = state.store.finished
-        wanted = (state.is_leaf and not writer.is_complete(name)) or any(
+        wanted = (state.is_leaf and not writer.is_complete(name, state.store.version)) or any(
             needs_inputs[succ] for succ in state.succs
         )
         if not finished:

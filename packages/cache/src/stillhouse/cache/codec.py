@@ -1,0 +1,294 @@
+"""Rows as data: the on-disk encoding of batches (checkpoints, batch data, remote objects).
+
+A batch of rows is one Arrow IPC stream holding one record batch, compressed with
+zstd as a whole. A column whose values Arrow types exactly (one of bool, int, float,
+str, bytes, naive datetime, date, or a list of one of the first four, with None
+allowed, and present in every row) is a native Arrow column. Any other column is a
+string column of per-row JSON text in a typed encoding (`to_json`): tuples, bytes,
+datetimes, dicts with non-string keys, numpy arrays, ... survive exactly, and a row
+that lacks the key is null. Decoding parses Arrow and JSON only: nothing on disk can
+run code when it is read (no pickle, no eval).
+
+What does not round-trip: the order of keys inside a row follows the batch's first
+row that has them, and a value of a type not listed in `to_json` is refused with a
+`CacheError` naming it (it could only be stored as code).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import struct
+import uuid
+from typing import Any
+
+from stillhouse.core.errors import CacheError, CorruptCacheError
+
+TAG = "\u0000sh"
+"""Key of a tagged JSON value (`{TAG: kind, "v": ...}`). A user dict holding this key
+is itself stored tagged, so no value can be mistaken for a tag."""
+JSON_COLUMN = b"stillhouse.json"
+ERROR_KEY = b"stillhouse.error"
+_SIZE = struct.Struct("<Q")
+_MISSING = object()
+_SCALARS = (bool, int, float, str)
+_NATIVE = {bool, int, float, str, bytes, dt.datetime, dt.date, type(None)}
+
+_codec: Any = None
+
+
+def _zstd() -> Any:
+    global _codec
+    if _codec is None:
+        import pyarrow as pa
+
+        _codec = pa.Codec("zstd", compression_level=1)
+    return _codec
+
+
+# -- typed JSON ------------------------------------------------------------------------
+
+
+def to_json(value: Any, where: str = "a row") -> Any:
+    """`value` as plain JSON types, with non-JSON types tagged so `from_json` restores them."""
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return value
+    if kind is int:
+        return value
+    if kind is float:
+        return value if value == value and value not in (float("inf"), float("-inf")) else {TAG: "float", "v": repr(value)}
+    if kind is list:
+        return [to_json(item, where) for item in value]
+    if kind is dict:
+        if TAG not in value and all(type(key) is str for key in value):
+            return {key: to_json(item, where) for key, item in value.items()}
+        return {TAG: "dict", "v": [[to_json(k, where), to_json(v, where)] for k, v in value.items()]}
+    if kind is tuple:
+        return {TAG: "tuple", "v": [to_json(item, where) for item in value]}
+    if kind is bytes or kind is bytearray:
+        return {TAG: kind.__name__, "v": base64.b64encode(value).decode("ascii")}
+    if kind in (dt.datetime, dt.date, dt.time):
+        return {TAG: kind.__name__, "v": value.isoformat()}
+    if kind is dt.timedelta:
+        return {TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+    if kind is decimal.Decimal:
+        return {TAG: "decimal", "v": str(value)}
+    if kind is uuid.UUID:
+        return {TAG: "uuid", "v": str(value)}
+    if kind is set or kind is frozenset:
+        return {TAG: kind.__name__, "v": [to_json(item, where) for item in value]}
+    numpy = _numpy_json(value, where)
+    if numpy is not None:
+        return numpy
+    # Subclasses (enums, OrderedDict, ...) are kept as the builtin value they equal.
+    for base in (bool, int, float, str, bytes):
+        if isinstance(value, base):
+            return to_json(base(value), where)
+    if isinstance(value, dict):
+        return to_json(dict(value), where)
+    if isinstance(value, list):
+        return to_json(list(value), where)
+    raise CacheError(
+        f"{where} holds a value of type {kind.__module__}.{kind.__qualname__} ({_short(value)}), "
+        "which the cache cannot store as data. Convert it in the step to JSON-like values "
+        "(dict, list, str, int, float, bool, None, bytes, datetime) or a numpy array."
+    )
+
+
+def _numpy_json(value: Any, where: str) -> Any:
+    module = type(value).__module__
+    if not module.startswith("numpy"):
+        return None
+    import numpy as np
+
+    if isinstance(value, np.ndarray) and not value.dtype.hasobject:
+        data = base64.b64encode(np.ascontiguousarray(value).tobytes()).decode("ascii")
+        return {TAG: "ndarray", "v": [value.dtype.str, list(value.shape), data]}
+    if isinstance(value, np.generic) and not value.dtype.hasobject:
+        return {TAG: "npscalar", "v": [value.dtype.str, base64.b64encode(value.tobytes()).decode("ascii")]}
+    if isinstance(value, np.ndarray):
+        return {TAG: "ndarray-list", "v": [to_json(item, where) for item in value.tolist()]}
+    return None
+
+
+def from_json(value: Any) -> Any:
+    """The inverse of `to_json`."""
+    kind = type(value)
+    if kind is list:
+        return [from_json(item) for item in value]
+    if kind is not dict:
+        return value
+    tag = value.get(TAG)
+    if tag is None:
+        return {key: from_json(item) for key, item in value.items()}
+    data = value["v"]
+    if tag == "dict":
+        return {_hashable(from_json(k)): from_json(v) for k, v in data}
+    if tag == "tuple":
+        return tuple(from_json(item) for item in data)
+    if tag == "float":
+        return float(data)
+    if tag == "bytes":
+        return base64.b64decode(data)
+    if tag == "bytearray":
+        return bytearray(base64.b64decode(data))
+    if tag == "datetime":
+        return dt.datetime.fromisoformat(data)
+    if tag == "date":
+        return dt.date.fromisoformat(data)
+    if tag == "time":
+        return dt.time.fromisoformat(data)
+    if tag == "timedelta":
+        return dt.timedelta(days=data[0], seconds=data[1], microseconds=data[2])
+    if tag == "decimal":
+        return decimal.Decimal(data)
+    if tag == "uuid":
+        return uuid.UUID(data)
+    if tag in ("set", "frozenset"):
+        items = [_hashable(from_json(item)) for item in data]
+        return set(items) if tag == "set" else frozenset(items)
+    if tag in ("ndarray", "npscalar", "ndarray-list"):
+        return _numpy_from_json(tag, data)
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def _numpy_from_json(tag: str, data: Any) -> Any:
+    import numpy as np
+
+    if tag == "ndarray-list":
+        return np.array([from_json(item) for item in data], dtype=object)
+    dtype = np.dtype(data[0])
+    if dtype.hasobject:
+        raise ValueError("object arrays are not data")
+    if tag == "npscalar":
+        return np.frombuffer(base64.b64decode(data[1]), dtype=dtype)[0]
+    return np.frombuffer(base64.b64decode(data[2]), dtype=dtype).reshape(data[1]).copy()
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+# -- batches of rows -------------------------------------------------------------------
+
+
+def _native(values: list[Any]) -> Any | None:
+    """An Arrow array holding exactly `values`, or None when Arrow would change them."""
+    import pyarrow as pa
+
+    kinds = set(map(type, values))
+    if not kinds <= _NATIVE:
+        if kinds - {list, type(None)}:
+            return None
+        # Lists of one scalar type (embeddings, token ids, tags) stay native.
+        inner: set[type] = set()
+        for value in values:
+            if value is not None:
+                inner.update(map(type, value))
+        if len(inner) > 1 or not inner <= set(_SCALARS):
+            return None
+    elif len(kinds - {type(None)}) > 1 or (dt.datetime in kinds and any(v is not None and v.tzinfo is not None for v in values)):
+        return None
+    try:
+        array = pa.array(values)
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        return None
+    return array
+
+
+def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> bytes:
+    """`rows` as a compressed Arrow IPC stream (see the module docstring)."""
+    import pyarrow as pa
+
+    names: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            if key not in names:
+                if type(key) is not str:
+                    raise CacheError(
+                        f"{where} has a row with the key {key!r} of type {type(key).__name__}: "
+                        "row keys must be strings. Rename the column in the step."
+                    )
+                names[key] = None
+    arrays, fields = [], []
+    for name in names:
+        values = [row.get(name, _MISSING) for row in rows]
+        array = None if any(v is _MISSING for v in values) else _native(values)
+        if array is not None:
+            fields.append(pa.field(name, array.type))
+        else:
+            context = f"Column {name!r} of {where}"
+            texts = [
+                None if v is _MISSING else json.dumps(to_json(v, context), allow_nan=False)
+                for v in values
+            ]
+            array = pa.array(texts, type=pa.large_string())
+            fields.append(pa.field(name, array.type, metadata={JSON_COLUMN: b"1"}))
+        arrays.append(array)
+    metadata = {b"rows": str(len(rows)).encode()}
+    if error is not None:
+        metadata[ERROR_KEY] = error.encode("utf-8", "surrogatepass")
+    schema = pa.schema(fields, metadata=metadata)
+    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_batch(batch)
+    raw = sink.getvalue()
+    return _SIZE.pack(raw.size) + _zstd().compress(raw, asbytes=True)
+
+
+def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, Any]], str | None]:
+    """`(rows, error)` from `encode_rows`' bytes; `CorruptCacheError` naming `where` if bad."""
+    import pyarrow as pa
+
+    try:
+        (size,) = _SIZE.unpack_from(data)
+        raw = _zstd().decompress(memoryview(data)[_SIZE.size:], decompressed_size=size)
+        table = pa.ipc.open_stream(raw).read_all()
+        metadata = table.schema.metadata or {}
+        count = int(metadata[b"rows"])
+        error = metadata.get(ERROR_KEY)
+        columns = []
+        missing = False
+        for field, column in zip(table.schema, table.columns, strict=True):
+            values = column.to_pylist()
+            if field.metadata and JSON_COLUMN in field.metadata:
+                values = [_MISSING if t is None else from_json(json.loads(t)) for t in values]
+                missing = missing or any(v is _MISSING for v in values)
+            columns.append(values)
+    except (pa.ArrowException, ValueError, KeyError, TypeError, struct.error) as exc:
+        raise CorruptCacheError(
+            f"{where} holds a batch that cannot be decoded ({exc}). Delete it or run with "
+            "use_cache=False to recompute this step."
+        ) from exc
+    names = table.schema.names
+    if not names:
+        rows: list[dict[str, Any]] = [{} for _ in range(count)]
+    else:
+        rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+        if missing:
+            rows = [{k: v for k, v in row.items() if v is not _MISSING} for row in rows]
+    return rows, None if error is None else error.decode("utf-8", "surrogatepass")
+
+
+def encode_json(value: Any) -> bytes:
+    """Small structured values (routing decisions) as typed JSON."""
+    return json.dumps(to_json(value), allow_nan=False).encode("ascii")
+
+
+def decode_json(data: bytes, where: str = "the cache") -> Any:
+    try:
+        return from_json(json.loads(data.decode("ascii")))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CorruptCacheError(
+            f"{where} holds a record that cannot be decoded ({exc}). Delete it or run with "
+            "use_cache=False to recompute this step."
+        ) from exc
