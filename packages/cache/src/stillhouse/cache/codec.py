@@ -264,7 +264,7 @@ def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, A
                 values = [_MISSING if t is None else from_json(json.loads(t)) for t in values]
                 missing = missing or any(v is _MISSING for v in values)
             columns.append(values)
-    except (pa.ArrowException, ValueError, KeyError, TypeError, struct.error) as exc:
+    except (pa.ArrowException, OSError, MemoryError, ValueError, KeyError, TypeError, struct.error) as exc:
         raise CorruptCacheError(
             f"{where} holds a batch that cannot be decoded ({exc}). Delete it or run with "
             "use_cache=False to recompute this step."
