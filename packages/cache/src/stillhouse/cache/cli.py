@@ -215,7 +215,7 @@ def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
             batching=None if step.is_generator else getattr(step, "input_batch_size", None),
             keyed=routing_context(dag, name) is not None,
             fresh=_fresh_reason(step, use_cache) if name in fresh else None,
-            holdings=lambda d=directory: log_holdings(d / LOG),
+            holdings=lambda d=directory: log_holdings(d / LOG, count=True),
         )
         why = decision.reason
         if meta is None and name not in fresh:

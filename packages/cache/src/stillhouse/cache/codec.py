@@ -1,7 +1,7 @@
 """Rows as data: the on-disk encoding of batches (checkpoints, batch data, remote objects).
 
 A batch of rows is one Arrow IPC stream holding one record batch, compressed with
-zstd as a whole. A column whose values Arrow types exactly (one of bool, int, float,
+zstd as a whole (from `COMPRESS_FROM` bytes), after an 8-byte size. A column whose values Arrow types exactly (one of bool, int, float,
 str, bytes, naive datetime, date, or a list of one of the first four, with None
 allowed, and present in every row) is a native Arrow column. Any other column is a
 string column of per-row JSON text in a typed encoding (`to_json`): tuples, bytes,
@@ -31,7 +31,10 @@ TAG = "\u0000sh"
 is itself stored tagged, so no value can be mistaken for a tag."""
 JSON_COLUMN = b"stillhouse.json"
 ERROR_KEY = b"stillhouse.error"
-_SIZE = struct.Struct("<Q")
+_SIZE = struct.Struct("<Q")  # the stream's size before compression; 0: not compressed
+COMPRESS_FROM = 1024
+"""Streams smaller than this are stored as they are: compressing them saves little and
+costs more than the rest of the encoding."""
 _MISSING = object()
 _SCALARS = (bool, int, float, str)
 _NATIVE = {bool, int, float, str, bytes, dt.datetime, dt.date, type(None)}
@@ -242,6 +245,8 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_batch(batch)
     raw = sink.getvalue()
+    if raw.size < COMPRESS_FROM:
+        return _SIZE.pack(0) + raw.to_pybytes()
     return _SIZE.pack(raw.size) + _zstd().compress(raw, asbytes=True)
 
 
@@ -251,7 +256,8 @@ def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, A
 
     try:
         (size,) = _SIZE.unpack_from(data)
-        raw = _zstd().decompress(memoryview(data)[_SIZE.size:], decompressed_size=size)
+        body = memoryview(data)[_SIZE.size:]
+        raw = body if size == 0 else _zstd().decompress(body, decompressed_size=size)
         table = pa.ipc.open_stream(raw).read_all()
         metadata = table.schema.metadata or {}
         count = int(metadata[b"rows"])

@@ -13,14 +13,14 @@ other bad record is reported when read, never guessed at.
 
 from __future__ import annotations
 
-import dataclasses
+import mmap
 import os
 import struct
 import time
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from stillhouse.core.errors import CorruptCacheError
 
@@ -36,8 +36,9 @@ LAST = 1  # flags: the generator said this was its last batch
 FILE_MODE = 0o600
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
+    """One record's header and where the record starts (`offset`) in its log."""
+
     kind: int
     flags: int
     a: int
@@ -66,21 +67,24 @@ def iter_headers(path: Path, *, check_last: bool = True) -> Iterator[Header]:
     Stops at a torn tail (a record longer than what is left, or, with `check_last`, a
     last record whose checksum fails); raises on a header that is not ours."""
     size = path.stat().st_size
+    if size < _HEADER.size:
+        return
     offset = 0
-    with path.open("rb") as handle:
+    unpack = _HEADER.unpack_from
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
         while offset + _HEADER.size <= size:
-            handle.seek(offset)
-            raw = handle.read(_HEADER.size)
-            magic, kind, flags, a, b, rows, length, crc = _HEADER.unpack(raw)
+            magic, kind, flags, a, b, rows, length, crc = unpack(view, offset)
             if magic != MAGIC:
                 raise corrupt(path, offset, "bad record marker")
-            header = Header(kind, flags, a, b, rows, offset, length, crc)
-            if header.end > size:
+            end = offset + _HEADER.size + length
+            if end > size:
                 return  # torn tail: the writer died mid-record
-            if check_last and header.end == size and _crc(raw, handle.read(length)) != crc:
-                return  # torn tail written out of order by the OS
-            yield header
-            offset = header.end
+            if check_last and end == size:
+                record = view[offset:end]
+                if _crc(record[: _HEADER.size], record[_HEADER.size:]) != crc:
+                    return  # torn tail written out of order by the OS
+            yield Header(kind, flags, a, b, rows, offset, length, crc)
+            offset = end
 
 
 def _crc(header: bytes, payload: bytes) -> int:
@@ -133,7 +137,7 @@ class RecordLog:
         header, record = frame(kind, a, b, payload, rows=rows, flags=flags)
         self._append.write(record)
         self._append.flush()  # in the OS now: survives the death of this process
-        header = dataclasses.replace(header, offset=offset)
+        header = header._replace(offset=offset)
         self.index.append(header)
         self.dirty = True
         if time.monotonic() - self._synced_at > SYNC_EVERY:

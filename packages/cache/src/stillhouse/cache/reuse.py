@@ -33,8 +33,8 @@ class Decision:
 class Holdings:
     """What a store's log holds, counted from its record headers."""
 
-    batches: int
-    rows: int
+    batches: int | None  # None: not counted (a local log is counted when it is read)
+    rows: int | None
     size: int | None = None
 
 
@@ -91,7 +91,7 @@ def _disagreement(meta: dict[str, Any], found: Holdings | None) -> str | None:
         return "it does not record how many batches and rows it holds"
     if found is None:
         return f"its checkpoint log is missing (it recorded {expected[0]} batches)"
-    if (found.batches, found.rows) != expected:
+    if found.batches is not None and (found.batches, found.rows) != expected:
         return (
             f"its checkpoint log holds {found.batches} batches and {found.rows} rows, but it "
             f"recorded {expected[0]} batches and {expected[1]} rows when it finished"

@@ -63,19 +63,21 @@ def parse_meta(text: str | bytes, where: str, folder: str) -> dict[str, Any]:
     return meta
 
 
-def log_holdings(path: Path) -> Holdings | None:
-    """Batches and rows in a log, from its headers alone (None: there is no log)."""
-    if not path.is_file():
-        return None
-    batches = rows = 0
+def log_holdings(path: Path, *, count: bool = False) -> Holdings | None:
+    """What a log holds (None: there is no log): its size, and with `count` its batches
+    and rows from a walk over its headers. Opening a store only needs the size (one
+    `stat`); the counts are checked when the log is first read (`FileStepStore.log`)."""
     try:
-        for header in iter_headers(path):
-            if header.kind == BATCH:
-                batches += 1
-                rows += header.rows
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return None
+    if not count:
+        return Holdings(None, None, size)
+    try:
+        batches = [h for h in iter_headers(path) if h.kind == BATCH]
     except CorruptCacheError:
-        return Holdings(-1, -1)
-    return Holdings(batches, rows, path.stat().st_size)
+        return Holdings(-1, -1, size)
+    return Holdings(len(batches), sum(h.rows for h in batches), size)
 
 
 def new_meta(identity: dict[str, Any]) -> dict[str, Any]:
@@ -159,7 +161,20 @@ class FileStepStore(StepStore):
                 self._log = RecordLog(self.directory / LOG, repair=not self.finished)
             for header in self._log.index:
                 self._index(header)
+            if self.finished:
+                self._check_counts(self._log)
         return self._log
+
+    def _check_counts(self, log: RecordLog) -> None:
+        batches = [h for h in log.index if h.kind == BATCH]
+        found = (len(batches), sum(h.rows for h in batches))
+        if found != (self.meta.get("batches"), self.meta.get("rows")):
+            raise CorruptCacheError(
+                f"The cache file {log.path} holds {found[0]} batches and {found[1]} rows, but its "
+                f"step finished with {self.meta.get('batches')} batches and {self.meta.get('rows')} "
+                f"rows ({self.directory / META}). Delete {self.directory} or run with "
+                "use_cache=False to recompute this step."
+            )
 
     def _index(self, header: Header) -> None:
         if header.kind == BATCH:
