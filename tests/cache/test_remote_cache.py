@@ -127,3 +127,36 @@ def test_s3_cache_and_s3_batch_data_together(s3_server, caplog):
     assert through and all("s3://stillhouse-test/batches/" in line for line in through)
     fs = fsspec.filesystem("s3", skip_instance_cache=True)
     assert not fs.find("stillhouse-test/batches")  # every batch file was removed after use
+
+
+def test_a_failed_open_frees_the_lease_for_the_next_run():
+    from typing import Any
+
+    from stillhouse.core import Step, StepInput, StepOutput
+
+    class Holds(Step):
+        thing: Any = None
+
+        def process(self, inputs: StepInput) -> StepOutput:
+            yield inputs
+
+    def with_thing(thing: Any) -> Pipeline:
+        with Pipeline(name="lease-leak", cache_dir="memory://lease-leak", executor="sync") as pipeline:
+            LoadDataFromDicts(name="load", data=[{"x": 1}]) >> Holds(name="holds", thing=thing)
+        return pipeline
+
+    with pytest.raises(Exception, match="serialize"):
+        with_thing(object()).run(progress=False)
+    assert rows_of(with_thing("fine").run(progress=False)) == [{"x": 1}]
+
+
+def test_a_finished_remote_store_missing_a_batch_is_recomputed():
+    url = "memory://remote-short"
+    first = rows_of(build(url, "sync").run(progress=False), "tag")
+    fs, root = fsspec.core.url_to_fs(url)
+    batch = sorted(p for p in fs.find(f"{root}/remote/steps") if "/slow-" in p and p.rsplit("/", 1)[-1].startswith("b-"))[0]
+    fs.rm_file(batch)
+    again = build(url, "sync", tag="b")  # "tag" must re-read slow's batches
+    rows = rows_of(again.run(progress=False), "tag")
+    assert [r["x"] for r in rows] == [r["x"] for r in first]
+    assert "slow" in computed(again)

@@ -192,3 +192,57 @@ def test_writes_to_an_fsspec_url(tmp_path):
 def test_rejects_a_bad_rows_per_file(tmp_path):
     with pytest.raises(ValueError, match="rows_per_file must be at least 1, got 0"):
         ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=0)
+
+
+def _finished(tmp_path, version: str = "v1") -> ParquetOutputWriter:
+    writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=3)
+    writer.begin("leaf", version)
+    writer.write("leaf", [{"i": i, "s": f"row {i}"} for i in range(7)])
+    writer.finish("leaf")
+    return writer
+
+
+def test_a_leaf_is_complete_only_for_the_stored_outputs_that_made_it(tmp_path):
+    _finished(tmp_path, "sig:gen-a")
+    again = ParquetOutputWriter(tmp_path, ["leaf"])
+    assert again.is_complete("leaf", "sig:gen-a")
+    assert not again.is_complete("leaf", "sig:gen-b")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete", "extra"])
+def test_damaged_or_changed_files_make_a_leaf_incomplete(tmp_path, damage):
+    _finished(tmp_path)
+    path = tmp_path / "leaf" / "00001.parquet"
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        path.write_bytes(bytes(data[:-20]))
+    elif damage == "flip":
+        data[len(data) // 3] ^= 0xFF  # inside a data page: only the page checksum sees it
+        path.write_bytes(bytes(data))
+    elif damage == "delete":
+        path.unlink()
+    else:
+        (tmp_path / "leaf" / "00009.parquet").write_bytes(bytes(data))
+    assert not ParquetOutputWriter(tmp_path, ["leaf"]).is_complete("leaf", "v1")
+
+
+def test_a_damaged_unified_file_is_rebuilt_and_a_damaged_parquet_file_is_named(tmp_path):
+    from stillhouse.core.errors import CorruptCacheError
+    from stillhouse.distiset import create_distiset
+
+    _finished(tmp_path)
+    expected = create_distiset(tmp_path)["default"]["train"].to_list()
+    unified = next((tmp_path / "leaf").glob(".unified-*.arrow"))
+    unified.write_bytes(unified.read_bytes()[: unified.stat().st_size // 2])
+    assert create_distiset(tmp_path)["default"]["train"].to_list() == expected
+    data = bytearray(unified.read_bytes())
+    data[-100] ^= 0xFF
+    unified.write_bytes(bytes(data))
+    assert create_distiset(tmp_path)["default"]["train"].to_list() == expected
+    parquet = tmp_path / "leaf" / "00000.parquet"
+    data = bytearray(parquet.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    parquet.write_bytes(bytes(data))
+    with pytest.raises(CorruptCacheError, match=r"00000\.parquet") as info:
+        create_distiset(tmp_path)
+    assert "Run the pipeline again" in str(info.value)

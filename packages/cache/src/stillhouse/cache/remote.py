@@ -228,16 +228,20 @@ class RemoteRunStore(RunStore):
         self.run_path = f"{self.base}/{pipeline.signature}"
         self.run_dir = self.fs.unstrip_protocol(self.run_path)
         self.lease = Lease(self.fs, f"{self.base}/.lock", pipeline.name)
-        self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-        self.signatures = step_signatures(pipeline.dag)
-        self.stores: dict[str, RemoteStepStore] = {}
-        self._log = Path(tempfile.mkdtemp(prefix="stillhouse-log-")) / "pipeline.log"
-        self._put_text("pipeline.yaml", dumps(pipeline.dump(), "yaml"))
-        try:
-            stages = load_stages(pipeline.dag, None)
-        except Exception:
-            stages = []
-        self._put_text("stages.json", json.dumps({"stages": stages}, indent=2))
+        try:  # whatever fails from here on frees the lease for the next run
+            self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
+            self.signatures = step_signatures(pipeline.dag)
+            self.stores: dict[str, RemoteStepStore] = {}
+            self._log = Path(tempfile.mkdtemp(prefix="stillhouse-log-")) / "pipeline.log"
+            self._put_text("pipeline.yaml", dumps(pipeline.dump(), "yaml"))
+            try:
+                stages = load_stages(pipeline.dag, None)
+            except Exception:
+                stages = []
+            self._put_text("stages.json", json.dumps({"stages": stages}, indent=2))
+        except BaseException:
+            self.lease.release()
+            raise
 
     def _put_text(self, name: str, text: str) -> None:
         self.fs.pipe_file(f"{self.run_path}/{name}", text.encode("utf-8"))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import fsspec
+import xxhash
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
@@ -187,6 +188,29 @@ def files_under(
         for path in sorted(fs.find(root))
         if not posixpath.basename(path).startswith(".")
     ]
+
+
+class HashingWriter:
+    """A binary file wrapper that hashes what goes through `write`."""
+
+    def __init__(self, handle: IO[bytes], digest: Any) -> None:
+        self.handle, self.digest = handle, digest
+
+    def write(self, data: Any) -> int:
+        self.digest.update(data)
+        return self.handle.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.handle, name)
+
+
+def file_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """The xxh3 (64-bit) checksum of a file, read in chunks."""
+    digest = xxhash.xxh3_64()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def make_durable(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:

@@ -24,7 +24,6 @@ import datasets
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 from datasets import Dataset, DatasetDict
 
 from stillhouse.core.engine.worker import METADATA_COLUMN
@@ -32,6 +31,7 @@ from stillhouse.core.errors import CorruptCacheError
 from stillhouse.distiset._storage import (
     PathLike,
     atomic_write,
+    file_digest,
     is_local,
     join,
     list_entries,
@@ -51,7 +51,6 @@ ARTIFACTS_DIRNAME = "artifacts"
 # exist depends on the filesystem (local, memory, S3, GCS).
 _VERSION_FIELDS = ("size", "mtime", "created", "LastModified", "ETag", "md5Hash")
 _CHECK_SUFFIX = ".check"
-_CHUNK = 8 * 1024 * 1024
 
 
 def create_distiset(
@@ -165,12 +164,14 @@ def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, bu
             logger.warning("The unified file %s of leaf %r %s; rebuilding it.", path, leaf, problem)
             os.unlink(path)
         if not build:
+            _check_digests(fs, directory, entries)
             for entry in entries:
                 _read_table(fs, entry["name"])
             return None
         logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
         local = fsspec.filesystem("file")
         atomic_write(local, path, lambda handle: _write_unified(fs, entries, schema, handle))
+        _check_digests(fs, directory, entries)
         check = {"rows": rows, "bytes": os.path.getsize(path), "xxh3": _digest(path)}
         atomic_write(local, path + _CHECK_SUFFIX, lambda handle: handle.write(json.dumps(check).encode()))
     return path
@@ -202,11 +203,19 @@ def _check_unified(path: str, rows: int) -> str | None:
 
 
 def _digest(path: str) -> str:
-    digest = xxhash.xxh3_64()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(fsspec.filesystem("file"), path)
+
+
+def _check_digests(fs: fsspec.AbstractFileSystem, directory: str, entries: list[dict[str, Any]]) -> None:
+    """The files' checksums against those the `_COMPLETE` marker recorded (if it did)."""
+    try:
+        recorded = json.loads(fs.cat_file(join(directory, COMPLETE_MARKER))).get("xxh3") or {}
+    except (OSError, ValueError, AttributeError):
+        return  # no marker (an unfinished leaf) or a damaged one: the run rebuilds it
+    for entry in entries:
+        expected = recorded.get(posixpath.basename(entry["name"]))
+        if expected is not None and file_digest(fs, entry["name"]) != expected:
+            raise _damaged(fs, entry["name"], ValueError("its checksum differs from the one recorded in _COMPLETE"))
 
 
 def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle) -> None:

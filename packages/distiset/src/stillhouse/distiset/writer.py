@@ -2,8 +2,9 @@
 
 Layout: `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order (with page
 checksums), then a `_COMPLETE` marker once the leaf has produced all its rows: JSON
-with the row count, each file's size, and the `version` of the stored outputs the
-rows come from, so a later run reuses the files only for the same outputs. Files are never
+with the row count, each file's size and xxh3 checksum, and the `version` of the
+stored outputs the rows come from, so a later run reuses the files only for the same
+outputs, and only undamaged. Files are never
 rewritten: a column that is None in early files and filled later is reconciled
 when the results are read (`reader.py`), so memory stays bounded by one file's
 worth of rows per leaf however long the run. Reading results back does not belong
@@ -25,14 +26,17 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import xxhash
 
 from stillhouse.core.engine.protocol import OutputWriter
 from stillhouse.core.errors import CorruptCacheError, EngineError, LeafSchemaError
 from stillhouse.core.typing import Row
 from stillhouse.distiset._storage import (
+    HashingWriter,
     PathLike,
     atomic_write,
     exists,
+    file_digest,
     join,
     list_entries,
     make_dirs,
@@ -69,6 +73,7 @@ class _LeafBuffer:
     written_rows: int = 0
     paths: list[str] = field(default_factory=list)  # files not yet fsynced
     sizes: dict[str, int] = field(default_factory=dict)  # every file written: its size
+    digests: dict[str, str] = field(default_factory=dict)  # ... and its xxh3 checksum
     version: str = ""  # the stored outputs the rows come from
 
 
@@ -136,7 +141,7 @@ class ParquetOutputWriter(OutputWriter):
             if summary.get("version", "") != version:
                 logger.info("Results of leaf %r were made from other stored outputs; rebuilding them.", leaf)
                 return False
-            expected = {name: size for name, size in summary["sizes"].items()}
+            expected = dict(summary["sizes"])
             found = {
                 posixpath.basename(e["name"]): e.get("size")
                 for e in list_entries(self._fs, directory)
@@ -146,7 +151,10 @@ class ParquetOutputWriter(OutputWriter):
                 raise ValueError(f"files {sorted(found)} with sizes {found}, the marker lists {expected}")
             rows = 0
             for name in found:
-                with self._fs.open(join(directory, name), "rb") as handle:
+                path = join(directory, name)
+                if file_digest(self._fs, path) != summary["xxh3"][name]:
+                    raise ValueError(f"{self._fs.unstrip_protocol(path)} has a wrong checksum")
+                with self._fs.open(path, "rb") as handle:
                     rows += pq.read_metadata(handle).num_rows
             if rows != summary["rows"]:
                 raise ValueError(f"{rows} rows, the marker counts {summary['rows']}")
@@ -196,6 +204,7 @@ class ParquetOutputWriter(OutputWriter):
             "rows": buffer.written_rows,
             "files": buffer.next_file,
             "sizes": buffer.sizes,
+            "xxh3": buffer.digests,
             "version": buffer.version,
         }
         payload = json.dumps(summary).encode()
@@ -268,11 +277,15 @@ class ParquetOutputWriter(OutputWriter):
         table = table.replace_schema_metadata(metadata)
         # Durable only before the leaf is marked complete: an unfinished leaf is rewritten
         # from the checkpoints on resume anyway, so one fsync per file would buy nothing.
-        atomic_write(
-            self._fs, path, lambda handle: pq.write_table(table, handle, write_page_checksum=True), durable=False
-        )
+        digest = xxhash.xxh3_64()
+
+        def write(handle: Any) -> None:
+            pq.write_table(table, HashingWriter(handle, digest), write_page_checksum=True)
+
+        atomic_write(self._fs, path, write, durable=False)
         buffer.paths.append(path)
         buffer.sizes[posixpath.basename(path)] = self._fs.size(path)
+        buffer.digests[posixpath.basename(path)] = digest.hexdigest()
         buffer.next_file += 1
         buffer.written_rows += table.num_rows
 
