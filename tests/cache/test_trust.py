@@ -200,3 +200,21 @@ def test_no_pickle_file_is_written(tmp_path):
         if path.is_file():
             assert not path.read_bytes().startswith(b"\x80"), f"{path} looks like a pickle"
 
+
+
+# -- 14.4 one reuse rule -----------------------------------------------------------------
+
+
+def test_explain_gives_the_decision_the_run_then_takes(tmp_path):
+    from stillhouse.cache.cli import explain
+
+    build(tmp_path).run(progress=False)
+    log = store_of(tmp_path, "double") / "batches.log"
+    log.write_bytes(log.read_bytes()[:-10])
+    said = {row["step"]: row for row in explain(build(tmp_path, tag="b"))}
+    assert said["load"]["decision"] == "reuse"
+    assert said["double"]["decision"] == "recompute" and str(log) in said["double"]["why"]
+    assert said["tag"]["decision"] == "recompute"
+    again = build(tmp_path, tag="b")
+    assert rows_of(again.run(progress=False)) == reference("b")
+    assert computed(again) == {"double", "tag"}
