@@ -165,6 +165,11 @@ class FileStepStore(StepStore):
                 self._check_counts(self._log)
         return self._log
 
+    def _indexed(self) -> FileStepStore:
+        """This store, with its log opened and its headers indexed."""
+        _ = self.log
+        return self
+
     def _check_counts(self, log: RecordLog) -> None:
         batches = [h for h in log.index if h.kind == BATCH]
         found = (len(batches), sum(h.rows for h in batches))
@@ -195,8 +200,7 @@ class FileStepStore(StepStore):
         return BatchRecord(key, rows, bool(header.flags & LAST), error)
 
     def get(self, key: BatchKey) -> BatchRecord | None:
-        log = self.log  # noqa: F841 - builds the index
-        header = self._batches.get(key)
+        header = self._indexed()._batches.get(key)
         return None if header is None else self._record(key, header)
 
     def put(self, record: BatchRecord) -> None:
@@ -219,8 +223,7 @@ class FileStepStore(StepStore):
         self._index(header)
 
     def records(self) -> Iterator[BatchRecord]:
-        self.log  # noqa: B018 - builds the index
-        for key in sorted(self._batches):
+        for key in sorted(self._indexed()._batches):
             yield self._record(key, self._batches[key])
 
     def mark_finished(self) -> None:
