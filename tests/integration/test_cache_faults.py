@@ -70,12 +70,17 @@ def references(tmp_path_factory) -> dict[str, Any]:
     return {tag: rows_of(build(tmp / tag, tag).run(use_cache=False, progress=False)) for tag in ("a", "b")}
 
 
-@pytest.mark.parametrize("how", ["truncate", "flip", "delete"])
-@pytest.mark.parametrize("kind", list(FILES))
-@pytest.mark.parametrize("rerun", ["same", "edited leaf"])
+CASES = [
+    (kind, how, rerun)
+    for kind in FILES
+    for how in ("truncate", "flip", "delete")
+    # An edited leaf rewrites its results whatever their state: only the same rerun reads them.
+    for rerun in (("same",) if kind in RESULT_FILES else ("same", "edited leaf"))
+]
+
+
+@pytest.mark.parametrize(("kind", "how", "rerun"), CASES)
 def test_a_damaged_cache_file_gives_the_reference_rows_or_an_error_naming_it(tmp_path, references, kind, how, rerun):
-    if rerun == "edited leaf" and kind in RESULT_FILES:
-        pytest.skip("an edited leaf rewrites its results whatever their state")
     cache = tmp_path / "cache"
     assert rows_of(build(cache).run(progress=False)) == references["a"]
     path = FILES[kind](cache)
