@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+MAX_NAME_BYTES = 200
+"""Longest pipeline or step name: names become cache path components (`steps/<name>-<sig>`),
+kept well under the 255-byte file-name limit of common filesystems."""
 
 
 # `Optional[RuntimeParameter[...]]` is how distilabel (and so our users) spell an optional
@@ -67,7 +70,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
     )
 
-    name: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    name: str | None = Field(default=None, pattern=_NAME_PATTERN, max_length=MAX_NAME_BYTES)
     resources: StepResources = Field(default_factory=StepResources)
     pipeline: Any = Field(default=None, exclude=True, repr=False)
     input_mappings: dict[str, str] = Field(default_factory=dict)
