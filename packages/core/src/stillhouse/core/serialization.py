@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
 
@@ -128,27 +129,82 @@ def check_format(data: Any, source: str) -> None:
         )
 
 
-def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
-    from stillhouse.core.plugins import registry
+def _refused_by_name(module: Any, name: Any) -> str | None:
+    """Why `module.name` may not be imported at all, or None: checked before any import.
 
-    module, name = type_info.get("module"), type_info.get("name")
-    registered = registry().steps
-    if name in registered and (module is None or registered[name].__module__ == module):
-        return registered[name]
-    if module is None and name in registered:
-        return registered[name]
+    Step classes and routing functions never live in the standard library (`os`,
+    `subprocess`, `builtins`, ...), and a dotted name never needs a private or dunder
+    part (`__globals__`, `__subclasses__`) to reach one.
+    """
+    if not isinstance(module, str) or not isinstance(name, str) or not module or not name:
+        return "the module and the name must both be given as text"
+    if not all(part.isidentifier() for part in module.split(".")):
+        return f"{module!r} is not a module name"
+    parts = name.split(".")
+    if not all(part.isidentifier() and not part.startswith("__") for part in parts):
+        return f"{name!r} is not a plain (non-dunder) attribute path"
+    top = module.split(".")[0]
+    if top != "__main__" and (top in sys.stdlib_module_names or top in sys.builtin_module_names):
+        return f"{module!r} is a standard-library module, which holds no stillhouse step or routing function"
+    return None
+
+
+def import_object(module: Any, name: Any, what: str) -> Any:
+    """`module.name`, imported and looked up without calling anything.
+
+    The caller must check what it got (a step class, a routing function) before it calls
+    it. Names that cannot be a stillhouse object are refused before the import.
+    """
+    reason = _refused_by_name(module, name)
+    if reason is not None:
+        raise SerializationError(
+            f"{what} names {module}.{name}, which was refused without importing it: {reason}. "
+            "A pipeline file may only name stillhouse step classes and routing functions; "
+            "check where the file came from."
+        )
     try:
         target: Any = importlib.import_module(module)
-        for part in str(name).split("."):
+        for part in name.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
-        known = ", ".join(sorted(registered)) or "none"
-        raise SerializationError(
-            f"Step {step_name!r}: cannot resolve class {module}.{name} ({exc}). Install the "
-            f"package that provides it, or register it with `register_steps`. "
-            f"Registered steps: {known}."
-        ) from exc
+        raise SerializationError(f"{what}: cannot resolve {module}.{name} ({exc}).") from exc
     return target
+
+
+def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
+    """The step class a pipeline file names: a registered step, or a step class by import
+    path. Anything that is not a subclass of the step base is refused before it is called."""
+    from stillhouse.core.plugins import registry
+    from stillhouse.core.step import _Step
+
+    if not isinstance(type_info, dict):
+        type_info = {}
+    module, name = type_info.get("module"), type_info.get("name")
+    registered = registry().steps
+    if isinstance(name, str) and name in registered and module in (None, registered[name].__module__):
+        return registered[name]
+    known = ", ".join(sorted(registered)) or "none"
+    try:
+        target = import_object(module, name, f"Step {step_name!r}")
+    except SerializationError as exc:
+        raise SerializationError(
+            f"{exc} Install the package that provides the step class, or register it with "
+            f"`register_steps`. Registered steps: {known}."
+        ) from exc.__cause__
+    # The MRO itself, not issubclass(): an ABC accepts virtual subclasses.
+    if not isinstance(target, type) or _Step not in target.__mro__:
+        raise SerializationError(
+            f"Step {step_name!r} names {module}.{name}, which is not a stillhouse step class "
+            f"(it is {_kind(target)}); it was not called. A pipeline file may only name step "
+            f"classes: check where the file came from. Registered steps: {known}."
+        )
+    return target
+
+
+def _kind(target: Any) -> str:
+    if isinstance(target, type):
+        return f"the class {target.__module__}.{target.__qualname__}"
+    return f"a {type(target).__name__}"
 
 
 def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
@@ -170,6 +226,8 @@ def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
             fields = dict(entry["step"])
             type_info = fields.pop("type_info", {})
             fields.pop("runtime_parameters_info", None)
+            for private in _STEP_FIELDS_NOT_DUMPED:
+                fields.pop(private, None)
             cls = resolve_step_class(type_info, entry["name"])
             try:
                 steps[entry["name"]] = cls(**fields)
