@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import ValidationError
 
 from stillhouse.core import _context, serialization
 from stillhouse.core.dag import DAG, LoadGroups, validate_dag
@@ -24,6 +25,7 @@ from stillhouse.core.errors import (
     PipelineValidationError,
     RuntimeParameterError,
 )
+from stillhouse.core.secrets import describe_validation_error
 from stillhouse.core.step import MAX_NAME_BYTES
 
 if TYPE_CHECKING:
@@ -166,10 +168,18 @@ class Pipeline:
                 )
             try:
                 messages = self.dag.get_step(step_name).set_runtime_parameters(values)
+            except ValidationError as exc:
+                # Reasons only, and no cause attached: the value may be a secret.
+                problem = describe_validation_error(exc)
             except ValueError as exc:
+                problem = str(exc)
+            else:
+                problem = None
+            if problem is not None:
                 raise RuntimeParameterError(
-                    f"Step {step_name!r}: invalid runtime parameter value: {exc}"
-                ) from exc
+                    f"Step {step_name!r}: invalid runtime parameter value: {problem}. "
+                    f"Fix run(parameters={{{step_name!r}: ...}}) or the --param option."
+                )
             for message in messages:
                 warnings.warn(message, UserWarning, stacklevel=3)
 

@@ -127,8 +127,10 @@ class RuntimeParametersMixin(BaseModel):
             current = getattr(self, name)
             if isinstance(current, RuntimeParametersMixin) and isinstance(value, dict):
                 warnings.extend(current.set_runtime_parameters(value))
-            else:
+            elif self.model_config.get("validate_assignment"):
                 setattr(self, name, value)
+            else:  # a nested model without validate_assignment: validate the value anyway
+                self.__pydantic_validator__.validate_assignment(self, name, value)
             self._runtime_parameters[name] = value
         return warnings
 

@@ -2,7 +2,8 @@
 
 The file carries a format version. Steps are resolved by registered name (plugins)
 first, then by import path. YAML is always loaded with `yaml.safe_load`. Secret
-fields (`SecretStr`, or `json_schema_extra={"secret": True}`) are never written.
+fields (`SecretStr`, or `json_schema_extra={"secret": True}`) are never written, at
+any depth (see `stillhouse.core.secrets`).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import SecretStr
 
 from stillhouse.core.errors import SerializationError
+from stillhouse.core.secrets import (  # noqa: F401  (is_secret_field, secret_field_names: public here too)
+    dump_without_secrets,
+    is_secret_field,
+    secret_field_names,
+)
 
 if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
@@ -26,29 +31,8 @@ FORMAT_VERSION = 1
 _STEP_FIELDS_NOT_DUMPED = {"pipeline"}
 
 
-def is_secret_field(field: Any) -> bool:
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    if extra.get("secret"):
-        return True
-    annotation = field.annotation
-    return annotation is SecretStr or SecretStr in _flatten_args(annotation)
-
-
-def _flatten_args(annotation: Any) -> set[Any]:
-    found: set[Any] = set()
-    for arg in get_args(annotation):
-        found.add(arg)
-        found |= _flatten_args(arg)
-    return found
-
-
-def secret_field_names(step: _Step) -> set[str]:
-    return {name for name, field in type(step).model_fields.items() if is_secret_field(field)}
-
-
 def step_to_dict(step: _Step) -> dict[str, Any]:
-    exclude = _STEP_FIELDS_NOT_DUMPED | secret_field_names(step)
-    data = step.model_dump(mode="json", exclude=exclude)
+    data = dump_without_secrets(step, exclude=_STEP_FIELDS_NOT_DUMPED)
     cls = type(step)
     data["type_info"] = {"module": cls.__module__, "name": cls.__qualname__}
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()

@@ -14,10 +14,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
 
 from stillhouse.core import _context
 from stillhouse.core.runtime import RuntimeParameter, RuntimeParametersMixin
+from stillhouse.core.secrets import redact_validation_error
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
@@ -83,7 +84,16 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            redacted = redact_validation_error(exc, type(self))
+            if redacted is exc:
+                raise
+        else:
+            redacted = None
+        if redacted is not None:  # raised outside the except block: no secret in __context__
+            raise redacted
         # Joined after validation, not in model_post_init: pydantic would turn a
         # DuplicateStepNameError (a ValueError) raised there into a generic ValidationError.
         if self.pipeline is not None:
@@ -96,6 +106,16 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         if not self.name:
             taken = set(self.pipeline.dag.step_names) if self.pipeline is not None else set()
             self.name = infer_step_name(type(self).__name__, taken)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+            return
+        except ValidationError as exc:
+            redacted = redact_validation_error(exc, type(self))
+            if redacted is exc:
+                raise
+        raise redacted  # outside the except block: no secret in __context__
 
     def __getstate__(self) -> dict[Any, Any]:
         # A step travels to workers alone; its pipeline (and every other step) stays home.
