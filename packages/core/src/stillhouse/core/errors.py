@@ -118,3 +118,7 @@ class CacheLockedError(CacheError):
 
 class CorruptCacheError(CacheError):
     """A cache file is damaged or was written by something else."""
+
+
+class UnstorableValueError(StepRuntimeError):
+    """A step produced a row value that cannot be stored (a string with a lone surrogate)."""

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stillhouse.core.dag import DAG, convergence_steps, routed_region
+from stillhouse.core.engine.guards import guard_storage
 from stillhouse.core.engine.protocol import (
     BatchRecord,
     BatchStorage,
@@ -86,6 +87,7 @@ class Scheduler:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
+        guard_storage(self)
         for state in self.states.values():
             if state.mode == "skip":
                 state.finished = True
@@ -359,7 +361,7 @@ class Scheduler:
         ordinal = state.released
         chosen = state.store.get_route(ordinal)
         if chosen is None:
-            chosen = self.dag.routing[state.name](list(state.succs))
+            chosen = self._call_routing(state)
             unknown = [name for name in chosen if name not in state.succs]
             if unknown:
                 raise RoutingError(
@@ -383,6 +385,18 @@ class Scheduler:
             rows = _Fresh.again(rows)
             lineage.buffers[state.name].extend(rows)
             lineage.closed.add(state.name)
+
+    def _call_routing(self, state: StepState) -> list[str]:
+        function = self.dag.routing[state.name]
+        try:
+            return function(list(state.succs))
+        except Exception as exc:
+            raise RoutingError(
+                f"The routing function {function.name!r} after step {state.name!r} raised "
+                f"{type(exc).__name__}: {exc} (on batch {state.released} of {state.name!r}, "
+                f"choosing among {state.succs!r}). Fix the function: it gets the list of "
+                "successor names and must return the names the batch goes to."
+            ) from exc
 
     def _close_lineage(self, state: StepState, lineage_id: int) -> None:
         if state.region is None:
