@@ -113,3 +113,13 @@ def test_a_pipeline_file_with_a_bad_secret_does_not_echo_it():
     with pytest.raises(SerializationError, match=r"(?s)'call'.*client\.password") as caught:
         Pipeline.from_dict(data)
     assert PASSWORD not in str(caught.value)
+
+
+def test_a_wrong_value_that_holds_a_secret_is_not_echoed_either():
+    """The value at the error is a whole client (a dict with its key inside)."""
+    with Pipeline(name="holders"), pytest.raises(ValidationError) as caught:
+        CallNested(name="c", client=Client(), fallbacks={"api_key": FALLBACK})
+    assert "fallbacks" in str(caught.value) and FALLBACK not in str(caught.value)
+    with Pipeline(name="plain"), pytest.raises(ValidationError) as plain:
+        CallNested(name="c", client={"url": ["not", "a", "url"]})
+    assert "'not'" in str(plain.value)  # a value that cannot hold a secret is still shown

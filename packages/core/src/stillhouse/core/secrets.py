@@ -83,10 +83,24 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
 
 
+def holds_secret(annotation: Any, _seen: frozenset[type] = frozenset()) -> bool:
+    """Whether a value of this type may contain a secret (at any depth of nested models)."""
+    if annotation is SecretStr or SecretStr in _flatten_args(annotation):
+        return True
+    for model in _models_in(annotation):
+        if model in _seen:
+            continue
+        for field in model.model_fields.values():
+            if is_secret_field(field) or holds_secret(field.annotation, _seen | {model}):
+                return True
+    return False
+
+
 def is_secret_location(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> bool:
-    """Whether an error location (`("client", "api_key")`, `("clients", 0, "api_key")`)
-    goes through a secret field of `model_cls` or of the models nested in it."""
+    """Whether the value at an error location (`("client", "api_key")`, `("clients", 0)`)
+    of `model_cls` is a secret or may hold one (a client model with a key inside)."""
     candidates: list[type[BaseModel]] = [model_cls]
+    holds = holds_secret(model_cls)
     for part in loc:
         if not isinstance(part, str):
             continue  # a list index or dict key: same models
@@ -95,8 +109,9 @@ def is_secret_location(model_cls: type[BaseModel], loc: tuple[Any, ...]) -> bool
             continue  # a dict key, or a union member's tag
         if any(is_secret_field(field) for field in fields):
             return True
+        holds = any(holds_secret(field.annotation) for field in fields)
         candidates = [model for field in fields for model in _models_in(field.annotation)]
-    return False
+    return holds
 
 
 def _hides_input(model_cls: type[BaseModel] | None, error: Any) -> bool:

@@ -50,6 +50,7 @@ class OriginTrace:
     totals: list[int] = field(default_factory=list)  # rows up to and including each segment
     pending: deque[list[Any]] = field(default_factory=deque)  # [start, end, rows, exact] not cut yet
     unknown: bool = False
+    history: bool = True  # keep every segment (only a step with several predecessors checks them)
 
     def add(self, span: Span, rows: int) -> None:
         if span is None:
@@ -57,11 +58,13 @@ class OriginTrace:
             return
         start, end, exact = span
         exact = exact and rows == end - start
+        self.pending.append([start, end, rows, exact])
+        if not self.history:
+            return
         self.starts.append(start)
         self.ends.append(end)
         self.exact.append(exact)
         self.totals.append((self.totals[-1] if self.totals else 0) + rows)
-        self.pending.append([start, end, rows, exact])
 
     def settled(self, closed: bool) -> int:
         """Upstream position up to which no later batch can add rows: a later batch may
@@ -129,7 +132,7 @@ class Lineage:
         return cls(
             expected=list(preds),
             buffers={p: [] for p in preds},
-            traces={p: OriginTrace() for p in preds},
+            traces={p: OriginTrace(history=len(preds) > 1) for p in preds},
         )
 
     def buffered(self) -> int:
