@@ -84,16 +84,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
 
     def __init__(self, **data: Any) -> None:
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            redacted = redact_validation_error(exc, type(self))
-            if redacted is exc:
-                raise
-        else:
-            redacted = None
-        if redacted is not None:  # raised outside the except block: no secret in __context__
-            raise redacted
+        self._validating(super().__init__, **data)
         # Joined after validation, not in model_post_init: pydantic would turn a
         # DuplicateStepNameError (a ValueError) raised there into a generic ValidationError.
         if self.pipeline is not None:
@@ -108,14 +99,18 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
             self.name = infer_step_name(type(self).__name__, taken)
 
     def __setattr__(self, name: str, value: Any) -> None:
+        self._validating(super().__setattr__, name, value)
+
+    def _validating(self, call: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Run pydantic validation; an error about a secret does not show its value."""
         try:
-            super().__setattr__(name, value)
+            call(*args, **kwargs)
             return
         except ValidationError as exc:
             redacted = redact_validation_error(exc, type(self))
             if redacted is exc:
                 raise
-        raise redacted  # outside the except block: no secret in __context__
+        raise redacted  # outside the except block: the original is not its __context__
 
     def __getstate__(self) -> dict[Any, Any]:
         # A step travels to workers alone; its pipeline (and every other step) stays home.
