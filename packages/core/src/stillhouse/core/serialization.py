@@ -171,6 +171,8 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     try:
         target = import_object(module, name, f"Step {step_name!r}")
     except SerializationError as exc:
+        if exc.__cause__ is None:  # refused by name: nothing to install
+            raise
         raise SerializationError(
             f"{exc} Install the package that provides the step class, or register it with "
             f"`register_steps`. Registered steps: {known}."
