@@ -16,7 +16,7 @@ import pytest
 from stillhouse.core import Pipeline, StepInput, StepOutput, step
 from stillhouse.core.errors import MisalignedInputsError
 from stillhouse.core.steps import LoadDataFromDicts
-from tests.support.steps import Double, DropOdd, Tag, Zip
+from tests.support.steps import Double, DropOdd, Ok, Tag, Zip
 
 EXECUTORS = ["sync", "threaded", "mp"]
 
@@ -85,6 +85,32 @@ def test_two_generators_with_different_batch_sizes_join_by_position(tmp_path, ex
         [left, right] >> Zip(name="join", input_batch_size=5)
     rows = rows_of(pipeline.run(progress=False))
     assert [(row["x"], row["z"]) for row in rows] == [(i, -i) for i in range(17)]
+
+
+@pytest.mark.parametrize("executor", ["sync", "threaded"])
+def test_rows_of_different_generators_pair_by_position_even_after_a_filter(tmp_path, executor):
+    """No row of `left` derives from a row of `right`: the filtered rows of one pair with the
+    rows of the other in order, as before; below the join, alignment is checked again."""
+    with Pipeline(name="by-position", cache_dir=tmp_path, executor=executor) as pipeline:
+        left = LoadDataFromDicts(name="left", data=[{"z": -i} for i in range(10)], batch_size=3)
+        right = LoadDataFromDicts(name="right", data=[{"x": i} for i in range(20)], batch_size=4)
+        evens = DropOdd(name="evens", input_batch_size=6)
+        join = Zip(name="join", input_batch_size=4)
+        [left, right >> evens] >> join
+        join >> [Double(name="a", input_batch_size=3), Ok(name="b", input_batch_size=7)] >> Zip(name="again")
+    rows = rows_of(pipeline.run(progress=False))
+    assert [(row["z"], row["x"], row["y"]) for row in rows] == [(-i, 2 * i, 4 * i) for i in range(10)]
+
+
+def test_below_a_join_of_two_generators_misalignment_is_still_found(tmp_path):
+    with Pipeline(name="below-join", cache_dir=tmp_path, executor="sync") as pipeline:
+        left = LoadDataFromDicts(name="left", data=[{"z": -i} for i in range(12)], batch_size=5)
+        right = LoadDataFromDicts(name="right", data=[{"x": i} for i in range(12)], batch_size=3)
+        join = Zip(name="join", input_batch_size=4)
+        shifty = DropOneDuplicateOne(name="shifty", input_batch_size=4, drop=2, duplicate=9)
+        [left, right] >> join >> [shifty, Ok(name="steady", input_batch_size=6)] >> Zip(name="again")
+    with pytest.raises(MisalignedInputsError, match=r"'again'.*'shifty'.*'steady'.*not aligned"):
+        pipeline.run(progress=False)
 
 
 def test_predecessors_replayed_from_the_cache_still_join(tmp_path):

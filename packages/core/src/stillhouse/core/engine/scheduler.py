@@ -253,7 +253,8 @@ class Scheduler:
                 return False
             lineage.input_closed = True
             if any(lineage.buffers[p] for p in lineage.expected):
-                inputs, state.spans[(lineage_id, 0)] = lineage.take_all()
+                inputs, span = lineage.take_all()
+                state.spans[(lineage_id, 0)] = self._own_span(state, span)
                 self._issue(state, lineage, (lineage_id, 0), inputs)
             return True
         size = state.input_batch_size
@@ -275,7 +276,8 @@ class Scheduler:
             record = state.store.get(key)
             if record is None and (state.inflight >= state.max_inflight or self.stop_requested()):
                 return progressed
-            inputs, state.spans[key] = lineage.take(take)
+            inputs, span = lineage.take(take)
+            state.spans[key] = self._own_span(state, span)
             self._issue(state, lineage, key, inputs, record)
             progressed = True
 
@@ -377,8 +379,17 @@ class Scheduler:
         if state.step.is_generator:  # a generator's rows are the upstream rows
             start = state.origin_rows
             state.origin_rows += len(record.rows)
-            return (start, state.origin_rows, True)
+            return (state.name, start, state.origin_rows, True)
         return state.spans.pop(record.key, None)
+
+    @staticmethod
+    def _own_span(state: StepState, span: Span) -> Span:
+        """A step that joins rows of different generators is the root of its outputs."""
+        if span is None or span[0] is not None:
+            return span
+        start = state.origin_rows
+        state.origin_rows += span[2]
+        return (state.name, start, state.origin_rows, True)
 
     def _route(self, state: StepState, rows: list[Any], span: Span) -> None:
         ordinal = state.released

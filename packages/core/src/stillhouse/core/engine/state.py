@@ -25,11 +25,13 @@ Mode = Literal["skip", "source", "compute"]
 looking at its inputs; compute: cut inputs and run (or look up) every batch."""
 
 
-Span = tuple[int, int, bool] | None
-"""`(start, end, exact)`: a batch derives from the upstream rows `[start, end)`, counted in
-the output of the generator(s) at the root of the pipeline (rows of different generators
-pair by position). `exact`: its rows map one to one onto those upstream rows (as far as
-row counts can tell). None when unknown (a finished step replayed from its store)."""
+Span = tuple[str | None, int, int, bool] | None
+"""`(root, start, end, exact)`: a batch derives from rows `[start, end)` of `root`'s
+output, `root` being the generator the rows come from (or the step that first joined
+rows of different generators, which pair by position: its input rows are its root's
+rows; None while being cut). `exact`: its rows map one to one onto those upstream rows
+(as far as row counts can tell). None when unknown (a finished step replayed from its
+store)."""
 
 
 @dataclass
@@ -49,14 +51,15 @@ class OriginTrace:
     exact: list[bool] = field(default_factory=list)
     totals: list[int] = field(default_factory=list)  # rows up to and including each segment
     pending: deque[list[Any]] = field(default_factory=deque)  # [start, end, rows, exact] not cut yet
+    root: str | None = None
     unknown: bool = False
     history: bool = True  # keep every segment (only a step with several predecessors checks them)
 
     def add(self, span: Span, rows: int) -> None:
-        if span is None:
+        if span is None or (self.root is not None and span[0] != self.root):
             self.unknown = True
             return
-        start, end, exact = span
+        self.root, start, end, exact = span
         exact = exact and rows == end - start
         self.pending.append([start, end, rows, exact])
         if not self.history:
@@ -111,7 +114,7 @@ class OriginTrace:
             start, end, _, whole = self.pending.popleft()
             first = start if first is None else first
             last, exact = max(last, end), exact and whole
-        return None if first is None else (first, last, exact)
+        return None if first is None else (self.root, first, last, exact)
 
 
 @dataclass
@@ -156,9 +159,11 @@ class Lineage:
             spans.append(self.traces[pred].take(size))
         if not spans or any(span is None for span in spans):
             return inputs, None
-        same = len({span[:2] for span in spans}) == 1  # type: ignore[index]
-        exact = same and all(span[2] for span in spans)  # type: ignore[index]
-        return inputs, (min(s[0] for s in spans), max(s[1] for s in spans), exact)  # type: ignore[index]
+        known: list[tuple[str | None, int, int, bool]] = spans  # type: ignore[assignment]
+        if len({span[0] for span in known}) > 1:
+            return inputs, (None, 0, size, True)  # rows of different roots: pair by position
+        exact = len({span[1:3] for span in known}) == 1 and all(span[3] for span in known)
+        return inputs, (known[0][0], min(s[1] for s in known), max(s[2] for s in known), exact)
 
     def take_all(self) -> tuple[list[list[Row]], Span]:
         """Every buffered row of every predecessor (a global step's one batch)."""
@@ -174,6 +179,8 @@ class Lineage:
         traces = [self.traces[p] for p in self.expected]
         if len(traces) < 2 or any(t.unknown or not t.ends for t in traces):
             return None
+        if len({t.root for t in traces}) > 1:
+            return None  # rows of different generators pair by position: nothing to check
         frontier = min(self.traces[p].settled(p in self.closed) for p in self.expected)
         if frontier <= self.verified:
             return None
@@ -218,7 +225,7 @@ class StepState:
     dispatched: deque[BatchKey] = field(default_factory=deque)
     results: dict[BatchKey, BatchRecord] = field(default_factory=dict)
     spans: dict[BatchKey, Span] = field(default_factory=dict)  # upstream rows of batches cut
-    origin_rows: int = 0  # a generator's rows so far: the upstream position of its next batch
+    origin_rows: int = 0  # rows so far of a root (generator, join of generators): next position
     inflight: int = 0
     finished_preds: set[str] = field(default_factory=set)
     finished: bool = False
