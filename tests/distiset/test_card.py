@@ -84,3 +84,13 @@ def test_size_categories():
         "1M<n<10M",
         "n>1B",
     ]
+
+
+def test_the_card_says_to_review_the_pipeline_file_before_running_it():
+    card = render_card(_distiset([{"x": 1}]), "me/d", pipeline_yaml="pipeline: {}", hub_url="https://h")
+    _, body = _split(card)
+    reproduce = body[body.index("## Reproduce"):]
+    assert "Review the file before you run it" in reproduce
+    assert "can only name\n> stillhouse step classes and routing functions" in reproduce
+    # the warning and `info` come before the command that runs the file
+    assert reproduce.index("Review") < reproduce.index("pipeline info") < reproduce.index("pipeline run")

@@ -14,7 +14,7 @@ import json
 from typing import Any
 
 from stillhouse.core.dag import DAG
-from stillhouse.core.serialization import secret_field_names
+from stillhouse.core.secrets import dump_without_secrets
 from stillhouse.core.step import _Step
 
 NOT_RESULT_AFFECTING = {"pipeline", "input_batch_size", "batch_size", "resources", "use_cache"}
@@ -26,8 +26,7 @@ def _hash(payload: Any) -> str:
 
 
 def step_fields(step: _Step) -> dict[str, Any]:
-    exclude = NOT_RESULT_AFFECTING | secret_field_names(step)
-    return step.model_dump(mode="json", exclude=exclude)
+    return dump_without_secrets(step, exclude=NOT_RESULT_AFFECTING)
 
 
 def step_code(step: _Step) -> str:

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from pydantic import BaseModel
 
 from stillhouse.core import plugins
 from stillhouse.core.errors import MissingPluginError, StillhouseError, UnknownExecutorError
+from stillhouse.core.secrets import dump_without_secrets
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -260,7 +262,7 @@ def _current(step: Any, dotted: str) -> Any:
         value = getattr(value, part, None)
     if hasattr(value, "get_secret_value"):
         return "***"  # a SecretStr: never print it
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
+    return dump_without_secrets(value) if isinstance(value, BaseModel) else value
 
 
 # -- plugins list ------------------------------------------------------------------------

@@ -140,3 +140,5 @@ class CacheDiskError(CacheError, OSError):
             f"Cannot {doing} {str(exc.filename or path)!r} ({exc.strerror or exc}): {why}, "
             "or pass another cache_dir= (or set STILLHOUSE_CACHE_DIR)."
         )
+class UnstorableValueError(StepRuntimeError):
+    """A step produced a row value that cannot be stored (a string with a lone surrogate)."""

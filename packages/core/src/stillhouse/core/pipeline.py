@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
 from packaging.requirements import InvalidRequirement, Requirement
+from pydantic import ValidationError
 
 from stillhouse.core import _context, serialization
 from stillhouse.core.dag import DAG, LoadGroups, validate_dag
@@ -24,6 +25,8 @@ from stillhouse.core.errors import (
     PipelineValidationError,
     RuntimeParameterError,
 )
+from stillhouse.core.secrets import describe_validation_error
+from stillhouse.core.step import MAX_NAME_BYTES
 
 if TYPE_CHECKING:
     from stillhouse.core.routing import RoutingBatchFunction
@@ -33,6 +36,7 @@ logger = logging.getLogger("stillhouse.pipeline")
 
 CACHE_DIR_ENV = "STILLHOUSE_CACHE_DIR"
 DEFAULT_CACHE_DIR = "~/.cache/stillhouse/pipelines"
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
 class Pipeline:
@@ -56,11 +60,6 @@ class Pipeline:
         executor: str = "mp",
         **executor_options: Any,
     ) -> None:
-        if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise PipelineValidationError(
-                f"Pipeline name {name!r} may only contain letters, digits, '_', '-' and '.': "
-                "it names a folder of the cache."
-            )
         self.name = name or "pipeline"
         self.description = description
         self._cache_dir = cache_dir
@@ -73,6 +72,16 @@ class Pipeline:
         self._stop_requested = 0
         self._run_dir: str | None = None
         self.last_run_summary: list[dict[str, Any]] = []
+
+    @property
+    def name(self) -> str:
+        """Names the pipeline's cache folder: a plain path component (checked when set)."""
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        check_pipeline_name(value)
+        self._name = value
 
     # -- building --------------------------------------------------------------------
 
@@ -159,10 +168,18 @@ class Pipeline:
                 )
             try:
                 messages = self.dag.get_step(step_name).set_runtime_parameters(values)
+            except ValidationError as exc:
+                # Reasons only, and no cause attached: the value may be a secret.
+                problem = describe_validation_error(exc)
             except ValueError as exc:
+                problem = str(exc)
+            else:
+                problem = None
+            if problem is not None:
                 raise RuntimeParameterError(
-                    f"Step {step_name!r}: invalid runtime parameter value: {exc}"
-                ) from exc
+                    f"Step {step_name!r}: invalid runtime parameter value: {problem}. "
+                    f"Fix run(parameters={{{step_name!r}: ...}}) or the --param option."
+                )
             for message in messages:
                 warnings.warn(message, UserWarning, stacklevel=3)
 
@@ -268,6 +285,24 @@ class Pipeline:
 
     def __repr__(self) -> str:
         return f"Pipeline(name={self.name!r}, steps={self.dag.step_names!r})"
+
+
+def check_pipeline_name(name: Any) -> None:
+    """Raise unless `name` can name a folder of the cache: one plain path component.
+
+    `.` and `..` would put the run into the cache root or its parent, and a name longer
+    than `MAX_NAME_BYTES` would fail with ENAMETOOLONG only once the run starts.
+    """
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in {".", ".."}:
+        raise PipelineValidationError(
+            f"Pipeline name {name!r} cannot name a cache folder: use letters, digits, '_', '-' "
+            "and '.' only (not '.' or '..' alone), e.g. Pipeline(name='my-pipeline')."
+        )
+    if len(name.encode()) > MAX_NAME_BYTES:
+        raise PipelineValidationError(
+            f"Pipeline name {name[:40]!r}... is {len(name.encode())} bytes long; the limit is "
+            f"{MAX_NAME_BYTES} bytes because it names a cache folder. Use a shorter name."
+        )
 
 
 def _dataset_rows(dataset: Any) -> list[dict[str, Any]]:

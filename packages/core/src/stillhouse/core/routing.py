@@ -8,13 +8,13 @@ a resumed run routes exactly as the interrupted one did.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 import random
+import typing
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, overload
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr
+from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, ValidationError
 
 from stillhouse.core.errors import RoutingError, SerializationError
 
@@ -84,24 +84,37 @@ class RoutingBatchFunction(BaseModel):
 
     @classmethod
     def from_dump(cls, data: dict[str, Any]) -> RoutingBatchFunction:
+        """Rebuild from `dump()`: only a function decorated with `routing_batch_function`, or
+        a stillhouse routing factory (`sample_n_steps`) called with pydantic-validated
+        arguments. Anything else a file names is refused before it is called."""
+        from stillhouse.core.serialization import import_object
+
         info = data.get("type_info") or {}
         module, name = info.get("module"), info.get("name")
-        try:
-            target = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError, TypeError, ValueError) as error:
-            raise SerializationError(
-                f"Cannot resolve routing function {module}.{name}: {error}. "
-                "Make sure the module that defines it is importable."
-            ) from error
+        target = import_object(module, name, "The routing function")
         kwargs = data.get("kwargs") or {}
-        if isinstance(target, RoutingBatchFunction):
+        if not isinstance(kwargs, dict):
+            raise SerializationError(
+                f"The routing function {module}.{name} has kwargs {kwargs!r}; they must be a "
+                "mapping of argument names to values."
+            )
+        if RoutingBatchFunction in type(target).__mro__:
+            if kwargs:
+                raise SerializationError(
+                    f"The routing function {module}.{name} takes no arguments, but the file "
+                    f"gives it {sorted(kwargs)!r}. Remove them."
+                )
             copy = cls(routing_function=target.routing_function, description=target.description)
             copy._factory = target._factory
             return copy
-        made = target(**kwargs) if kwargs or getattr(target, "_is_routing_factory", False) else None
-        if isinstance(made, RoutingBatchFunction):
-            return made
-        return cls(routing_function=target, description=data.get("description"))
+        if any(target is factory for factory in _FACTORIES):
+            return target(**kwargs)
+        raise SerializationError(
+            f"The routing function {module}.{name} is not a stillhouse routing function (it is "
+            f"a {type(target).__name__}); it was not called. A pipeline file may only name "
+            "functions decorated with @routing_batch_function or made by sample_n_steps: "
+            "check where the file came from."
+        )
 
 
 @overload
@@ -119,17 +132,37 @@ def routing_batch_function(func=None, *, description=None):
     return wrap(func) if func is not None else wrap
 
 
+_FACTORIES: list[Callable[..., RoutingBatchFunction]] = []
+"""Functions that build routing functions; the only callables a pipeline file may call."""
+
+
 def _routing_factory(fn: Callable[..., RoutingBatchFunction]) -> Callable[..., RoutingBatchFunction]:
-    """Mark a function that builds routing functions, so YAML can rebuild them."""
+    """Mark a function that builds routing functions, so YAML can rebuild them.
+
+    Its arguments are validated by pydantic against its annotations (they may come from a
+    file), then recorded so the routing function can be dumped again.
+    """
+    hints = typing.get_type_hints(fn)
 
     @functools.wraps(fn)
     def build(*args: Any, **kwargs: Any) -> RoutingBatchFunction:
-        kwargs = dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+        try:
+            kwargs = dict(inspect.signature(fn).bind(*args, **kwargs).arguments)
+        except TypeError as exc:
+            raise RoutingError(f"{fn.__name__}() got bad arguments: {exc}.") from None
+        for name, value in kwargs.items():
+            try:
+                kwargs[name] = TypeAdapter(hints.get(name, Any)).validate_python(value)
+            except ValidationError as exc:
+                problem = "; ".join(error["msg"] for error in exc.errors())
+                raise RoutingError(
+                    f"{fn.__name__}() got {name}={value!r}: {problem}."
+                ) from None
         made = fn(**kwargs)
         made._factory = (fn.__module__, fn.__name__, kwargs)
         return made
 
-    build._is_routing_factory = True  # type: ignore[attr-defined]
+    _FACTORIES.append(build)
     return build
 
 

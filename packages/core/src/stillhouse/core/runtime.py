@@ -13,7 +13,9 @@ import re
 import typing
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, Field, PrivateAttr
+
+from stillhouse.core.secrets import is_secret_field
 
 _T = TypeVar("_T")
 _RUNTIME_PARAMETER_ANNOTATION = "stillhouse_step_runtime_parameter"
@@ -103,7 +105,7 @@ class RuntimeParametersMixin(BaseModel):
                 "name": name,
                 "optional": names[name],
                 "type": _type_name(field.annotation),
-                "default": None if isinstance(field.default, SecretStr) else _plain(field.default),
+                "default": None if is_secret_field(field) else _plain(field.default),
             }
             description = field.description or descriptions.get(name)
             if description:
@@ -127,8 +129,10 @@ class RuntimeParametersMixin(BaseModel):
             current = getattr(self, name)
             if isinstance(current, RuntimeParametersMixin) and isinstance(value, dict):
                 warnings.extend(current.set_runtime_parameters(value))
-            else:
+            elif self.model_config.get("validate_assignment"):
                 setattr(self, name, value)
+            else:  # a nested model without validate_assignment: validate the value anyway
+                self.__pydantic_validator__.validate_assignment(self, name, value)
             self._runtime_parameters[name] = value
         return warnings
 

@@ -2,20 +2,26 @@
 
 The file carries a format version. Steps are resolved by registered name (plugins)
 first, then by import path. YAML is always loaded with `yaml.safe_load`. Secret
-fields (`SecretStr`, or `json_schema_extra={"secret": True}`) are never written.
+fields (`SecretStr`, or `json_schema_extra={"secret": True}`) are never written, at
+any depth (see `stillhouse.core.secrets`).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import SecretStr
 
 from stillhouse.core.errors import SerializationError
+from stillhouse.core.secrets import (  # noqa: F401  (is_secret_field, secret_field_names: public here too)
+    dump_without_secrets,
+    is_secret_field,
+    secret_field_names,
+)
 
 if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
@@ -25,29 +31,8 @@ FORMAT_VERSION = 1
 _STEP_FIELDS_NOT_DUMPED = {"pipeline"}
 
 
-def is_secret_field(field: Any) -> bool:
-    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
-    if extra.get("secret"):
-        return True
-    annotation = field.annotation
-    return annotation is SecretStr or SecretStr in _flatten_args(annotation)
-
-
-def _flatten_args(annotation: Any) -> set[Any]:
-    found: set[Any] = set()
-    for arg in get_args(annotation):
-        found.add(arg)
-        found |= _flatten_args(arg)
-    return found
-
-
-def secret_field_names(step: _Step) -> set[str]:
-    return {name for name, field in type(step).model_fields.items() if is_secret_field(field)}
-
-
 def step_to_dict(step: _Step) -> dict[str, Any]:
-    exclude = _STEP_FIELDS_NOT_DUMPED | secret_field_names(step)
-    data = step.model_dump(mode="json", exclude=exclude)
+    data = dump_without_secrets(step, exclude=_STEP_FIELDS_NOT_DUMPED)
     cls = type(step)
     data["type_info"] = {"module": cls.__module__, "name": cls.__qualname__}
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()
@@ -128,27 +113,84 @@ def check_format(data: Any, source: str) -> None:
         )
 
 
-def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
-    from stillhouse.core.plugins import registry
+def _refused_by_name(module: Any, name: Any) -> str | None:
+    """Why `module.name` may not be imported at all, or None: checked before any import.
 
-    module, name = type_info.get("module"), type_info.get("name")
-    registered = registry().steps
-    if name in registered and (module is None or registered[name].__module__ == module):
-        return registered[name]
-    if module is None and name in registered:
-        return registered[name]
+    Step classes and routing functions never live in the standard library (`os`,
+    `subprocess`, `builtins`, ...), and a dotted name never needs a private or dunder
+    part (`__globals__`, `__subclasses__`) to reach one.
+    """
+    if not isinstance(module, str) or not isinstance(name, str) or not module or not name:
+        return "the module and the name must both be given as text"
+    if not all(part.isidentifier() for part in module.split(".")):
+        return f"{module!r} is not a module name"
+    parts = name.split(".")
+    if not all(part.isidentifier() and not part.startswith("__") for part in parts):
+        return f"{name!r} is not a plain (non-dunder) attribute path"
+    top = module.split(".")[0]
+    if top != "__main__" and (top in sys.stdlib_module_names or top in sys.builtin_module_names):
+        return f"{module!r} is a standard-library module, which holds no stillhouse step or routing function"
+    return None
+
+
+def import_object(module: Any, name: Any, what: str) -> Any:
+    """`module.name`, imported and looked up without calling anything.
+
+    The caller must check what it got (a step class, a routing function) before it calls
+    it. Names that cannot be a stillhouse object are refused before the import.
+    """
+    reason = _refused_by_name(module, name)
+    if reason is not None:
+        raise SerializationError(
+            f"{what} names {module}.{name}, which was refused without importing it: {reason}. "
+            "A pipeline file may only name stillhouse step classes and routing functions; "
+            "check where the file came from."
+        )
     try:
         target: Any = importlib.import_module(module)
-        for part in str(name).split("."):
+        for part in name.split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
-        known = ", ".join(sorted(registered)) or "none"
-        raise SerializationError(
-            f"Step {step_name!r}: cannot resolve class {module}.{name} ({exc}). Install the "
-            f"package that provides it, or register it with `register_steps`. "
-            f"Registered steps: {known}."
-        ) from exc
+        raise SerializationError(f"{what}: cannot resolve {module}.{name} ({exc}).") from exc
     return target
+
+
+def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
+    """The step class a pipeline file names: a registered step, or a step class by import
+    path. Anything that is not a subclass of the step base is refused before it is called."""
+    from stillhouse.core.plugins import registry
+    from stillhouse.core.step import _Step
+
+    if not isinstance(type_info, dict):
+        type_info = {}
+    module, name = type_info.get("module"), type_info.get("name")
+    registered = registry().steps
+    if isinstance(name, str) and name in registered and module in (None, registered[name].__module__):
+        return registered[name]
+    known = ", ".join(sorted(registered)) or "none"
+    try:
+        target = import_object(module, name, f"Step {step_name!r}")
+    except SerializationError as exc:
+        if exc.__cause__ is None:  # refused by name: nothing to install
+            raise
+        raise SerializationError(
+            f"{exc} Install the package that provides the step class, or register it with "
+            f"`register_steps`. Registered steps: {known}."
+        ) from exc.__cause__
+    # The MRO itself, not issubclass(): an ABC accepts virtual subclasses.
+    if not isinstance(target, type) or _Step not in target.__mro__:
+        raise SerializationError(
+            f"Step {step_name!r} names {module}.{name}, which is not a stillhouse step class "
+            f"(it is {_kind(target)}); it was not called. A pipeline file may only name step "
+            f"classes: check where the file came from. Registered steps: {known}."
+        )
+    return target
+
+
+def _kind(target: Any) -> str:
+    if isinstance(target, type):
+        return f"the class {target.__module__}.{target.__qualname__}"
+    return f"a {type(target).__name__}"
 
 
 def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
@@ -170,6 +212,8 @@ def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
             fields = dict(entry["step"])
             type_info = fields.pop("type_info", {})
             fields.pop("runtime_parameters_info", None)
+            for private in _STEP_FIELDS_NOT_DUMPED:
+                fields.pop(private, None)
             cls = resolve_step_class(type_info, entry["name"])
             try:
                 steps[entry["name"]] = cls(**fields)

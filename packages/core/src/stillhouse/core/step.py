@@ -14,16 +14,20 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
 
 from stillhouse.core import _context
 from stillhouse.core.runtime import RuntimeParameter, RuntimeParametersMixin
+from stillhouse.core.secrets import redact_validation_error
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+MAX_NAME_BYTES = 200
+"""Longest pipeline or step name: names become cache path components (`steps/<name>-<sig>`),
+kept well under the 255-byte file-name limit of common filesystems."""
 
 
 # `Optional[RuntimeParameter[...]]` is how distilabel (and so our users) spell an optional
@@ -67,7 +71,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
     )
 
-    name: str | None = Field(default=None, pattern=_NAME_PATTERN)
+    name: str | None = Field(default=None, pattern=_NAME_PATTERN, max_length=MAX_NAME_BYTES)
     resources: StepResources = Field(default_factory=StepResources)
     pipeline: Any = Field(default=None, exclude=True, repr=False)
     input_mappings: dict[str, str] = Field(default_factory=dict)
@@ -80,7 +84,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
 
     def __init__(self, **data: Any) -> None:
-        super().__init__(**data)
+        self._validating(super().__init__, **data)
         # Joined after validation, not in model_post_init: pydantic would turn a
         # DuplicateStepNameError (a ValueError) raised there into a generic ValidationError.
         if self.pipeline is not None:
@@ -93,6 +97,20 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         if not self.name:
             taken = set(self.pipeline.dag.step_names) if self.pipeline is not None else set()
             self.name = infer_step_name(type(self).__name__, taken)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._validating(super().__setattr__, name, value)
+
+    def _validating(self, call: Callable[..., None], *args: Any, **kwargs: Any) -> None:
+        """Run pydantic validation; an error about a secret does not show its value."""
+        try:
+            call(*args, **kwargs)
+            return
+        except ValidationError as exc:
+            redacted = redact_validation_error(exc, type(self))
+            if redacted is exc:
+                raise
+        raise redacted  # outside the except block: the original is not its __context__
 
     def __getstate__(self) -> dict[Any, Any]:
         # A step travels to workers alone; its pipeline (and every other step) stays home.

@@ -137,16 +137,22 @@ def _reproduce(raw_url: str, has_pipeline: bool, script_name: str | None) -> str
     lines = ["## Reproduce", ""]
     if has_pipeline:
         lines += [
-            "The `pipeline.yaml` of this repository reruns the pipeline that made it:",
+            "The `pipeline.yaml` of this repository describes the pipeline that made it.",
             "",
-            "```console",
-            f'stillhouse pipeline run --config "{raw_url}/pipeline.yaml"',
-            "```",
-            "",
-            "or shows its steps and parameters:",
+            "> **Review the file before you run it.** A pipeline file can only name",
+            "> stillhouse step classes and routing functions (stillhouse refuses anything",
+            "> else without running it), but the steps it names run with the arguments it",
+            "> gives them, and they come from whatever packages you have installed. Read",
+            "> it, or look at its steps and parameters first:",
             "",
             "```console",
             f'stillhouse pipeline info --config "{raw_url}/pipeline.yaml"',
+            "```",
+            "",
+            "and, if you trust it, rerun it:",
+            "",
+            "```console",
+            f'stillhouse pipeline run --config "{raw_url}/pipeline.yaml"',
             "```",
             "",
         ]

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stillhouse.core.dag import DAG, convergence_steps, routed_region
+from stillhouse.core.engine.guards import guard_storage
 from stillhouse.core.engine.protocol import (
     BatchRecord,
     BatchStorage,
@@ -27,7 +28,7 @@ from stillhouse.core.engine.protocol import (
     OutputWriter,
     Task,
 )
-from stillhouse.core.engine.state import Lineage, StepState
+from stillhouse.core.engine.state import Lineage, Span, StepState
 from stillhouse.core.errors import (
     EngineError,
     MisalignedInputsError,
@@ -86,6 +87,7 @@ class Scheduler:
     # -- the loop ----------------------------------------------------------------------
 
     def run(self) -> None:
+        guard_storage(self)
         for state in self.states.values():
             if state.mode == "skip":
                 state.finished = True
@@ -251,13 +253,14 @@ class Scheduler:
                 return False
             lineage.input_closed = True
             if any(lineage.buffers[p] for p in lineage.expected):
-                inputs = [lineage.buffers.pop(p) for p in lineage.expected]
-                lineage.buffers = {p: [] for p in lineage.expected}
+                inputs, span = lineage.take_all()
+                state.spans[(lineage_id, 0)] = self._own_span(state, span)
                 self._issue(state, lineage, (lineage_id, 0), inputs)
             return True
         size = state.input_batch_size
         progressed = False
         while True:
+            self._check_aligned(state, lineage)
             counts = [len(lineage.buffers[p]) for p in lineage.expected]
             available = min(counts, default=0)
             closed = lineage.all_closed()
@@ -273,11 +276,8 @@ class Scheduler:
             record = state.store.get(key)
             if record is None and (state.inflight >= state.max_inflight or self.stop_requested()):
                 return progressed
-            inputs = []
-            for pred in lineage.expected:
-                rows = lineage.buffers[pred]
-                inputs.append(rows[:take])
-                del rows[:take]
+            inputs, span = lineage.take(take)
+            state.spans[key] = self._own_span(state, span)
             self._issue(state, lineage, key, inputs, record)
             progressed = True
 
@@ -306,6 +306,24 @@ class Scheduler:
             payload = self.batch_storage.put(state.name, key, inputs)
             self.payloads[(state.name, key)] = payload
         self.executor.send(Task(state.name, key, payload))
+
+    def _check_aligned(self, state: StepState, lineage: Lineage) -> None:
+        """Predecessors must send the same number of rows for the same upstream rows, batch
+        by batch: equal totals are not enough (one drops a row, another duplicates one)."""
+        found = lineage.misalignment()
+        if found is None:
+            return
+        position, counts = found
+        detail = ", ".join(f"{p!r}: {n} rows" for p, n in counts.items())
+        raise MisalignedInputsError(
+            f"Step {state.name!r} gets rows from {len(lineage.expected)} predecessors "
+            f"({', '.join(map(repr, lineage.expected))}), but they are not aligned: for the "
+            f"upstream rows before row {position} they produced different numbers of rows "
+            f"({detail}), so rows would be paired with the wrong partners, even where the totals "
+            "match. If one of them filters or expands rows, do that after joining instead, or "
+            "connect the step to a single predecessor.",
+            step_name=state.name,
+        )
 
     def _misaligned(self, state: StepState, lineage: Lineage, counts: list[int]) -> None:
         detail = ", ".join(f"{p!r}: {n} rows" for p, n in zip(lineage.expected, counts, strict=True))
@@ -344,22 +362,40 @@ class Scheduler:
                 state.source_done = True
         elif record.key[0] in state.lineages:
             state.lineages[record.key[0]].outstanding -= 1
+        span = self._span_of(state, record)
         if state.name in self.dag.routing:
-            self._route(state, rows)
+            self._route(state, rows, span)
         else:
             lineage_id = record.key[0] if state.region is not None else 0
             for succ in state.succs:
                 target = self.states[succ].lineages.get(lineage_id)
                 if target is not None:
-                    target.buffers[state.name].extend(rows)
+                    target.add(state.name, rows, span)
                     rows = _Fresh.again(rows)
         state.released += 1
 
-    def _route(self, state: StepState, rows: list[Any]) -> None:
+    def _span_of(self, state: StepState, record: BatchRecord) -> Span:
+        """The upstream rows a released batch derives from (see `OriginTrace`)."""
+        if state.step.is_generator:  # a generator's rows are the upstream rows
+            start = state.origin_rows
+            state.origin_rows += len(record.rows)
+            return (state.name, start, state.origin_rows, True)
+        return state.spans.pop(record.key, None)
+
+    @staticmethod
+    def _own_span(state: StepState, span: Span) -> Span:
+        """A step that joins rows of different generators is the root of its outputs."""
+        if span is None or span[0] is not None:
+            return span
+        start = state.origin_rows
+        state.origin_rows += span[2]
+        return (state.name, start, state.origin_rows, True)
+
+    def _route(self, state: StepState, rows: list[Any], span: Span) -> None:
         ordinal = state.released
         chosen = state.store.get_route(ordinal)
         if chosen is None:
-            chosen = self.dag.routing[state.name](list(state.succs))
+            chosen = self._call_routing(state)
             unknown = [name for name in chosen if name not in state.succs]
             if unknown:
                 raise RoutingError(
@@ -381,8 +417,20 @@ class Scheduler:
         for name in chosen:
             lineage = self.states[name].lineages[ordinal]
             rows = _Fresh.again(rows)
-            lineage.buffers[state.name].extend(rows)
+            lineage.add(state.name, rows, span)
             lineage.closed.add(state.name)
+
+    def _call_routing(self, state: StepState) -> list[str]:
+        function = self.dag.routing[state.name]
+        try:
+            return function(list(state.succs))
+        except Exception as exc:
+            raise RoutingError(
+                f"The routing function {function.name!r} after step {state.name!r} raised "
+                f"{type(exc).__name__}: {exc} (on batch {state.released} of {state.name!r}, "
+                f"choosing among {state.succs!r}). Fix the function: it gets the list of "
+                "successor names and must return the names the batch goes to."
+            ) from exc
 
     def _close_lineage(self, state: StepState, lineage_id: int) -> None:
         if state.region is None:

@@ -10,9 +10,10 @@ resumed run cuts exactly the same batches and can look each one up in the cache.
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from stillhouse.core.dag import DAG, convergence_steps, routing_context
 from stillhouse.core.engine.protocol import BatchKey, BatchRecord, OutputWriter, StepStore
@@ -22,6 +23,98 @@ from stillhouse.core.typing import Row
 Mode = Literal["skip", "source", "compute"]
 """skip: nothing downstream needs it; source: replay its finished stored outputs without
 looking at its inputs; compute: cut inputs and run (or look up) every batch."""
+
+
+Span = tuple[str | None, int, int, bool] | None
+"""`(root, start, end, exact)`: a batch derives from rows `[start, end)` of `root`'s
+output, `root` being the generator the rows come from (or the step that first joined
+rows of different generators, which pair by position: its input rows are its root's
+rows; None while being cut). `exact`: its rows map one to one onto those upstream rows
+(as far as row counts can tell). None when unknown (a finished step replayed from its
+store)."""
+
+
+@dataclass
+class OriginTrace:
+    """Which upstream rows the rows one predecessor sent to one lineage derive from.
+
+    Every released batch adds a segment: its span and its row count. Where the segment
+    is exact, its rows map one to one onto its upstream rows; elsewhere (a filter, an
+    expander, a batch cut through such a segment) only its ends are known, and the
+    spans of consecutive segments may overlap. `rows_before(p)` is how many rows derive
+    from upstream rows before `p`, when that is known: predecessors whose rows are
+    aligned agree on it wherever they all know it.
+    """
+
+    starts: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    exact: list[bool] = field(default_factory=list)
+    totals: list[int] = field(default_factory=list)  # rows up to and including each segment
+    pending: deque[list[Any]] = field(default_factory=deque)  # [start, end, rows, exact] not cut yet
+    root: str | None = None
+    unknown: bool = False
+    history: bool = True  # keep every segment (only a step with several predecessors checks them)
+
+    def add(self, span: Span, rows: int) -> None:
+        if span is None or (self.root is not None and span[0] != self.root):
+            self.unknown = True
+            return
+        self.root, start, end, exact = span
+        exact = exact and rows == end - start
+        self.pending.append([start, end, rows, exact])
+        if not self.history:
+            return
+        self.starts.append(start)
+        self.ends.append(end)
+        self.exact.append(exact)
+        self.totals.append((self.totals[-1] if self.totals else 0) + rows)
+
+    def settled(self, closed: bool) -> int:
+        """Upstream position up to which no later batch can add rows: a later batch may
+        start inside the last one (a cut through a segment that is not exact)."""
+        if not self.ends:
+            return 0
+        return self.ends[-1] if closed else self.starts[-1]
+
+    def rows_before(self, position: int) -> int | None:
+        done = bisect.bisect_right(self.ends, position)  # segments that end by `position`
+        before = self.totals[done - 1] if done else 0
+        if done == len(self.ends):
+            return before
+        if self.starts[done] >= position:  # starts never decrease: nothing straddles
+            return before
+        if self.exact[done]:
+            return before + (position - self.starts[done])
+        return None
+
+    def take(self, rows: int) -> Span:
+        """The upstream span of the next `rows` buffered rows, which are being cut."""
+        if self.unknown:
+            return None
+        first: int | None = None
+        last, exact = 0, True
+        while rows > 0 and self.pending:
+            segment = self.pending[0]
+            start, end, count, whole = segment
+            first = start if first is None else first
+            exact = exact and whole
+            if count <= rows:
+                self.pending.popleft()
+                rows -= count
+                last = max(last, end)
+                continue
+            if whole:  # one to one: split exactly
+                segment[:] = [start + rows, end, count - rows, True]
+                last = max(last, start + rows)
+            else:  # both parts may derive from anywhere in the segment
+                segment[:] = [start, end, count - rows, False]
+                last, exact = max(last, end), False
+            rows = 0
+        while self.pending and self.pending[0][2] == 0:  # batches that produced no rows
+            start, end, _, whole = self.pending.popleft()
+            first = start if first is None else first
+            last, exact = max(last, end), exact and whole
+        return None if first is None else (self.root, first, last, exact)
 
 
 @dataclass
@@ -34,16 +127,75 @@ class Lineage:
     next_index: int = 0
     outstanding: int = 0
     input_closed: bool = False
+    traces: dict[str, OriginTrace] = field(default_factory=dict)
+    verified: int = 0  # upstream position up to which the predecessors were found aligned
 
     @classmethod
     def for_preds(cls, preds: list[str]) -> Lineage:
-        return cls(expected=list(preds), buffers={p: [] for p in preds})
+        return cls(
+            expected=list(preds),
+            buffers={p: [] for p in preds},
+            traces={p: OriginTrace(history=len(preds) > 1) for p in preds},
+        )
 
     def buffered(self) -> int:
         return sum(len(rows) for rows in self.buffers.values())
 
     def all_closed(self) -> bool:
         return all(p in self.closed for p in self.expected)
+
+    def add(self, pred: str, rows: list[Row], span: Span) -> None:
+        """Buffer a released batch of `pred`, remembering the upstream rows it derives from."""
+        self.buffers[pred].extend(rows)
+        self.traces[pred].add(span, len(rows))
+
+    def take(self, size: int) -> tuple[list[list[Row]], Span]:
+        """Cut `size` rows from every predecessor: the inputs and their upstream span."""
+        inputs, spans = [], []
+        for pred in self.expected:
+            rows = self.buffers[pred]
+            inputs.append(rows[:size])
+            del rows[:size]
+            spans.append(self.traces[pred].take(size))
+        if not spans or any(span is None for span in spans):
+            return inputs, None
+        known: list[tuple[str | None, int, int, bool]] = spans  # type: ignore[assignment]
+        if len({span[0] for span in known}) > 1:
+            return inputs, (None, 0, size, True)  # rows of different roots: pair by position
+        exact = len({span[1:3] for span in known}) == 1 and all(span[3] for span in known)
+        return inputs, (known[0][0], min(s[1] for s in known), max(s[2] for s in known), exact)
+
+    def take_all(self) -> tuple[list[list[Row]], Span]:
+        """Every buffered row of every predecessor (a global step's one batch)."""
+        inputs, span = self.take(max((len(rows) for rows in self.buffers.values()), default=0))
+        return inputs, span
+
+    def misalignment(self) -> tuple[int, dict[str, int]] | None:
+        """`(position, rows per predecessor)` where predecessors disagree on how many rows
+        derive from the upstream rows before `position`; None while they agree.
+
+        Only positions every predecessor has settled are checked, each once.
+        """
+        traces = [self.traces[p] for p in self.expected]
+        if len(traces) < 2 or any(t.unknown or not t.ends for t in traces):
+            return None
+        if len({t.root for t in traces}) > 1:
+            return None  # rows of different generators pair by position: nothing to check
+        frontier = min(self.traces[p].settled(p in self.closed) for p in self.expected)
+        if frontier <= self.verified:
+            return None
+        points: set[int] = set()
+        for trace in traces:
+            low = bisect.bisect_right(trace.ends, self.verified)
+            high = bisect.bisect_right(trace.ends, frontier)
+            points.update(trace.ends[low:high])
+        for position in sorted(points):
+            counts = {p: self.traces[p].rows_before(position) for p in self.expected}
+            known = {p: n for p, n in counts.items() if n is not None}
+            if len(set(known.values())) > 1:
+                return position, known
+        self.verified = frontier
+        return None
 
 
 @dataclass
@@ -72,6 +224,8 @@ class StepState:
     lineages: dict[int, Lineage] = field(default_factory=dict)
     dispatched: deque[BatchKey] = field(default_factory=deque)
     results: dict[BatchKey, BatchRecord] = field(default_factory=dict)
+    spans: dict[BatchKey, Span] = field(default_factory=dict)  # upstream rows of batches cut
+    origin_rows: int = 0  # rows so far of a root (generator, join of generators): next position
     inflight: int = 0
     finished_preds: set[str] = field(default_factory=set)
     finished: bool = False
