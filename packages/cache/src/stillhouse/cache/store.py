@@ -17,6 +17,8 @@ from stillhouse.core.errors import CorruptCacheError
 FORMAT = 1
 META = "meta.json"
 LOG = "batches.log"
+DURABLE = "durable"
+"""The step's durable folder (`Step.cache_path`), inside its store: it goes with it."""
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -148,6 +150,11 @@ class FileStepStore(StepStore):
         for key in sorted(self._batches):
             rows, last, error = log.read(self._batches[key])
             yield BatchRecord(key, rows, last, error)
+
+    def durable_dir(self) -> Path:
+        path = self.directory / DURABLE
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def mark_finished(self) -> None:
         if self._log is not None:

@@ -198,6 +198,14 @@ class StepStore(ABC):
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())
 
+    def durable_dir(self) -> Path | None:
+        """The step's durable folder (`Step.cache_path`), created if missing, or None.
+
+        It lives as long as the store's batches: kept across stops, kills and resumes,
+        removed whenever the store is started over. Workers on this machine must be
+        able to write it. None: this store offers no folder."""
+        return None
+
 
 class RunStore(ABC):
     """Everything a run keeps on disk. Made by the `stillhouse_make_run_store` hook."""

@@ -80,6 +80,8 @@ def run_pipeline(
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
                 for name in pipeline.dag.topological_order()
             }
+            for name, step_store in stores.items():  # before any worker gets the step
+                pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
             states = build_states(pipeline.dag, stores, writer)
             view = Progress(states, live=progress_enabled(progress))
             executor = executor_cls(**pipeline.executor_options)
