@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillhouse.core import plugins
+from stillhouse.core import limits, plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
@@ -100,7 +100,7 @@ def run_pipeline(
                 use_fs_to_pass_data=use_fs_to_pass_data,
             )
             try:
-                with _signal_handlers(pipeline):
+                with _signal_handlers(pipeline), limits.serve_limits():
                     _drive(scheduler, executor, pipeline)
                 completed = True
             finally:
