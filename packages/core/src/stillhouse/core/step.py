@@ -12,7 +12,6 @@ import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
@@ -22,6 +21,8 @@ from stillhouse.core.runtime import RuntimeParameter, RuntimeParametersMixin
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
