@@ -77,7 +77,6 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     use_cache: bool = True
 
     _built_from_decorator: bool = PrivateAttr(default=False)
-    _cache_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
 
     requirements: ClassVar[list[str]] = []
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
@@ -185,6 +184,8 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         return _columns(self.outputs)
 
     # -- lifecycle --------------------------------------------------------------------
+
+    _cache_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
 
     @property
     def cache_path(self) -> Path | None:
