@@ -194,7 +194,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         A folder inside the step's store in the cache. What is written there survives a
         stop, a kill and the resume after it; the folder is emptied with the store (a
         changed signature, `use_cache=False`, `stillhouse cache remove`). None when the
-        run keeps no cache (`dry_run`, stillhouse-cache not installed) and outside runs.
+        run keeps no cache (`dry_run`, stillhouse-cache not installed) and before a run.
         Set before `load()` in every replica."""
         return self._cache_path
 
