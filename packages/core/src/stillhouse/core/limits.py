@@ -160,7 +160,7 @@ class LimitServer:
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="stillhouse-limits-")
         path = os.path.join(self._dir, "socket")
-        if len(path.encode()) < 100:  # AF_UNIX paths are short; 127.0.0.1 otherwise
+        if hasattr(socket, "AF_UNIX") and len(path.encode()) < 100:  # else 127.0.0.1
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._listener.bind(path)
             self.address = f"unix:{path}"
@@ -479,6 +479,8 @@ class _Client:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        if threading.current_thread() is not self._reader:
+            self._reader.join(5)  # a run leaves no thread of its limits behind
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], answer: dict[str, Any]) -> None:
@@ -532,7 +534,8 @@ def _after_fork_in_child() -> None:
     _local = None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the public API ----------------------------------------------------------------------
@@ -598,7 +601,10 @@ class SharedLimit:
 
     @property
     def max_concurrency(self) -> int | None:
-        """How many slots the limit has now (None: no concurrency limit)."""
+        """How many slots the limit has now (None: no concurrency limit).
+
+        A round trip to the limit server (a fraction of a millisecond): read it when
+        deciding, not once per row."""
         return self._client().call({"op": "get", "name": self.name})["max_concurrency"]
 
     @property
