@@ -178,6 +178,7 @@ class LimitServer:
         self._limits: dict[str, _Limit] = {}
         self._due: dict[str, float] = {}  # limit -> when its rate-held first waiter may go
         self._connections: dict[int, _Connection] = {}
+        self._unsent: dict[int, _Connection] = {}  # answers to write at the end of this turn
         self._ids = itertools.count(1)
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name="stillhouse-limits", daemon=True)
@@ -221,6 +222,8 @@ class LimitServer:
                 now = time.monotonic()
                 for name in [n for n, due in self._due.items() if due <= now]:
                     self._pump(name)
+                while self._unsent:  # one write per connection and turn, not per answer
+                    self._flush(self._unsent.popitem()[1])
         except Exception:  # a bug here would hang every step waiting for a slot
             logger.exception("The shared-limit server failed; steps waiting for a slot will fail.")
             for connection in list(self._connections.values()):
@@ -300,7 +303,7 @@ class LimitServer:
 
     def _send(self, connection: _Connection, message: dict[str, Any]) -> None:
         connection.outbox += json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        self._flush(connection)
+        self._unsent[connection.id] = connection
 
     def _flush(self, connection: _Connection) -> None:
         if connection.id not in self._connections:
