@@ -284,3 +284,13 @@ def test_a_long_socket_path_falls_back_to_tcp_on_localhost(tmp_path, monkeypatch
         assert holders_peak(shared_limit("tcp", max_concurrency=1), workers=3, per_worker=2) == 1
     finally:
         server.close()
+
+
+def test_overlapping_runs_of_one_process_share_one_server_until_the_last_ends():
+    with serve_limits() as first:
+        limit = shared_limit("overlap", max_concurrency=1)
+        with serve_limits() as second:
+            assert second == first
+        with limit.slot_sync():  # the first run's limits still work after the second ended
+            assert os.environ[ADDRESS_ENV] == first
+    assert ADDRESS_ENV not in os.environ

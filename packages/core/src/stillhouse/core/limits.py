@@ -528,8 +528,9 @@ def _forget(address: str) -> None:
 def _after_fork_in_child() -> None:
     # The parent's connections are its own: a child that kept them open would keep the
     # parent's slots alive after the parent died. Close this process's copies.
-    global _registry_lock, _local
+    global _registry_lock, _local, _runs
     _registry_lock = threading.Lock()
+    _runs = _RunServer()  # the parent's server thread is not in this process
     for client in _clients.values():
         with contextlib.suppress(OSError):
             os.close(client.sock.detach())  # detach: the reader's file object has a reference
@@ -675,22 +676,56 @@ def _check_costs(name: str, costs: Costs | None) -> dict[str, float] | None:
 # -- for the engine and executors ----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serve_limits() -> Iterator[str]:
-    """Serve the shared limits of one run; `$STILLHOUSE_LIMITS` names it meanwhile."""
-    server = LimitServer()
-    previous = os.environ.get(ADDRESS_ENV)
-    os.environ[ADDRESS_ENV] = server.address
-    try:
-        yield server.address
-    finally:
-        if os.environ.get(ADDRESS_ENV) == server.address:
-            if previous is None:
-                os.environ.pop(ADDRESS_ENV, None)
-            else:
-                os.environ[ADDRESS_ENV] = previous
+class _RunServer:
+    """The server of the runs going on in this process.
+
+    Runs that overlap in one process (embedded in threads) share it, and so share
+    their limits by name: in-process steps read the address from the process's
+    environment, which only one server can own at a time. The last run to end stops it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.server: LimitServer | None = None
+        self.users = 0
+        self.previous: str | None = None
+
+    def enter(self) -> str:
+        with self.lock:
+            if self.server is None:
+                self.server = LimitServer()
+                self.previous = os.environ.get(ADDRESS_ENV)
+                os.environ[ADDRESS_ENV] = self.server.address
+            self.users += 1
+            return self.server.address
+
+    def exit(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users or self.server is None:
+                return
+            server, self.server = self.server, None
+            if os.environ.get(ADDRESS_ENV) == server.address:
+                if self.previous is None:
+                    os.environ.pop(ADDRESS_ENV, None)
+                else:
+                    os.environ[ADDRESS_ENV] = self.previous
         _forget(server.address)
         server.close()
+
+
+_runs = _RunServer()
+
+
+@contextlib.contextmanager
+def serve_limits() -> Iterator[str]:
+    """Serve the shared limits of a run; `$STILLHOUSE_LIMITS` names the server meanwhile.
+
+    Overlapping runs of one process share one server (see `_RunServer`)."""
+    address = _runs.enter()
+    try:
+        yield address
+    finally:
+        _runs.exit()
 
 
 def worker_environment() -> dict[str, str]:
