@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode_rows
+from stillhouse.cache.durable import remote_durable_dir
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Holdings, decide
 from stillhouse.cache.signature import step_signature_parts, step_signatures
@@ -108,6 +109,9 @@ class RemoteStepStore(StepStore):
     @property
     def generation(self) -> str:
         return self.meta["generation"]
+
+    def durable_dir(self) -> Path:
+        return remote_durable_dir(self.fs.unstrip_protocol(self.root), self.generation)
 
     @property
     def version(self) -> str:

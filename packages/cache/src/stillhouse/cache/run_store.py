@@ -13,6 +13,7 @@
         meta.json               signature (and its parts), generation, batch size, finished,
                                 and once finished its batch and row counts (store.py)
         batches.log             append-only output batches and routing decisions (records.py)
+        durable/                the step's own state across runs (`Step.cache_path`)
 ```
 
 Every file and folder is private to the user (0600 / 0700).

@@ -19,6 +19,7 @@ from typing import Any
 
 from stillhouse.cache.atomic import atomic_write_json, disk_errors, private_dirs
 from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode_rows
+from stillhouse.cache.durable import local_durable_dir
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, RecordLog, iter_headers
 from stillhouse.cache.reuse import FORMAT, Decision, Holdings, decide
 from stillhouse.core.engine import BatchKey, BatchRecord, StepStore
@@ -149,6 +150,9 @@ class FileStepStore(StepStore):
     @property
     def generation(self) -> str:
         return self.meta["generation"]
+
+    def durable_dir(self) -> Path:
+        return local_durable_dir(self.directory)
 
     @property
     def version(self) -> str:

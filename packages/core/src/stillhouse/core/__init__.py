@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from stillhouse.core.decorator import step
 from stillhouse.core.hookspecs import hookimpl
+from stillhouse.core.limits import SharedLimit, shared_limit
 from stillhouse.core.pipeline import Pipeline
 from stillhouse.core.routing import RoutingBatchFunction, routing_batch_function, sample_n_steps
 from stillhouse.core.runtime import RuntimeParameter
@@ -23,6 +24,7 @@ __all__ = [
     "Pipeline",
     "RoutingBatchFunction",
     "RuntimeParameter",
+    "SharedLimit",
     "Step",
     "StepInput",
     "StepOutput",
@@ -32,5 +34,6 @@ __all__ = [
     "make_generator_step",
     "routing_batch_function",
     "sample_n_steps",
+    "shared_limit",
     "step",
 ]

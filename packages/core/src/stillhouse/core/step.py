@@ -22,6 +22,8 @@ from stillhouse.core.secrets import redact_validation_error
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
@@ -200,6 +202,19 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         return _columns(self.outputs)
 
     # -- lifecycle --------------------------------------------------------------------
+
+    _cache_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
+
+    @property
+    def cache_path(self) -> Path | None:
+        """This step's durable folder: state it keeps across runs (a call record, job ids).
+
+        A folder inside the step's store in the cache. What is written there survives a
+        stop, a kill and the resume after it; the folder is emptied with the store (a
+        changed signature, `use_cache=False`, `stillhouse cache remove`). None when the
+        run keeps no cache (`dry_run`, stillhouse-cache not installed) and before a run.
+        Set before `load()` in every replica."""
+        return self._cache_path
 
     def load(self) -> None:
         """Called once in each replica's worker before the first batch."""

@@ -197,6 +197,14 @@ class StepStore(ABC):
     def mark_finished(self) -> None:
         """Every batch of the step is stored: later runs may reuse it whole."""
 
+    def durable_dir(self) -> Path | None:
+        """The step's durable folder (`Step.cache_path`), created if missing, or None.
+
+        It lives as long as the store's batches: kept across stops, kills and resumes,
+        removed whenever the store is started over. Workers on this machine must be
+        able to write it. None: this store offers no folder."""
+        return None
+
     def records(self) -> Iterator[BatchRecord]:
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillhouse.core import plugins
+from stillhouse.core import limits, plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
@@ -74,12 +74,14 @@ def run_pipeline(
     pipeline._run_dir = str(store.run_dir) if store.run_dir is not None else None
     completed = False
     try:
-        with _run_logging(store.log_file(), logging_handlers):
+        with _run_logging(store.log_file(), logging_handlers), limits.serve_limits():
             writer = _make_writer(pipeline, store)
             stores = {
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
                 for name in pipeline.dag.topological_order()
             }
+            for name, step_store in stores.items():  # before any worker gets the step
+                pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
             states = build_states(pipeline.dag, stores, writer)
             view = Progress(states, live=progress_enabled(progress))
             executor = executor_cls(**pipeline.executor_options)
