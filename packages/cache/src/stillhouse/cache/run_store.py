@@ -5,6 +5,7 @@
     .lock                       held while a run of this pipeline is going
     <pipeline signature>/       one folder per shape of the pipeline
         pipeline.yaml           what ran (a record; never loaded over the live pipeline)
+        inline_data/<sha>.json  inline rows pipeline.yaml refers to (written once per content)
         pipeline.log            every log line of the driver and the workers
         stages.json             the load stages
         batch_manager.json      where the run is: per step, batches and rows done
@@ -61,7 +62,11 @@ class FileRunStore(RunStore):
         self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
         self.signatures = step_signatures(pipeline.dag)
         self.stores: dict[str, FileStepStore] = {}
-        atomic_write_text(self.run_dir / "pipeline.yaml", dumps(pipeline.dump(), "yaml"))
+        # A cached rerun rewrites nothing: inline rows are files named by their hash, and
+        # pipeline.yaml (small without them) is replaced only when it differs.
+        _write_if_changed(
+            self.run_dir / "pipeline.yaml", dumps(pipeline.dump(inline_dir=self.run_dir), "yaml")
+        )
         try:
             stages = load_stages(pipeline.dag, None)
         except Exception:  # custom load_groups are validated by the engine itself
@@ -108,6 +113,15 @@ class FileRunStore(RunStore):
         for store in self.stores.values():
             store.close()
         _release_lock(self._lock)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
 
 
 def _acquire_lock(base: Path, name: str) -> int:

@@ -26,8 +26,11 @@ def _hash(payload: Any) -> str:
 
 
 def step_fields(step: _Step) -> dict[str, Any]:
-    exclude = NOT_RESULT_AFFECTING | secret_field_names(step)
-    return step.model_dump(mode="json", exclude=exclude)
+    # `signature_extra()` adds what a step depends on beyond its fields (a dataset's commit,
+    # files' mtimes) and replaces fields by name (inline rows by their hash).
+    extra = step.signature_extra()
+    exclude = NOT_RESULT_AFFECTING | secret_field_names(step) | set(extra)
+    return {**step.model_dump(mode="json", exclude=exclude), **extra}
 
 
 def step_code(step: _Step) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import yaml
 from pydantic import SecretStr
 
+from stillhouse.core import inline_data
 from stillhouse.core.errors import SerializationError
 
 if TYPE_CHECKING:
@@ -45,16 +46,20 @@ def secret_field_names(step: _Step) -> set[str]:
     return {name for name, field in type(step).model_fields.items() if is_secret_field(field)}
 
 
-def step_to_dict(step: _Step) -> dict[str, Any]:
+def step_to_dict(step: _Step, inline_dir: str | Path | None = None) -> dict[str, Any]:
+    """The step as plain data. With `inline_dir`, inline-data fields are written there as
+    files and replaced by references (`stillhouse.core.inline_data`)."""
     exclude = _STEP_FIELDS_NOT_DUMPED | secret_field_names(step)
-    data = step.model_dump(mode="json", exclude=exclude)
+    references = inline_data.write_references(step, inline_dir) if inline_dir is not None else {}
+    data = step.model_dump(mode="json", exclude=exclude | set(references))
+    data.update(references)
     cls = type(step)
     data["type_info"] = {"module": cls.__module__, "name": cls.__qualname__}
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()
     return data
 
 
-def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
+def pipeline_to_dict(pipeline: Pipeline, inline_dir: str | Path | None = None) -> dict[str, Any]:
     from stillhouse.core import __version__
 
     dag = pipeline.dag
@@ -67,7 +72,7 @@ def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
             "requirements": list(pipeline.requirements),
             "executor": pipeline.executor,
             "steps": [
-                {"name": name, "step": step_to_dict(dag.get_step(name))}
+                {"name": name, "step": step_to_dict(dag.get_step(name), inline_dir)}
                 for name in dag.step_names
             ],
             "connections": [{"from": name, "to": dag.successors(name)} for name in dag.step_names],
@@ -151,7 +156,8 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     return target
 
 
-def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
+def pipeline_from_dict(data: dict[str, Any], base: str | Path | None = None) -> Pipeline:
+    """Rebuild a pipeline; `base` is the folder inline-data references are relative to."""
     from stillhouse.core.pipeline import Pipeline
     from stillhouse.core.routing import RoutingBatchFunction
 
@@ -167,7 +173,7 @@ def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
     steps: dict[str, Any] = {}
     with pipeline:
         for entry in spec.get("steps", []):
-            fields = dict(entry["step"])
+            fields = inline_data.resolve_references(dict(entry["step"]), base, entry["name"])
             type_info = fields.pop("type_info", {})
             fields.pop("runtime_parameters_info", None)
             cls = resolve_step_class(type_info, entry["name"])
