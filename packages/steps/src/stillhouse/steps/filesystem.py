@@ -72,6 +72,7 @@ with optional_runtime_parameters():
 
         def signature_extra(self) -> dict[str, Any]:
             fs, files = self.resolve_files()
+            self._filetype(files)  # an unreadable filetype fails before any worker starts
             return {**super().signature_extra(), "files": fingerprint(fs, files)}
 
         def _filetype(self, files: list[str]) -> str:
