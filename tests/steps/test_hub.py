@@ -84,7 +84,7 @@ def test_an_updated_dataset_is_not_answered_from_the_cache(hub, tmp_path, execut
     assert rows == ROWS and computed == {"hub"}
     rows, computed = run_loader(loader, tmp_path, executor)
     assert rows == ROWS and computed == set()  # same commit: from the cache
-    publish(hub, ROWS[:2] + [{"instruction": "changed", "id": 7}])
+    publish(hub, [*ROWS[:2], {"instruction": "changed", "id": 7}])
     rows, computed = run_loader(loader, tmp_path, executor)
     assert [r["instruction"] for r in rows] == ["question 0", "question 1", "changed"]
     assert computed == {"hub"}
