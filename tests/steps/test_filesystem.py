@@ -130,3 +130,17 @@ def test_a_changed_file_is_read_again_and_an_unchanged_one_comes_from_the_cache(
     assert run_loader(loader, cache) == (ROWS, set())
     write_jsonl(path, ROWS[:2])
     assert run_loader(loader, cache) == (ROWS[:2], {"files"})
+
+
+@pytest.mark.integration
+def test_missing_files_fail_before_the_run_and_leave_the_cache_usable(tmp_path):
+    needs_full_install()
+    path = tmp_path / "later.jsonl"
+
+    def loader():
+        return LoadDataFromFileSystem(name="files", data_files=str(path))
+
+    with pytest.raises(StepRuntimeError, match=r"matches no file"):
+        run_loader(loader, tmp_path / "cache")
+    write_jsonl(path, ROWS)
+    assert run_loader(loader, tmp_path / "cache") == (ROWS, {"files"})

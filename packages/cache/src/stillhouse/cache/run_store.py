@@ -58,9 +58,11 @@ class FileRunStore(RunStore):
         self.base = pipeline_dir(pipeline)
         self.run_dir = self.base / pipeline.signature
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        # Before the lock: a step's `signature_extra()` may fail (a loader's missing data),
+        # and a failed run must not leave the lock held.
+        self.signatures = step_signatures(pipeline.dag)
         self._lock = _acquire_lock(self.base, pipeline.name)
         self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-        self.signatures = step_signatures(pipeline.dag)
         self.stores: dict[str, FileStepStore] = {}
         # A cached rerun rewrites nothing: inline rows are files named by their hash, and
         # pipeline.yaml (small without them) is replaced only when it differs.

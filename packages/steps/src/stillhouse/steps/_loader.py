@@ -79,9 +79,12 @@ with optional_runtime_parameters():
         @property
         def outputs(self) -> list[str]:
             """The dataset's columns (the dataset is opened to read them)."""
-            if self._dataset is None:
-                self._dataset = self._open()
-            return dataset_columns(self._dataset)
+            return dataset_columns(self._dataset if self._dataset is not None else self._peek())
+
+        def _peek(self) -> Any:
+            """The dataset opened only to read its columns (in the driver, at validation)."""
+            self._dataset = self._open()
+            return self._dataset
 
         def process(self, offset: int = 0) -> GeneratorStepOutput:
             """Yield `(rows, is_last)` batches of `batch_size`, skipping the first `offset` rows."""

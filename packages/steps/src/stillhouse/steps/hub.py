@@ -78,7 +78,11 @@ with optional_runtime_parameters():
             self._commit = info.sha
             return info.sha
 
-        def _open(self) -> Any:
+        def _peek(self) -> Any:
+            # Columns from a streaming view: validation downloads nothing.
+            return self._open(streaming=True)
+
+        def _open(self, streaming: bool | None = None) -> Any:
             from datasets import load_dataset
 
             revision = self._commit or self.revision
@@ -88,7 +92,7 @@ with optional_runtime_parameters():
                     self.config,
                     split=self.split,
                     revision=revision,
-                    streaming=self.streaming,
+                    streaming=self.streaming if streaming is None else streaming,
                     storage_options=self.storage_options,
                 )
             except Exception as exc:
