@@ -136,7 +136,7 @@ def _read(reference: dict[str, Any], base: str | os.PathLike[str] | None, step: 
         )
     location = f"{str(base).rstrip('/')}/{relative}"
     try:
-        data = _read_bytes(location)
+        data = read_bytes(location)
     except FileNotFoundError:
         raise SerializationError(
             f"Step {step!r}: the data file {location!r} of field {field!r} is missing. Copy "
@@ -152,7 +152,8 @@ def _read(reference: dict[str, Any], base: str | os.PathLike[str] | None, step: 
     return pydantic_core.from_json(data)
 
 
-def _read_bytes(location: str) -> bytes:
+def read_bytes(location: str) -> bytes:
+    """The bytes of a local file or an fsspec URL (fsspec is needed for URLs only)."""
     if "://" in location and not location.startswith("file://"):
         try:
             import fsspec

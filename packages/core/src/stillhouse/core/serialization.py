@@ -95,17 +95,7 @@ def dumps(data: dict[str, Any], format: str) -> str:
 
 def read_text(path: str | Path) -> str:
     """Read a local file or an fsspec URL."""
-    text_path = str(path)
-    if "://" in text_path and not text_path.startswith("file://"):
-        try:
-            import fsspec
-        except ImportError as exc:
-            raise SerializationError(
-                f"Reading {text_path!r} needs fsspec. Install stillhouse-cache or fsspec."
-            ) from exc
-        with fsspec.open(text_path, "r", encoding="utf-8") as handle:
-            return handle.read()
-    return Path(text_path.removeprefix("file://")).read_text(encoding="utf-8")
+    return inline_data.read_bytes(str(path)).decode("utf-8")
 
 
 def loads(text: str, source: str) -> dict[str, Any]:
