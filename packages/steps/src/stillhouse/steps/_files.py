@@ -10,18 +10,20 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import fsspec
-
 _STAMPS = ("ETag", "etag", "mtime", "LastModified", "last_modified", "created", "md5")
 
 
 def open_fs(path: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> tuple[Any, str]:
     """The fsspec filesystem of `path` (local path or URL) and the path inside it."""
+    import fsspec  # here, not at the top: every run loads this plugin, few read files
+
     return fsspec.core.url_to_fs(os.fspath(path), **(storage_options or {}))
 
 
 def list_files(fs: Any, root: str) -> list[str]:
     """Files a glob matches, every file under a folder, or the file itself (sorted)."""
+    import fsspec
+
     if fsspec.core.has_magic(root):
         files = [p for p in fs.glob(root) if fs.isfile(p)]
     elif fs.isdir(root):
