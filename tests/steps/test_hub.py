@@ -88,3 +88,22 @@ def test_an_updated_dataset_is_not_answered_from_the_cache(hub, tmp_path, execut
     rows, computed = run_loader(loader, tmp_path, executor)
     assert [r["instruction"] for r in rows] == ["question 0", "question 1", "changed"]
     assert computed == {"hub"}
+
+
+def test_a_config_and_an_explicit_revision(hub):
+    sha = hub.publish("tester/configs", {
+        "README.md": (
+            b"---\nconfigs:\n"
+            b"- config_name: main\n  data_files:\n  - split: train\n    path: main/*.parquet\n"
+            b"- config_name: extra\n  data_files:\n  - split: train\n    path: extra/*.parquet\n"
+            b"---\n"
+        ),
+        "main/train-0.parquet": parquet_bytes(ROWS[:2]),
+        "extra/train-0.parquet": parquet_bytes([{"other": "x"}]),
+    })
+    extra = LoadDataFromHub(repo_id="tester/configs", config="extra", revision=sha)
+    assert run_generator(extra) == [[{"other": "x"}]]
+    assert extra.outputs == ["other"]
+    assert extra.signature_extra()["revision"] == sha
+    main = LoadDataFromHub(repo_id="tester/configs", config="main", streaming=True)
+    assert [r for b in run_generator(main) for r in b] == ROWS[:2]
