@@ -26,7 +26,7 @@ _WORD = re.compile(r"\w+|[^\w\s]+")
 
 def tokenize_on_words(texts: Iterable[str]) -> list[set[bytes]]:
     """Word tokens per text: runs of letters/digits and runs of punctuation (close to
-    nltk's `word_tokenize` on ordinary text, without needing nltk)."""
+    nltk's `word_tokenize`, without needing nltk; contractions split differently)."""
     return [{w.encode("utf-8") for w in _WORD.findall(text)} for text in texts]
 
 
