@@ -5,6 +5,7 @@
     .lock                       held while a run of this pipeline is going (lock.py)
     <pipeline signature>/       one folder per shape of the pipeline
         pipeline.yaml           what ran (a record; never loaded over the live pipeline)
+        inline_data/<sha>.json  inline rows pipeline.yaml refers to (written once per content)
         pipeline.log            every log line of the driver and the workers
         stages.json             the load stages
         batch_manager.json      where the run is: per step, batches and rows done
@@ -77,7 +78,11 @@ class FileRunStore(RunStore):
             with disk_errors(self.run_dir):
                 private_dirs(self.run_dir)
             private_file(self.run_dir / "pipeline.log")  # the log handler appends to it
-            atomic_write_text(self.run_dir / "pipeline.yaml", dumps(pipeline.dump(), "yaml"))
+            # A cached rerun rewrites nothing: inline rows are files named by their hash, and
+            # pipeline.yaml (small without them) is replaced only when it differs.
+            _write_if_changed(
+                self.run_dir / "pipeline.yaml", dumps(pipeline.dump(inline_dir=self.run_dir), "yaml")
+            )
             try:
                 stages = load_stages(pipeline.dag, None)
             except Exception:  # custom load_groups are validated by the engine itself
@@ -129,4 +134,13 @@ class FileRunStore(RunStore):
                 store.close()
         finally:
             lock.release(self._lock)
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    atomic_write_text(path, text)
 

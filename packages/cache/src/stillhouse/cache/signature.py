@@ -26,7 +26,10 @@ def _hash(payload: Any) -> str:
 
 
 def step_fields(step: _Step) -> dict[str, Any]:
-    return dump_without_secrets(step, exclude=NOT_RESULT_AFFECTING)
+    # `signature_extra()` adds what a step depends on beyond its fields (a dataset's commit,
+    # files' mtimes) and replaces fields by name (inline rows by their hash).
+    extra = step.signature_extra()
+    return {**dump_without_secrets(step, exclude=NOT_RESULT_AFFECTING | set(extra)), **extra}
 
 
 def step_code(step: _Step) -> str:

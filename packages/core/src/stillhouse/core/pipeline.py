@@ -131,20 +131,27 @@ class Pipeline:
 
     # -- serialization -----------------------------------------------------------------
 
-    def dump(self) -> dict[str, Any]:
-        return serialization.pipeline_to_dict(self)
+    def dump(self, inline_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+        """The pipeline as plain data. Inline rows (`LoadDataFromDicts(data=...)`) are in it,
+        unless `inline_dir` is given: then they are written there once, as files named by
+        their hash, and referenced (see `stillhouse.core.inline_data`)."""
+        return serialization.pipeline_to_dict(self, inline_dir)
 
     def save(self, path: str | os.PathLike[str], format: str = "yaml") -> None:
-        text = serialization.dumps(self.dump(), format)
+        """Write the pipeline file; inline rows go to `inline_data/` beside it."""
+        text = serialization.dumps(self.dump(inline_dir=Path(path).parent), format)
         Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Pipeline:
-        return serialization.pipeline_from_dict(data)
+    def from_dict(cls, data: dict[str, Any], base: str | os.PathLike[str] | None = None) -> Pipeline:
+        """`base`: the folder that inline-data references in `data` are relative to."""
+        return serialization.pipeline_from_dict(data, base)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Pipeline:
-        return cls.from_dict(serialization.loads(serialization.read_text(path), str(path)))
+        """Load a pipeline file (local path or fsspec URL) with the inline data beside it."""
+        data = serialization.loads(serialization.read_text(path), str(path))
+        return cls.from_dict(data, base=str(path).rstrip("/").rpartition("/")[0] or ".")
 
     from_json = from_yaml  # JSON is YAML; the same safe loader reads both
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from stillhouse.core import inline_data
 from stillhouse.core.errors import SerializationError
 from stillhouse.core.secrets import (  # noqa: F401  (is_secret_field, secret_field_names: public here too)
     dump_without_secrets,
@@ -31,15 +32,19 @@ FORMAT_VERSION = 1
 _STEP_FIELDS_NOT_DUMPED = {"pipeline"}
 
 
-def step_to_dict(step: _Step) -> dict[str, Any]:
-    data = dump_without_secrets(step, exclude=_STEP_FIELDS_NOT_DUMPED)
+def step_to_dict(step: _Step, inline_dir: str | Path | None = None) -> dict[str, Any]:
+    """The step as plain data, secrets left out at any depth. With `inline_dir`, inline-data
+    fields are written there as files and replaced by references (`stillhouse.core.inline_data`)."""
+    references = inline_data.write_references(step, inline_dir) if inline_dir is not None else {}
+    data = dump_without_secrets(step, exclude=_STEP_FIELDS_NOT_DUMPED | set(references))
+    data.update(references)
     cls = type(step)
     data["type_info"] = {"module": cls.__module__, "name": cls.__qualname__}
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()
     return data
 
 
-def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
+def pipeline_to_dict(pipeline: Pipeline, inline_dir: str | Path | None = None) -> dict[str, Any]:
     from stillhouse.core import __version__
 
     dag = pipeline.dag
@@ -52,7 +57,7 @@ def pipeline_to_dict(pipeline: Pipeline) -> dict[str, Any]:
             "requirements": list(pipeline.requirements),
             "executor": pipeline.executor,
             "steps": [
-                {"name": name, "step": step_to_dict(dag.get_step(name))}
+                {"name": name, "step": step_to_dict(dag.get_step(name), inline_dir)}
                 for name in dag.step_names
             ],
             "connections": [{"from": name, "to": dag.successors(name)} for name in dag.step_names],
@@ -75,17 +80,7 @@ def dumps(data: dict[str, Any], format: str) -> str:
 
 def read_text(path: str | Path) -> str:
     """Read a local file or an fsspec URL."""
-    text_path = str(path)
-    if "://" in text_path and not text_path.startswith("file://"):
-        try:
-            import fsspec
-        except ImportError as exc:
-            raise SerializationError(
-                f"Reading {text_path!r} needs fsspec. Install stillhouse-cache or fsspec."
-            ) from exc
-        with fsspec.open(text_path, "r", encoding="utf-8") as handle:
-            return handle.read()
-    return Path(text_path.removeprefix("file://")).read_text(encoding="utf-8")
+    return inline_data.read_bytes(str(path)).decode("utf-8")
 
 
 def loads(text: str, source: str) -> dict[str, Any]:
@@ -193,7 +188,8 @@ def _kind(target: Any) -> str:
     return f"a {type(target).__name__}"
 
 
-def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
+def pipeline_from_dict(data: dict[str, Any], base: str | Path | None = None) -> Pipeline:
+    """Rebuild a pipeline; `base` is the folder inline-data references are relative to."""
     from stillhouse.core.pipeline import Pipeline
     from stillhouse.core.routing import RoutingBatchFunction
 
@@ -209,7 +205,7 @@ def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
     steps: dict[str, Any] = {}
     with pipeline:
         for entry in spec.get("steps", []):
-            fields = dict(entry["step"])
+            fields = inline_data.resolve_references(dict(entry["step"]), base, entry["name"])
             type_info = fields.pop("type_info", {})
             fields.pop("runtime_parameters_info", None)
             for private in _STEP_FIELDS_NOT_DUMPED:

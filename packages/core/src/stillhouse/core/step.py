@@ -222,6 +222,20 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     def unload(self) -> None:
         """Called once in each replica's worker after the last batch."""
 
+    def signature_extra(self) -> dict[str, Any]:
+        """What the step's results depend on beyond its field values, for its cache signature.
+
+        Called in the driver before any worker starts, on every cached run. Return a
+        JSON-serialisable dict; an entry named after a field stands in for that field's
+        value. Override it (calling `super()`) for inputs outside the step: a loader
+        returns the dataset's commit sha or its files' sizes and mtimes, so changed data
+        is not answered from an old cache. The default returns the hash of each inline-data
+        field (`stillhouse.core.inline_data`) instead of its rows.
+        """
+        from stillhouse.core.inline_data import signature_values
+
+        return signature_values(self)
+
     def impute_step_outputs(self, rows: list[Row]) -> list[Row]:
         """Rows of a failed batch: the input rows with every output column set to None."""
         outputs = [self.output_mappings.get(c, c) for c in self.get_outputs()]

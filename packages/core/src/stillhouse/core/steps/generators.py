@@ -14,10 +14,14 @@ class LoadDataFromDicts(GeneratorStep):
     """Yields the rows of `data` in batches of `batch_size`.
 
     Attributes:
-        data: The rows, as a list of dicts (all rows should share their keys).
+        data: The rows, as a list of dicts (all rows should share their keys). A saved
+            pipeline file does not hold them: they go once to a JSON file beside it,
+            referenced by hash (`stillhouse.core.inline_data`).
     """
 
-    data: list[dict[str, Any]] = Field(default_factory=list, exclude=False)
+    data: list[dict[str, Any]] = Field(
+        default_factory=list, json_schema_extra={"inline_data": True}
+    )
 
     @property
     def outputs(self) -> list[str]:

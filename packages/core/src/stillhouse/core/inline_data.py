@@ -1,0 +1,166 @@
+"""Inline data kept out of pipeline files.
+
+A step field marked `json_schema_extra={"inline_data": True}` holds rows the user
+passed in memory (`LoadDataFromDicts(data=...)`, `make_generator_step`,
+`run(dataset=...)`, `DataSampler(data=...)`). Writing such rows into
+`pipeline.yaml` made a 100k-row pipeline a 6 MB YAML, rewritten on every run.
+Instead, when a pipeline file is written to a folder, each inline field is
+written once as a JSON file named by its content hash:
+
+```
+<folder>/pipeline.yaml                  data: {inline_data: inline_data/<sha>.json, sha256: <sha>, rows: 100000}
+<folder>/inline_data/<sha>.json         the rows, a JSON array (pydantic-core's encoder)
+```
+
+A file that is already there (same hash) is not written again. Reading the
+pipeline file back (`Pipeline.from_yaml`, `stillhouse pipeline run --config`)
+loads the rows and checks their hash. The same hash stands in for the rows in
+the step's cache signature (`_Step.signature_extra`), so signatures stay cheap
+and still change when the data does.
+
+JSON keeps core free of pyarrow: values round-trip as JSON does (dates become
+strings), exactly as they did inside the YAML before. Rows are hashed once per
+list object: assign a new list to change a step's data; rows mutated in place
+after the step was built are not noticed.
+
+Not here: how steps use their data (core/steps), where run folders are (cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pydantic_core
+
+from stillhouse.core.errors import SerializationError
+
+REFERENCE_KEY = "inline_data"
+FOLDER = "inline_data"
+_MARK = "inline_data"
+
+# id(step) -> {field: (the rows list it was computed for, its length, digest)}; an entry
+# goes with its step (steps are unhashable pydantic models, hence ids and finalize).
+_digests: dict[int, dict[str, tuple[Any, int, str]]] = {}
+
+
+def inline_fields(step: Any) -> list[str]:
+    """Names of the step's fields marked `json_schema_extra={"inline_data": True}`."""
+    fields = []
+    for name, field in type(step).model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get(_MARK):
+            fields.append(name)
+    return fields
+
+
+def encode(rows: Any) -> bytes:
+    """The bytes of the data file; their sha256 is the data's identity."""
+    try:
+        return pydantic_core.to_json(rows)
+    except pydantic_core.PydanticSerializationError as exc:
+        raise SerializationError(
+            f"Inline data cannot be written as JSON: {exc}. Keep inline rows to JSON-like "
+            "values (str, numbers, bool, None, lists, dicts, dates)."
+        ) from exc
+
+
+def digest(step: Any, field: str) -> str:
+    """sha256 of the field's encoded rows, computed once per rows list."""
+    rows = getattr(step, field)
+    memo = _digests.get(id(step))
+    if memo is None:
+        memo = _digests[id(step)] = {}
+        weakref.finalize(step, _digests.pop, id(step), None)
+    known = memo.get(field)
+    if known is not None and known[0] is rows and known[1] == len(rows):
+        return known[2]
+    value = hashlib.sha256(encode(rows)).hexdigest()
+    memo[field] = (rows, len(rows), value)
+    return value
+
+
+def signature_values(step: Any) -> dict[str, str]:
+    """What stands in for each inline field in the step's signature: its hash."""
+    return {field: f"sha256:{digest(step, field)}" for field in inline_fields(step)}
+
+
+def write_references(step: Any, directory: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Write each inline field of `step` under `directory/inline_data/` (unless a file with
+    that hash is there already) and return the references that replace them."""
+    references = {}
+    for field in inline_fields(step):
+        rows = getattr(step, field)
+        sha = digest(step, field)
+        relative = f"{FOLDER}/{sha}.json"
+        target = Path(directory) / relative
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+            partial.write_bytes(encode(rows))
+            os.replace(partial, target)
+        references[field] = {REFERENCE_KEY: relative, "sha256": sha, "rows": len(rows)}
+    return references
+
+
+def is_reference(value: Any) -> bool:
+    return isinstance(value, dict) and REFERENCE_KEY in value and "sha256" in value
+
+
+def resolve_references(
+    fields: dict[str, Any], base: str | os.PathLike[str] | None, step_name: str
+) -> dict[str, Any]:
+    """`fields` with every inline-data reference replaced by the rows it names."""
+    resolved = dict(fields)
+    for name, value in fields.items():
+        if is_reference(value):
+            resolved[name] = _read(value, base, step_name, name)
+    return resolved
+
+
+def _read(reference: dict[str, Any], base: str | os.PathLike[str] | None, step: str, field: str) -> Any:
+    relative = str(reference[REFERENCE_KEY])
+    if base is None:
+        raise SerializationError(
+            f"Step {step!r}: field {field!r} refers to the data file {relative!r}, but the "
+            "pipeline was given as a dict, so there is no folder to find it in. Load it with "
+            "Pipeline.from_yaml(path) from the folder that holds it."
+        )
+    if Path(relative).is_absolute() or ".." in Path(relative).parts:
+        raise SerializationError(
+            f"Step {step!r}: field {field!r} refers to {relative!r}, outside the pipeline's "
+            f"folder. Inline data files live in {FOLDER}/ beside the pipeline file."
+        )
+    location = f"{str(base).rstrip('/')}/{relative}"
+    try:
+        data = read_bytes(location)
+    except FileNotFoundError:
+        raise SerializationError(
+            f"Step {step!r}: the data file {location!r} of field {field!r} is missing. Copy "
+            f"the {FOLDER}/ folder along with the pipeline file."
+        ) from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != reference["sha256"]:
+        raise SerializationError(
+            f"Step {step!r}: the data file {location!r} of field {field!r} has sha256 "
+            f"{actual!r}, not the {reference['sha256']!r} the pipeline file records: it was "
+            "changed or damaged. Restore it, or rebuild the pipeline from its script."
+        )
+    return pydantic_core.from_json(data)
+
+
+def read_bytes(location: str) -> bytes:
+    """The bytes of a local file or an fsspec URL (fsspec is needed for URLs only)."""
+    if "://" in location and not location.startswith("file://"):
+        try:
+            import fsspec
+        except ImportError as exc:
+            raise SerializationError(
+                f"Reading {location!r} needs fsspec. Install stillhouse-cache or fsspec."
+            ) from exc
+        with fsspec.open(location, "rb") as handle:
+            return handle.read()
+    return Path(location.removeprefix("file://")).read_bytes()

@@ -1,0 +1,109 @@
+"""LoadDataFromHub against a Hub served on 127.0.0.1 (see conftest.py): real
+`huggingface_hub` and `datasets` requests, the commit sha pinned in the signature."""
+
+from __future__ import annotations
+
+import pytest
+
+from stillhouse.core.errors import StepRuntimeError
+from stillhouse.core.testing import run_generator
+from stillhouse.steps import LoadDataFromHub
+from tests.steps.conftest import parquet_bytes
+from tests.steps.helpers import needs_full_install, run_loader
+
+pytestmark = pytest.mark.timeout(120)
+
+ROWS = [{"instruction": f"question {i}", "id": i} for i in range(10)]
+
+
+def publish(hub, rows=ROWS, repo="tester/mini"):
+    return hub.publish(repo, {
+        "README.md": b"---\nlicense: mit\n---\n# mini\n",
+        "data/train-00000-of-00001.parquet": parquet_bytes(rows),
+        "data/test-00000-of-00001.parquet": parquet_bytes(rows[:3]),
+    })
+
+
+def dataset_requests_unhandled(hub):
+    return [r for r in hub.unhandled if "/datasets/" in r]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_loads_a_split_in_batches(hub, streaming):
+    publish(hub)
+    loader = LoadDataFromHub(repo_id="tester/mini", split="train", batch_size=4, streaming=streaming)
+    batches = run_generator(loader)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [row for b in batches for row in b] == ROWS
+    assert loader.outputs == ["instruction", "id"]
+    assert not dataset_requests_unhandled(hub)
+
+
+def test_split_num_examples_and_offset(hub):
+    publish(hub)
+    test_split = LoadDataFromHub(repo_id="tester/mini", split="test", batch_size=2)
+    assert [r["id"] for b in run_generator(test_split) for r in b] == [0, 1, 2]
+    limited = LoadDataFromHub(repo_id="tester/mini", num_examples=5, batch_size=2, streaming=True)
+    assert [[r["id"] for r in b] for b in run_generator(limited)] == [[0, 1], [2, 3], [4]]
+    resumed = LoadDataFromHub(repo_id="tester/mini", batch_size=4)
+    assert [r["id"] for b in run_generator(resumed, offset=8) for r in b] == [8, 9]
+
+
+def test_the_commit_sha_is_in_the_signature_and_is_what_loads(hub):
+    first = publish(hub)
+    loader = LoadDataFromHub(repo_id="tester/mini", batch_size=50)
+    assert loader.signature_extra()["revision"] == first
+    second = publish(hub, [{"instruction": "new", "id": 99}])
+    assert second != first
+    assert loader.signature_extra()["revision"] == second
+    assert run_generator(loader) == [[{"instruction": "new", "id": 99}]]
+    requested = [r for r in hub.requests if "/resolve/" in r]
+    assert requested and all(second in r for r in requested if r.startswith("GET /datasets"))
+
+
+def test_an_unknown_repo_is_an_error_naming_step_and_repo(hub):
+    loader = LoadDataFromHub(name="hub_loader", repo_id="tester/missing")
+    with pytest.raises(StepRuntimeError, match=r"'hub_loader'.*'tester/missing'"):
+        loader.signature_extra()
+
+
+def test_repo_id_is_a_required_runtime_parameter():
+    assert LoadDataFromHub().missing_runtime_parameters() == ["repo_id"]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("executor", ["threaded", "mp"])
+def test_an_updated_dataset_is_not_answered_from_the_cache(hub, tmp_path, executor):
+    needs_full_install()
+    publish(hub)
+
+    def loader():
+        return LoadDataFromHub(name="hub", repo_id="tester/mini", batch_size=4)
+
+    rows, computed = run_loader(loader, tmp_path, executor)
+    assert rows == ROWS and computed == {"hub"}
+    rows, computed = run_loader(loader, tmp_path, executor)
+    assert rows == ROWS and computed == set()  # same commit: from the cache
+    publish(hub, [*ROWS[:2], {"instruction": "changed", "id": 7}])
+    rows, computed = run_loader(loader, tmp_path, executor)
+    assert [r["instruction"] for r in rows] == ["question 0", "question 1", "changed"]
+    assert computed == {"hub"}
+
+
+def test_a_config_and_an_explicit_revision(hub):
+    sha = hub.publish("tester/configs", {
+        "README.md": (
+            b"---\nconfigs:\n"
+            b"- config_name: main\n  data_files:\n  - split: train\n    path: main/*.parquet\n"
+            b"- config_name: extra\n  data_files:\n  - split: train\n    path: extra/*.parquet\n"
+            b"---\n"
+        ),
+        "main/train-0.parquet": parquet_bytes(ROWS[:2]),
+        "extra/train-0.parquet": parquet_bytes([{"other": "x"}]),
+    })
+    extra = LoadDataFromHub(repo_id="tester/configs", config="extra", revision=sha)
+    assert run_generator(extra) == [[{"other": "x"}]]
+    assert extra.outputs == ["other"]
+    assert extra.signature_extra()["revision"] == sha
+    main = LoadDataFromHub(repo_id="tester/configs", config="main", streaming=True)
+    assert [r for b in run_generator(main) for r in b] == ROWS[:2]
