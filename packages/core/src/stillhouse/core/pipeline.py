@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 from packaging.requirements import InvalidRequirement, Requirement
 
 from stillhouse.core import _context, serialization
-from stillhouse.core.dag import DAG, LoadGroups, validate_dag
+from stillhouse.core.dag import DAG, LoadGroups, load_stages, stages_last_steps, validate_dag
 from stillhouse.core.errors import (
     DatasetArgumentError,
     MissingRequirementsError,
@@ -56,6 +56,7 @@ class Pipeline:
         executor: str = "mp",
         **executor_options: Any,
     ) -> None:
+        name = name or None  # Pipeline(name="") is unnamed, as in distilabel
         if name is not None and not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
             raise PipelineValidationError(
                 f"Pipeline name {name!r} may only contain letters, digits, '_', '-' and '.': "
@@ -65,6 +66,7 @@ class Pipeline:
         self.description = description
         self._cache_dir = cache_dir
         self.enable_metadata = enable_metadata
+        self._requirements: list[str] = []
         self.requirements = list(requirements or [])
         self.executor = executor
         self.executor_options = executor_options
@@ -117,24 +119,61 @@ class Pipeline:
         encoded = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha1(encoded).hexdigest()
 
+    @property
+    def aggregated_steps_signature(self) -> str:
+        """Hash of every step's `signature`, in the order the steps were added."""
+        signatures = "".join(self.dag.get_step(name).signature for name in self.dag.step_names)
+        return hashlib.sha1(signatures.encode()).hexdigest()
+
+    def get_load_stages(self, load_groups: LoadGroups = None) -> tuple[list[list[str]], list[list[str]]]:
+        """`(stages, last steps of each stage)`, as distilabel returns them: the steps
+        loaded together, stage by stage, and the steps of each stage nothing in it follows."""
+        stages = load_stages(self.dag, load_groups)
+        return stages, stages_last_steps(self.dag, stages)
+
+    # -- requirements ------------------------------------------------------------------
+
+    @property
+    def requirements(self) -> list[str]:
+        """The pipeline's and its steps' pip requirements, deduplicated and sorted."""
+        wanted = set(self._requirements)
+        for name in self.dag.step_names:
+            step = self.dag.get_step(name)
+            wanted.update(_valid_requirements(getattr(step, "requirements", None) or [], name))
+        return sorted(wanted)
+
+    @requirements.setter
+    def requirements(self, values: Sequence[str] | str) -> None:
+        """Add requirements; invalid ones are dropped with a warning (as in distilabel)."""
+        values = [values] if isinstance(values, str) else list(values)
+        self._requirements = sorted(set(self._requirements) | set(_valid_requirements(values)))
+
+    def requirements_to_install(self) -> list[str]:
+        """The requirements that are missing or installed at a version they exclude."""
+        return [req for req in self.requirements if not _requirement_met(req)]
+
     def get_runtime_parameters_info(self) -> dict[str, list[dict[str, Any]]]:
         return {name: self.dag.get_step(name).get_runtime_parameters_info() for name in self.dag.step_names}
 
     # -- serialization -----------------------------------------------------------------
 
     def dump(self) -> dict[str, Any]:
-        return serialization.pipeline_to_dict(self)
+        """The pipeline as a plain dict; `requirements` is also a top-level key, as in distilabel."""
+        return {**serialization.pipeline_to_dict(self), "requirements": self.requirements}
 
     def save(self, path: str | os.PathLike[str], format: str = "yaml") -> None:
         text = serialization.dumps(self.dump(), format)
         Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Pipeline:
-        return serialization.pipeline_from_dict(data)
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a pipeline (of this class, for a subclass) from `dump()`'s dict."""
+        pipeline = serialization.pipeline_from_dict(data, pipeline_cls=cls)
+        pipeline.requirements = data.get("requirements") or []
+        return pipeline
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> Pipeline:
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
         return cls.from_dict(serialization.loads(serialization.read_text(path), str(path)))
 
     from_json = from_yaml  # JSON is YAML; the same safe loader reads both
@@ -180,10 +219,7 @@ class Pipeline:
         self._check_requirements()
 
     def _check_requirements(self) -> None:
-        wanted = list(self.requirements)
-        for name in self.dag.step_names:
-            wanted.extend(getattr(self.dag.get_step(name), "requirements", None) or [])
-        missing = [req for req in dict.fromkeys(wanted) if not _requirement_met(req)]
+        missing = self.requirements_to_install()
         if missing:
             raise MissingRequirementsError(
                 f"Pipeline {self.name!r} needs packages that are not installed:\n"
@@ -203,11 +239,14 @@ class Pipeline:
         logging_handlers: list[logging.Handler] | None = None,
         load_groups: LoadGroups = None,
         progress: bool | None = None,
+        dataset_batch_size: int = 50,
     ) -> Any:
-        """Validate, run every step and return the results (a Distiset)."""
+        """Validate, run every step and return the results (a Distiset).
+
+        `dataset_batch_size`: the batch size of the generator step made from `dataset`."""
         from stillhouse.core.engine.run import run_pipeline
 
-        self._attach_dataset(dataset)
+        self._attach_dataset(dataset, dataset_batch_size)
         return run_pipeline(
             self,
             parameters=parameters,
@@ -235,7 +274,7 @@ class Pipeline:
         """Ask a running `run()` to stop gracefully (as a first Ctrl+C does). Thread-safe."""
         self._stop_requested += 1
 
-    def _attach_dataset(self, dataset: Any) -> None:
+    def _attach_dataset(self, dataset: Any, batch_size: int = 50) -> None:
         if dataset is None:
             return
         from stillhouse.core.steps import LoadDataFromDicts
@@ -249,7 +288,7 @@ class Pipeline:
         rows = _dataset_rows(dataset)
         roots = self.dag.roots
         with self:
-            loader = LoadDataFromDicts(name="load_dataset", data=rows)
+            loader = LoadDataFromDicts(name="load_dataset", data=rows, batch_size=batch_size)
         for root in roots:
             loader.connect(self.dag.get_step(root))
 
@@ -283,13 +322,21 @@ def _dataset_rows(dataset: Any) -> list[dict[str, Any]]:
     )
 
 
+def _valid_requirements(texts: Sequence[str], step: str | None = None) -> list[str]:
+    """The valid pip requirements of `texts`, normalised; the others are logged and dropped."""
+    valid = []
+    for text in texts:
+        try:
+            valid.append(str(Requirement(text)))
+        except InvalidRequirement as exc:
+            owner = f"step {step!r}" if step else "the pipeline"
+            logger.warning("Requirement %r of %s is not a valid pip requirement (%s); it is "
+                           "ignored. Fix its spelling, e.g. 'package>=1.0'.", text, owner, exc)
+    return valid
+
+
 def _requirement_met(text: str) -> bool:
-    try:
-        requirement = Requirement(text)
-    except InvalidRequirement as exc:
-        raise MissingRequirementsError(
-            f"Requirement {text!r} is not a valid pip requirement: {exc}"
-        ) from exc
+    requirement = Requirement(text)  # valid: every requirement went through _valid_requirements
     try:
         installed = importlib.metadata.version(requirement.name)
     except importlib.metadata.PackageNotFoundError:

@@ -151,13 +151,13 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     return target
 
 
-def pipeline_from_dict(data: dict[str, Any]) -> Pipeline:
+def pipeline_from_dict(data: dict[str, Any], pipeline_cls: type[Pipeline] | None = None) -> Pipeline:
     from stillhouse.core.pipeline import Pipeline
     from stillhouse.core.routing import RoutingBatchFunction
 
     check_format(data, "The pipeline dict")  # from_dict callers skip loads()
     spec = data["pipeline"]
-    pipeline = Pipeline(
+    pipeline = (pipeline_cls or Pipeline)(
         name=spec.get("name"),
         description=spec.get("description"),
         enable_metadata=spec.get("enable_metadata", False),
