@@ -1,10 +1,17 @@
-"""Make tests/resources/distilabel_distiset with distilabel 1.5.3's own save_to_disk."""
+"""Make tests/resources/distilabel_distiset with distilabel 1.5.3's own `save_to_disk`.
+
+Run with distilabel 1.5.3 (not a workspace dependency), e.g.
+`uv venv /tmp/dlvenv && uv pip install --python /tmp/dlvenv distilabel==1.5.3 pillow`, then
+`/tmp/dlvenv/bin/python tests/resources/make_distilabel_distiset.py <out dir>` and copy
+`<out dir>` to tests/resources/distilabel_distiset. Two leaves (`counter`, `length`),
+one artifact (`counter/counts`), `distiset_configs/` with the card, yaml and log.
+"""
 import json
 import sys
 from pathlib import Path
 
 from distilabel.pipeline import Pipeline
-from distilabel.steps import LoadDataFromDicts, StepInput, step
+from distilabel.steps import LoadDataFromDicts, Step, StepInput, step
 from distilabel.typing import StepOutput
 
 
@@ -21,8 +28,6 @@ def Length(inputs: StepInput) -> StepOutput:
         row["length"] = len(row["text"])
     yield inputs
 
-
-from distilabel.steps import Step
 
 
 class Counter(Step):
