@@ -186,7 +186,9 @@ class Distiset(dict):
         pipeline_yaml = None
         if self.pipeline_path is not None:
             pipeline_yaml = read_bytes(self.pipeline_path, self.storage_options).decode("utf-8", "replace")
-        card = render_card(self, name, pipeline_yaml=pipeline_yaml, hub_url="https://huggingface.co")
+        # An empty YAML header: a new card, without huggingface_hub's "no metadata" warning.
+        card = render_card(self, name, pipeline_yaml=pipeline_yaml, hub_url="https://huggingface.co",
+                           existing_readme="---\n{}\n---\n")
         with fs.open(join(root, SAVED_CARD), "w", encoding="utf-8") as handle:
             handle.write(card)
 
