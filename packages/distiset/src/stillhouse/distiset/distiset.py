@@ -199,8 +199,15 @@ class Distiset(dict):
         storage_options: dict[str, Any] | None = None,
         *,
         keep_in_memory: bool | None = None,
+        download_dir: PathLike | None = None,
     ) -> Self:
-        """Load a Distiset written by `save_to_disk` (a local path or an fsspec URL)."""
+        """Load a Distiset written by `save_to_disk` (a local path or an fsspec URL).
+
+        Reads stillhouse's layout and distilabel's (`distiset_configs/`). `download_dir`
+        is accepted for distilabel's signature and unused: remote folders are read in
+        place through fsspec.
+        """
+        del download_dir
         fs, root = resolve(distiset_path, storage_options)
         if not fs.isdir(root):
             raise FileNotFoundError(
