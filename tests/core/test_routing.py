@@ -93,13 +93,17 @@ def test_downstream_of_a_branch_stays_in_the_routed_region() -> None:
     pipeline.validate()
 
 
-def test_one_routing_function_cannot_follow_two_steps() -> None:
+def test_one_routing_function_after_two_steps_is_two_routings() -> None:
+    # As in distilabel (issue 18): each use of one routing function object is its own routing.
     route = sample_n_steps(1)
-    with Pipeline(name="routing", executor="sync"):
+    with Pipeline(name="routing", executor="sync") as p:
         first, second = source("first"), source("second")
         first >> route >> [Work(), Work()]
-        with pytest.raises(RoutingError, match=r"'first'.*'second'"):
-            second >> route
+        second >> route >> [Work(), Work()]
+    assert p.dag.routing["first"] is route
+    assert p.dag.routing["second"] is not route
+    assert p.dag.routing["second"].dump()["step"] == "second"
+    assert route.dump()["step"] == "first"
 
 
 def test_a_routing_function_must_be_followed_by_a_list() -> None:
@@ -128,7 +132,7 @@ def test_nested_routing_is_rejected() -> None:
 
 def test_dump_and_from_dump_rebuild_a_decorated_function() -> None:
     data = first_only.dump()
-    assert data["type_info"] == {"module": __name__, "name": "first_only"}
+    assert data["type_info"] == {"module": __name__, "name": "first_only", "kwargs": {}}
     rebuilt = RoutingBatchFunction.from_dump(data)
     assert rebuilt is not first_only
     assert rebuilt(["a", "b"]) == ["a"]
@@ -136,8 +140,9 @@ def test_dump_and_from_dump_rebuild_a_decorated_function() -> None:
 
 def test_dump_and_from_dump_rebuild_sample_n_steps_with_its_argument() -> None:
     data = sample_n_steps(2).dump()
-    assert data["type_info"] == {"module": "stillhouse.core.routing", "name": "sample_n_steps"}
-    assert data["kwargs"] == {"n": 2}
+    assert data["type_info"] == {
+        "module": "stillhouse.core.routing", "name": "sample_n_steps", "kwargs": {"n": 2}
+    }
     rebuilt = RoutingBatchFunction.from_dump(data)
     assert rebuilt.dump() == data
     assert len(rebuilt(["a", "b", "c"])) == 2

@@ -54,12 +54,12 @@ def test_the_files_are_fine_apart_from_the_untrusted_name(tmp_path: Path) -> Non
 
 def test_routing_factory_arguments_are_validated_by_pydantic() -> None:
     data = sample_n_steps(2).dump()
-    data["kwargs"] = {"n": "2"}
-    assert RoutingBatchFunction.from_dump(data).dump()["kwargs"] == {"n": 2}
-    data["kwargs"] = {"n": "rm -rf /"}
+    data["type_info"]["kwargs"] = {"n": "2"}  # distilabel's layout: kwargs inside type_info
+    assert RoutingBatchFunction.from_dump(data).dump()["type_info"]["kwargs"] == {"n": 2}
+    data["type_info"]["kwargs"] = {"n": "rm -rf /"}
     with pytest.raises(RoutingError, match=r"sample_n_steps\(\) got n='rm -rf /': Input should be a valid integer"):
         RoutingBatchFunction.from_dump(data)
-    data["kwargs"] = {"command": "touch x"}
+    data["type_info"]["kwargs"] = {"command": "touch x"}
     with pytest.raises(RoutingError, match=r"sample_n_steps\(\) got bad arguments"):
         RoutingBatchFunction.from_dump(data)
 

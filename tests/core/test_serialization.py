@@ -103,8 +103,9 @@ def test_dump_has_a_format_version_steps_connections_and_routing() -> None:
         {
             "step": "data",
             "description": "Sample 2 steps from the list of provided steps.",
-            "type_info": {"module": "stillhouse.core.routing", "name": "sample_n_steps"},
-            "kwargs": {"n": 2},
+            "type_info": {
+                "module": "stillhouse.core.routing", "name": "sample_n_steps", "kwargs": {"n": 2}
+            },
         }
     ]
 
@@ -145,7 +146,7 @@ def test_save_and_load_round_trip(tmp_path: Path, fmt: str) -> None:
 def test_sample_n_steps_is_rebuilt_with_its_argument() -> None:
     rebuilt = Pipeline.from_dict(build().dump())
     route = rebuilt.dag.routing["data"]
-    assert route.dump()["kwargs"] == {"n": 2}
+    assert route.dump()["type_info"]["kwargs"] == {"n": 2}
     assert sorted(route(["a", "b"])) == ["a", "b"]
     assert rebuilt.dag.routed_branches("data") == ["a", "b"]
 

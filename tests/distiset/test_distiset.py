@@ -50,6 +50,7 @@ def test_save_and_load_round_trip(tmp_path, target):
     assert _rows(loaded) == _rows(distiset)
     fs, root = fsspec.core.url_to_fs(str(target))
     assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)) == [
+        "README.md",  # save_card=True by default, as in distilabel
         "artifacts",
         "pipeline.log",
         "pipeline.yaml",

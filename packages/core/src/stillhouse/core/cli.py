@@ -238,15 +238,19 @@ def _cmd_pipeline_info(args: argparse.Namespace) -> int:
 def _routing_label(routing: Any) -> str:
     if routing is None:
         return ""
-    kwargs = routing.dump().get("kwargs") or {}
+    kwargs = routing.dump()["type_info"].get("kwargs") or {}
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
     return f"{routing.name}({args})" if kwargs else routing.name
 
 
 def _flatten_info(entries: list[dict[str, Any]], prefix: str = ""):
     for entry in entries:
-        if "runtime_parameters_info" in entry:
-            yield from _flatten_info(entry["runtime_parameters_info"], f"{prefix}{entry['name']}.")
+        nested = entry.get("runtime_parameters_info")
+        if isinstance(nested, dict):  # a list of models: {"0": [...], "1": [...]}
+            for index, items in nested.items():
+                yield from _flatten_info(items, f"{prefix}{entry['name']}.{index}.")
+        elif nested is not None:
+            yield from _flatten_info(nested, f"{prefix}{entry['name']}.")
         else:
             yield {**entry, "name": f"{prefix}{entry['name']}"}
 

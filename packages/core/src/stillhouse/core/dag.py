@@ -16,7 +16,6 @@ import networkx as nx
 from stillhouse.core.errors import (
     CycleError,
     DuplicateStepNameError,
-    InvalidMappingError,
     InvalidResourcesError,
     MissingInputsError,
     PipelineValidationError,
@@ -146,19 +145,8 @@ def _check_connections(dag: DAG, step: _Step) -> None:
 
 
 def _check_mappings(step: _Step) -> None:
-    inputs, outputs = step.get_inputs(), step.get_outputs()
-    for key in step.input_mappings:
-        if key not in inputs:
-            raise InvalidMappingError(
-                f"Step {step.name!r}: input_mappings key {key!r} is not one of its inputs "
-                f"{list(inputs)!r}. Keys are the step's input names, values the dataset's columns."
-            )
-    for key in step.output_mappings:
-        if key not in outputs:
-            raise InvalidMappingError(
-                f"Step {step.name!r}: output_mappings key {key!r} is not one of its outputs "
-                f"{list(outputs)!r}. Keys are the step's output names, values the new names."
-            )
+    step.verify_inputs_mappings()  # InvalidMappingError naming the step and the key
+    step.verify_outputs_mappings()
 
 
 def _check_resources(step: _Step) -> None:
@@ -194,7 +182,7 @@ def available_columns(dag: DAG, name: str) -> set[str]:
     columns: set[str] = set()
     for ancestor in nx.ancestors(dag.graph, name):
         step = dag.get_step(ancestor)
-        columns.update(step.output_mappings.get(c, c) for c in step.get_outputs())
+        columns.update(step.get_outputs())  # already after output_mappings
     return columns
 
 
@@ -204,8 +192,9 @@ def _check_inputs(dag: DAG) -> None:
         if step.is_generator:
             continue
         available = available_columns(dag, name)
-        for column, required in step.get_inputs().items():
-            source = step.input_mappings.get(column, column)
+        from_data = {source: column for column, source in step.input_mappings.items()}
+        for source, required in step.get_inputs().items():  # already after input_mappings
+            column = from_data.get(source, source)
             if required and source not in available:
                 mapped = f" (mapped from {source!r})" if source != column else ""
                 raise MissingInputsError(
@@ -371,6 +360,15 @@ def load_stages(dag: DAG, load_groups: LoadGroups = None) -> list[list[str]]:
         for name in order
     }
     return [[n for n in order if key[n] == k] for k in sorted(set(key.values()))]
+
+
+def stages_last_steps(dag: DAG, stages: list[list[str]]) -> list[list[str]]:
+    """For each stage, its steps that no other step of the stage follows (sorted)."""
+    result = []
+    for stage in stages:
+        sub = dag.graph.subgraph(stage)
+        result.append(sorted(name for name in sub if sub.out_degree(name) == 0))
+    return result
 
 
 def _step_name(item: Any) -> str:

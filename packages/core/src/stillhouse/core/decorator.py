@@ -23,6 +23,19 @@ def _is_step_input(hint: Any) -> bool:
     return bool(args) and args[-1] == "StepInput"
 
 
+def _check_one_step_input(func: Callable[..., Any], input_params: list[inspect.Parameter]) -> None:
+    """As in distilabel: one `StepInput` parameter (or `*inputs: StepInput`), not several."""
+    named = [p.name for p in input_params if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    if len(named) > 1:
+        from stillhouse.core.errors import PipelineValidationError
+
+        raise PipelineValidationError(
+            f"Function {func.__name__!r} has more than one parameter annotated with "
+            f"`StepInput` ({', '.join(map(repr, named))}). A @step function takes one "
+            "`StepInput`, or `*inputs: StepInput` to receive one list per predecessor."
+        )
+
+
 def step(
     inputs: StepColumns | None = None,
     outputs: StepColumns | None = None,
@@ -57,6 +70,7 @@ def step(
             annotations[param.name] = hints.get(param.name, Any)
             if param.default is not inspect.Parameter.empty:
                 fields[param.name] = param.default
+        _check_one_step_input(func, input_params)
         field_names = list(annotations)
 
         def field_values(self: _Step) -> dict[str, Any]:

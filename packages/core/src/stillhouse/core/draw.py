@@ -56,7 +56,7 @@ def _node_lines(step: _Step) -> list[str]:
 
 
 def _routing_label(routing: RoutingBatchFunction) -> str:
-    kwargs = routing.dump()["kwargs"]
+    kwargs = routing.dump()["type_info"]["kwargs"]
     arguments = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
     return f"{routing.name}({arguments})" if kwargs else routing.name
 

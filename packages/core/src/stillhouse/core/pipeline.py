@@ -18,7 +18,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import ValidationError
 
 from stillhouse.core import _context, serialization
-from stillhouse.core.dag import DAG, LoadGroups, validate_dag
+from stillhouse.core.dag import DAG, LoadGroups, load_stages, stages_last_steps, validate_dag
 from stillhouse.core.errors import (
     DatasetArgumentError,
     MissingRequirementsError,
@@ -60,10 +60,12 @@ class Pipeline:
         executor: str = "mp",
         **executor_options: Any,
     ) -> None:
+        name = name or None  # Pipeline(name="") is unnamed, as in distilabel
         self.name = name or "pipeline"
         self.description = description
         self._cache_dir = cache_dir
         self.enable_metadata = enable_metadata
+        self._requirements: list[str] = []
         self.requirements = list(requirements or [])
         self.executor = executor
         self.executor_options = executor_options
@@ -126,16 +128,50 @@ class Pipeline:
         encoded = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha1(encoded).hexdigest()
 
+    @property
+    def aggregated_steps_signature(self) -> str:
+        """Hash of every step's `signature`, in the order the steps were added."""
+        signatures = "".join(self.dag.get_step(name).signature for name in self.dag.step_names)
+        return hashlib.sha1(signatures.encode()).hexdigest()
+
+    def get_load_stages(self, load_groups: LoadGroups = None) -> tuple[list[list[str]], list[list[str]]]:
+        """`(stages, last steps of each stage)`, as distilabel returns them: the steps
+        loaded together, stage by stage, and the steps of each stage nothing in it follows."""
+        stages = load_stages(self.dag, load_groups)
+        return stages, stages_last_steps(self.dag, stages)
+
+    # -- requirements ------------------------------------------------------------------
+
+    @property
+    def requirements(self) -> list[str]:
+        """The pipeline's and its steps' pip requirements, deduplicated and sorted."""
+        wanted = set(self._requirements)
+        for name in self.dag.step_names:
+            step = self.dag.get_step(name)
+            wanted.update(_valid_requirements(getattr(step, "requirements", None) or [], name))
+        return sorted(wanted)
+
+    @requirements.setter
+    def requirements(self, values: Sequence[str] | str) -> None:
+        """Add requirements; invalid ones are dropped with a warning (as in distilabel)."""
+        values = [values] if isinstance(values, str) else list(values)
+        self._requirements = sorted(set(self._requirements) | set(_valid_requirements(values)))
+
+    def requirements_to_install(self) -> list[str]:
+        """The requirements that are missing or installed at a version they exclude."""
+        return [req for req in self.requirements if not _requirement_met(req)]
+
     def get_runtime_parameters_info(self) -> dict[str, list[dict[str, Any]]]:
         return {name: self.dag.get_step(name).get_runtime_parameters_info() for name in self.dag.step_names}
 
     # -- serialization -----------------------------------------------------------------
 
     def dump(self, inline_dir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
-        """The pipeline as plain data. Inline rows (`LoadDataFromDicts(data=...)`) are in it,
-        unless `inline_dir` is given: then they are written there once, as files named by
-        their hash, and referenced (see `stillhouse.core.inline_data`)."""
-        return serialization.pipeline_to_dict(self, inline_dir)
+        """The pipeline as plain data; `requirements` is also a top-level key, as in
+        distilabel. Inline rows (`LoadDataFromDicts(data=...)`) are in it, unless
+        `inline_dir` is given: then they are written there once, as files named by their
+        hash, and referenced (see `stillhouse.core.inline_data`)."""
+        return {**serialization.pipeline_to_dict(self, inline_dir), "requirements": self.requirements}
 
     def save(self, path: str | os.PathLike[str], format: str = "yaml") -> None:
         """Write the pipeline file; inline rows go to `inline_data/` beside it."""
@@ -143,12 +179,15 @@ class Pipeline:
         Path(path).write_text(text, encoding="utf-8")
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], base: str | os.PathLike[str] | None = None) -> Pipeline:
-        """`base`: the folder that inline-data references in `data` are relative to."""
-        return serialization.pipeline_from_dict(data, base)
+    def from_dict(cls, data: dict[str, Any], base: str | os.PathLike[str] | None = None) -> Self:
+        """Rebuild a pipeline (of this class, for a subclass) from `dump()`'s dict; `base`:
+        the folder that inline-data references in `data` are relative to."""
+        pipeline = serialization.pipeline_from_dict(data, base, pipeline_cls=cls)
+        pipeline.requirements = data.get("requirements") or []
+        return pipeline
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> Pipeline:
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
         """Load a pipeline file (local path or fsspec URL) with the inline data beside it."""
         data = serialization.loads(serialization.read_text(path), str(path))
         return cls.from_dict(data, base=str(path).rstrip("/").rpartition("/")[0] or ".")
@@ -204,10 +243,7 @@ class Pipeline:
         self._check_requirements()
 
     def _check_requirements(self) -> None:
-        wanted = list(self.requirements)
-        for name in self.dag.step_names:
-            wanted.extend(getattr(self.dag.get_step(name), "requirements", None) or [])
-        missing = [req for req in dict.fromkeys(wanted) if not _requirement_met(req)]
+        missing = self.requirements_to_install()
         if missing:
             raise MissingRequirementsError(
                 f"Pipeline {self.name!r} needs packages that are not installed:\n"
@@ -227,11 +263,14 @@ class Pipeline:
         logging_handlers: list[logging.Handler] | None = None,
         load_groups: LoadGroups = None,
         progress: bool | None = None,
+        dataset_batch_size: int = 50,
     ) -> Any:
-        """Validate, run every step and return the results (a Distiset)."""
+        """Validate, run every step and return the results (a Distiset).
+
+        `dataset_batch_size`: the batch size of the generator step made from `dataset`."""
         from stillhouse.core.engine.run import run_pipeline
 
-        self._attach_dataset(dataset)
+        self._attach_dataset(dataset, dataset_batch_size)
         return run_pipeline(
             self,
             parameters=parameters,
@@ -259,7 +298,7 @@ class Pipeline:
         """Ask a running `run()` to stop gracefully (as a first Ctrl+C does). Thread-safe."""
         self._stop_requested += 1
 
-    def _attach_dataset(self, dataset: Any) -> None:
+    def _attach_dataset(self, dataset: Any, batch_size: int = 50) -> None:
         if dataset is None:
             return
         from stillhouse.core.steps import LoadDataFromDicts
@@ -273,7 +312,7 @@ class Pipeline:
         rows = _dataset_rows(dataset)
         roots = self.dag.roots
         with self:
-            loader = LoadDataFromDicts(name="load_dataset", data=rows)
+            loader = LoadDataFromDicts(name="load_dataset", data=rows, batch_size=batch_size)
         for root in roots:
             loader.connect(self.dag.get_step(root))
 
@@ -325,13 +364,21 @@ def _dataset_rows(dataset: Any) -> list[dict[str, Any]]:
     )
 
 
+def _valid_requirements(texts: Sequence[str], step: str | None = None) -> list[str]:
+    """The valid pip requirements of `texts`, normalised; the others are logged and dropped."""
+    valid = []
+    for text in texts:
+        try:
+            valid.append(str(Requirement(text)))
+        except InvalidRequirement as exc:
+            owner = f"step {step!r}" if step else "the pipeline"
+            logger.warning("Requirement %r of %s is not a valid pip requirement (%s); it is "
+                           "ignored. Fix its spelling, e.g. 'package>=1.0'.", text, owner, exc)
+    return valid
+
+
 def _requirement_met(text: str) -> bool:
-    try:
-        requirement = Requirement(text)
-    except InvalidRequirement as exc:
-        raise MissingRequirementsError(
-            f"Requirement {text!r} is not a valid pip requirement: {exc}"
-        ) from exc
+    requirement = Requirement(text)  # valid: every requirement went through _valid_requirements
     try:
         installed = importlib.metadata.version(requirement.name)
     except importlib.metadata.PackageNotFoundError:

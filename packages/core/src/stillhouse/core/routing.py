@@ -38,6 +38,17 @@ class RoutingBatchFunction(BaseModel):
     def __call__(self, steps: list[str]) -> list[str]:
         return list(self.routing_function(steps))
 
+    def _for_upstream(self, step: _Step) -> RoutingBatchFunction:
+        """This function, or a copy of it when it already follows another step of the
+        same pipeline: each use of one routing function object is its own routing."""
+        same_pipeline = self._step is not None and self._step.pipeline is step.pipeline
+        if not same_pipeline or self._step is step:
+            return self
+        copy = self.model_copy()
+        copy._factory = self._factory
+        copy._step = None
+        return copy
+
     def _set_upstream(self, step: _Step) -> None:
         same_pipeline = self._step is not None and self._step.pipeline is step.pipeline
         if same_pipeline and self._step is not step:
@@ -76,11 +87,18 @@ class RoutingBatchFunction(BaseModel):
         else:
             fn = self.routing_function
             module, name, kwargs = fn.__module__, fn.__qualname__, {}
+        # distilabel's layout: the step it follows, and the factory's kwargs in type_info.
         return {
+            "step": self._step.name if self._step is not None else None,
             "description": self.description,
-            "type_info": {"module": module, "name": name},
-            "kwargs": kwargs,
+            "type_info": {"module": module, "name": name, "kwargs": kwargs},
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoutingBatchFunction:
+        """Rebuild from `dump()` (distilabel's layout, or stillhouse's older top-level
+        `kwargs`); the step it follows is set when it is wired again with `>>`."""
+        return cls.from_dump(data)
 
     @classmethod
     def from_dump(cls, data: dict[str, Any]) -> RoutingBatchFunction:
@@ -92,7 +110,7 @@ class RoutingBatchFunction(BaseModel):
         info = data.get("type_info") or {}
         module, name = info.get("module"), info.get("name")
         target = import_object(module, name, "The routing function")
-        kwargs = data.get("kwargs") or {}
+        kwargs = info.get("kwargs") or data.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise SerializationError(
                 f"The routing function {module}.{name} has kwargs {kwargs!r}; they must be a "

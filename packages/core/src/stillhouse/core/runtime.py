@@ -85,6 +85,8 @@ class RuntimeParametersMixin(BaseModel):
             value = getattr(self, name, None)
             if isinstance(value, RuntimeParametersMixin):
                 names[name] = value.runtime_parameters_names
+            elif _is_model_list(value):  # distilabel's multi-LLM pattern: {"0": {...}, "1": ...}
+                names[name] = {str(i): item.runtime_parameters_names for i, item in enumerate(value)}
         return names
 
     def get_runtime_parameters_info(self) -> list[dict[str, Any]]:
@@ -100,6 +102,14 @@ class RuntimeParametersMixin(BaseModel):
                 info.append(
                     {"name": name, "runtime_parameters_info": value.get_runtime_parameters_info()}
                 )
+                continue
+            if _is_model_list(value):
+                info.append({
+                    "name": name,
+                    "runtime_parameters_info": {
+                        str(i): item.get_runtime_parameters_info() for i, item in enumerate(value)
+                    },
+                })
                 continue
             entry: dict[str, Any] = {
                 "name": name,
@@ -129,6 +139,8 @@ class RuntimeParametersMixin(BaseModel):
             current = getattr(self, name)
             if isinstance(current, RuntimeParametersMixin) and isinstance(value, dict):
                 warnings.extend(current.set_runtime_parameters(value))
+            elif _is_model_list(current) and isinstance(value, dict):
+                warnings.extend(_set_list_parameters(self, name, current, value))
             elif self.model_config.get("validate_assignment"):
                 setattr(self, name, value)
             else:  # a nested model without validate_assignment: validate the value anyway
@@ -144,12 +156,39 @@ class RuntimeParametersMixin(BaseModel):
             if isinstance(optional, dict):
                 if isinstance(value, RuntimeParametersMixin):
                     missing.extend(value.missing_runtime_parameters(f"{prefix}{name}."))
+                elif _is_model_list(value):
+                    for i, item in enumerate(value):
+                        missing.extend(item.missing_runtime_parameters(f"{prefix}{name}.{i}."))
             elif not optional and value is None:
                 missing.append(f"{prefix}{name}")
         return missing
 
     def _describe(self) -> str:
         return type(self).__name__
+
+
+def _is_model_list(value: Any) -> bool:
+    """A non-empty list of runtime-parameter models (e.g. several LLMs in one step)."""
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(item, RuntimeParametersMixin) for item in value
+    )
+
+
+def _set_list_parameters(
+    owner: RuntimeParametersMixin, name: str, items: list[Any], values: dict[str, Any]
+) -> list[str]:
+    """Set `{"0": {...}, "1": {...}}` on the models of list field `name`."""
+    warnings: list[str] = []
+    for key, item_values in values.items():
+        index = int(key) if str(key).isdigit() else -1
+        if not 0 <= index < len(items) or not isinstance(item_values, dict):
+            warnings.append(
+                f"Runtime parameter {name}.{key} of {owner._describe()} names no item of "
+                f"{name!r} (items 0 to {len(items) - 1}, each set with a dict); it was ignored."
+            )
+            continue
+        warnings.extend(items[index].set_runtime_parameters(item_values))
+    return warnings
 
 
 def _plain(value: Any) -> Any:

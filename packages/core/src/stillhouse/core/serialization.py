@@ -188,14 +188,16 @@ def _kind(target: Any) -> str:
     return f"a {type(target).__name__}"
 
 
-def pipeline_from_dict(data: dict[str, Any], base: str | Path | None = None) -> Pipeline:
+def pipeline_from_dict(
+    data: dict[str, Any], base: str | Path | None = None, pipeline_cls: type[Pipeline] | None = None
+) -> Pipeline:
     """Rebuild a pipeline; `base` is the folder inline-data references are relative to."""
     from stillhouse.core.pipeline import Pipeline
     from stillhouse.core.routing import RoutingBatchFunction
 
     check_format(data, "The pipeline dict")  # from_dict callers skip loads()
     spec = data["pipeline"]
-    pipeline = Pipeline(
+    pipeline = (pipeline_cls or Pipeline)(
         name=spec.get("name"),
         description=spec.get("description"),
         enable_metadata=spec.get("enable_metadata", False),

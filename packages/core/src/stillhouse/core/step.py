@@ -7,11 +7,15 @@ mapping of column names; it knows nothing of how steps are scheduled or run.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
+import logging
 import re
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr, ValidationError
@@ -81,9 +85,16 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     use_cache: bool = True
 
     _built_from_decorator: bool = PrivateAttr(default=False)
+    _pipeline_artifacts_path: Path | None = PrivateAttr(default=None)
 
     requirements: ClassVar[list[str]] = []
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
+
+    exclude_from_signature: ClassVar[set[str]] = {
+        "type_info", "runtime_parameters_info", "input_batch_size", "batch_size", "resources",
+        "use_cache", "concurrency", "batch_timeout",
+    }
+    """`dump()` keys that do not change what the step computes, so not in `signature`."""
 
     def __init__(self, **data: Any) -> None:
         self._validating(super().__init__, **data)
@@ -99,6 +110,16 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         if not self.name:
             taken = set(self.pipeline.dag.step_names) if self.pipeline is not None else set()
             self.name = infer_step_name(type(self).__name__, taken)
+        if self.pipeline is None:
+            self._logger.warning(
+                "Step %r was created outside a pipeline: it cannot be connected or run. Create "
+                "it inside `with Pipeline(...) as pipeline:` or pass `pipeline=`.", self.name
+            )
+
+    @property
+    def _logger(self) -> logging.Logger:
+        """The step's logger, `stillhouse.step.<name>` (distilabel's `self._logger`)."""
+        return logging.getLogger(f"stillhouse.step.{self.name}")
 
     def __setattr__(self, name: str, value: Any) -> None:
         self._validating(super().__setattr__, name, value)
@@ -147,6 +168,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
                 )
             self.pipeline._add_edge(self.name, other.name)
         if routing_batch_function is not None:
+            routing_batch_function = routing_batch_function._for_upstream(self)
             routing_batch_function._set_upstream(self)
             self.pipeline._set_routing(self.name, routing_batch_function)
 
@@ -160,6 +182,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
             self.connect(*other)
             return other
         if isinstance(other, RoutingBatchFunction):
+            other = other._for_upstream(self)  # a routing used twice: one copy per use
             other._set_upstream(self)
             return other
         return NotImplemented
@@ -196,10 +219,93 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         return []
 
     def get_inputs(self) -> dict[str, bool]:
-        return _columns(self.inputs)
+        """`{column: required}` of the inputs, named as the data names them (after
+        `input_mappings`): `{"instruction": "prompt"}` gives `{"prompt": True}`."""
+        return {self.input_mappings.get(c, c): r for c, r in _columns(self.inputs).items()}
 
     def get_outputs(self) -> dict[str, bool]:
-        return _columns(self.outputs)
+        """`{column: required}` of the outputs, after `output_mappings`."""
+        return {self.output_mappings.get(c, c): r for c, r in _columns(self.outputs).items()}
+
+    def verify_inputs_mappings(self) -> None:
+        """Raise `InvalidMappingError` if an `input_mappings` key is not an input."""
+        self._verify_mappings(self.input_mappings, self.inputs, "input_mappings", "inputs",
+                              "Keys are the step's input names, values the dataset's columns.")
+
+    def verify_outputs_mappings(self) -> None:
+        """Raise `InvalidMappingError` if an `output_mappings` key is not an output."""
+        self._verify_mappings(self.output_mappings, self.outputs, "output_mappings", "outputs",
+                              "Keys are the step's output names, values the new names.")
+
+    def _verify_mappings(self, mappings: dict[str, str], columns: StepColumns, field: str,
+                         kind: str, hint: str) -> None:
+        from stillhouse.core.errors import InvalidMappingError
+
+        for key in mappings:
+            if key not in columns:
+                raise InvalidMappingError(
+                    f"Step {self.name!r}: {field} key {key!r} is not one of its {kind} "
+                    f"{list(columns)!r}. {hint}"
+                )
+
+    # -- serialization and identity ------------------------------------------------------
+
+    def dump(self) -> dict[str, Any]:
+        """The step as a plain dict: its fields, `type_info` and `runtime_parameters_info`."""
+        from stillhouse.core.serialization import step_to_dict
+
+        return step_to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a step of this class from `dump()`'s dict (outside any pipeline unless
+        one is active or `data` has `pipeline`)."""
+        fields = {k: v for k, v in data.items() if k not in ("type_info", "runtime_parameters_info")}
+        return cls(**fields)
+
+    @property
+    def signature(self) -> str:
+        """A hash of what the step computes: its class and result-affecting fields.
+
+        Fields in `exclude_from_signature` (batch sizes, resources, ...) and secrets are
+        left out. The cache's own signature adds the step's code and its predecessors."""
+        dumped = {k: v for k, v in self.dump().items() if k not in self.exclude_from_signature}
+        encoded = json.dumps(dumped, sort_keys=True, default=repr).encode()
+        return hashlib.sha1(encoded).hexdigest()
+
+    # -- artifacts -------------------------------------------------------------------------
+
+    def set_pipeline_artifacts_path(self, path: Path | str | None) -> None:
+        """Where the run keeps artifacts (`<run>/artifacts`); the engine sets it."""
+        self._pipeline_artifacts_path = Path(path) if path is not None else None
+
+    @property
+    def artifacts_directory(self) -> Path | None:
+        """`<run artifacts folder>/<step name>`, or None outside a run."""
+        if self._pipeline_artifacts_path is None:
+            return None
+        return self._pipeline_artifacts_path / str(self.name)
+
+    def save_artifact(
+        self,
+        name: str,
+        write_function: Callable[[Path], None],
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Save an artifact: `write_function(folder)` writes its files into
+        `artifacts_directory / name`, and `metadata` goes to `metadata.json` beside them.
+        Outside a run (no artifacts folder) it logs a warning and saves nothing."""
+        if self.artifacts_directory is None:
+            self._logger.warning(
+                "Step %r cannot save artifact %r: it runs outside a pipeline run, so there is "
+                "no artifacts folder. Run it in a pipeline to keep artifacts.", self.name, name
+            )
+            return
+        folder = self.artifacts_directory / name
+        folder.mkdir(parents=True, exist_ok=True)
+        self._logger.info("Storing artifact %r of step %r in %s", name, self.name, folder)
+        write_function(folder)
+        (folder / "metadata.json").write_text(json.dumps(metadata or {}), encoding="utf-8")
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -238,7 +344,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
 
     def impute_step_outputs(self, rows: list[Row]) -> list[Row]:
         """Rows of a failed batch: the input rows with every output column set to None."""
-        outputs = [self.output_mappings.get(c, c) for c in self.get_outputs()]
+        outputs = list(self.get_outputs())
         return [{**row, **dict.fromkeys(outputs)} for row in rows]
 
     def _map_output(self, row: Row, overridden: Row) -> Row:

@@ -173,7 +173,7 @@ def _run_summary(summary: list[dict[str, Any]] | None) -> str:
 def _examples(distiset: Distiset) -> str:
     lines = ["## Examples", ""]
     for config, splits in distiset.items():
-        train = splits.get("train")
+        train = splits.get("train") if isinstance(splits, dict) else splits  # or a Dataset
         if train is None or len(train) == 0:
             continue
         example = json.dumps(_shorten(train[0]), indent=2, ensure_ascii=False, default=str)

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Self
 
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 
 from stillhouse.distiset._storage import (
     PathLike,
@@ -26,6 +26,9 @@ from stillhouse.distiset._storage import (
 SAVED_PIPELINE = "pipeline.yaml"
 SAVED_LOG = "pipeline.log"
 SAVED_ARTIFACTS = "artifacts"
+SAVED_CARD = "README.md"
+DISTILABEL_CONFIGS = "distiset_configs"
+"""The folder distilabel's `save_to_disk` keeps `pipeline.yaml`, `pipeline.log` and the card in."""
 
 
 def _as_location(value: PathLike | None) -> Path | str | None:
@@ -42,7 +45,9 @@ class Distiset(dict):
     """The results of a pipeline: leaf step name -> `datasets.DatasetDict`.
 
     Each value has a `"train"` split (and `"test"` after `train_test_split`). A
-    pipeline with a single leaf step gives a single entry named `"default"`.
+    pipeline with a single leaf step gives a single entry named `"default"`. As in
+    distilabel, a value may also be a plain `datasets.Dataset`; splitting, saving and
+    loading handle both.
 
     Attributes:
         pipeline_path: The `pipeline.yaml` that made these results, if known
@@ -122,7 +127,7 @@ class Distiset(dict):
         if not 0 < train_size < 1:
             raise ValueError(f"train_size must be between 0 and 1 (exclusive), got {train_size!r}.")
         for name, splits in self.items():
-            train = splits["train"]
+            train = splits if isinstance(splits, Dataset) else splits["train"]
             if len(train) == 0:
                 # datasets refuses to split nothing; an empty leaf has empty splits.
                 self[name] = DatasetDict({"train": train, "test": train})
@@ -133,16 +138,27 @@ class Distiset(dict):
     # -- disk -----------------------------------------------------------------------
 
     def save_to_disk(
-        self, distiset_path: PathLike, storage_options: dict[str, Any] | None = None, **kwargs: Any
+        self,
+        distiset_path: PathLike,
+        storage_options: dict[str, Any] | None = None,
+        save_card: bool = True,
+        save_pipeline_config: bool = True,
+        save_pipeline_log: bool = True,
+        **kwargs: Any,
     ) -> None:
         """Save every leaf under `<distiset_path>/<leaf>/`, with the pipeline files beside.
 
-        `pipeline.yaml` and `pipeline.log` are copied to `distiset_path`, and step
-        artifacts to `<distiset_path>/artifacts/<step>/`.
+        `pipeline.yaml`, `pipeline.log` and the dataset card (`README.md`) are written to
+        `distiset_path`, and step artifacts to `<distiset_path>/artifacts/<step>/<name>/`
+        (distilabel's artifacts layout; distilabel puts the other three files in
+        `distiset_configs/`, and `load_from_disk` reads both layouts).
 
         Args:
             distiset_path: A local path or an fsspec URL (`s3://...`, `memory://...`).
             storage_options: fsspec options for `distiset_path`.
+            save_card: Write the dataset card `README.md`.
+            save_pipeline_config: Copy `pipeline.yaml`, if known.
+            save_pipeline_log: Copy `pipeline.log`, if known.
             **kwargs: Passed to `datasets.DatasetDict.save_to_disk` (`max_shard_size`,
                 `num_shards`, `num_proc`).
         """
@@ -151,14 +167,30 @@ class Distiset(dict):
             splits.save_to_disk(
                 fs.unstrip_protocol(join(root, name)), storage_options=storage_options, **kwargs
             )
-        for source, filename in (
-            (self.pipeline_path, SAVED_PIPELINE),
-            (self.log_filename_path, SAVED_LOG),
+        for source, filename, wanted in (
+            (self.pipeline_path, SAVED_PIPELINE, save_pipeline_config),
+            (self.log_filename_path, SAVED_LOG, save_pipeline_log),
         ):
-            if source is not None:
+            if source is not None and wanted:
                 copy_file(source, fs, join(root, filename), self.storage_options)
         for relative, location in self.artifact_files():
             copy_file(location, fs, join(root, SAVED_ARTIFACTS, relative), self.storage_options)
+        if save_card:
+            self._save_card(fs, root, os.path.basename(os.fspath(distiset_path).rstrip("/")))
+
+    def _save_card(self, fs: Any, root: str, name: str) -> None:
+        """Write the dataset card as `push_to_hub` would, for a repository named `name`."""
+        from stillhouse.distiset._storage import read_bytes
+        from stillhouse.distiset.card import render_card
+
+        pipeline_yaml = None
+        if self.pipeline_path is not None:
+            pipeline_yaml = read_bytes(self.pipeline_path, self.storage_options).decode("utf-8", "replace")
+        # An empty YAML header: a new card, without huggingface_hub's "no metadata" warning.
+        card = render_card(self, name, pipeline_yaml=pipeline_yaml, hub_url="https://huggingface.co",
+                           existing_readme="---\n{}\n---\n")
+        with fs.open(join(root, SAVED_CARD), "w", encoding="utf-8") as handle:
+            handle.write(card)
 
     @classmethod
     def load_from_disk(
@@ -167,8 +199,15 @@ class Distiset(dict):
         storage_options: dict[str, Any] | None = None,
         *,
         keep_in_memory: bool | None = None,
+        download_dir: PathLike | None = None,
     ) -> Self:
-        """Load a Distiset written by `save_to_disk` (a local path or an fsspec URL)."""
+        """Load a Distiset written by `save_to_disk` (a local path or an fsspec URL).
+
+        Reads stillhouse's layout and distilabel's (`distiset_configs/`). `download_dir`
+        is accepted for distilabel's signature and unused: remote folders are read in
+        place through fsspec.
+        """
+        del download_dir
         fs, root = resolve(distiset_path, storage_options)
         if not fs.isdir(root):
             raise FileNotFoundError(
@@ -178,12 +217,16 @@ class Distiset(dict):
         distiset = cls()
         for entry in sorted(list_entries(fs, root), key=lambda e: e["name"]):
             leaf_dir = entry["name"].rstrip("/")
-            # A leaf folder is one datasets wrote; `artifacts/` and stray folders are not.
-            if entry.get("type") == "directory" and fs.exists(join(leaf_dir, "dataset_dict.json")):
-                location = str(public(fs, leaf_dir))
-                distiset[os.path.basename(leaf_dir)] = DatasetDict.load_from_disk(
-                    location, keep_in_memory=keep_in_memory, storage_options=storage_options
-                )
+            if entry.get("type") != "directory":
+                continue
+            # A leaf folder is one datasets wrote (a DatasetDict, or a Dataset as distilabel
+            # allows); `artifacts/`, `distiset_configs/` and stray folders are not.
+            location = str(public(fs, leaf_dir))
+            options = {"keep_in_memory": keep_in_memory, "storage_options": storage_options}
+            if fs.exists(join(leaf_dir, "dataset_dict.json")):
+                distiset[os.path.basename(leaf_dir)] = DatasetDict.load_from_disk(location, **options)
+            elif fs.exists(join(leaf_dir, "state.json")):
+                distiset[os.path.basename(leaf_dir)] = Dataset.load_from_disk(location, **options)
         if not distiset:
             raise FileNotFoundError(
                 f"{os.fspath(distiset_path)!r} holds no saved leaf (no `<leaf>/dataset_dict.json`). "
@@ -193,12 +236,40 @@ class Distiset(dict):
             (SAVED_PIPELINE, "pipeline_path"),
             (SAVED_LOG, "log_filename_path"),
         ):
-            if fs.exists(join(root, filename)):
-                setattr(distiset, attribute, public(fs, join(root, filename)))
+            # Ours at the top; distilabel's in `distiset_configs/`.
+            for folder in (root, join(root, DISTILABEL_CONFIGS)):
+                if fs.exists(join(folder, filename)):
+                    setattr(distiset, attribute, public(fs, join(folder, filename)))
+                    break
         if fs.isdir(join(root, SAVED_ARTIFACTS)):
             distiset.artifacts_path = public(fs, join(root, SAVED_ARTIFACTS))
         distiset.storage_options = storage_options
         return distiset
+
+    def transform_columns_to_image(self, columns: str | list[str]) -> Self:
+        """Turn base64-encoded image columns into `datasets.Image` columns, in place.
+
+        The Hub then shows them as images and they load back as `PIL.Image`s. Values
+        may be bare base64 or `data:image/...;base64,` URLs. Needs Pillow
+        (`pip install 'stillhouse-distiset[images]'`).
+
+        Args:
+            columns: A column name or a list of them; leaves without the column are left as is.
+
+        Returns:
+            This Distiset.
+        """
+        from stillhouse.distiset.images import to_image_columns
+
+        names = [columns] if isinstance(columns, str) else list(columns)
+        for name, value in self.items():
+            if isinstance(value, Dataset):
+                self[name] = to_image_columns(value, names)
+            else:
+                self[name] = DatasetDict(
+                    {split: to_image_columns(data, names) for split, data in value.items()}
+                )
+        return self
 
     # -- hub ------------------------------------------------------------------------
 
@@ -246,5 +317,7 @@ class Distiset(dict):
     def row_counts(self) -> dict[str, dict[str, int]]:
         """`{leaf: {split: rows}}`."""
         return {
-            name: {split: len(ds) for split, ds in splits.items()} for name, splits in self.items()
+            name: {"train": len(splits)} if isinstance(splits, Dataset)
+            else {split: len(ds) for split, ds in splits.items()}
+            for name, splits in self.items()
         }

@@ -43,7 +43,7 @@ def push_distiset(
         raise ValueError(f"Nothing to push to {repo_id!r}: the Distiset has no configuration.")
     api = HfApi(token=token)
     for name, splits in distiset.items():
-        rows = sum(len(split) for split in splits.values())
+        rows = sum(distiset.row_counts()[name].values())
         logger.info(
             "Pushing configuration %r (%d rows) to the Hub dataset %r.", name, rows, repo_id
         )

@@ -72,6 +72,7 @@ def run_pipeline(
         )
         store = made or NullRunStore()
     pipeline._run_dir = str(store.run_dir) if store.run_dir is not None else None
+    _set_artifacts_path(pipeline)
     completed = False
     try:
         with _run_logging(store.log_file(), logging_handlers), limits.serve_limits():
@@ -123,6 +124,15 @@ def run_pipeline(
     finally:
         store.sync()
         store.close(completed=completed)
+
+
+def _set_artifacts_path(pipeline: Pipeline) -> None:
+    """Tell every step where `save_artifact` writes: `<run dir>/artifacts` (what
+    `create_distiset` picks up), or nowhere for a dry run or a remote cache."""
+    run_dir = pipeline._run_dir
+    artifacts = Path(run_dir) / "artifacts" if run_dir and "://" not in run_dir else None
+    for name in pipeline.dag.step_names:
+        pipeline.dag.get_step(name).set_pipeline_artifacts_path(artifacts)
 
 
 def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:

@@ -177,10 +177,15 @@ class ExpandColumns(Step):
             each item under another name (the original column is then kept as is).
         encoded: True, or the subset of `columns`, whose values are JSON-encoded lists
             to decode before expanding.
+        split_statistics: Divide the token counts of the `statistics_<step>` entries of
+            `stillhouse_metadata` among the n rows a row becomes, so that summing them
+            afterwards does not count the tokens n times. The remainder goes to the
+            first rows, so the sum is kept exactly.
     """
 
     columns: dict[str, str] | list[str]
     encoded: bool | list[str] = False
+    split_statistics: bool = False
 
     @field_validator("columns")
     @classmethod
@@ -242,6 +247,33 @@ class ExpandColumns(Step):
                     target: values[i] if i < len(values) else None
                     for target, values in items.items()
                 },
+                **self._split_metadata(row, i, length),
             }
             for i in range(length)
         ]
+
+    def _split_metadata(self, row: Row, index: int, parts: int) -> Row:
+        """`{METADATA_COLUMN: ...}` with part `index` of `parts` of each token count."""
+        metadata = row.get(METADATA_COLUMN)
+        if not self.split_statistics or not isinstance(metadata, dict):
+            return {}
+        split = dict(metadata)
+        for key, stats in metadata.items():
+            if key.startswith("statistics_") and isinstance(stats, dict):
+                split[key] = {
+                    name: _share(value, index, parts) if name in _TOKEN_COUNTS else value
+                    for name, value in stats.items()
+                }
+        return {METADATA_COLUMN: split}
+
+
+_TOKEN_COUNTS = ("input_tokens", "output_tokens")
+
+
+def _share(value: Any, index: int, parts: int) -> Any:
+    """Part `index` of `parts` of a token count (or of each count of a list)."""
+    if isinstance(value, list):
+        return [_share(v, index, parts) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value // parts + (1 if index < value % parts else 0)
+    return value

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field
 
-from stillhouse.core.step import GeneratorStep
+from stillhouse.core.step import GeneratorStep, StepResources
 from stillhouse.core.typing import GeneratorStepOutput, Row
 
 
@@ -44,8 +44,15 @@ def make_generator_step(
     batch_size: int = 50,
     input_mappings: dict[str, str] | None = None,
     output_mappings: dict[str, str] | None = None,
+    resources: StepResources | None = None,
+    repo_id: str | None = "default_dataset_repo_id",
 ) -> LoadDataFromDicts:
-    """A generator step over a list of dicts, a `datasets.Dataset` or a pandas DataFrame."""
+    """A generator step over a list of dicts, a `datasets.Dataset` or a pandas DataFrame.
+
+    distilabel's arguments: `resources` as for any step; `repo_id` is accepted for
+    compatibility and unused (distilabel falls back to loading it from the Hub; here
+    the rows always come from `dataset`).
+    """
     from stillhouse.core.pipeline import _dataset_rows
 
     kwargs: dict[str, Any] = {
@@ -54,6 +61,8 @@ def make_generator_step(
         "input_mappings": input_mappings or {},
         "output_mappings": output_mappings or {},
     }
+    if resources is not None:
+        kwargs["resources"] = resources
     if pipeline is not None:
         kwargs["pipeline"] = pipeline
     return LoadDataFromDicts(**kwargs)
