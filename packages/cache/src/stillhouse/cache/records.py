@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from stillhouse.cache.atomic import disk_errors
 from stillhouse.core.errors import CorruptCacheError
 
 MAGIC = b"S2"
@@ -162,8 +163,11 @@ class RecordLog:
         self._synced_at = time.monotonic()
 
     def close(self) -> None:
-        try:
-            self.sync()
-        finally:
-            self._append.close()
-            self._read.close()
+        with disk_errors(self.path):  # a full disk refuses the buffered tail: name the file
+            try:
+                self.sync()
+            finally:
+                try:
+                    self._append.close()
+                finally:
+                    self._read.close()

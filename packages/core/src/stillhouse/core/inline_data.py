@@ -98,9 +98,12 @@ def write_references(step: Any, directory: str | os.PathLike[str]) -> dict[str, 
         relative = f"{FOLDER}/{sha}.json"
         target = Path(directory) / relative
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
+            # The rows are the user's data: private to the user, as the cache is.
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            partial.write_bytes(encode(rows))
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(encode(rows))
             os.replace(partial, target)
         references[field] = {REFERENCE_KEY: relative, "sha256": sha, "rows": len(rows)}
     return references
