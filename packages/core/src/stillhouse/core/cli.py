@@ -179,6 +179,7 @@ def _print_results(pipeline: Pipeline, result: Any) -> None:
 def _cmd_pipeline_info(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.config)
     parameters = parse_params(args.param)
+    check_executor(pipeline.executor, f"named in {args.config}")  # as `run` does
     if parameters:
         pipeline.apply_parameters(parameters)
     dag, out = pipeline.dag, console()
