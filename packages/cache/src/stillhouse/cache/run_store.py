@@ -61,6 +61,7 @@ class FileRunStore(RunStore):
         self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
         self.signatures = step_signatures(pipeline.dag)
         self.stores: dict[str, FileStepStore] = {}
+        self.notes = _reuse_notes(pipeline, use_cache)  # before any store is opened
         atomic_write_text(self.run_dir / "pipeline.yaml", dumps(pipeline.dump(), "yaml"))
         try:
             stages = load_stages(pipeline.dag, None)
@@ -81,6 +82,7 @@ class FileRunStore(RunStore):
             parts=step_signature_parts(dag, name, self.signatures),
             keyed=routing_context(dag, name) is not None,
         )
+        store.reuse_note = self.notes.get(name)
         self.stores[name] = store
         return store
 
@@ -108,6 +110,18 @@ class FileRunStore(RunStore):
         for store in self.stores.values():
             store.close()
         _release_lock(self._lock)
+
+
+def _reuse_notes(pipeline: Pipeline, use_cache: bool) -> dict[str, tuple[str, str]]:
+    """`stillhouse cache explain`'s decision and reason per step, for `StepStore.reuse_note`."""
+    from stillhouse.cache.cli import explain
+
+    try:
+        rows = explain(pipeline, use_cache)
+    except Exception:  # a note is not worth failing over: opening the store reports the cause
+        logger.debug("No cache decisions to announce", exc_info=True)
+        return {}
+    return {row["step"]: (row["decision"], row["why"]) for row in rows}
 
 
 def _acquire_lock(base: Path, name: str) -> int:

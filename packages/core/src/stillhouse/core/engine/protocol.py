@@ -173,6 +173,11 @@ class StepStore(ABC):
 
     finished: bool = False
     batching: int | None = None
+    reuse_note: tuple[str, str] | None = None
+    """What the cache decided for this step when the run opened it, and why, as
+    `(decision, reason)`; the decision starts with "reuse", "resume" or "recompute"
+    (`("resume (16 batches stored)", "stored outputs are not finished")`). The engine
+    logs it at the start of a run that reuses anything. None: the store cannot say."""
 
     @abstractmethod
     def get(self, key: BatchKey) -> BatchRecord | None:

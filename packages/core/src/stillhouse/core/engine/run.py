@@ -21,7 +21,7 @@ from stillhouse.core.engine.protocol import (
     RunStore,
 )
 from stillhouse.core.engine.scheduler import Scheduler
-from stillhouse.core.engine.state import build_states
+from stillhouse.core.engine.state import StepState, build_states
 from stillhouse.core.errors import MissingPluginError, PipelineValidationError
 
 if TYPE_CHECKING:
@@ -81,38 +81,43 @@ def run_pipeline(
                 for name in pipeline.dag.topological_order()
             }
             states = build_states(pipeline.dag, stores, writer)
-            view = Progress(states, live=progress_enabled(progress))
-            executor = executor_cls(**pipeline.executor_options)
-            storage = _batch_storage(pipeline, executor_cls, storage_parameters, use_fs_to_pass_data)
-            scheduler = Scheduler(
-                pipeline.dag,
-                states,
-                stages,
-                executor,
-                writer,
-                enable_metadata=pipeline.enable_metadata,
-                stop_requested=lambda: pipeline._stop_requested,
-                on_tick=view.tick,
-                dry_run_rows=dry_run_rows,
-                batch_storage=storage,
-                use_fs_to_pass_data=use_fs_to_pass_data,
-            )
+            _announce_resume(pipeline, states)
+            error: BaseException | None = None
+            view: Progress | None = None
             try:
+                view = Progress(states, live=progress_enabled(progress), pipeline_name=pipeline.name)
+                executor = executor_cls(**pipeline.executor_options)
+                storage = _batch_storage(pipeline, executor_cls, storage_parameters, use_fs_to_pass_data)
+                scheduler = Scheduler(
+                    pipeline.dag,
+                    states,
+                    stages,
+                    executor,
+                    writer,
+                    enable_metadata=pipeline.enable_metadata,
+                    stop_requested=lambda: pipeline._stop_requested,
+                    on_tick=view.tick,
+                    dry_run_rows=dry_run_rows,
+                    batch_storage=storage,
+                    use_fs_to_pass_data=use_fs_to_pass_data,
+                )
                 with _signal_handlers(pipeline):
                     _drive(scheduler, executor, pipeline)
                 completed = True
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                view.close()
+                if view is not None:
+                    view.close()
                 writer.flush()
-                rows = summary_rows(states)
+                rows = summary_rows(states, failed_step=getattr(error, "step_name", None))
                 pipeline.last_run_summary = rows
                 store.save_progress({"completed": completed, "steps": rows})
                 logger.info("Run summary of pipeline %r:\n%s", pipeline.name, format_summary(rows))
-                if not completed and pipeline._run_dir:
-                    logger.warning(
-                        "The run did not finish. Run the same pipeline again with use_cache=True "
-                        "to resume from %s.", pipeline._run_dir,
-                    )
+                hint = resume_hint(error, use_cache, pipeline._run_dir) if not completed else None
+                if hint:
+                    logger.warning("%s", hint)
             store.sync()  # pipeline.log and checkpoints are where the results point to
             result = writer.result()
             if hasattr(result, "run_summary"):
@@ -121,6 +126,49 @@ def run_pipeline(
     finally:
         store.sync()
         store.close(completed=completed)
+
+
+_NO_RESUME = ("StepContractError", "MisalignedInputsError")
+"""Errors a rerun meets again whatever the cache holds: the step's code must change."""
+
+
+def resume_hint(error: BaseException | None, use_cache: bool, run_dir: str | None) -> str | None:
+    """The "run again to resume" line, only when a rerun would resume, or None.
+
+    Not after a validation or step-contract error, nor when a spawned worker re-ran
+    the script (no `if __name__ == "__main__":` guard): the same rerun fails the same
+    way. After `use_cache=False` (`--ignore-cache`) the same call would start over, so
+    the hint names the change: `use_cache=True` (drop `--ignore-cache`)."""
+    if run_dir is None or error is None:
+        return None
+    if isinstance(error, PipelineValidationError) or any(
+        cls.__name__ in _NO_RESUME for cls in type(error).__mro__
+    ):
+        return None
+    text = f"{error} {error.__cause__ or ''}"
+    if "bootstrapping phase" in text or "if __name__ == '__main__'" in text:
+        return None  # a spawned worker re-ran the script: the guard is missing
+    how = ("run the same pipeline again" if use_cache else
+           "run it again with use_cache=True (on the CLI: without --ignore-cache)")
+    first = "" if isinstance(error, KeyboardInterrupt) else "fix what failed, then "
+    return (f"The run did not finish. To resume from {run_dir}, {first}{how}; "
+            "finished batches are reused.")
+
+
+def _announce_resume(pipeline: Pipeline, states: dict[str, StepState]) -> None:
+    """One "resuming: ..." line per step when the run reuses anything stored."""
+    notes = {}
+    for name, state in states.items():
+        note = state.store.reuse_note
+        if note is None and state.mode in ("skip", "source"):
+            note = ("reuse", "finished with the same signature")
+        notes[name] = note
+    if not any(note and note[0].startswith(("reuse", "resume")) for note in notes.values()):
+        return
+    logger.info("Pipeline %r resumes from its cache:", pipeline.name)
+    for name, note in notes.items():
+        decision, why = note or ("compute", "no cache decision recorded")
+        logger.info("resuming: %s: %s (%s)", name, decision, why)
 
 
 def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:

@@ -1,0 +1,195 @@
+"""What a user sees of a run: the live view on a terminal, pipeline.log, the resume
+announcement and hint, and the run summary (issue 19)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stillhouse.core import GeneratorStep, Pipeline
+from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.steps import Slow
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+ROOT = Path(__file__).resolve().parents[2]
+ERASE_LINE = "\x1b[2K"
+
+
+def _pty_run(cache: Path, *, sleep: float, interrupt_after: str | None = None) -> tuple[str, int]:
+    """Run tests/support/progress_pipeline.py with a pseudo-terminal as stdout/stderr."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "140", "LINES": "40", "TERM": "xterm"}
+    env.pop("STILLHOUSE_PROGRESS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.progress_pipeline", str(cache), str(sleep)],
+        stdin=slave, stdout=slave, stderr=slave, env=env, cwd=ROOT, close_fds=True,
+    )
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 120
+    interrupted = False
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif process.poll() is not None:
+                break
+            text = b"".join(chunks).decode(errors="replace")
+            if interrupt_after and not interrupted and interrupt_after in text:
+                process.send_signal(signal.SIGINT)  # what Ctrl+C sends
+                interrupted = True
+        process.wait(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(master)
+    return b"".join(chunks).decode(errors="replace"), process.returncode
+
+
+def test_live_view_on_a_terminal_then_one_summary(tmp_path):
+    output, code = _pty_run(tmp_path / "cache", sleep=0.02)
+    assert code == 0, output
+    assert "RUN FINISHED" in output
+    assert "pipeline 'ptydemo' · " in output and "elapsed" in output
+    assert re.search(r"generate .*\d+/40", output)
+    assert "rows/s" in output and "ETA" in output
+    assert output.count("Run summary of pipeline 'ptydemo'") == 1
+    summary = output[output.index("Run summary"):]
+    assert "pipeline 'ptydemo' · " not in summary  # the live table is not drawn again
+    before = output[: output.index("Run summary")]
+    assert ERASE_LINE in before[before.rindex("pipeline 'ptydemo' · "):]  # and it was erased
+    assert summary.count("rows in") == 1
+    assert re.search(r"slow\s+40\s+40\s+40 .* computed", summary)
+
+
+def test_ctrl_c_erases_the_live_view_and_summarises_once(tmp_path):
+    output, code = _pty_run(tmp_path / "cache", sleep=0.3, interrupt_after="│ running")
+    assert code != 0
+    assert output.count("Run summary of pipeline 'ptydemo'") == 1
+    summary = output[output.index("Run summary"):]
+    assert "pipeline 'ptydemo' · " not in summary
+    assert re.search(r"slow\s+.*interrupted", summary)
+    assert "To resume from " in summary and "run the same pipeline again" in summary
+
+
+# -- pipeline.log ---------------------------------------------------------------------
+
+
+def _log(pipeline: Pipeline) -> str:
+    return (Path(pipeline._run_dir) / "pipeline.log").read_text()
+
+
+def _pipeline(tmp_path: Path, sleep: float = 0.0, name: str = "logs", executor: str = "sync") -> Pipeline:
+    with Pipeline(name=name, cache_dir=tmp_path, executor=executor) as pipeline:
+        load = LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(30)], batch_size=3)
+        load >> Slow(name="slow", sleep=sleep, input_batch_size=3)
+    return pipeline
+
+
+def test_pipeline_log_has_loaded_and_finished_lines(tmp_path):
+    pipeline = _pipeline(tmp_path)
+    pipeline.run(progress=False)
+    log = _log(pipeline)
+    assert re.search(r"Step 'slow' replica 0 loaded in \d+\.\d\d s", log)
+    assert re.search(
+        r"Step 'slow' finished in \d+\.\d\d s: 30 rows in, 30 rows out \(30 computed\), "
+        r"10 batches \(0 cached, 0 failed\); computed", log)
+    assert "resuming:" not in log  # nothing was reused
+
+
+def test_resume_is_announced_with_the_reasons(tmp_path):
+    pipeline = _pipeline(tmp_path, sleep=0.05, executor="threaded")
+    stopper = threading.Timer(0.4, pipeline.stop)
+    stopper.start()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False)
+    stopper.cancel()
+    summary = {row["step"]: row["status"] for row in pipeline.last_run_summary}
+    assert summary["slow"] == "interrupted"
+    assert "To resume from " in _log(pipeline)
+
+    again = _pipeline(tmp_path, sleep=0.0)  # same code and fields: only the sleep differs
+    again.run(progress=False)
+    log = _log(again)
+    assert "Pipeline 'logs' resumes from its cache:" in log
+    assert "resuming: generate: reuse (finished with the same signature)" in log
+    assert re.search(r"resuming: slow: recompute \(field 'sleep' changed\)", log)
+    statuses = {row["step"]: row["status"] for row in again.last_run_summary}
+    assert statuses["generate"] == "cached"
+
+
+def test_statuses_partly_cached_and_cached(tmp_path):
+    pipeline = _pipeline(tmp_path, sleep=0.05, executor="threaded")
+    stopper = threading.Timer(0.4, pipeline.stop)
+    stopper.start()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False)
+    stopper.cancel()
+    done = next(row for row in pipeline.last_run_summary if row["step"] == "slow")
+    assert 0 < done["batches"] < 10, "stopped too late to leave work undone"
+
+    again = _pipeline(tmp_path, sleep=0.05, executor="threaded")
+    again.run(progress=False)
+    statuses = {row["step"]: row for row in again.last_run_summary}
+    assert statuses["slow"]["status"] == "partly cached"
+    assert statuses["slow"]["computed_rows"] == 30 - 3 * statuses["slow"]["cached_batches"]
+    assert re.search(r"resuming: slow: resume \(\d+ batches stored\)", _log(again))
+
+    third = _pipeline(tmp_path, sleep=0.05, executor="threaded")
+    third.run(progress=False)
+    assert {row["status"] for row in third.last_run_summary} == {"cached"}
+
+
+class Exploding(GeneratorStep):
+    @property
+    def outputs(self) -> list[str]:
+        return ["x"]
+
+    def process(self, offset: int = 0):
+        raise RuntimeError("generator exploded")
+        yield [], True
+
+
+def test_failed_step_is_named_failed_and_hint_says_fix_it(tmp_path):
+    with Pipeline(name="boom", cache_dir=tmp_path, executor="sync") as pipeline:
+        Exploding(name="exploding") >> Slow(name="slow")
+    with pytest.raises(Exception, match="generator exploded"):
+        pipeline.run(progress=False)
+    statuses = {row["step"]: row["status"] for row in pipeline.last_run_summary}
+    assert statuses == {"exploding": "failed", "slow": "interrupted"}
+    assert "fix what failed, then run the same pipeline again" in _log(pipeline)
+
+
+def test_no_resume_hint_when_a_rerun_fails_the_same_way(tmp_path):
+    from stillhouse.core.engine.run import resume_hint
+    from stillhouse.core.errors import MisalignedInputsError, PipelineValidationError
+
+    run_dir = str(tmp_path)
+    assert resume_hint(PipelineValidationError("bad"), True, run_dir) is None
+    assert resume_hint(MisalignedInputsError("unequal"), True, run_dir) is None
+    contract = type("StepContractError", (RuntimeError,), {})
+    assert resume_hint(contract("yielded a dict"), True, run_dir) is None
+    spawned = RuntimeError("... needs `if __name__ == '__main__':` ...")
+    assert resume_hint(spawned, True, run_dir) is None
+    assert "use_cache=True (on the CLI: without --ignore-cache)" in resume_hint(KeyboardInterrupt(), False, run_dir)
+    assert "run the same pipeline again" in resume_hint(KeyboardInterrupt(), True, run_dir)
+
