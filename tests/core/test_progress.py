@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -132,3 +133,16 @@ def test_closing_the_live_view_twice_is_harmless(interrupted):
     text = console.export_text(clear=False)
     assert text.count("pipeline 'demo'") >= 1
     assert not console.is_terminal or view._live is None
+
+
+def test_the_capture_in_the_docs_is_the_current_view():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "concepts.md"
+    text = docs.read_text(encoding="utf-8")
+    start = text.index("```text\npipeline 'demo'") + len("```text\n")
+    documented = text[start:text.index("```", start)].rstrip("\n").splitlines()
+    states, now = _states(), time.monotonic()
+    _midway(states, now)
+    console = Console(record=True, force_terminal=False, width=110, color_system=None)
+    console.print(render(states, "demo", 83.0, now=now))
+    rendered = [line.rstrip() for line in console.export_text().rstrip("\n").splitlines()]
+    assert documented == rendered
