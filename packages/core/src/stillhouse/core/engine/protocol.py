@@ -47,6 +47,11 @@ class BatchStorage(ABC):
     def discard(self, payload: Payload) -> None:
         """The batch is done: delete its data."""
 
+    def cleanup(self) -> None:
+        """The run ended (finished, failed or stopped): delete whatever it left behind,
+        such as a failed global step's inputs and empty folders. Resumes never reuse
+        batch data, so nothing here is needed later."""
+
 
 @dataclass(frozen=True, slots=True)
 class Task:

@@ -84,6 +84,7 @@ def run_pipeline(
             _announce_resume(pipeline, states)
             error: BaseException | None = None
             view: Progress | None = None
+            storage: BatchStorage | None = None
             try:
                 view = Progress(states, live=progress_enabled(progress), pipeline_name=pipeline.name)
                 executor = executor_cls(**pipeline.executor_options)
@@ -110,6 +111,8 @@ def run_pipeline(
             finally:
                 if view is not None:
                     view.close()
+                if storage is not None:
+                    storage.cleanup()  # a failed global step's inputs, empty folders
                 writer.flush()
                 rows = summary_rows(states, failed_step=getattr(error, "step_name", None))
                 pipeline.last_run_summary = rows
