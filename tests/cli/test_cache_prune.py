@@ -82,7 +82,7 @@ def test_keep_last_removes_older_runs_and_the_stores_only_they_used(cli, two_run
 
 
 def test_older_than_keeps_what_is_recent(cli, two_runs):
-    base, old, new, old_tag = two_runs
+    _base, old, new, old_tag = two_runs
     kept = cli("cache", "prune", "--older-than", "30d")
     assert kept.returncode == 0, kept.stderr
     assert old.exists() and "Freed 0 B (0 bytes) in 0 folder(s)." in kept.stdout
