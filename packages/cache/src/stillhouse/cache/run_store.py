@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from stillhouse.cache.atomic import atomic_write_json, atomic_write_text
 from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FileStepStore
+from stillhouse.core._references import relativize_files
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import RunStore, StepStore
 from stillhouse.core.errors import CacheError, CacheLockedError
@@ -62,7 +63,9 @@ class FileRunStore(RunStore):
         self.signatures = step_signatures(pipeline.dag)
         self.stores: dict[str, FileStepStore] = {}
         self.notes = _reuse_notes(pipeline, use_cache)  # before any store is opened
-        atomic_write_text(self.run_dir / "pipeline.yaml", dumps(pipeline.dump(), "yaml"))
+        record = pipeline.dump()
+        relativize_files(record, self.run_dir)  # the script, relative to this pipeline.yaml
+        atomic_write_text(self.run_dir / "pipeline.yaml", dumps(record, "yaml"))
         try:
             stages = load_stages(pipeline.dag, None)
         except Exception:  # custom load_groups are validated by the engine itself

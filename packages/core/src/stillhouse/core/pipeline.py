@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from stillhouse.core import _context, serialization
+from stillhouse.core import _context, _references, serialization
 from stillhouse.core.dag import DAG, LoadGroups, validate_dag
 from stillhouse.core.errors import (
     DatasetArgumentError,
@@ -126,8 +126,9 @@ class Pipeline:
         return serialization.pipeline_to_dict(self)
 
     def save(self, path: str | os.PathLike[str], format: str = "yaml") -> None:
-        text = serialization.dumps(self.dump(), format)
-        Path(path).write_text(text, encoding="utf-8")
+        data = self.dump()
+        _references.relativize_files(data, Path(path).parent)  # scripts beside the file
+        Path(path).write_text(serialization.dumps(data, format), encoding="utf-8")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Pipeline:
@@ -135,7 +136,10 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Pipeline:
-        return cls.from_dict(serialization.loads(serialization.read_text(path), str(path)))
+        data = serialization.loads(serialization.read_text(path), str(path))
+        if "://" not in str(path) or str(path).startswith("file://"):
+            _references.absolutize_files(data, Path(str(path).removeprefix("file://")).parent)
+        return cls.from_dict(data)
 
     from_json = from_yaml  # JSON is YAML; the same safe loader reads both
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import yaml
 from pydantic import SecretStr
 
+from stillhouse.core import _references
 from stillhouse.core.errors import SerializationError
 
 if TYPE_CHECKING:
@@ -49,7 +50,10 @@ def step_to_dict(step: _Step) -> dict[str, Any]:
     exclude = _STEP_FIELDS_NOT_DUMPED | secret_field_names(step)
     data = step.model_dump(mode="json", exclude=exclude)
     cls = type(step)
-    data["type_info"] = {"module": cls.__module__, "name": cls.__qualname__}
+    data["type_info"] = {"module": _references.class_module(cls), "name": cls.__qualname__}
+    if _references.script_file(cls):  # defined in the script being run (`__main__`)
+        data["type_info"]["file"] = _references.script_file(cls)
+    _references.warn_if_unreferenceable(cls, str(step.name))
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()
     return data
 
@@ -183,14 +187,16 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
         return registered[name]
     if module is None and name in registered:
         return registered[name]
+    _references.make_importable(type_info)  # a user's script named by its file
     try:
         target: Any = importlib.import_module(module)
         for part in str(name).split("."):
             target = getattr(target, part)
     except (ImportError, AttributeError, TypeError, ValueError) as exc:
         known = ", ".join(sorted(registered)) or "none"
+        script = f" from {type_info['file']}" if type_info.get("file") else ""
         raise SerializationError(
-            f"Step {step_name!r}: cannot resolve class {module}.{name} ({exc}). Install the "
+            f"Step {step_name!r}: cannot resolve class {module}.{name}{script} ({exc}). Install the "
             f"package that provides it, or register it with `register_steps`. "
             f"Registered steps: {known}."
         ) from exc
