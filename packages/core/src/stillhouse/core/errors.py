@@ -118,3 +118,10 @@ class CacheLockedError(CacheError):
 
 class CorruptCacheError(CacheError):
     """A cache file is damaged or was written by something else."""
+
+
+# -- results ------------------------------------------------------------------------
+
+
+class HubConnectionError(StillhouseError, ConnectionError):
+    """The Hugging Face Hub (or the endpoint configured for it) could not be reached."""
