@@ -3,6 +3,7 @@ announcement and hint, and the run summary (issue 19)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import pty
 import re
@@ -193,3 +194,68 @@ def test_no_resume_hint_when_a_rerun_fails_the_same_way(tmp_path):
     assert "use_cache=True (on the CLI: without --ignore-cache)" in resume_hint(KeyboardInterrupt(), False, run_dir)
     assert "run the same pipeline again" in resume_hint(KeyboardInterrupt(), True, run_dir)
 
+
+
+# -- users' own loggers inside steps ---------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["sync", "threaded", "mp", "ray"])
+def test_a_steps_own_logger_reaches_pipeline_log_tagged(tmp_path, executor):
+    from tests.support.logging_steps import Chatty
+
+    user_logger = logging.getLogger("user_steps")
+    user_logger.setLevel(logging.INFO)  # the user's level decides, on every executor
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level, logging.getLogRecordFactory())
+    try:
+        with Pipeline(name=f"chatty-{executor}", cache_dir=tmp_path, executor=executor) as pipeline:
+            load = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(4)], batch_size=2)
+            load >> Chatty(name="chatty", input_batch_size=2, resources={"replicas": 2})
+        pipeline.run(progress=False)
+    finally:
+        user_logger.setLevel(logging.NOTSET)
+    after = (list(root.handlers), root.level, logging.getLogRecordFactory())
+    if executor == "ray":  # ray.init() installs its own record factory (over ours, which it calls)
+        after, before = after[:2], before[:2]
+    assert after == before
+    log = _log(pipeline)
+    info = re.findall(r"INFO    user_steps: \[chatty r([01])\] info from a step: 2 rows", log)
+    warning = re.findall(r"WARNING user_steps: \[chatty r([01])\] warning from a step: first x=", log)
+    assert len(info) == 2 and len(warning) == 2, log
+    if executor != "sync":  # sync runs one copy, whatever replicas says
+        assert set(info) <= {"0", "1"}
+    assert "user_steps" not in log.split("Run summary")[1]
+
+
+def test_step_records_outside_a_run_and_outside_steps_are_left_alone(tmp_path, caplog):
+    pipeline = _pipeline(tmp_path)
+    pipeline.run(progress=False)
+    logging.getLogger("user_steps").warning("after the run")
+    assert "after the run" not in _log(pipeline)
+    assert "after the run" in caplog.text  # the user's own configuration still gets it
+
+
+SCRIPT = """
+import logging, sys
+from stillhouse.core import Pipeline
+from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.logging_steps import Chatty
+
+if __name__ == "__main__":
+    with Pipeline(name="console", cache_dir=sys.argv[1], executor="mp") as pipeline:
+        LoadDataFromDicts(data=[{"x": 7}]) >> Chatty(name="chatty")
+    pipeline.run(progress=False)
+    print("RUN DIR", pipeline._run_dir)
+"""
+
+
+def test_without_logging_configured_a_steps_warning_reaches_the_console(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0"}
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "warning from a step: first x=7" in done.stderr
+    run_dir = Path(done.stdout.split("RUN DIR ")[1].strip())
+    log = (run_dir / "pipeline.log").read_text()
+    assert "WARNING user_steps: [chatty r0] warning from a step: first x=7" in log
+    assert "info from a step" not in log  # INFO is below the unconfigured root's WARNING

@@ -20,6 +20,7 @@ from typing import Any
 from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, Finished, StepRunner
+from stillhouse.core.engine.logs import StepTagFilter
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import serve
 
@@ -102,6 +103,7 @@ def _route_logs(results: ResultsQueue, levels: dict[str, int]) -> None:
     capture); they are removed so that no line is written twice.
     """
     handler = QueueHandler(results)
+    handler.addFilter(StepTagFilter())  # records made inside the step carry its name
     root = logging.getLogger()
     for logger in [root, *logging.Logger.manager.loggerDict.values()]:
         if not isinstance(logger, logging.Logger) or not logger.handlers:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from stillhouse.core import plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
+from stillhouse.core.engine import logs
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
     BatchStorage,
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("stillhouse.pipeline")
 _LOG_FORMAT = "[%(asctime)s] %(levelname)-7s %(name)s: %(message)s"
+_FILE_FORMAT = "[%(asctime)s] %(levelname)-7s %(name)s: %(stillhouse_tag)s%(message)s"
 
 
 def fresh_steps(pipeline: Pipeline, use_cache: bool) -> set[str]:
@@ -240,15 +242,17 @@ def _signal_handlers(pipeline: Pipeline) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) -> Iterator[None]:
-    """Send stillhouse's log records to pipeline.log and the user's handlers for this run.
+    """Send stillhouse's log records, and those of users' steps (tagged with step and
+    replica, see `logs.py`), to pipeline.log and the user's handlers for this run.
 
     Only the "stillhouse" logger is touched; the root logger and its handlers never are."""
     library_logger = logging.getLogger("stillhouse")
     added: list[logging.Handler] = list(handlers or [])
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        file_handler.setFormatter(logs.StepFormatter(_FILE_FORMAT))
         added.append(file_handler)
+    step_sinks = list(added)  # not the console below: steps' records reach it their own way
     if not library_logger.handlers and not logging.getLogger().handlers and not handlers:
         console = logging.StreamHandler()  # nobody configured logging: still show progress lines
         console.setFormatter(logging.Formatter(_LOG_FORMAT))
@@ -259,7 +263,8 @@ def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) 
     for handler in added:
         library_logger.addHandler(handler)
     try:
-        yield
+        with logs.routed_to(step_sinks):
+            yield
     finally:
         for handler in added:
             library_logger.removeHandler(handler)

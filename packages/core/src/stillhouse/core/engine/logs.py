@@ -1,0 +1,133 @@
+"""Log records of users' steps: tagged with step and replica, and sent to pipeline.log.
+
+A step logs with any logger (`logging.getLogger(__name__)`); the records it emits
+while `load()`, `process()` or `unload()` runs are tagged (`record.stillhouse_step`,
+`record.stillhouse_replica`) and reach the run's handlers (pipeline.log and the
+`logging_handlers` given to `run()`) besides wherever the user's own logging
+configuration sends them. The root logger of the user's process is never touched:
+
+- In a worker process ("mp", "ray") the worker's root handler sends records to the
+  driver; `StepTagFilter` on that handler tags them, and the driver hands them to
+  `reemit`, which passes them to the user's loggers as before and, once, to the run.
+- In the driver's process ("threaded", "sync") a record factory, installed for the
+  run only, tags records made inside a step and hands them to the run's handlers.
+  A handler on the root logger would be the usual way; it is avoided because it
+  would change what the user's process logs.
+
+Levels are the user's everywhere: a record reaches pipeline.log when the logger's
+level lets it through in the user's process (the "mp"/"ray" workers mirror the
+driver's levels). `print()` is not captured: it goes to the terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import logging
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+STEP_ATTRIBUTE = "stillhouse_step"
+REPLICA_ATTRIBUTE = "stillhouse_replica"
+
+_current: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
+    "stillhouse_step", default=None
+)
+_run_handlers: list[logging.Handler] = []  # the handlers of the run going on in this process
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@contextlib.contextmanager
+def in_step(step_name: str, replica: int) -> Iterator[None]:
+    """Records made inside belong to this step replica."""
+    token = _current.set((step_name, replica))
+    try:
+        yield
+    finally:
+        _current.reset(token)
+
+
+def step_context(method: F) -> F:
+    """Decorates a `StepRunner` method: it runs `in_step(self.step.name, self.replica)`."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with in_step(str(self.step.name), self.replica):
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _tag(record: logging.LogRecord) -> bool:
+    """Tag `record` with the step running in this context; True when it is a step's."""
+    if hasattr(record, STEP_ATTRIBUTE):
+        return True
+    current = _current.get()
+    if current is None:
+        return False
+    setattr(record, STEP_ATTRIBUTE, current[0])
+    setattr(record, REPLICA_ATTRIBUTE, current[1])
+    return True
+
+
+class StepTagFilter(logging.Filter):
+    """On a worker's handler: tag records made inside a step; lets every record through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        _tag(record)
+        return True
+
+
+def _is_ours(record: logging.LogRecord) -> bool:
+    return record.name == "stillhouse" or record.name.startswith("stillhouse.")
+
+
+def _to_run(record: logging.LogRecord) -> None:
+    """Hand a user's step record to the run's handlers (stillhouse's own get there anyway)."""
+    for handler in list(_run_handlers):
+        if record.levelno >= handler.level:
+            handler.handle(record)
+
+
+def reemit(record: logging.LogRecord) -> None:
+    """The driver's side of a worker's record: the user's loggers as before, and the run."""
+    logging.getLogger(record.name).handle(record)
+    if hasattr(record, STEP_ATTRIBUTE) and not _is_ours(record):
+        _to_run(record)
+
+
+class StepFormatter(logging.Formatter):
+    """pipeline.log's format: `%(stillhouse_tag)s` is `[step rN] ` on a step's records."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        step = getattr(record, STEP_ATTRIBUTE, None)
+        replica = getattr(record, REPLICA_ATTRIBUTE, 0)
+        record.stillhouse_tag = f"[{step} r{replica}] " if step is not None else ""
+        return super().format(record)
+
+
+@contextlib.contextmanager
+def routed_to(handlers: list[logging.Handler]) -> Iterator[None]:
+    """For one run: step records of any logger also go to `handlers`."""
+    previous = logging.getLogRecordFactory()
+    pid = os.getpid()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = previous(*args, **kwargs)
+        # Only in this process: a forked worker inherits the factory, and its records
+        # travel to the driver instead.
+        if os.getpid() == pid and _tag(record) and not _is_ours(record):
+            _to_run(record)
+        return record
+
+    _run_handlers[:] = handlers
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    finally:
+        if logging.getLogRecordFactory() is factory:
+            logging.setLogRecordFactory(previous)
+        _run_handlers.clear()
