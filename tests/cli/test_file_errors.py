@@ -52,3 +52,14 @@ def test_info_validates_the_executor_like_run(cli, config):
     error = _one_error(cli("pipeline", "info", "--config", str(config)))
     assert error.startswith("error: Unknown executor 'mpp' (named in ")
     assert "'threaded'" in error
+
+
+def test_ctrl_c_after_ignore_cache_says_to_drop_it():
+    import argparse
+
+    from stillhouse.core.cli import _one_line
+
+    plain = _one_line(KeyboardInterrupt(), argparse.Namespace(ignore_cache=False))
+    assert plain == "interrupted. Finished work is cached: run the same command again to resume."
+    ignoring = _one_line(KeyboardInterrupt(), argparse.Namespace(ignore_cache=True))
+    assert "run the command again without --ignore-cache to resume" in ignoring

@@ -11,13 +11,12 @@ import select
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from stillhouse.core import GeneratorStep, Pipeline
+from stillhouse.core import GeneratorStep, Pipeline, Step, StepInput
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.steps import Slow
 
@@ -83,7 +82,7 @@ def test_live_view_on_a_terminal_then_one_summary(tmp_path):
 
 
 def test_ctrl_c_erases_the_live_view_and_summarises_once(tmp_path):
-    output, code = _pty_run(tmp_path / "cache", sleep=0.3, interrupt_after="│ running")
+    output, code = _pty_run(tmp_path / "cache", sleep=1.0, interrupt_after="│ running")
     assert code != 0
     assert output.count("Run summary of pipeline 'ptydemo'") == 1
     summary = output[output.index("Run summary"):]
@@ -99,10 +98,48 @@ def _log(pipeline: Pipeline) -> str:
     return (Path(pipeline._run_dir) / "pipeline.log").read_text()
 
 
-def _pipeline(tmp_path: Path, sleep: float = 0.0, name: str = "logs", executor: str = "sync") -> Pipeline:
-    with Pipeline(name=name, cache_dir=tmp_path, executor=executor) as pipeline:
+STOP_AFTER: dict[str, int] = {}
+"""Armed by a test: `StopsTheRun` asks its pipeline to stop after that many batches
+(a deterministic Ctrl+C: no timer that a loaded machine could outrun)."""
+
+
+class StopsTheRun(Step):
+    note: str = ""
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["slow"]
+
+    def process(self, inputs: StepInput):
+        left = STOP_AFTER.get("batches")
+        if left is not None:
+            STOP_AFTER["batches"] = left - 1
+            if left <= 1:
+                self.pipeline.stop()
+                STOP_AFTER.clear()
+        yield [{**row, "slow": row["x"]} for row in inputs]
+
+
+def _pipeline(tmp_path: Path, note: str = "", name: str = "logs") -> Pipeline:
+    """generate (30 rows, 10 batches) >> slow, on the sync executor (the run's own thread)."""
+    with Pipeline(name=name, cache_dir=tmp_path, executor="sync") as pipeline:
         load = LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(30)], batch_size=3)
-        load >> Slow(name="slow", sleep=sleep, input_batch_size=3)
+        load >> StopsTheRun(name="slow", note=note, input_batch_size=3)
+    return pipeline
+
+
+def _stopped_run(tmp_path: Path, use_cache: bool = True) -> Pipeline:
+    pipeline = _pipeline(tmp_path)
+    STOP_AFTER["batches"] = 3
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run(progress=False, use_cache=use_cache)
+    finally:
+        STOP_AFTER.clear()
     return pipeline
 
 
@@ -118,44 +155,37 @@ def test_pipeline_log_has_loaded_and_finished_lines(tmp_path):
 
 
 def test_resume_is_announced_with_the_reasons(tmp_path):
-    pipeline = _pipeline(tmp_path, sleep=0.05, executor="threaded")
-    stopper = threading.Timer(0.4, pipeline.stop)
-    stopper.start()
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run(progress=False)
-    stopper.cancel()
+    pipeline = _stopped_run(tmp_path)
     summary = {row["step"]: row["status"] for row in pipeline.last_run_summary}
     assert summary["slow"] == "interrupted"
     assert "To resume from " in _log(pipeline)
 
-    again = _pipeline(tmp_path, sleep=0.0)  # same code and fields: only the sleep differs
+    again = _pipeline(tmp_path, note="edited")  # one field of slow changed
     again.run(progress=False)
     log = _log(again)
     assert "Pipeline 'logs' resumes from its cache:" in log
-    assert "resuming: generate: reuse (finished with the same signature)" in log
-    assert re.search(r"resuming: slow: recompute \(field 'sleep' changed\)", log)
+    # generate's batches are reused: whole if it had finished, else the stored ones.
+    assert re.search(r"resuming: generate: (reuse \(finished with the same signature\)|"
+                     r"resume \(\d+ batches stored\) \(stored outputs are not finished\))", log)
+    assert "resuming: slow: recompute (field 'note' changed)" in log
     statuses = {row["step"]: row["status"] for row in again.last_run_summary}
-    assert statuses["generate"] == "cached"
+    assert statuses["generate"] in {"cached", "partly cached"} and statuses["slow"] == "computed"
 
 
 def test_statuses_partly_cached_and_cached(tmp_path):
-    pipeline = _pipeline(tmp_path, sleep=0.05, executor="threaded")
-    stopper = threading.Timer(0.4, pipeline.stop)
-    stopper.start()
-    with pytest.raises(KeyboardInterrupt):
-        pipeline.run(progress=False)
-    stopper.cancel()
+    pipeline = _stopped_run(tmp_path)
     done = next(row for row in pipeline.last_run_summary if row["step"] == "slow")
-    assert 0 < done["batches"] < 10, "stopped too late to leave work undone"
+    assert 0 < done["batches"] < 10
 
-    again = _pipeline(tmp_path, sleep=0.05, executor="threaded")
+    again = _pipeline(tmp_path)
     again.run(progress=False)
     statuses = {row["step"]: row for row in again.last_run_summary}
     assert statuses["slow"]["status"] == "partly cached"
-    assert statuses["slow"]["computed_rows"] == 30 - 3 * statuses["slow"]["cached_batches"]
-    assert re.search(r"resuming: slow: resume \(\d+ batches stored\)", _log(again))
+    assert statuses["slow"]["cached_batches"] == done["batches"]
+    assert statuses["slow"]["computed_rows"] == 30 - 3 * done["batches"]
+    assert f"resuming: slow: resume ({done['batches']} batches stored)" in _log(again)
 
-    third = _pipeline(tmp_path, sleep=0.05, executor="threaded")
+    third = _pipeline(tmp_path)
     third.run(progress=False)
     assert {row["status"] for row in third.last_run_summary} == {"cached"}
 
@@ -259,3 +289,18 @@ def test_without_logging_configured_a_steps_warning_reaches_the_console(tmp_path
     log = (run_dir / "pipeline.log").read_text()
     assert "WARNING user_steps: [chatty r0] warning from a step: first x=7" in log
     assert "info from a step" not in log  # INFO is below the unconfigured root's WARNING
+
+
+def test_no_resume_hint_after_a_validation_error(tmp_path, caplog):
+    from stillhouse.core.errors import PipelineValidationError
+
+    with Pipeline(name="invalid", cache_dir=tmp_path, executor="sync") as pipeline:
+        LoadDataFromDicts(data=[{"y": 1}]) >> Slow(name="slow")  # needs column x
+    with pytest.raises(PipelineValidationError):
+        pipeline.run(progress=False)
+    assert "resume" not in caplog.text.lower()
+
+
+def test_ignore_cache_run_that_stops_names_use_cache_true(tmp_path):
+    pipeline = _stopped_run(tmp_path, use_cache=False)
+    assert "run it again with use_cache=True (on the CLI: without --ignore-cache)" in _log(pipeline)
