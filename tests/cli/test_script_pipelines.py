@@ -66,7 +66,7 @@ def test_the_cached_file_names_the_script_and_reruns_from_the_cache(cli, script_
     assert done.returncode == 0, done.stderr
     assert "default: 6 rows" in done.stdout
     # Same signatures from the CLI as from the script: nothing recomputed.
-    assert "resuming: square: reuse (finished with the same signature)" in done.stderr
+    assert "resuming: square: reuse, because finished with the same signature" in done.stderr
     assert re.search(r"\nsquare .*  cached\n", done.stderr.split("Run summary")[1])
 
 

@@ -165,9 +165,9 @@ def test_resume_is_announced_with_the_reasons(tmp_path):
     log = _log(again)
     assert "Pipeline 'logs' resumes from its cache:" in log
     # generate's batches are reused: whole if it had finished, else the stored ones.
-    assert re.search(r"resuming: generate: (reuse \(finished with the same signature\)|"
-                     r"resume \(\d+ batches stored\) \(stored outputs are not finished\))", log)
-    assert "resuming: slow: recompute (field 'note' changed)" in log
+    assert re.search(r"resuming: generate: (reuse, because finished with the same signature|"
+                     r"resume \(\d+ batches stored\), because stored outputs are not finished)", log)
+    assert "resuming: slow: recompute, because field 'note' changed" in log
     statuses = {row["step"]: row["status"] for row in again.last_run_summary}
     assert statuses["generate"] in {"cached", "partly cached"} and statuses["slow"] == "computed"
 
@@ -183,7 +183,7 @@ def test_statuses_partly_cached_and_cached(tmp_path):
     assert statuses["slow"]["status"] == "partly cached"
     assert statuses["slow"]["cached_batches"] == done["batches"]
     assert statuses["slow"]["computed_rows"] == 30 - 3 * done["batches"]
-    assert f"resuming: slow: resume ({done['batches']} batches stored)" in _log(again)
+    assert f"resuming: slow: resume ({done['batches']} batches stored), because" in _log(again)
 
     third = _pipeline(tmp_path)
     third.run(progress=False)

@@ -173,7 +173,7 @@ def _announce_resume(pipeline: Pipeline, states: dict[str, StepState]) -> None:
     logger.info("Pipeline %r resumes from its cache:", pipeline.name)
     for name, note in notes.items():
         decision, why = note or ("compute", "no cache decision recorded")
-        logger.info("resuming: %s: %s (%s)", name, decision, why)
+        logger.info("resuming: %s: %s, because %s", name, decision, why)
 
 
 def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
