@@ -26,6 +26,7 @@ import contextvars
 import functools
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -35,7 +36,9 @@ REPLICA_ATTRIBUTE = "stillhouse_replica"
 _current: contextvars.ContextVar[tuple[str, int] | None] = contextvars.ContextVar(
     "stillhouse_step", default=None
 )
-_run_handlers: list[logging.Handler] = []  # the handlers of the run going on in this process
+_active: list[list[logging.Handler]] = []  # the handlers of each run going on in this process
+_installed: tuple[Callable[..., logging.LogRecord], Callable[..., logging.LogRecord]] | None = None
+_lock = threading.Lock()
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -87,9 +90,10 @@ def _is_ours(record: logging.LogRecord) -> bool:
 
 def _to_run(record: logging.LogRecord) -> None:
     """Hand a user's step record to the run's handlers (stillhouse's own get there anyway)."""
-    for handler in list(_run_handlers):
-        if record.levelno >= handler.level:
-            handler.handle(record)
+    for handlers in list(_active):
+        for handler in handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def reemit(record: logging.LogRecord) -> None:
@@ -111,10 +115,32 @@ class StepFormatter(logging.Formatter):
 
 @contextlib.contextmanager
 def routed_to(handlers: list[logging.Handler]) -> Iterator[None]:
-    """For one run: step records of any logger also go to `handlers`."""
-    previous = logging.getLogRecordFactory()
-    pid = os.getpid()
+    """For one run: step records of any logger also go to `handlers`.
 
+    Runs going on at once in one process (threads) each add their handlers; a step's
+    record goes to all of them (which run a step belongs to is not known here). The
+    record factory is installed by the first and removed by the last."""
+    global _installed
+    with _lock:
+        _active.append(handlers)
+        if _installed is None:
+            previous = logging.getLogRecordFactory()
+            factory = _factory(previous, os.getpid())
+            logging.setLogRecordFactory(factory)
+            _installed = (factory, previous)
+    try:
+        yield
+    finally:
+        with _lock:
+            _active.remove(handlers)
+            if not _active and _installed is not None:
+                factory, previous = _installed
+                if logging.getLogRecordFactory() is factory:  # else someone wrapped ours: keep it
+                    logging.setLogRecordFactory(previous)
+                _installed = None
+
+
+def _factory(previous: Callable[..., logging.LogRecord], pid: int) -> Callable[..., logging.LogRecord]:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         # Only in this process: a forked worker inherits the factory, and its records
@@ -123,11 +149,4 @@ def routed_to(handlers: list[logging.Handler]) -> Iterator[None]:
             _to_run(record)
         return record
 
-    _run_handlers[:] = handlers
-    logging.setLogRecordFactory(factory)
-    try:
-        yield
-    finally:
-        if logging.getLogRecordFactory() is factory:
-            logging.setLogRecordFactory(previous)
-        _run_handlers.clear()
+    return factory
