@@ -32,6 +32,9 @@ def class_module(cls: type) -> str:
     """The module name to record for `cls`: its own, or the script's for `__main__`."""
     if cls.__module__ != "__main__":
         return cls.__module__
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name and spec.name != "__main__":
+        return spec.name  # `python -m package.module`: its real, importable name
     file = _main_file()
     return file.stem if file is not None and file.stem.isidentifier() else "__main__"
 
