@@ -304,3 +304,27 @@ def test_no_resume_hint_after_a_validation_error(tmp_path, caplog):
 def test_ignore_cache_run_that_stops_names_use_cache_true(tmp_path):
     pipeline = _stopped_run(tmp_path, use_cache=False)
     assert "run it again with use_cache=True (on the CLI: without --ignore-cache)" in _log(pipeline)
+
+
+NO_GUARD = """
+import sys
+from stillhouse.core import Pipeline
+from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.logging_steps import Chatty
+
+with Pipeline(name="noguard", cache_dir=sys.argv[1], executor="mp") as pipeline:
+    LoadDataFromDicts(data=[{"x": 1}]) >> Chatty(name="chatty")
+pipeline.run(progress=False)  # no `if __name__ == "__main__":` guard
+"""
+
+
+def test_no_resume_hint_when_spawn_meets_a_script_without_main_guard(tmp_path):
+    script = tmp_path / "noguard.py"
+    script.write_text(NO_GUARD)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0",
+           "STILLHOUSE_START_METHOD": "spawn"}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "cache")], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "if __name__ == '__main__'" in done.stderr  # the error says what to fix
+    assert "did not finish" not in done.stderr and "To resume" not in done.stderr
