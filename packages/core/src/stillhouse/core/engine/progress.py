@@ -97,6 +97,9 @@ def _status(state: StepState, ended: bool, failed_step: str | None) -> str:
             return "cached"
         status = "partly cached" if stats.cached_batches else "computed"
         return f"{status}, {stats.failed_batches} failed batches" if stats.failed_batches else status
+    suspended = getattr(state, "suspended", None)  # async steps waiting on an external job
+    if suspended:
+        return f"suspended ({len(suspended)})"
     if state.name == failed_step:
         return "failed"
     if ended:

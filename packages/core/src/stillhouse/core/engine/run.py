@@ -155,7 +155,8 @@ def resume_hint(error: BaseException | None, use_cache: bool, run_dir: str | Non
         return None  # a spawned worker re-ran the script: the guard is missing
     how = ("run the same pipeline again" if use_cache else
            "run it again with use_cache=True (on the CLI: without --ignore-cache)")
-    first = "" if isinstance(error, KeyboardInterrupt) else "fix what failed, then "
+    nothing_to_fix = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "StepsSuspendedError"
+    first = "" if nothing_to_fix else "fix what failed, then "
     return (f"The run did not finish. To resume from {run_dir}, {first}{how}; "
             "finished batches are reused.")
 
