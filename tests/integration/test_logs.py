@@ -78,6 +78,10 @@ def test_live_view_on_a_terminal_then_one_summary(tmp_path):
     before = output[: output.index("Run summary")]
     assert ERASE_LINE in before[before.rindex("pipeline 'ptydemo' · "):]  # and it was erased
     assert summary.count("rows in") == 1
+    # Log lines written during the run erase the view first and it is drawn again below
+    # them: never a log line right after a drawn table (a stale copy left on the screen).
+    assert "INFO    stillhouse.engine: Step 'slow' replica 0 loaded" in before
+    assert not re.search(r"┘(\r?\n)?\[\d{4}-", output)
     assert re.search(r"slow\s+40\s+40\s+40 .* computed", summary)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,6 +242,20 @@ def _signal_handlers(pipeline: Pipeline) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is now, not what it was when made: while the live
+    view is drawn, rich puts a proxy there that prints log lines above the view instead
+    of through it (which would leave copies of the view on the screen)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) -> Iterator[None]:
     """Send stillhouse's log records, and those of users' steps (tagged with step and
@@ -255,7 +270,7 @@ def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) 
         added.append(file_handler)
     step_sinks = list(added)  # not the console below: steps' records reach it their own way
     if not library_logger.handlers and not logging.getLogger().handlers and not handlers:
-        console = logging.StreamHandler()  # nobody configured logging: still show progress lines
+        console = _StderrHandler()  # nobody configured logging: still show progress lines
         console.setFormatter(logging.Formatter(_LOG_FORMAT))
         added.append(console)
     previous_level = library_logger.level
