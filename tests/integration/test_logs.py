@@ -332,3 +332,12 @@ def test_no_resume_hint_when_spawn_meets_a_script_without_main_guard(tmp_path):
     assert done.returncode != 0
     assert "if __name__ == '__main__'" in done.stderr  # the error says what to fix
     assert "did not finish" not in done.stderr and "To resume" not in done.stderr
+
+
+def test_under_mp_a_thread_the_step_starts_is_tagged_with_its_step(tmp_path):
+    from tests.support.logging_steps import ThreadChatty
+
+    with Pipeline(name="threads", cache_dir=tmp_path, executor="mp") as pipeline:
+        LoadDataFromDicts(data=[{"x": 1}]) >> ThreadChatty(name="spawner")
+    pipeline.run(progress=False)
+    assert "WARNING user_steps: [spawner r0] from a thread the step started" in _log(pipeline)

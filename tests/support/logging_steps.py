@@ -14,3 +14,13 @@ def Chatty(inputs: StepInput) -> StepOutput:
     logger.info("info from a step: %d rows", len(inputs))
     logger.warning("warning from a step: first x=%s", inputs[0]["x"])
     yield [{**row, "y": row["x"]} for row in inputs]
+
+
+@step(inputs=["x"], outputs=["y"])
+def ThreadChatty(inputs: StepInput) -> StepOutput:
+    import threading
+
+    worker = threading.Thread(target=logger.warning, args=("from a thread the step started",))
+    worker.start()
+    worker.join()
+    yield [{**row, "y": row["x"]} for row in inputs]

@@ -64,11 +64,12 @@ def step_context(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _tag(record: logging.LogRecord) -> bool:
-    """Tag `record` with the step running in this context; True when it is a step's."""
+def _tag(record: logging.LogRecord, default: tuple[str, int] | None = None) -> bool:
+    """Tag `record` with the step running in this context (else `default`); True when it
+    is a step's."""
     if hasattr(record, STEP_ATTRIBUTE):
         return True
-    current = _current.get()
+    current = _current.get() or default
     if current is None:
         return False
     setattr(record, STEP_ATTRIBUTE, current[0])
@@ -77,10 +78,17 @@ def _tag(record: logging.LogRecord) -> bool:
 
 
 class StepTagFilter(logging.Filter):
-    """On a worker's handler: tag records made inside a step; lets every record through."""
+    """On a worker's handler: tag records made inside a step; lets every record through.
+
+    `default`: the step replica a worker process holds, for records of threads the step
+    started itself (they do not inherit the step's context)."""
+
+    def __init__(self, default: tuple[str, int] | None = None) -> None:
+        super().__init__()
+        self.default = default
 
     def filter(self, record: logging.LogRecord) -> bool:
-        _tag(record)
+        _tag(record, self.default)
         return True
 
 
