@@ -1,6 +1,7 @@
 """The README quickstart: a real pipeline over a small dataset shipped with the repo.
 
     uv run python examples/quickstart.py
+    uv run python examples/quickstart.py --save quickstart.yaml   # for `stillhouse pipeline run`
 
 It loads 48 sentences, measures them, routes every batch to two of three rewriting
 steps at random, groups the rewrites back per row, and finishes with a global step
@@ -10,6 +11,7 @@ that ranks the rows. Run it twice: the second run comes straight from the cache.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from stillhouse.core import GlobalStep, Pipeline, StepInput, StepOutput, sample_n_steps, step
@@ -77,6 +79,10 @@ def build() -> Pipeline:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--save"]:  # `--save quickstart.yaml`: write the file the CLI runs
+        build().save(sys.argv[2])
+        print(f"Saved {sys.argv[2]}")
+        sys.exit(0)
     distiset = build().run()
     print(distiset)
     for row in distiset["default"]["train"].select(range(3)):

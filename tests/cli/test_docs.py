@@ -109,3 +109,42 @@ def test_example_package_readme_python_blocks_run():
     namespace["register_steps"](register=registered.append)
     assert registered == [Uppercase]
     assert namespace["pipeline"].dag.step_names == ["load_data_from_dicts_0", "uppercase_0"]
+
+
+def test_docs_list_every_executor_of_this_install():
+    from stillhouse.core import plugins
+
+    executors = sorted(plugins.registry().executors)
+    assert "ray" in executors
+    cli_doc, plugins_doc = (DOCS / "cli.md").read_text(), (DOCS / "plugins.md").read_text()
+    listed = re.search(r"Installed executors: (.*?)\. Pass", cli_doc).group(1)
+    assert listed == ", ".join(repr(name) for name in executors)
+    for name in executors:
+        assert f"│ executor │ {name} " in cli_doc, f"cli.md's plugins list lacks {name!r}"
+        assert f'`"{name}"`' in plugins_doc, f"plugins.md does not name executor {name!r}"
+
+
+def test_readme_package_table_lists_every_distribution():
+    import tomllib
+
+    root = DOCS.parent
+    readme = (root / "README.md").read_text()
+    for pyproject in sorted(root.glob("packages/*/pyproject.toml")):
+        name = tomllib.loads(pyproject.read_text())["project"]["name"]
+        assert f"| `{name}` |" in readme, f"README's package table lacks {name}"
+
+
+@pytest.mark.timeout(120)
+def test_the_quickstart_yaml_of_cli_md_is_made_by_the_command_it_shows(tmp_path, cli):
+    doc = (DOCS / "cli.md").read_text()
+    command = "uv run python examples/quickstart.py --save quickstart.yaml"
+    assert f"$ {command}" in doc
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(DOCS.parent / "examples" / "quickstart.py"), "--save",
+                           "quickstart.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    info = cli("pipeline", "info", "--config", str(tmp_path / "quickstart.yaml"))
+    assert info.returncode == 0, info.stderr
+    assert "Pipeline 'quickstart': 7 steps" in info.stdout

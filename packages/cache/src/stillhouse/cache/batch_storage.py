@@ -94,3 +94,15 @@ class FsBatchStorage(BatchStorage):
     def discard(self, payload: Payload) -> None:
         assert isinstance(payload, FsPayload)
         UPath(payload.url, **self.options).unlink(missing_ok=True)
+
+    def cleanup(self) -> None:
+        """Remove this run's folder (payloads no batch will read again) and the shared
+        parent (`batch_data/`) when nothing else is left in it."""
+        if self.root.exists():
+            self.root.fs.rm(self.root.path, recursive=True)
+        parent = self.root.parent
+        try:
+            if parent.exists() and not any(parent.iterdir()):
+                parent.rmdir()
+        except OSError:  # another run wrote into it meanwhile: leave it
+            pass

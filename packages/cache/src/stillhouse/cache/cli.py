@@ -9,11 +9,14 @@ function the stores use.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +28,7 @@ from stillhouse.cache.signature import explain_changes, step_signature_parts, st
 from stillhouse.cache.store import LOG, META, log_holdings, read_meta
 from stillhouse.core.cli import add_param_option, console, load_pipeline, parse_params, table
 from stillhouse.core.dag import routing_context
-from stillhouse.core.errors import CacheError, CorruptCacheError
+from stillhouse.core.errors import CacheError, CacheLockedError, CorruptCacheError
 from stillhouse.core.pipeline import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 
 STEPS = "steps"
@@ -113,7 +116,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_size(args: argparse.Namespace) -> int:
     root, out = _root(args), console()
     if args.name is None:
-        sizes = table(f"Cache size of {root}", "pipeline", "size")
+        out.print(f"Cache size of {root}", soft_wrap=True)  # a long path must not fold
+        sizes = table("", "pipeline", "size")
         total = 0
         for base in _pipelines(root):
             size = _usage(base)[0]
@@ -123,7 +127,8 @@ def _cmd_size(args: argparse.Namespace) -> int:
         out.print(f"Total: {_human(total)} ({total} bytes)")
         return 0
     base = _named(root, args.name)
-    parts = table(f"Cache size of pipeline {args.name!r}", "kind", "folder", "size")
+    out.print(f"Cache size of pipeline {args.name!r} ({base})", soft_wrap=True)
+    parts = table("", "kind", "folder", "size")
     for run in _run_dirs(base):
         parts.add_row("run", run.name, _human(_usage(run)[0]))
     for store in _step_dirs(base):
@@ -132,6 +137,20 @@ def _cmd_size(args: argparse.Namespace) -> int:
     out.print(parts)
     out.print(f"Total: {_human(total)} ({total} bytes)")
     return 0
+
+
+@contextlib.contextmanager
+def _locked(base: Path, then: str) -> Iterator[None]:
+    """Hold the pipeline's run lock, or raise naming the run that holds it."""
+    fd = lock.acquire(
+        base,
+        f"Pipeline {base.name!r} is running (pid {{pid}}) and holds its cache {base}. "
+        f"Wait for it to finish or stop it, then {then}.",
+    )
+    try:
+        yield
+    finally:
+        lock.release(fd)
 
 
 def _cmd_remove(args: argparse.Namespace) -> int:
@@ -146,17 +165,91 @@ def _cmd_remove(args: argparse.Namespace) -> int:
         if answer.strip().lower() not in {"y", "yes"}:
             console().print("Nothing removed.")
             return 1
-    fd = lock.acquire(
-        base,
-        f"Pipeline {args.name!r} is running (pid {{pid}}) and holds its cache {base}. Wait for "
-        "it to finish or stop it, then remove the cache.",
-    )
-    try:
-        # Held while deleting, so a run that starts now waits instead of writing into it.
+    with _locked(base, "remove the cache"):  # held while deleting: a run that starts now waits instead
         shutil.rmtree(base)
-    finally:
-        lock.release(fd)
     console().print(f"Removed the cache of pipeline {args.name!r} ({base}).", soft_wrap=True)
+    return 0
+
+
+# -- prune -----------------------------------------------------------------------------------
+
+_AGE = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """`"7d"` -> seconds; units s, m, h, d, w."""
+    match = _AGE.match(text.strip().lower())
+    if not match:
+        raise ValueError(
+            f"--older-than {text!r} is not an age. Write a number and a unit: 30m, 12h, 7d, 2w."
+        )
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def _stores_of(run: Path) -> set[str]:
+    """The step stores a run used (`steps/<store>`), as its batch_manager.json records."""
+    try:
+        steps = json.loads((run / "batch_manager.json").read_text()).get("steps", {})
+    except (OSError, ValueError):
+        return set()
+    return {entry["store"] for entry in steps.values() if isinstance(entry, dict) and entry.get("store")}
+
+
+def prune_plan(base: Path, older_than: float | None, keep_last: int | None, now: float) -> list[Path]:
+    """What `cache prune` removes from one pipeline's cache.
+
+    A run folder goes when it matches every condition given: last modified more than
+    `older_than` seconds ago, and not among the `keep_last` most recently modified runs.
+    A step store goes when no remaining run uses it and either a removed run used it or
+    it is older than `older_than` (a store no run records, e.g. of a killed run, is kept
+    until it is that old: it is what the next run resumes from)."""
+    runs = sorted(_run_dirs(base), key=lambda run: _usage(run)[1], reverse=True)
+    removed_runs = []
+    for position, run in enumerate(runs):
+        old = older_than is None or now - _usage(run)[1] > older_than
+        beyond = keep_last is None or position >= keep_last
+        if old and beyond:
+            removed_runs.append(run)
+    kept_stores = set().union(*(_stores_of(r) for r in runs if r not in removed_runs))
+    dropped_stores = set().union(*(_stores_of(r) for r in removed_runs))
+    removed_stores = []
+    for store in _step_dirs(base):
+        ref = f"{STEPS}/{store.name}"
+        if ref in kept_stores:
+            continue
+        stale = older_than is not None and now - _usage(store)[1] > older_than
+        if ref in dropped_stores or stale:
+            removed_stores.append(store)
+    return removed_runs + removed_stores
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    if args.older_than is None and args.keep_last is None:
+        raise ValueError("Say what to prune: --older-than AGE (e.g. 7d), --keep-last N, or both.")
+    if args.keep_last is not None and args.keep_last < 0:
+        raise ValueError(f"--keep-last {args.keep_last!r} must be 0 or more.")
+    older_than = parse_age(args.older_than) if args.older_than is not None else None
+    root, out = _root(args), console()
+    bases = [_named(root, args.name)] if args.name else _pipelines(root)
+    now, freed, count = time.time(), 0, 0
+    for base in bases:
+        try:
+            with _locked(base, "prune again"):
+                for path in prune_plan(base, older_than, args.keep_last, now):
+                    size = _usage(path)[0]
+                    verb = "would remove" if args.dry_run else "removed"
+                    if not args.dry_run:
+                        shutil.rmtree(path)
+                    out.print(f"{verb} {base.name}/{path.relative_to(base)} ({_human(size)})",
+                              soft_wrap=True)
+                    freed, count = freed + size, count + 1
+                if not args.dry_run and not _run_dirs(base) and not _step_dirs(base):
+                    shutil.rmtree(base)  # nothing left but the lock: the pipeline is gone
+        except CacheLockedError as exc:
+            out.print(f"skipped {base.name}: {exc}", soft_wrap=True)
+    what = "Would free" if args.dry_run else "Freed"
+    out.print(f"{what} {_human(freed)} ({freed} bytes) in {count} folder(s).")
     return 0
 
 
@@ -305,6 +398,18 @@ def register(subparsers: Any) -> None:
     remove.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
     _add_cache_dir(remove, env_default)
     remove.set_defaults(handler=_cmd_remove)
+
+    prune = commands.add_parser(
+        "prune", help="remove old runs and the step outputs only they used (not while running)"
+    )
+    prune.add_argument("name", nargs="?", metavar="NAME", help="only this pipeline")
+    prune.add_argument("--older-than", metavar="AGE",
+                       help="remove what was last modified longer ago than AGE (30m, 12h, 7d, 2w)")
+    prune.add_argument("--keep-last", type=int, metavar="N",
+                       help="keep the N most recently modified runs of each pipeline")
+    prune.add_argument("--dry-run", action="store_true", help="only print what would be removed")
+    _add_cache_dir(prune, env_default)
+    prune.set_defaults(handler=_cmd_prune)
 
     why = commands.add_parser("explain", help="which steps a run would reuse, resume or recompute")
     why.add_argument("--config", required=True, metavar="PATH_OR_URL", help="pipeline.yaml")

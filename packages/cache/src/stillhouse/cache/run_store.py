@@ -36,6 +36,7 @@ from stillhouse.cache.atomic import (
 )
 from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FileStepStore
+from stillhouse.core._references import relativize_files
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import RunStore, StepStore
 from stillhouse.core.errors import CacheError
@@ -75,14 +76,15 @@ class FileRunStore(RunStore):
         try:  # whatever fails from here on (a field that cannot be dumped, a full disk) frees the lock
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
             self.signatures = step_signatures(pipeline.dag)
+            self.notes = _reuse_notes(pipeline, use_cache)  # before any store is opened
             with disk_errors(self.run_dir):
                 private_dirs(self.run_dir)
             private_file(self.run_dir / "pipeline.log")  # the log handler appends to it
             # A cached rerun rewrites nothing: inline rows are files named by their hash, and
             # pipeline.yaml (small without them) is replaced only when it differs.
-            _write_if_changed(
-                self.run_dir / "pipeline.yaml", dumps(pipeline.dump(inline_dir=self.run_dir), "yaml")
-            )
+            record = pipeline.dump(inline_dir=self.run_dir)
+            relativize_files(record, self.run_dir)  # the script, relative to this pipeline.yaml
+            _write_if_changed(self.run_dir / "pipeline.yaml", dumps(record, "yaml"))
             try:
                 stages = load_stages(pipeline.dag, None)
             except Exception:  # custom load_groups are validated by the engine itself
@@ -105,6 +107,7 @@ class FileRunStore(RunStore):
             parts=step_signature_parts(dag, name, self.signatures),
             keyed=routing_context(dag, name) is not None,
         )
+        store.reuse_note = self.notes.get(name)
         self.stores[name] = store
         return store
 
@@ -134,6 +137,18 @@ class FileRunStore(RunStore):
                 store.close()
         finally:
             lock.release(self._lock)
+
+
+def _reuse_notes(pipeline: Pipeline, use_cache: bool) -> dict[str, tuple[str, str]]:
+    """`stillhouse cache explain`'s decision and reason per step, for `StepStore.reuse_note`."""
+    from stillhouse.cache.cli import explain
+
+    try:
+        rows = explain(pipeline, use_cache)
+    except Exception:  # a note is not worth failing over: opening the store reports the cause
+        logger.debug("No cache decisions to announce", exc_info=True)
+        return {}
+    return {row["step"]: (row["decision"], row["why"]) for row in rows}
 
 
 def _write_if_changed(path: Path, text: str) -> None:

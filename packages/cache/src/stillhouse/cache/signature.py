@@ -13,6 +13,7 @@ import inspect
 import json
 from typing import Any
 
+from stillhouse.core._references import class_module
 from stillhouse.core.dag import DAG
 from stillhouse.core.secrets import dump_without_secrets
 from stillhouse.core.step import _Step
@@ -60,7 +61,7 @@ def step_signature_parts(dag: DAG, name: str, signatures: dict[str, str]) -> dic
     cls = type(step)
     preds = dag.predecessors(name)
     return {
-        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "class": f"{class_module(cls)}.{cls.__qualname__}",  # a script's class: not "__main__"
         "kind": "generator" if step.is_generator else "global" if step.is_global else "normal",
         # One short hash per field: explain can still name the field that changed, and a
         # generator's data (100k rows) does not end up verbatim in every meta.json.

@@ -181,6 +181,7 @@ def _print_results(pipeline: Pipeline, result: Any) -> None:
 def _cmd_pipeline_info(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.config)
     parameters = parse_params(args.param)
+    check_executor(pipeline.executor, f"named in {args.config}")  # as `run` does
     if parameters:
         pipeline.apply_parameters(parameters)
     dag, out = pipeline.dag, console()
@@ -345,9 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _one_line(exc: BaseException) -> str:
+def _one_line(exc: BaseException, args: argparse.Namespace | None = None) -> str:
     """The first line of the message; pydantic's detail lines are folded into it."""
     if isinstance(exc, KeyboardInterrupt):
+        if getattr(args, "ignore_cache", False):  # the same command would start over
+            return ("interrupted. Finished work is cached: run the command again without "
+                    "--ignore-cache to resume.")
         return "interrupted. Finished work is cached: run the same command again to resume."
     text = str(exc) or type(exc).__name__
     if isinstance(exc, FileNotFoundError) and exc.filename:
@@ -383,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv
     argv = [arg for arg in argv if arg != DEBUG_FLAG]
+    args: argparse.Namespace | None = None
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning  # "warning: ..." lines, not file:line noise
         try:
@@ -396,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
         except (*USER_ERRORS, KeyboardInterrupt) as exc:
             if debug:
                 traceback.print_exc()
-            print(f"error: {_one_line(exc)}", file=sys.stderr)
+            print(f"error: {_one_line(exc, args)}", file=sys.stderr)
             if not debug:
                 print(HINT, file=sys.stderr)
             return 130 if isinstance(exc, KeyboardInterrupt) else 1

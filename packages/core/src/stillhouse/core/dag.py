@@ -16,6 +16,7 @@ import networkx as nx
 from stillhouse.core.errors import (
     CycleError,
     DuplicateStepNameError,
+    InvalidMappingError,
     InvalidResourcesError,
     MissingInputsError,
     PipelineValidationError,
@@ -117,6 +118,7 @@ def validate_dag(dag: DAG) -> None:
         _check_resources(step)
         _check_process_signature(dag, step)
     _check_inputs(dag)
+    _check_overwrites(dag)
     _check_routing(dag)
 
 
@@ -202,6 +204,31 @@ def _check_inputs(dag: DAG) -> None:
                     f"produces it. Columns available: {sorted(available)!r}. Add a step that "
                     f"outputs it, or map it with input_mappings={{{column!r}: '<column>'}}."
                 )
+
+
+def _check_overwrites(dag: DAG) -> None:
+    """An output mapping onto a column that already reaches the step would replace it
+    silently: refuse it unless the step lists the column in `overwrite_columns`."""
+    for name in dag.topological_order():
+        step = dag.get_step(name)
+        read = set(step.get_inputs())  # already after input_mappings
+        for key, target in step.output_mappings.items():
+            if key == target or target in step.overwrite_columns:
+                continue
+            if target in read:
+                origin = "an input of the step"
+            else:
+                producers = [a for a in dag.topological_order() if a in nx.ancestors(dag.graph, name)
+                             and target in dag.get_step(a).get_outputs()]
+                if not producers:
+                    continue
+                origin = f"a column step {producers[-1]!r} outputs"
+            raise InvalidMappingError(
+                f"Step {name!r}: output_mappings {{{key!r}: {target!r}}} writes over column "
+                f"{target!r}, {origin}, replacing its values. Map the output to a new name "
+                f"(e.g. {{{key!r}: '{target}_{name}'}}) or, to replace the column on purpose, "
+                f"add overwrite_columns=[{target!r}] to step {name!r}."
+            )
 
 
 def _check_routing(dag: DAG) -> None:

@@ -148,5 +148,14 @@ class CacheDiskError(CacheError, OSError):
             f"Cannot {doing} {str(exc.filename or path)!r} ({exc.strerror or exc}): {why}, "
             "or pass another cache_dir= (or set STILLHOUSE_CACHE_DIR)."
         )
+
+
 class UnstorableValueError(StepRuntimeError):
     """A step produced a row value that cannot be stored (a string with a lone surrogate)."""
+
+
+# -- results ------------------------------------------------------------------------
+
+
+class HubConnectionError(StillhouseError, ConnectionError):
+    """The Hugging Face Hub (or the endpoint configured for it) could not be reached."""

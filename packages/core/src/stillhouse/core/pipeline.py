@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Self
 from packaging.requirements import InvalidRequirement, Requirement
 from pydantic import ValidationError
 
-from stillhouse.core import _context, serialization
+from stillhouse.core import _context, _references, serialization
 from stillhouse.core.dag import DAG, LoadGroups, load_stages, stages_last_steps, validate_dag
 from stillhouse.core.errors import (
     DatasetArgumentError,
@@ -174,9 +174,11 @@ class Pipeline:
         return {**serialization.pipeline_to_dict(self, inline_dir), "requirements": self.requirements}
 
     def save(self, path: str | os.PathLike[str], format: str = "yaml") -> None:
-        """Write the pipeline file; inline rows go to `inline_data/` beside it."""
-        text = serialization.dumps(self.dump(inline_dir=Path(path).parent), format)
-        Path(path).write_text(text, encoding="utf-8")
+        """Write the pipeline file; inline rows go to `inline_data/` beside it, and steps
+        defined in scripts are referenced relative to it."""
+        data = self.dump(inline_dir=Path(path).parent)
+        _references.relativize_files(data, Path(path).parent)  # scripts beside the file
+        Path(path).write_text(serialization.dumps(data, format), encoding="utf-8")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], base: str | os.PathLike[str] | None = None) -> Self:
@@ -190,6 +192,8 @@ class Pipeline:
     def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
         """Load a pipeline file (local path or fsspec URL) with the inline data beside it."""
         data = serialization.loads(serialization.read_text(path), str(path))
+        if "://" not in str(path) or str(path).startswith("file://"):
+            _references.absolutize_files(data, Path(str(path).removeprefix("file://")).parent)
         return cls.from_dict(data, base=str(path).rstrip("/").rpartition("/")[0] or ".")
 
     from_json = from_yaml  # JSON is YAML; the same safe loader reads both

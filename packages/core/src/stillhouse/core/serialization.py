@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stillhouse.core import inline_data
+from stillhouse.core import _references, inline_data
 from stillhouse.core.errors import SerializationError
 from stillhouse.core.secrets import (  # noqa: F401  (is_secret_field, secret_field_names: public here too)
     dump_without_secrets,
@@ -39,7 +39,10 @@ def step_to_dict(step: _Step, inline_dir: str | Path | None = None) -> dict[str,
     data = dump_without_secrets(step, exclude=_STEP_FIELDS_NOT_DUMPED | set(references))
     data.update(references)
     cls = type(step)
-    data["type_info"] = {"module": cls.__module__, "name": cls.__qualname__}
+    data["type_info"] = {"module": _references.class_module(cls), "name": cls.__qualname__}
+    if _references.script_file(cls):  # defined in the script being run (`__main__`)
+        data["type_info"]["file"] = _references.script_file(cls)
+    _references.warn_if_unreferenceable(cls, str(step.name))
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()
     return data
 
@@ -87,17 +90,63 @@ def loads(text: str, source: str) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise SerializationError(f"{source} is not valid YAML/JSON: {exc}") from exc
+        raise SerializationError(f"{source} is not valid YAML/JSON: {_yaml_problem(exc)}") from exc
     check_format(data, source)
     return data
 
 
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line with the line and column: `str(exc)` spreads them over several lines."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    context = getattr(exc, "context", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}" + (f" ({context})" if context else "")
+
+
+_TOP_KEYS = {"stillhouse", "pipeline"}
+_PIPELINE_KEYS = {"name", "description", "enable_metadata", "requirements", "executor", "steps",
+                  "connections", "routing_batch_functions"}
+
+
+def _check_keys(found: dict[str, Any], known: set[str], where: str, source: str) -> None:
+    """A misspelt key is an error naming it and the closest known one, not a silent default."""
+    import difflib
+
+    for key in found:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), sorted(known), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise SerializationError(
+                f"{source}: unknown key {key!r} in {where}.{hint} Known keys: "
+                f"{', '.join(sorted(known))}."
+            )
+
+
+def _connected_step(steps: dict[str, Any], name: Any, source: str) -> Any:
+    try:
+        return steps[name]
+    except (KeyError, TypeError):
+        raise SerializationError(
+            f"{source}: a connection names step {name!r}, which is not among the pipeline's "
+            f"steps {sorted(steps)!r}. Fix the name in 'connections' or add the step."
+        ) from None
+
+
 def check_format(data: Any, source: str) -> None:
     """Raise unless `data` is a pipeline dict this version of stillhouse can read."""
+    if isinstance(data, dict) and "pipeline" not in data and any(
+        key not in _TOP_KEYS and str(key).lower().startswith("pip") for key in data
+    ):
+        _check_keys(data, _TOP_KEYS, "the top level", source)  # "pipline:": name the typo
     if not isinstance(data, dict) or "pipeline" not in data:
         raise SerializationError(
             f"{source} is not a stillhouse pipeline file (no top-level 'pipeline' key)."
         )
+    _check_keys(data, _TOP_KEYS, "the top level", source)
+    if not isinstance(data["pipeline"], dict):
+        raise SerializationError(f"{source}: 'pipeline' must be a mapping, not {data['pipeline']!r}.")
+    _check_keys(data["pipeline"], _PIPELINE_KEYS, "'pipeline'", source)
     version = (data.get("stillhouse") or {}).get("format_version", FORMAT_VERSION)
     if not isinstance(version, int):
         raise SerializationError(f"{source} has an invalid format version {version!r}.")
@@ -163,14 +212,17 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     if isinstance(name, str) and name in registered and module in (None, registered[name].__module__):
         return registered[name]
     known = ", ".join(sorted(registered)) or "none"
+    if _refused_by_name(module, name) is None:
+        _references.make_importable(type_info)  # a user's script, named by its file
     try:
         target = import_object(module, name, f"Step {step_name!r}")
     except SerializationError as exc:
         if exc.__cause__ is None:  # refused by name: nothing to install
             raise
+        script = f" (the script {type_info['file']})" if type_info.get("file") else ""
         raise SerializationError(
-            f"{exc} Install the package that provides the step class, or register it with "
-            f"`register_steps`. Registered steps: {known}."
+            f"{exc} Install the package that provides the step class{script}, or register it "
+            f"with `register_steps`. Registered steps: {known}."
         ) from exc.__cause__
     # The MRO itself, not issubclass(): an ABC accepts virtual subclasses.
     if not isinstance(target, type) or _Step not in target.__mro__:
@@ -222,12 +274,15 @@ def pipeline_from_dict(
                 ) from exc
     routing = {r["step"]: r for r in spec.get("routing_batch_functions", [])}
     for connection in spec.get("connections", []):
-        source, targets = connection["from"], connection["to"]
+        source, targets = connection.get("from"), connection.get("to") or []
+        origin = "The pipeline file"
+        first = _connected_step(steps, source, origin)
         if not targets:
             continue
+        successors = [_connected_step(steps, t, origin) for t in targets]
         if source in routing:
             function = RoutingBatchFunction.from_dump(routing[source])
-            steps[source] >> function >> [steps[t] for t in targets]
+            first >> function >> successors
         else:
-            steps[source].connect(*[steps[t] for t in targets])
+            first.connect(*successors)
     return pipeline

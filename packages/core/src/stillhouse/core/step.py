@@ -82,6 +82,10 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     pipeline: Any = Field(default=None, exclude=True, repr=False)
     input_mappings: dict[str, str] = Field(default_factory=dict)
     output_mappings: dict[str, str] = Field(default_factory=dict)
+    # Left out of dumps (and so of signatures and pipeline.yaml) while empty.
+    overwrite_columns: list[str] = Field(default_factory=list, exclude_if=lambda value: not value)
+    """Columns that `output_mappings` may write over on purpose (validation refuses
+    a mapping onto an input or upstream column otherwise)."""
     use_cache: bool = True
 
     _built_from_decorator: bool = PrivateAttr(default=False)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.errors import EntryNotFoundError
 
+from stillhouse.core.errors import HubConnectionError
 from stillhouse.distiset._storage import read_bytes
 from stillhouse.distiset.card import render_card
 
@@ -42,6 +43,51 @@ def push_distiset(
     if not distiset:
         raise ValueError(f"Nothing to push to {repo_id!r}: the Distiset has no configuration.")
     api = HfApi(token=token)
+    try:
+        _push(distiset, api, repo_id, private=private, token=token, generate_card=generate_card,
+              include_script=include_script, **kwargs)
+    except Exception as exc:
+        network = _network_error(exc)
+        if network is None:
+            raise
+        first = (str(network).strip().splitlines() or [""])[0]
+        error = HubConnectionError(
+            f"Could not reach the Hugging Face Hub at {api.endpoint} to push {repo_id!r} "
+            f"({type(network).__name__}: {first}). Check the network connection, a proxy "
+            "(HTTPS_PROXY), HF_ENDPOINT if you set it, and that HF_HUB_OFFLINE is not 1; "
+            "the results stay in the run's cache, so pushing again later needs no rerun."
+        )
+        error.original = exc  # the transport's own error, without its 40 frames in the report
+        raise error from None
+
+
+_NETWORK_ERRORS = {"ConnectionError", "TransportError", "NetworkError", "TimeoutException",
+                   "ConnectError", "ConnectTimeout", "OfflineModeIsEnabled"}
+
+
+def _network_error(exc: BaseException) -> BaseException | None:
+    """The first error in `exc`'s chain that says the endpoint was not reached, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ConnectionError) or any(
+            cls.__name__ in _NETWORK_ERRORS for cls in type(seen).__mro__
+        ):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _push(
+    distiset: Distiset,
+    api: HfApi,
+    repo_id: str,
+    *,
+    private: bool,
+    token: str | None,
+    generate_card: bool,
+    include_script: bool,
+    **kwargs: Any,
+) -> None:
     for name, splits in distiset.items():
         rows = sum(distiset.row_counts()[name].values())
         logger.info(

@@ -20,6 +20,7 @@ from typing import Any
 from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, Finished, StepRunner
+from stillhouse.core.engine.logs import StepTagFilter
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import serve
 
@@ -71,7 +72,7 @@ def worker_main(
     """Body of a worker process: serve `step` from `tasks` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
     os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
-    _route_logs(results, log_levels)
+    _route_logs(results, log_levels, (str(step.name), replica))
     pickling_support.install()
     _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
@@ -92,7 +93,7 @@ def _portable(event: Event) -> Event:
     return Failed(event.step_name, exc, event.traceback)
 
 
-def _route_logs(results: ResultsQueue, levels: dict[str, int]) -> None:
+def _route_logs(results: ResultsQueue, levels: dict[str, int], replica: tuple[str, int]) -> None:
     """Send log records to the driver, which re-emits them through its own handlers.
 
     `levels` are the driver's logger levels (`""` is the root), so a worker logs what
@@ -102,6 +103,7 @@ def _route_logs(results: ResultsQueue, levels: dict[str, int]) -> None:
     capture); they are removed so that no line is written twice.
     """
     handler = QueueHandler(results)
+    handler.addFilter(StepTagFilter(replica))  # this process's records carry its step
     root = logging.getLogger()
     for logger in [root, *logging.Logger.manager.loggerDict.values()]:
         if not isinstance(logger, logging.Logger) or not logger.handlers:

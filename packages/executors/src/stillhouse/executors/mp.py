@@ -24,6 +24,7 @@ from multiprocessing.queues import Queue
 from typing import Any, ClassVar
 
 from stillhouse.core.engine import Died, Event, Executor, Loaded, Task
+from stillhouse.core.engine.logs import reemit
 from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import _Step
@@ -207,7 +208,7 @@ class MultiprocessingExecutor(Executor):
                 logger.exception("A message from a worker could not be unpickled; it is lost.")
                 continue
             if isinstance(item, logging.LogRecord):
-                logging.getLogger(item.name).handle(item)
+                reemit(item)  # the user's loggers, and pipeline.log for a step's records
             elif isinstance(item, Exited):
                 replica = self._replicas.get((item.step_name, item.replica))
                 if replica is not None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, FatalStepError, Finished, Loaded, StepRunner, Task
+from stillhouse.core.engine.logs import StepTagFilter
 from stillhouse.core.step import _Step
 
 MAX_BUFFERED_LOG_RECORDS = 10_000
@@ -147,6 +148,7 @@ def _route_logs(handler: logging.Handler, levels: dict[str, int]) -> None:
     root = logging.getLogger()
     for inherited in list(root.handlers):
         root.removeHandler(inherited)
+    handler.addFilter(StepTagFilter())  # records made inside the step carry its name
     root.addHandler(handler)
     for name, level in levels.items():
         logging.getLogger(name or None).setLevel(level)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from stillhouse.core.engine import Died, Event, Executor, Failed, FatalStepError, Loaded, Task
+from stillhouse.core.engine.logs import reemit
 from stillhouse.core.errors import EngineError, PipelineValidationError
 from stillhouse.core.step import _Step
 
@@ -235,7 +236,7 @@ class RayExecutor(Executor):
             actor.dead = True
             return
         for record in reply.logs:
-            logging.getLogger(record.name).handle(record)
+            reemit(record)
         if isinstance(reply.event, Loaded):
             actor.loaded = True
         if reply.event is not None:
@@ -264,7 +265,7 @@ class RayExecutor(Executor):
             for ref in ready:
                 try:
                     for record in ray.get(ref).logs:
-                        logging.getLogger(record.name).handle(record)
+                        reemit(record)
                 except Exception:
                     logger.debug("Replica of %r ended before it unloaded", unloads[ref].step_name)
             for ref in late:

@@ -1,9 +1,16 @@
-"""What a user sees while a run goes: a live table on a terminal, log lines otherwise,
-and a summary table at the end."""
+"""What a user sees while a run goes: a live view on a terminal, periodic log lines
+otherwise, and one summary table at the end.
+
+Every figure comes from `step_figures`, so the live view, the log lines and the
+summary never disagree. Rates count only rows computed in this run: rows replayed
+from the cache arrive at disk speed and would make a slow step look fast. Nothing
+here changes what runs; the scheduler calls `Progress.tick()` and forgets it.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import time
@@ -14,8 +21,13 @@ from stillhouse.core.engine.state import StepState
 logger = logging.getLogger("stillhouse.progress")
 
 PROGRESS_ENV = "STILLHOUSE_PROGRESS"
-_LOG_EVERY = 30.0
-_REFRESH_EVERY = 0.25
+"""`0`/`false`/`off` turns the live view off even on a terminal (CI logs, notebooks)."""
+
+PROGRESS_INTERVAL_ENV = "STILLHOUSE_PROGRESS_INTERVAL"
+"""Seconds between the plain progress lines written when stderr is not a terminal."""
+
+_LOG_EVERY = 30.0  # a line per step every 30 s keeps a day-long run's log readable
+_REFRESH_EVERY = 0.25  # the live view redraws at most 4 times a second
 
 
 def progress_enabled(requested: bool | None) -> bool:
@@ -26,50 +38,245 @@ def progress_enabled(requested: bool | None) -> bool:
     return sys.stderr.isatty()
 
 
-class Progress:
-    """Calls are cheap: the view refreshes at most every quarter second."""
+def _log_every() -> float:
+    try:
+        return float(os.environ.get(PROGRESS_INTERVAL_ENV) or _LOG_EVERY)
+    except ValueError:
+        return _LOG_EVERY
 
-    def __init__(self, states: dict[str, StepState], *, live: bool) -> None:
+
+# -- the figures ---------------------------------------------------------------------
+
+
+def expected_rows(states: dict[str, StepState]) -> dict[str, int | None]:
+    """Per step, the rows it will consume (a generator: produce), where that is known.
+
+    Known for generators with `total_rows()` (LoadDataFromDicts), and for steps after
+    them outside routed branches: a normal step is taken to pass its rows through
+    until it finishes, then its real output count is used. A global step, a routed
+    branch or a join of unequal inputs has no known total until its inputs end."""
+    out: dict[str, int | None] = {}
+    consumed: dict[str, int | None] = {}
+    for name, state in states.items():  # states are in topological order
+        step, stats = state.step, state.stats
+        if step.is_generator:
+            total = getattr(step, "total_rows", None)
+            consumed[name] = total() if callable(total) else None
+        else:
+            inputs = {out[p] for p in state.preds}
+            consumed[name] = inputs.pop() if len(inputs) == 1 and not state.lineaged else None
+        if state.finished:
+            out[name] = stats.rows_out
+        elif step.is_global:
+            out[name] = None
+        else:
+            out[name] = consumed[name]
+    return {name: None if total is None else max(total, 0) for name, total in consumed.items()}
+
+
+def _done(state: StepState, total: int | None) -> int:
+    """Rows finished: a generator's output; otherwise the inputs of released batches."""
+    stats = state.stats
+    if state.step.is_generator or state.mode == "source":
+        done = stats.rows_out
+    elif state.finished:
+        done = stats.rows_in
+    elif state.step.is_global:
+        done = 0
+    else:
+        done = min(stats.rows_in, stats.batches * state.input_batch_size)
+    return min(done, total) if total is not None else done
+
+
+def _status(state: StepState, ended: bool, failed_step: str | None) -> str:
+    stats = state.stats
+    if state.mode == "skip" or (state.mode == "source" and state.finished):
+        return "cached"
+    if state.finished:
+        if stats.batches and stats.cached_batches == stats.batches:
+            return "cached"
+        status = "partly cached" if stats.cached_batches else "computed"
+        return f"{status}, {stats.failed_batches} failed batches" if stats.failed_batches else status
+    suspended = getattr(state, "suspended", None)  # async steps waiting on an external job
+    if suspended:
+        return f"suspended ({len(suspended)})"
+    if state.name == failed_step:
+        return "failed"
+    if ended:
+        return "interrupted" if state.started or stats.batches else "not started"
+    return "running" if state.started or stats.batches else "waiting"
+
+
+def step_figures(
+    states: dict[str, StepState],
+    *,
+    ended: bool = False,
+    failed_step: str | None = None,
+    now: float | None = None,
+) -> list[dict[str, Any]]:
+    """One dict per step with every figure the views and the summary show (rates as of
+    `now`, a `time.monotonic()` value, default: this instant)."""
+    now = time.monotonic() if now is None else now
+    totals = expected_rows(states)
+    rows = []
+    for name, state in states.items():
+        stats = state.stats
+        began = stats.started_at
+        elapsed = ((stats.ended_at or now) - began) if began else 0.0
+        total = totals[name]
+        done = _done(state, total)
+        rate = stats.computed_rows / elapsed if elapsed > 0 and stats.computed_rows else 0.0
+        left = None if total is None or state.finished else max(total - done, 0)
+        rows.append({
+            "step": name,
+            "rows_in": stats.rows_in,
+            "rows_out": stats.rows_out,
+            "computed_rows": stats.computed_rows,
+            "done": done,
+            "total": total,
+            "percent": 100.0 if state.finished else (100.0 * done / total if total else None),
+            "batches": stats.batches,
+            "cached_batches": stats.cached_batches,
+            "failed_batches": stats.failed_batches,
+            "in_flight": state.inflight,
+            "seconds": round(elapsed, 3),
+            "rows_per_s": rate,
+            "eta_s": left / rate if left is not None and rate > 0 else None,
+            "status": _status(state, ended, failed_step),
+            "started_worker": state.started,
+        })
+    return rows
+
+
+def summary_rows(
+    states: dict[str, StepState], *, ended: bool = True, failed_step: str | None = None
+) -> list[dict[str, Any]]:
+    """The figures of a run that ended (kept as `pipeline.last_run_summary`)."""
+    return step_figures(states, ended=ended, failed_step=failed_step)
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or math.isinf(seconds):
+        return "-"
+    seconds = max(round(seconds), 0)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+def _count(row: dict[str, Any]) -> str:
+    total = row["total"]
+    return f"{row['done']}/{total}" if total is not None else f"{row['done']}/?"
+
+
+def _percent(row: dict[str, Any]) -> str:
+    return "-" if row["percent"] is None else f"{row['percent']:.0f}%"
+
+
+def progress_line(row: dict[str, Any]) -> str:
+    """The plain line logged per step when there is no terminal (docs/concepts.md)."""
+    return (
+        f"{row['step']}: {_count(row)} rows ({_percent(row)}), {row['rows_per_s']:.1f} rows/s, "
+        f"ETA {_clock(row['eta_s'])}, {row['in_flight']} in flight, "
+        f"{row['failed_batches']} failed batches, {row['status']}"
+    )
+
+
+def title(pipeline_name: str, elapsed: float) -> str:
+    return f"pipeline {pipeline_name!r} · {_clock(elapsed)} elapsed"
+
+
+def render(
+    states: dict[str, StepState], pipeline_name: str, elapsed: float, now: float | None = None
+) -> Any:
+    """The live view: a rich table with a bar, done/total, %, rows/s and ETA per step."""
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+
+    view = Table(title=title(pipeline_name, elapsed), title_justify="left", expand=False)
+    for column, justify in (("step", "left"), ("progress", "left"), ("rows", "right"),
+                            ("%", "right"), ("rows/s", "right"), ("ETA", "right"),
+                            ("in flight", "right"), ("failed", "right"), ("status", "left")):
+        view.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for row in step_figures(states, now=now):
+        bar = ProgressBar(total=float(row["total"] or 0) or None, completed=float(row["done"]),
+                          width=20, pulse=row["total"] is None and row["status"] == "running")
+        if row["percent"] == 100.0:
+            bar = ProgressBar(total=1.0, completed=1.0, width=20)
+        view.add_row(row["step"], bar, _count(row), _percent(row), f"{row['rows_per_s']:.1f}",
+                     _clock(row["eta_s"]), str(row["in_flight"]), str(row["failed_batches"]),
+                     row["status"])
+    return view
+
+
+class Progress:
+    """Calls are cheap: the view redraws at most every quarter second.
+
+    The live view is transient: it is erased when the run ends (or is interrupted),
+    and the summary table is then logged once, so nothing is drawn twice."""
+
+    def __init__(
+        self,
+        states: dict[str, StepState],
+        *,
+        live: bool,
+        pipeline_name: str = "pipeline",
+        console: Any = None,
+    ) -> None:
         self.states = states
+        self.pipeline_name = pipeline_name
         self.started = time.monotonic()
         self._last_log = self.started
         self._last_refresh = 0.0
+        self._log_every = _log_every()
+        self._reported: set[str] = set()
         self._live: Any = None
         if live:
             from rich.live import Live
 
-            self._live = Live(self._table(), refresh_per_second=4, transient=False, console=_console())
-            self._live.start()
+            self._live = Live(self._view(), auto_refresh=False, transient=True,
+                              console=console or _console(), redirect_stdout=False)
+            self._live.start(refresh=True)
 
     def tick(self) -> None:
         now = time.monotonic()
+        self._report_finished()
         if self._live is not None:
             if now - self._last_refresh >= _REFRESH_EVERY:
                 self._last_refresh = now
-                self._live.update(self._table())
-        elif now - self._last_log >= _LOG_EVERY:
+                self._live.update(self._view(), refresh=True)
+        elif now - self._last_log >= self._log_every:
             self._last_log = now
-            for row in summary_rows(self.states):
-                logger.info(
-                    "%s: %d rows out, %d batches (%d in flight, %d failed)",
-                    row["step"], row["rows_out"], row["batches"], row["in_flight"], row["failed_batches"],
-                )
+            self.log_lines()
+
+    def log_lines(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        elapsed = _clock(now - self.started)
+        for row in step_figures(self.states, now=now):
+            logger.info("progress %s: %s", elapsed, progress_line(row))
 
     def close(self) -> None:
         if self._live is not None:
-            self._live.update(self._table())
-            self._live.stop()
+            live, self._live = self._live, None
+            live.stop()
+        self._report_finished()
 
-    def _table(self) -> Any:
-        from rich.table import Table
+    def _report_finished(self) -> None:
+        """One pipeline.log line per step that finished work in this run."""
+        done = [n for n, s in self.states.items()
+                if s.finished and n not in self._reported and (s.started or s.stats.batches)]
+        if not done:
+            return
+        self._reported.update(done)
+        for row in (r for r in step_figures(self.states, ended=True) if r["step"] in done):
+            logger.info(
+                "Step %r finished in %.2f s: %d rows in, %d rows out (%d computed), %d batches "
+                "(%d cached, %d failed); %s",
+                row["step"], row["seconds"], row["rows_in"], row["rows_out"], row["computed_rows"],
+                row["batches"], row["cached_batches"], row["failed_batches"], row["status"],
+            )
 
-        table = Table(title="stillhouse", expand=False)
-        for column in ("step", "rows out", "rows/s", "in flight", "failed", "status"):
-            table.add_column(column)
-        for row in summary_rows(self.states):
-            table.add_row(row["step"], str(row["rows_out"]), f"{row['rows_per_s']:.0f}",
-                          str(row["in_flight"]), str(row["failed_batches"]), row["status"])
-        return table
+    def _view(self) -> Any:
+        return render(self.states, self.pipeline_name, time.monotonic() - self.started)
 
 
 def _console() -> Any:
@@ -78,41 +285,26 @@ def _console() -> Any:
     return Console(stderr=True)
 
 
-def summary_rows(states: dict[str, StepState]) -> list[dict[str, Any]]:
-    rows = []
-    now = time.monotonic()
-    for name, state in states.items():
-        stats = state.stats
-        began = stats.started_at
-        elapsed = ((stats.ended_at or now) - began) if began else 0.0
-        if state.mode == "skip":
-            status = "cached"
-        elif state.finished:
-            status = "cached" if stats.batches and stats.cached_batches == stats.batches else "done"
-        else:
-            status = "running" if state.started else "waiting"
-        rows.append({
-            "step": name,
-            "rows_in": stats.rows_in,
-            "rows_out": stats.rows_out,
-            "batches": stats.batches,
-            "cached_batches": stats.cached_batches,
-            "failed_batches": stats.failed_batches,
-            "in_flight": state.inflight,
-            "seconds": round(elapsed, 3),
-            "rows_per_s": stats.rows_out / elapsed if elapsed > 0 else 0.0,
-            "status": status,
-            "started_worker": state.started,
-        })
-    return rows
+_SUMMARY_COLUMNS = (
+    ("step", "step", "<", 24), ("rows in", "rows_in", ">", 8), ("rows out", "rows_out", ">", 8),
+    ("computed", "computed_rows", ">", 8), ("batches", "batches", ">", 7),
+    ("cached", "cached_batches", ">", 6), ("failed", "failed_batches", ">", 6),
+    ("time s", "seconds", ">", 7),
+)
 
 
 def format_summary(rows: list[dict[str, Any]]) -> str:
-    header = f"{'step':<28} {'rows in':>9} {'rows out':>9} {'batches':>8} {'cached':>7} {'failed':>7} {'time s':>8}  status"
+    """The end-of-run table (pipeline.log and the console): one line per step."""
+    width = max([24, *(len(row["step"]) for row in rows)])
+    header = " ".join(
+        f"{label:{align}{width if key == 'step' else size}}" for label, key, align, size in _SUMMARY_COLUMNS
+    ) + "  status"
     lines = [header, "-" * len(header)]
     for row in rows:
-        lines.append(
-            f"{row['step']:<28} {row['rows_in']:>9} {row['rows_out']:>9} {row['batches']:>8} "
-            f"{row['cached_batches']:>7} {row['failed_batches']:>7} {row['seconds']:>8.2f}  {row['status']}"
-        )
+        cells = []
+        for _label, key, align, size in _SUMMARY_COLUMNS:
+            value = row[key]
+            text = f"{value:.2f}" if key == "seconds" else str(value)
+            cells.append(f"{text:{align}{width if key == 'step' else size}}")
+        lines.append(" ".join(cells) + f"  {row['status']}")
     return "\n".join(lines)

@@ -47,6 +47,11 @@ class BatchStorage(ABC):
     def discard(self, payload: Payload) -> None:
         """The batch is done: delete its data."""
 
+    def cleanup(self) -> None:
+        """The run ended (finished, failed or stopped): delete whatever it left behind,
+        such as a failed global step's inputs and empty folders. Resumes never reuse
+        batch data, so nothing here is needed later."""
+
 
 @dataclass(frozen=True, slots=True)
 class Task:
@@ -176,6 +181,11 @@ class StepStore(ABC):
     version: str = ""
     """Who wrote the stored batches (signature and generation): data derived from them,
     such as a leaf's results, is reused only while this is unchanged."""
+    reuse_note: tuple[str, str] | None = None
+    """What the cache decided for this step when the run opened it, and why, as
+    `(decision, reason)`; the decision starts with "reuse", "resume" or "recompute"
+    (`("resume (16 batches stored)", "stored outputs are not finished")`). The engine
+    logs it at the start of a run that reuses anything. None: the store cannot say."""
 
     @abstractmethod
     def get(self, key: BatchKey) -> BatchRecord | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from stillhouse.core import limits, plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
+from stillhouse.core.engine import logs
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
     BatchStorage,
@@ -21,7 +23,7 @@ from stillhouse.core.engine.protocol import (
     RunStore,
 )
 from stillhouse.core.engine.scheduler import Scheduler
-from stillhouse.core.engine.state import build_states
+from stillhouse.core.engine.state import StepState, build_states
 from stillhouse.core.errors import MissingPluginError, PipelineValidationError
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("stillhouse.pipeline")
 _LOG_FORMAT = "[%(asctime)s] %(levelname)-7s %(name)s: %(message)s"
+_FILE_FORMAT = "[%(asctime)s] %(levelname)-7s %(name)s: %(stillhouse_tag)s%(message)s"
 
 
 def fresh_steps(pipeline: Pipeline, use_cache: bool) -> set[str]:
@@ -84,38 +87,46 @@ def run_pipeline(
             for name, step_store in stores.items():  # before any worker gets the step
                 pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
             states = build_states(pipeline.dag, stores, writer)
-            view = Progress(states, live=progress_enabled(progress))
-            executor = executor_cls(**pipeline.executor_options)
-            storage = _batch_storage(pipeline, executor_cls, storage_parameters, use_fs_to_pass_data)
-            scheduler = Scheduler(
-                pipeline.dag,
-                states,
-                stages,
-                executor,
-                writer,
-                enable_metadata=pipeline.enable_metadata,
-                stop_requested=lambda: pipeline._stop_requested,
-                on_tick=view.tick,
-                dry_run_rows=dry_run_rows,
-                batch_storage=storage,
-                use_fs_to_pass_data=use_fs_to_pass_data,
-            )
+            _announce_resume(pipeline, states)
+            error: BaseException | None = None
+            view: Progress | None = None
+            storage: BatchStorage | None = None
             try:
+                view = Progress(states, live=progress_enabled(progress), pipeline_name=pipeline.name)
+                executor = executor_cls(**pipeline.executor_options)
+                storage = _batch_storage(pipeline, executor_cls, storage_parameters, use_fs_to_pass_data)
+                scheduler = Scheduler(
+                    pipeline.dag,
+                    states,
+                    stages,
+                    executor,
+                    writer,
+                    enable_metadata=pipeline.enable_metadata,
+                    stop_requested=lambda: pipeline._stop_requested,
+                    on_tick=view.tick,
+                    dry_run_rows=dry_run_rows,
+                    batch_storage=storage,
+                    use_fs_to_pass_data=use_fs_to_pass_data,
+                )
                 with _signal_handlers(pipeline):
                     _drive(scheduler, executor, pipeline)
                 completed = True
+            except BaseException as exc:
+                error = exc
+                raise
             finally:
-                view.close()
+                if view is not None:
+                    view.close()
+                if storage is not None:
+                    storage.cleanup()  # a failed global step's inputs, empty folders
                 writer.flush()
-                rows = summary_rows(states)
+                rows = summary_rows(states, failed_step=getattr(error, "step_name", None))
                 pipeline.last_run_summary = rows
                 store.save_progress({"completed": completed, "steps": rows})
                 logger.info("Run summary of pipeline %r:\n%s", pipeline.name, format_summary(rows))
-                if not completed and pipeline._run_dir:
-                    logger.warning(
-                        "The run did not finish. Run the same pipeline again with use_cache=True "
-                        "to resume from %s.", pipeline._run_dir,
-                    )
+                hint = resume_hint(error, use_cache, pipeline._run_dir) if not completed else None
+                if hint:
+                    logger.warning("%s", hint)
             store.sync()  # pipeline.log and checkpoints are where the results point to
             result = writer.result()
             if hasattr(result, "run_summary"):
@@ -133,6 +144,50 @@ def _set_artifacts_path(pipeline: Pipeline) -> None:
     artifacts = Path(run_dir) / "artifacts" if run_dir and "://" not in run_dir else None
     for name in pipeline.dag.step_names:
         pipeline.dag.get_step(name).set_pipeline_artifacts_path(artifacts)
+
+
+_NO_RESUME = ("StepContractError", "MisalignedInputsError")
+"""Errors a rerun meets again whatever the cache holds: the step's code must change."""
+
+
+def resume_hint(error: BaseException | None, use_cache: bool, run_dir: str | None) -> str | None:
+    """The "run again to resume" line, only when a rerun would resume, or None.
+
+    Not after a validation or step-contract error, nor when a spawned worker re-ran
+    the script (no `if __name__ == "__main__":` guard): the same rerun fails the same
+    way. After `use_cache=False` (`--ignore-cache`) the same call would start over, so
+    the hint names the change: `use_cache=True` (drop `--ignore-cache`)."""
+    if run_dir is None or error is None:
+        return None
+    if isinstance(error, PipelineValidationError) or any(
+        cls.__name__ in _NO_RESUME for cls in type(error).__mro__
+    ):
+        return None
+    text = f"{error} {error.__cause__ or ''}"
+    if "bootstrapping phase" in text or "if __name__ == '__main__'" in text:
+        return None  # a spawned worker re-ran the script: the guard is missing
+    how = ("run the same pipeline again" if use_cache else
+           "run it again with use_cache=True (on the CLI: without --ignore-cache)")
+    nothing_to_fix = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "StepsSuspendedError"
+    first = "" if nothing_to_fix else "fix what failed, then "
+    return (f"The run did not finish. To resume from {run_dir}, {first}{how}; "
+            "finished batches are reused.")
+
+
+def _announce_resume(pipeline: Pipeline, states: dict[str, StepState]) -> None:
+    """One "resuming: ..." line per step when the run reuses anything stored."""
+    notes = {}
+    for name, state in states.items():
+        note = state.store.reuse_note
+        if note is None and state.mode in ("skip", "source"):
+            note = ("reuse", "finished with the same signature")
+        notes[name] = note
+    if not any(note and note[0].startswith(("reuse", "resume")) for note in notes.values()):
+        return
+    logger.info("Pipeline %r resumes from its cache:", pipeline.name)
+    for name, note in notes.items():
+        decision, why = note or ("compute", "no cache decision recorded")
+        logger.info("resuming: %s: %s, because %s", name, decision, why)
 
 
 def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
@@ -199,19 +254,35 @@ def _signal_handlers(pipeline: Pipeline) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is now, not what it was when made: while the live
+    view is drawn, rich puts a proxy there that prints log lines above the view instead
+    of through it (which would leave copies of the view on the screen)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) -> Iterator[None]:
-    """Send stillhouse's log records to pipeline.log and the user's handlers for this run.
+    """Send stillhouse's log records, and those of users' steps (tagged with step and
+    replica, see `logs.py`), to pipeline.log and the user's handlers for this run.
 
     Only the "stillhouse" logger is touched; the root logger and its handlers never are."""
     library_logger = logging.getLogger("stillhouse")
     added: list[logging.Handler] = list(handlers or [])
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logging.Formatter(_LOG_FORMAT))
+        file_handler.setFormatter(logs.StepFormatter(_FILE_FORMAT))
         added.append(file_handler)
+    step_sinks = list(added)  # not the console below: steps' records reach it their own way
     if not library_logger.handlers and not logging.getLogger().handlers and not handlers:
-        console = logging.StreamHandler()  # nobody configured logging: still show progress lines
+        console = _StderrHandler()  # nobody configured logging: still show progress lines
         console.setFormatter(logging.Formatter(_LOG_FORMAT))
         added.append(console)
     previous_level = library_logger.level
@@ -220,7 +291,8 @@ def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) 
     for handler in added:
         library_logger.addHandler(handler)
     try:
-        yield
+        with logs.routed_to(step_sinks):
+            yield
     finally:
         for handler in added:
             library_logger.removeHandler(handler)

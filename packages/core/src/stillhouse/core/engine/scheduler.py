@@ -190,7 +190,9 @@ class Scheduler:
                 step_name=event.step_name,
             )
         elif isinstance(event, Loaded):
-            logger.debug("Step %r replica %d loaded", event.step_name, event.replica)
+            began = self.states[event.step_name].stats.started_at
+            logger.info("Step %r replica %d loaded in %.2f s", event.step_name, event.replica,
+                        time.monotonic() - began if began else 0.0)
 
     # -- generators and replays of finished steps --------------------------------------
 
@@ -341,6 +343,8 @@ class Scheduler:
         state.results[record.key] = record
         if cached:
             state.stats.cached_batches += 1
+        else:
+            state.stats.computed_rows += len(record.rows)
         while state.dispatched and state.dispatched[0] in state.results:
             key = state.dispatched.popleft()
             self._emit(state, state.results.pop(key))

@@ -205,6 +205,7 @@ class StepStats:
     batches: int = 0
     cached_batches: int = 0
     failed_batches: int = 0
+    computed_rows: int = 0  # rows out of batches computed in this run (not from the cache)
     seconds: float = 0.0
     started_at: float | None = None
     ended_at: float | None = None

@@ -13,6 +13,7 @@ import traceback
 from collections.abc import Iterator
 from typing import Any
 
+from stillhouse.core.engine.logs import step_context
 from stillhouse.core.engine.protocol import Payload, Task, TaskResult
 from stillhouse.core.step import GeneratorStep, _Step
 from stillhouse.core.typing import Row
@@ -43,18 +44,21 @@ class StepRunner:
         self.enable_metadata = enable_metadata
         self._generator: Iterator[tuple[list[Row], bool]] | None = None
 
+    @step_context  # records made inside are tagged with the step and replica
     def load(self) -> None:
         try:
             self.step.load()
         except Exception as exc:
             raise FatalStepError(self.step.name, exc) from exc
 
+    @step_context
     def unload(self) -> None:
         try:
             self.step.unload()
         except Exception:
             logger.exception("Step %r failed to unload (ignored)", self.step.name)
 
+    @step_context
     def run(self, task: Task) -> TaskResult:
         started = time.perf_counter()
         if isinstance(task.inputs, Payload):

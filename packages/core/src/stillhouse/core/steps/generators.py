@@ -27,6 +27,10 @@ class LoadDataFromDicts(GeneratorStep):
     def outputs(self) -> list[str]:
         return list(self.data[0]) if self.data else []
 
+    def total_rows(self) -> int:
+        """How many rows the step yields: the live view shows a total and an ETA from it."""
+        return len(self.data)
+
     def process(self, offset: int = 0) -> GeneratorStepOutput:
         size = self.batch_size or 50
         if offset >= len(self.data):

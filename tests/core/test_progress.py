@@ -1,0 +1,148 @@
+"""The live view and the plain progress lines, rendered from real run state (issue 19)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from stillhouse.core import Pipeline, StepInput, step
+from stillhouse.core.engine.progress import (
+    PROGRESS_INTERVAL_ENV,
+    Progress,
+    expected_rows,
+    progress_line,
+    render,
+    step_figures,
+)
+from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore
+from stillhouse.core.engine.state import build_states
+from stillhouse.core.steps import LoadDataFromDicts
+
+
+@step(inputs=["x"], outputs=["y"])
+def Square(inputs: StepInput):
+    yield [{**row, "y": row["x"] ** 2} for row in inputs]
+
+
+@step(inputs=["y"], outputs=["z"], step_type="global")
+def Everything(inputs: StepInput):
+    yield inputs
+
+
+def _states(rows: int = 300):
+    with Pipeline(name="demo") as pipeline:
+        load = LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(rows)], batch_size=30)
+        load >> Square(name="square", input_batch_size=10) >> Everything(name="judge")
+    stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
+    return build_states(pipeline.dag, stores, MemoryOutputWriter())
+
+
+def _midway(states, now: float):
+    """generate: 120 of 300 rows, 60 of them replayed from the cache; square: 40 computed in 4 s."""
+    generate, square = states["generate"], states["square"]
+    generate.started = square.started = True
+    generate.stats.started_at = square.stats.started_at = now - 4.0
+    generate.stats.rows_out, generate.stats.batches = 120, 4
+    generate.stats.cached_batches, generate.stats.computed_rows = 2, 60
+    square.stats.rows_in, square.stats.batches, square.stats.computed_rows = 60, 4, 40
+    square.stats.rows_out, square.inflight = 40, 2
+
+
+def _screen(renderable) -> str:
+    console = Console(record=True, force_terminal=True, width=120, color_system=None)
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_totals_come_from_a_sized_generator_and_flow_downstream():
+    states = _states()
+    assert expected_rows(states) == {"generate": 300, "square": 300, "judge": 300}
+
+
+def test_live_view_has_title_bars_totals_percent_rate_and_eta():
+    states, now = _states(), time.monotonic()
+    _midway(states, now)
+    screen = _screen(render(states, "demo", 83.0, now=now))
+    lines = screen.splitlines()
+    assert lines[0].strip() == "pipeline 'demo' · 1:23 elapsed"
+    generate = next(line for line in lines if "generate" in line)
+    square = next(line for line in lines if "square" in line)
+    judge = next(line for line in lines if "judge" in line)
+    assert "120/300" in generate and "40%" in generate
+    # 60 rows computed in 4 s: the 60 cached rows do not count (they would make it 30/s).
+    assert " 15.0 " in generate and "0:12" in generate  # 180 rows left at 15 rows/s
+    assert "40/300" in square and "13%" in square and " 10.0 " in square and "0:26" in square
+    assert "━" in generate  # a drawn bar
+    assert "0/300" in judge and "waiting" in judge
+
+
+def test_unknown_totals_show_a_question_mark(tmp_path):
+    with Pipeline(name="unsized") as pipeline:
+        @step(outputs=["x"], step_type="generator")
+        def Endless(offset: int = 0):
+            yield [{"x": 1}], True
+
+        Endless(name="endless") >> Square(name="square")
+    stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
+    states = build_states(pipeline.dag, stores, MemoryOutputWriter())
+    states["endless"].stats.rows_out = 7
+    rows = {row["step"]: row for row in step_figures(states)}
+    assert rows["endless"]["total"] is None and rows["endless"]["percent"] is None
+    assert "7/? rows (-)" in progress_line(rows["endless"])
+    assert "7/?" in _screen(render(states, "unsized", 1.0))
+
+
+def test_plain_lines_carry_the_same_figures(monkeypatch, caplog):
+    monkeypatch.setenv(PROGRESS_INTERVAL_ENV, "0")
+    states, now = _states(), time.monotonic()
+    _midway(states, now)
+    view = Progress(states, live=False, pipeline_name="demo")
+    with caplog.at_level(logging.INFO, logger="stillhouse.progress"):
+        view.tick()  # the interval is 0: every tick logs a line per step
+        assert len(caplog.records) == 3
+        caplog.clear()
+        view.log_lines(now=now)
+    lines = [r.getMessage() for r in caplog.records if r.name == "stillhouse.progress"]
+    assert len(lines) == 3
+    generate = next(line for line in lines if "generate:" in line)
+    assert generate.startswith("progress 0:00: generate: 120/300 rows (40%), 15.0 rows/s, ETA 0:12, ")
+    assert generate.endswith("0 in flight, 0 failed batches, running")
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_closing_the_live_view_twice_is_harmless(interrupted):
+    """Ctrl+C while closing must not draw it again (the erasing itself is tested through a
+    pseudo-terminal in tests/integration/test_logs.py)."""
+    console = Console(record=True, force_terminal=True, width=120, color_system=None)
+    states = _states()
+    view = Progress(states, live=True, pipeline_name="demo", console=console)
+    try:
+        _midway(states, time.monotonic())
+        view.tick()
+        if interrupted:
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        pass
+    finally:
+        view.close()
+        view.close()  # closing twice (Ctrl+C during close) draws nothing more
+    text = console.export_text(clear=False)
+    assert text.count("pipeline 'demo'") >= 1
+    assert not console.is_terminal or view._live is None
+
+
+def test_the_capture_in_the_docs_is_the_current_view():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "concepts.md"
+    text = docs.read_text(encoding="utf-8")
+    start = text.index("```text\npipeline 'demo'") + len("```text\n")
+    documented = text[start:text.index("```", start)].rstrip("\n").splitlines()
+    states, now = _states(), time.monotonic()
+    _midway(states, now)
+    console = Console(record=True, force_terminal=False, width=110, color_system=None)
+    console.print(render(states, "demo", 83.0, now=now))
+    rendered = [line.rstrip() for line in console.export_text().rstrip("\n").splitlines()]
+    assert documented == rendered
