@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+from typing import Any
 
 import fsspec
 import pytest
 
-from stillhouse.core import Pipeline
+from stillhouse.core import Pipeline, Step, StepInput, StepOutput
 from stillhouse.core.errors import CacheLockedError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
@@ -129,17 +130,16 @@ def test_s3_cache_and_s3_batch_data_together(s3_server, caplog):
     assert not fs.find("stillhouse-test/batches")  # every batch file was removed after use
 
 
+class Holds(Step):
+    """A step with a field that may hold anything (a value that cannot be serialised)."""
+
+    thing: Any = None
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield inputs
+
+
 def test_a_failed_open_frees_the_lease_for_the_next_run():
-    from typing import Any
-
-    from stillhouse.core import Step, StepInput, StepOutput
-
-    class Holds(Step):
-        thing: Any = None
-
-        def process(self, inputs: StepInput) -> StepOutput:
-            yield inputs
-
     def with_thing(thing: Any) -> Pipeline:
         with Pipeline(name="lease-leak", cache_dir="memory://lease-leak", executor="sync") as pipeline:
             LoadDataFromDicts(name="load", data=[{"x": 1}]) >> Holds(name="holds", thing=thing)

@@ -84,7 +84,7 @@ def test_a_missing_script_is_named(cli, script_run):
     (project / "my_pipeline.py").unlink()
     done = cli("pipeline", "info", "--config", str(cached / "pipeline.yaml"))
     assert done.returncode == 1
-    assert "cannot resolve class my_pipeline.Square from " in done.stderr
+    assert "cannot resolve my_pipeline.Square" in done.stderr
     assert "my_pipeline.py" in done.stderr
 
 

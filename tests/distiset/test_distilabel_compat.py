@@ -42,7 +42,7 @@ def run_generate(tmp_path: Path, **run_kwargs) -> tuple[Pipeline, Distiset]:
 def test_1_step_logger_records_reach_pipeline_log(tmp_path: Path) -> None:
     _, distiset = run_generate(tmp_path)
     log = Path(distiset.log_filename_path).read_text()
-    assert "stillhouse.step.gen: generating 2 rows" in log
+    assert "stillhouse.step.gen: [gen r0] generating 2 rows" in log  # tagged with step and replica
 
 
 # -- 2. run(dataset_batch_size=...) ----------------------------------------------------------

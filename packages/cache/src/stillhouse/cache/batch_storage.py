@@ -66,8 +66,11 @@ class FsPayload(Payload):
 
 
 class FsBatchStorage(BatchStorage):
-    def __init__(self, url: str, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, url: str, options: dict[str, Any] | None = None, *, owns_url: bool = False) -> None:
+        """`owns_url`: the folder at `url` is ours (the run's `batch_data/`), so `cleanup()`
+        may remove it once empty; a folder the user named is left in place."""
         self.url = str(url).rstrip("/")
+        self.owns_url = owns_url
         self.options = dict(options or {})
         self.root = UPath(self.url, **self.options) / uuid.uuid4().hex[:12]
         protocol = self.root.protocol or "file"
@@ -96,10 +99,12 @@ class FsBatchStorage(BatchStorage):
         UPath(payload.url, **self.options).unlink(missing_ok=True)
 
     def cleanup(self) -> None:
-        """Remove this run's folder (payloads no batch will read again) and the shared
-        parent (`batch_data/`) when nothing else is left in it."""
+        """Remove this run's folder (payloads no batch will read again) and, when it is
+        ours, the shared parent (`batch_data/`) once nothing else is left in it."""
         if self.root.exists():
             self.root.fs.rm(self.root.path, recursive=True)
+        if not self.owns_url:
+            return
         parent = self.root.parent
         try:
             if parent.exists() and not any(parent.iterdir()):

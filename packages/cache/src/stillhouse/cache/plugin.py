@@ -23,12 +23,13 @@ def stillhouse_make_run_store(pipeline: Any, use_cache: bool, fresh_steps: set[s
 def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, Any] | None) -> FsBatchStorage:
     parameters = dict(storage_parameters or {})
     url = parameters.pop("path", None)
+    owns_url = url is None
     if url is None:
         run_dir = getattr(pipeline, "_run_dir", None)
         local = run_dir and "://" not in str(run_dir)
         # A remote cache is for durability; batch data stays on this machine unless asked.
         url = f"{run_dir}/batch_data" if local else f"{tempfile.gettempdir()}/stillhouse-batch-data"
-    return FsBatchStorage(str(url), parameters)
+    return FsBatchStorage(str(url), parameters, owns_url=owns_url)
 
 
 @hookimpl

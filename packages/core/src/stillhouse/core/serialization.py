@@ -104,7 +104,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return f"{where}{problem}" + (f" ({context})" if context else "")
 
 
-_TOP_KEYS = {"stillhouse", "pipeline"}
+_TOP_KEYS = {"stillhouse", "pipeline", "requirements"}  # requirements: distilabel repeats them on top
 _PIPELINE_KEYS = {"name", "description", "enable_metadata", "requirements", "executor", "steps",
                   "connections", "routing_batch_functions"}
 
