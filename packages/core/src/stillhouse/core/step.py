@@ -13,18 +13,26 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
 
 from stillhouse.core import _context
-from stillhouse.core.runtime import RuntimeParameter, RuntimeParametersMixin
+from stillhouse.core.runtime import (
+    _RUNTIME_PARAMETER_ANNOTATION,
+    RuntimeParameter,
+    RuntimeParametersMixin,
+)
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+
+# `Optional[RuntimeParameter[float]]` spelt without the `Field(default=None)` inside the
+# union: pydantic warns about that for every subclass, and every step subclasses this.
+_OptionalSeconds = Annotated[PositiveFloat | None, _RUNTIME_PARAMETER_ANNOTATION] | None
 
 _resume_state: ContextVar[dict[str, Any] | None] = ContextVar("stillhouse_resume_state", default=None)
 """The state a step saved with `SuspendStep` for the batch being processed (set by the
@@ -67,7 +75,12 @@ def infer_step_name(class_name: str, taken: set[str]) -> str:
 
 
 class _Step(RuntimeParametersMixin, BaseModel, ABC):
-    """What every step has: a name, column mappings, resources and its pipeline."""
+    """What every step has: a name, column mappings, resources and its pipeline.
+
+    Attributes:
+        batch_timeout: Seconds one batch may take (None: no limit); an overlong batch is a
+            failed batch (a generator or global step's stops the run).
+    """
 
     model_config = ConfigDict(
         arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
@@ -79,7 +92,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     input_mappings: dict[str, str] = Field(default_factory=dict)
     output_mappings: dict[str, str] = Field(default_factory=dict)
     use_cache: bool = True
-    batch_timeout: RuntimeParameter[float] | None = Field(default=None, gt=0)
+    batch_timeout: _OptionalSeconds = None
     """Seconds one batch may take; an overlong batch is a failed batch (SPEC §5)."""
 
     _built_from_decorator: bool = PrivateAttr(default=False)
