@@ -291,3 +291,11 @@ class CountCalls(Step):
 async def HangingGlobal(inputs: StepInput) -> AsyncIterator[list[dict]]:
     await asyncio.sleep(3600)
     yield inputs  # pragma: no cover
+
+
+@step(inputs=["x"], outputs=["slow"])
+async def AsyncSlow(inputs: StepInput, sleep: float = 0.01) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(sleep * (0.5 + random.random()))
+    for row in inputs:
+        row["slow"] = row["x"]
+    yield inputs
