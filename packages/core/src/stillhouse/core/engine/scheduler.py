@@ -53,7 +53,7 @@ _REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being ser
 STALL_WARNING = float(os.environ.get("STILLHOUSE_STALL_WARNING", "600"))
 # Seconds the first Ctrl+C waits for batches in flight before giving them up (they are
 # recomputed on resume) and killing the workers: a hung step must not hold the stop.
-STOP_GRACE = float(os.environ.get("STILLHOUSE_STOP_GRACE", "3"))
+STOP_GRACE = float(os.environ.get("STILLHOUSE_STOP_GRACE", "2"))
 # Seconds before a suspended batch is sent again under `wait_for_suspended=True` when
 # the step gave no `retry_after`.
 DEFAULT_RETRY_AFTER = 5.0
