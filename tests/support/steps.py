@@ -299,3 +299,14 @@ async def AsyncSlow(inputs: StepInput, sleep: float = 0.01) -> AsyncIterator[lis
     for row in inputs:
         row["slow"] = row["x"]
     yield inputs
+
+
+@step(inputs=["x"], outputs=["started", "ended"])
+async def AsyncSpan(inputs: StepInput, sleep: float = 0.3) -> AsyncIterator[list[dict]]:
+    """Records when each batch started and ended, to count batches in flight at once."""
+    started = time.time()
+    await asyncio.sleep(sleep)
+    ended = time.time()
+    for row in inputs:
+        row["started"], row["ended"] = started, ended
+    yield inputs
