@@ -63,3 +63,19 @@ def test_wait_for_suspended_retries_in_the_same_run(executor, tmp_path):
     again = build(executor, tmp_path, calls, AsyncSuspendOnce, retry_after=0.2).run(progress=False)
     assert rows_of(again, "after") == rows_of(result, "after")
     assert not list(tmp_path.glob("suspend/steps/waits-*/suspended-*.json"))
+
+
+def test_suspended_state_survives_in_a_remote_store(tmp_path):
+    """The remote (fsspec) store keeps the state too: `memory://` stands for s3://."""
+    import fsspec
+
+    cache = f"memory://suspend-remote-{tmp_path.name}"
+    calls = tmp_path / "calls.txt"
+    with pytest.raises(StepsSuspendedError):
+        build("threaded", cache, calls).run(progress=False)  # type: ignore[arg-type]
+    fs, root = fsspec.core.url_to_fs(cache)
+    assert len([p for p in fs.find(root) if "/suspended-" in p]) == 4
+    rows = rows_of(build("threaded", cache, calls).run(progress=False), "after")  # type: ignore[arg-type]
+    assert [r["job"] for r in rows] == [x - x % 3 for x in range(12)]
+    assert not [p for p in fs.find(root) if "/suspended-" in p]
+    assert calls.read_text().split() == ["0", "4", "8"]
