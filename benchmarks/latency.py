@@ -68,6 +68,8 @@ if ENGINE == "stillhouse":
     class AwaitLatency(Step):
         """The async step: its batch's rows wait side by side on the replica's loop."""
 
+        scale: float = 1.0  # 0: no waiting, to measure what the engine itself costs
+
         @property
         def inputs(self) -> list[str]:
             return ["i"]
@@ -77,7 +79,7 @@ if ENGINE == "stillhouse":
             return ["waited"]
 
         async def process(self, inputs: StepInput) -> Any:
-            await asyncio.gather(*(asyncio.sleep(_LATENCIES[row["i"]]) for row in inputs))
+            await asyncio.gather(*(asyncio.sleep(self.scale * _LATENCIES[row["i"]]) for row in inputs))
             yield [{**row, "waited": _LATENCIES[row["i"]]} for row in inputs]
 
     class SleepBatch(Step):
@@ -98,7 +100,8 @@ if ENGINE == "stillhouse":
     def latency_async(cache_dir: str, executor: str, p: dict[str, Any]) -> Any:
         with Pipeline(name="latency-async", cache_dir=cache_dir, executor=executor) as pipeline:
             concurrency = p["slots"] // p["batch"]
-            Ids(rows=p["rows"], batch_size=50) >> AwaitLatency(input_batch_size=p["batch"], concurrency=concurrency)
+            step = AwaitLatency(input_batch_size=p["batch"], concurrency=concurrency, scale=p.get("scale", 1.0))
+            Ids(rows=p["rows"], batch_size=50) >> step
         return pipeline
 
     def latency_batched(cache_dir: str, executor: str, p: dict[str, Any]) -> Any:
@@ -149,6 +152,11 @@ COLUMNS = {
     "async-mp": ("stillhouse", "mp", "latency-async", {"batch": 1}),
     "async-threaded": ("stillhouse", "threaded", "latency-async", {"batch": 1}),
     "async-mp-batch4": ("stillhouse", "mp", "latency-async", {"batch": 4}),
+    # the same runs without waiting: what the engine itself costs (start-up included)
+    "async-mp-no-wait": ("stillhouse", "mp", "latency-async", {"batch": 1, "scale": 0.0}),
+    "async-threaded-no-wait": ("stillhouse", "threaded", "latency-async", {"batch": 1, "scale": 0.0}),
+    # ... and on a tenth of the rows: the difference is the engine's cost per row
+    "async-mp-no-wait-tenth": ("stillhouse", "mp", "latency-async", {"batch": 1, "scale": 0.0, "part": 10}),
     "baseline-mp-8x8": ("stillhouse", "mp", "latency-batched", {"batch": 8}),
     "distilabel": ("distilabel", "mp", "latency-distilabel", {"batch": 50}),
 }
@@ -183,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         column = harness.Column(key, engine, python, executor)
         work = scratch / key
         work.mkdir(parents=True, exist_ok=True)
-        spec = {"pipeline": pipeline, "params": {**params, "rows": args.rows, "slots": SLOTS},
+        rows = args.rows // params.get("part", 1)
+        spec = {"pipeline": pipeline, "params": {**params, "rows": rows, "slots": SLOTS},
                 "cache_dir": str(work / "cache"), "mode": "fresh"}
         env["DISTILABEL_CACHE_DIR"] = str(work / "cache")
         try:
@@ -194,15 +203,38 @@ def main(argv: list[str] | None = None) -> int:
             continue
         result["ratio_to_ideal"] = result["seconds"] / ideal
         if "driver_cpu_seconds" in result:
-            result["driver_cpu_ms_per_row"] = 1000 * result["driver_cpu_seconds"] / args.rows
+            result["driver_cpu_ms_per_row"] = 1000 * result["driver_cpu_seconds"] / rows
         results["columns"][key] = result
         print(f"{key:18} {result['seconds']:8.2f} s  {result['ratio_to_ideal']:5.2f}x ideal  "
               f"rows {result['rows']}  driver CPU/row "
               f"{result.get('driver_cpu_ms_per_row', float('nan')):.3f} ms  load {os.getloadavg()[0]:.1f}")
+    _derive(results, args.rows)
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "latency-latest.json").write_text(json.dumps(results, indent=2))
     return 0
+
+
+def _derive(results: dict[str, Any], rows: int) -> None:
+    """The engine's own cost per row: the no-wait run minus the one on a tenth of the rows
+    (start-up, the same in both, cancels out)."""
+    columns = results["columns"]
+    full, tenth = columns.get("async-mp-no-wait", {}), columns.get("async-mp-no-wait-tenth", {})
+    if "seconds" in full and "seconds" in tenth:
+        extra = rows - rows // 10
+        results["marginal_ms_per_row_mp"] = 1000 * (full["seconds"] - tenth["seconds"]) / extra
+        results["marginal_driver_cpu_ms_per_row_mp"] = (
+            1000 * (full["driver_cpu_seconds"] - tenth["driver_cpu_seconds"]) / extra
+        )
+        print(f"engine cost per row on mp (no waiting, start-up removed): "
+              f"{results['marginal_ms_per_row_mp']:.3f} ms wall, "
+              f"{results['marginal_driver_cpu_ms_per_row_mp']:.3f} ms driver CPU")
+    for key in ("async-mp", "async-threaded"):
+        probe = columns.get(f"{key}-no-wait", {})
+        if "seconds" in columns.get(key, {}) and "seconds" in probe:
+            print(f"{key}: {columns[key]['seconds']:.2f} s with waiting, {probe['seconds']:.2f} s "
+                  f"without; waiting added {columns[key]['seconds'] - probe['seconds']:.2f} s "
+                  f"(ideal {results['ideal_seconds']:.2f} s)")
 
 
 if __name__ == "__main__":
