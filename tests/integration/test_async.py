@@ -10,7 +10,7 @@ import pytest
 from stillhouse.core import GeneratorStep, Pipeline, Step, StepInput, step
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
-from tests.support.steps import AsyncDouble, AsyncNumbers, AsyncSpan, Double
+from tests.support.steps import AsyncDouble, AsyncNumbers, AsyncSpan, Double, HangPid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -84,3 +84,16 @@ def test_step_decorator_accepts_async_functions_and_skips_offset_rows():
     assert Numbers().is_async
     assert asyncio.run(collect(4)) == [([{"x": 4}], True)]
     assert asyncio.run(collect(0))[0] == ([{"x": 0}, {"x": 1}, {"x": 2}], False)
+
+
+def test_mp_replaces_the_process_of_a_replica_whose_sync_batch_timed_out(tmp_path):
+    """A sync batch cannot be stopped inside its process: the process ends after reporting
+    the failed batch and a new one (another pid) takes the replica's place."""
+    with Pipeline(name="replace", executor="mp", cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        loader = LoadDataFromDicts(data=[{"x": i} for i in range(8)], batch_size=8)
+        loader >> HangPid(name="hangs", hang_on=3, input_batch_size=2, batch_timeout=1.0)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(8))
+    assert [r["pid"] is None for r in rows] == [False, False, True, True, False, False, False, False]
+    before, after = {rows[0]["pid"], rows[1]["pid"]}, {r["pid"] for r in rows[4:]}
+    assert len(before) == 1 and len(after) == 1 and before != after

@@ -310,3 +310,13 @@ async def AsyncSpan(inputs: StepInput, sleep: float = 0.3) -> AsyncIterator[list
     for row in inputs:
         row["started"], row["ended"] = started, ended
     yield inputs
+
+
+@step(inputs=["x"], outputs=["pid"])
+def HangPid(inputs: StepInput, hang_on: int = -1) -> StepOutput:
+    """Records the worker's pid; never finishes the batch holding row `hang_on`."""
+    if any(row["x"] == hang_on for row in inputs):
+        time.sleep(3600)
+    for row in inputs:
+        row["pid"] = os.getpid()
+    yield inputs
