@@ -79,3 +79,21 @@ def test_suspended_state_survives_in_a_remote_store(tmp_path):
     assert [r["job"] for r in rows] == [x - x % 3 for x in range(12)]
     assert not [p for p in fs.find(root) if "/suspended-" in p]
     assert calls.read_text().split() == ["0", "4", "8"]
+
+
+def test_a_stop_while_waiting_for_suspended_batches_keeps_their_state(tmp_path):
+    """`pipeline.stop()` (what Ctrl+C does) while suspended batches wait for their
+    `retry_after`: the run stops at once, and the next run resumes them."""
+    import threading
+    import time
+
+    calls = tmp_path / "calls.txt"
+    pipeline = build("threaded", tmp_path, calls, retry_after=60)
+    threading.Timer(1.5, pipeline.stop).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False, wait_for_suspended=True)
+    assert time.monotonic() - started < 30  # not the 60 s retry_after
+    again = build("threaded", tmp_path, calls, retry_after=60)  # the same step: same store
+    rows = rows_of(again.run(progress=False), "after")
+    assert [r["job"] for r in rows] == [x - x % 3 for x in range(12)]
