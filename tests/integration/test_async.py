@@ -28,7 +28,7 @@ def most_in_flight(rows: list[dict]) -> int:
     return peak
 
 
-@pytest.mark.parametrize("executor", EXECUTORS)
+@pytest.mark.parametrize("executor", [*EXECUTORS, "ray"])
 def test_an_async_replica_works_on_up_to_concurrency_batches_at_once(executor, tmp_path):
     with Pipeline(name="spans", executor=executor, cache_dir=tmp_path) as pipeline:
         LoadDataFromDicts(data=[{"x": i} for i in range(40)], batch_size=40) >> AsyncSpan(
