@@ -29,7 +29,13 @@ from stillhouse.cache.durable import remote_durable_dir
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Holdings, decide
 from stillhouse.cache.signature import step_signature_parts, step_signatures
-from stillhouse.cache.store import new_meta, parse_meta, warn_recomputed
+from stillhouse.cache.store import (
+    _suspended_name,
+    new_meta,
+    parse_meta,
+    parse_suspended,
+    warn_recomputed,
+)
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
@@ -177,6 +183,23 @@ class RemoteStepStore(StepStore):
     def records(self) -> Iterator[BatchRecord]:
         for key in sorted(self.batches):
             yield self.get(key)  # type: ignore[misc]
+
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        name = _suspended_name(key)
+        if state is None:
+            if name in self.index:
+                self.fs.rm(f"{self.root}/{name}")
+                self.index.discard(name)
+        else:
+            self.fs.pipe_file(f"{self.root}/{name}", json.dumps(state).encode())
+            self.index.add(name)
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        name = _suspended_name(key)
+        if name not in self.index:  # the store's one listing, not a request per batch
+            return None
+        path = f"{self.root}/{name}"
+        return parse_suspended(self.fs.cat_file(path), self.fs.unstrip_protocol(path))
 
     def mark_finished(self) -> None:
         found = _holdings(self.index)

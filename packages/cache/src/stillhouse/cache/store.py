@@ -108,6 +108,7 @@ class FileStepStore(StepStore):
         self._log: RecordLog | None = None
         self._batches: dict[BatchKey, Header] = {}
         self._routes: dict[int, Header] = {}
+        self._suspended: set[str] | None = None
 
     @classmethod
     def open(
@@ -230,6 +231,28 @@ class FileStepStore(StepStore):
         for key in sorted(self._indexed()._batches):
             yield self._record(key, self._batches[key])
 
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        name = _suspended_name(key)
+        if state is None:
+            (self.directory / name).unlink(missing_ok=True)
+            self.suspended_names.discard(name)
+        else:
+            atomic_write_json(self.directory / name, state)
+            self.suspended_names.add(name)
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        name = _suspended_name(key)
+        if name not in self.suspended_names:  # one listing per run, not a stat per batch
+            return None
+        path = self.directory / name
+        return parse_suspended(path.read_bytes(), str(path))
+
+    @property
+    def suspended_names(self) -> set[str]:
+        if self._suspended is None:
+            self._suspended = {path.name for path in self.directory.glob("suspended-*.json")}
+        return self._suspended
+
     def mark_finished(self) -> None:
         log = self.log
         with disk_errors(self.directory / LOG):
@@ -253,3 +276,22 @@ class FileStepStore(StepStore):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def parse_suspended(text: str | bytes, where: str) -> dict[str, Any]:
+    """A suspended batch's saved state (`{"state": ..., "retry_after": ...}`), checked."""
+    try:
+        saved = json.loads(text)
+    except ValueError as exc:
+        saved = exc
+    if not isinstance(saved, dict) or "state" not in saved:
+        raise CorruptCacheError(
+            f"The suspended-step state {where} cannot be read ({saved!r:.100}). Delete it to "
+            "start that batch over, or run with use_cache=False."
+        )
+    return saved
+
+
+def _suspended_name(key: BatchKey) -> str:
+    """The JSON file holding what a step saved when it suspended on batch `key`."""
+    return f"suspended-{key[0]}-{key[1]}.json"

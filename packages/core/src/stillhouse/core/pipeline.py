@@ -268,10 +268,13 @@ class Pipeline:
         load_groups: LoadGroups = None,
         progress: bool | None = None,
         dataset_batch_size: int = 50,
+        wait_for_suspended: bool = False,
     ) -> Any:
         """Validate, run every step and return the results (a Distiset).
 
-        `dataset_batch_size`: the batch size of the generator step made from `dataset`."""
+        `dataset_batch_size`: the batch size of the generator step made from `dataset`.
+        A run that ends with suspended steps (`SuspendStep`) raises `StepsSuspendedError`;
+        `wait_for_suspended=True` waits each one's `retry_after` and sends it again instead."""
         from stillhouse.core.engine.run import run_pipeline
 
         self._attach_dataset(dataset, dataset_batch_size)
@@ -284,6 +287,7 @@ class Pipeline:
             progress=progress,
             storage_parameters=storage_parameters,
             use_fs_to_pass_data=use_fs_to_pass_data,
+            wait_for_suspended=wait_for_suspended,
         )
 
     def dry_run(

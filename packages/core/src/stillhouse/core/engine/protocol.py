@@ -60,12 +60,15 @@ class Task:
     Normal and global steps get `inputs` (one list of rows per predecessor).
     Generator steps get `inputs=None`; the first task a generator replica gets
     carries the `offset` (rows already produced by an earlier, interrupted run).
+    `resume_state` is what the step saved for this batch when it suspended
+    (`SuspendStep`); the worker shows it to the step as `self.resume_state`.
     """
 
     step_name: str
     key: BatchKey
     inputs: list[list[Row]] | Payload | None = None
     offset: int = 0
+    resume_state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,8 @@ class TaskResult:
 
     `error` is set when a normal step's `process` raised: `rows` then holds the
     input rows with the step's outputs set to None (SPEC.md §5).
+    `suspended` is set when the step raised `SuspendStep` on this batch:
+    `{"state": ..., "retry_after": ...}`; `rows` is then empty and means nothing.
     """
 
     step_name: str
@@ -82,6 +87,7 @@ class TaskResult:
     last: bool = False
     error: str | None = None
     seconds: float = 0.0
+    suspended: dict[str, Any] | None = None
 
 
 # -- events an executor reports ----------------------------------------------------
@@ -130,6 +136,9 @@ class Executor(ABC):
     after errors and Ctrl+C). Each replica calls `load()` once, handles tasks with a
     `StepRunner`, and calls `unload()` when stopped. Tasks of one step may go to any
     of its replicas; results may come back in any order (the engine reorders them).
+    A replica of an async step works on up to `StepRunner.concurrency` tasks at once
+    (`StepRunner.submit`); the engine sends such a step up to `replicas x (concurrency
+    + 1)` tasks, other normal steps two per replica, generator and global steps one.
     """
 
     name: ClassVar[str] = ""
@@ -218,6 +227,15 @@ class StepStore(ABC):
     def records(self) -> Iterator[BatchRecord]:
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())
+
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        """Keep (or, with None, forget) what a step saved when it suspended on batch `key`.
+
+        `state` is JSON-serialisable. A store that keeps nothing across runs ignores it."""
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        """What `put_suspended` kept for `key` in this or an earlier run, if anything."""
+        return None
 
 
 class RunStore(ABC):
