@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import json
 import logging
 import threading
@@ -116,6 +117,7 @@ class StepRunner:
             return self._on_loop(self._arun(task)).result()
         return self._run_sync(task)
 
+    @step_context  # an async task copies this context: its records are tagged too
     def submit(self, task: Task, on_done: Callable[[Outcome], None]) -> None:
         """Start `task` and return at once; `on_done` gets its `TaskResult` (or the
         `FatalStepError`) later, from the loop's thread. Sync steps run before returning."""
@@ -191,7 +193,8 @@ class StepRunner:
                 future.set_exception(exc)
 
         name = f"stillhouse-{self.step.name}-{self.replica}-batch-{task.key[0]}-{task.key[1]}"
-        threading.Thread(target=target, name=name, daemon=True).start()
+        context = contextvars.copy_context()  # the step's log tag goes with the batch
+        threading.Thread(target=context.run, args=(target,), name=name, daemon=True).start()
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
