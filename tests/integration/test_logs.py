@@ -341,3 +341,43 @@ def test_under_mp_a_thread_the_step_starts_is_tagged_with_its_step(tmp_path):
         LoadDataFromDicts(data=[{"x": 1}]) >> ThreadChatty(name="spawner")
     pipeline.run(progress=False)
     assert "WARNING user_steps: [spawner r0] from a thread the step started" in _log(pipeline)
+
+
+def test_a_record_factory_wrapped_during_a_run_does_not_repeat_records_in_later_runs(tmp_path):
+    from tests.support.logging_steps import Chatty
+
+    def chatty(name: str) -> Pipeline:
+        with Pipeline(name=name, cache_dir=tmp_path, executor="sync") as pipeline:
+            LoadDataFromDicts(name="load", data=[{"x": 1}]) >> Chatty(name="chatty")
+        return pipeline
+
+    class Wrapping:  # what another library does during a run (ray.init wraps the factory)
+        def __init__(self) -> None:
+            self.inner = logging.getLogRecordFactory()
+
+        def __call__(self, *args, **kwargs):
+            return self.inner(*args, **kwargs)
+
+    original = logging.getLogRecordFactory()
+    first = chatty("first")
+    first.run(progress=False, logging_handlers=[_WrapOnFirstRecord(Wrapping)])
+    try:
+        second = chatty("second")
+        second.run(progress=False)
+        assert len(re.findall(r"warning from a step", _log(second))) == 1
+    finally:
+        logging.setLogRecordFactory(original)
+
+
+class _WrapOnFirstRecord(logging.Handler):
+    """A handler that, the first time it sees a record, wraps the current record factory."""
+
+    def __init__(self, wrapper: type) -> None:
+        super().__init__()
+        self.wrapper = wrapper
+        self.done = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.done:
+            self.done = True
+            logging.setLogRecordFactory(self.wrapper())

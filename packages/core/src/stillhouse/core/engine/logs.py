@@ -152,8 +152,10 @@ def _factory(previous: Callable[..., logging.LogRecord], pid: int) -> Callable[.
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = previous(*args, **kwargs)
         # Only in this process: a forked worker inherits the factory, and its records
-        # travel to the driver instead.
-        if os.getpid() == pid and _tag(record) and not _is_ours(record):
+        # travel to the driver instead. Only while installed: a factory someone wrapped
+        # (so left in place after its runs) must not hand records to later runs twice.
+        installed = _installed is not None and _installed[0] is factory
+        if installed and os.getpid() == pid and _tag(record) and not _is_ours(record):
             _to_run(record)
         return record
 
