@@ -106,7 +106,7 @@ def test_pipeline_info_is_keyed_by_step_name() -> None:
         LoadDataFromDicts(name="data", data=[{"instruction": "i"}]) >> Generate(name="gen")
     info = pipeline.get_runtime_parameters_info()
     assert list(info) == ["data", "gen"]
-    assert {entry["name"] for entry in info["data"]} == {"resources", "batch_size"}
+    assert {entry["name"] for entry in info["data"]} == {"resources", "batch_size", "batch_timeout"}
 
 
 def test_set_runtime_parameters_sets_values_and_nested_ones() -> None:

@@ -10,6 +10,14 @@ from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
 from tests.support.steps import (
     AlwaysFail,
+    AsyncCount,
+    AsyncDouble,
+    AsyncFail,
+    AsyncHang,
+    AsyncNumbers,
+    AsyncPid,
+    AsyncTag,
+    AsyncZip,
     BrokenGenerator,
     BrokenGlobal,
     BrokenLoad,
@@ -18,8 +26,10 @@ from tests.support.steps import (
     Double,
     DropAll,
     DropOdd,
+    HangingGlobal,
     Ok,
     Pid,
+    SyncHang,
     Tag,
     Zip,
 )
@@ -195,3 +205,86 @@ def test_a_hundred_thousand_rows(executor, tmp_path):
     rows = rows_of(pipeline.run(use_cache=False, progress=False))
     assert len(rows) == 100_000
     assert rows[-1] == {"x": 99_999, "y": 199_998}
+
+
+# -- async steps in every position (issue 15) ---------------------------------------------
+
+
+def test_async_generator_and_async_step_keep_every_row_in_order(executor, tmp_path):
+    with Pipeline(name="async-linear", executor=executor, cache_dir=tmp_path) as pipeline:
+        AsyncNumbers(n=37, batch=5) >> AsyncDouble(input_batch_size=2, sleep=0.02, concurrency=8)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [(r["x"], r["y"]) for r in rows] == [(i, 2 * i) for i in range(37)]
+
+
+def test_async_replicas_split_batches_and_keep_input_order(executor, tmp_path):
+    with Pipeline(name="async-replicas", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(60), batch_size=7)
+        loader >> AsyncPid(input_batch_size=3, sleep=0.03, concurrency=4, resources={"replicas": 2})
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(60))
+    if executor == "mp":
+        assert len({r["pid"] for r in rows}) == 2
+
+
+def test_async_fan_out_and_async_fan_in_align_rows(executor, tmp_path):
+    with Pipeline(name="async-fan", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(25), batch_size=4)
+        branches = [
+            AsyncTag(tag="a", sleep=0.02, input_batch_size=3),
+            Tag(tag="b", sleep=0.01, input_batch_size=5),
+            AsyncTag(tag="c", sleep=0.02, input_batch_size=2, concurrency=1),
+        ]
+        loader >> branches >> AsyncZip(input_batch_size=6)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(25))
+    assert all(r["tags"] == ["a", "b", "c"] for r in rows)
+
+
+def test_async_branches_after_routing_converge_per_row(executor, tmp_path):
+    with Pipeline(name="async-route", executor=executor, cache_dir=tmp_path) as pipeline:
+        loader = LoadDataFromDicts(data=data(41), batch_size=6)
+        branches = [AsyncTag(tag=t, sleep=0.02, input_batch_size=s) for t, s in (("a", 4), ("b", 3), ("c", 5))]
+        loader >> sample_n_steps(2) >> branches >> AsyncZip(input_batch_size=7)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(41))
+    by_batch: dict[int, set] = {}
+    for row in rows:
+        assert len(row["tags"]) == 2 and len(set(row["tags"])) == 2
+        by_batch.setdefault(row["x"] // 6, set()).add(tuple(row["tags"]))
+    assert all(len(tags) == 1 for tags in by_batch.values())
+
+
+def test_async_global_step_gets_all_rows(executor, tmp_path):
+    with Pipeline(name="async-global", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(23), batch_size=5) >> AsyncDouble(input_batch_size=4) >> AsyncCount()
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert rows == [{"n": 23, "xs": list(range(23))}]
+
+
+def test_failing_async_step_imputes_none_and_records_metadata(executor, tmp_path):
+    with Pipeline(name="async-fail", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        LoadDataFromDicts(data=data(4), batch_size=2) >> AsyncFail(name="bad", input_batch_size=2)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["out"] for r in rows] == [None] * 4
+    assert all("this async step always fails" in r["stillhouse_metadata"]["error_bad"] for r in rows)
+
+
+@pytest.mark.parametrize("make", [AsyncHang, SyncHang], ids=["async", "sync"])
+def test_batch_timeout_fails_the_batch_and_the_run_goes_on(executor, tmp_path, make):
+    with Pipeline(name="timeout", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        loader = LoadDataFromDicts(data=data(12), batch_size=4)
+        loader >> make(name="hangs", hang_on=5, input_batch_size=2, batch_timeout=1.0)
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["x"] for r in rows] == list(range(12))
+    assert [r["slow"] for r in rows] == [x if x not in (4, 5) else None for x in range(12)]
+    assert "batch_timeout" in rows[4]["stillhouse_metadata"]["error_hangs"]
+    assert {row["step"]: row for row in pipeline.last_run_summary}["hangs"]["failed_batches"] == 1
+
+
+def test_batch_timeout_on_a_global_step_stops_the_run_naming_it(executor, tmp_path):
+    with Pipeline(name="timeout-global", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(3)) >> HangingGlobal(name="stuck", batch_timeout=1.0)
+    with pytest.raises(StepRuntimeError, match="stuck") as info:
+        pipeline.run(use_cache=False, progress=False)
+    assert "batch_timeout" in str(info.value)

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = int(os.environ.get("STILLHOUSE_CRASH_ROUNDS", "1"))
 
 
-def start(cache: Path, executor: str, out: Path) -> subprocess.Popen:
+def start(cache: Path, executor: str, out: Path, variant: str = "sync") -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.support.crash_pipeline", str(cache), executor, str(out)],
+        [sys.executable, "-m", "tests.support.crash_pipeline", str(cache), executor, str(out), variant],
         cwd=ROOT, env=env, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
@@ -99,10 +99,12 @@ def test_sigkill_at_random_moments_then_resume_is_exact(tmp_path, reference, exe
         check(json.loads(out.read_text()), reference)
 
 
-def kill_until_done(cache: Path, out: Path, executor: str, target: str, rng: random.Random) -> int:
+def kill_until_done(
+    cache: Path, out: Path, executor: str, target: str, rng: random.Random, variant: str = "sync"
+) -> int:
     kills = 0
     for _attempt in range(40):
-        process = start(cache, executor, out)
+        process = start(cache, executor, out, variant)
         try:
             wait_until_running(cache, process)
             process.wait(timeout=rng.uniform(0.0, 1.0))
@@ -117,9 +119,22 @@ def kill_until_done(cache: Path, out: Path, executor: str, target: str, rng: ran
         _, err = process.communicate(timeout=10)
         assert process.returncode == 0, err
         return kills
-    code, err = finish(start(cache, executor, out))
+    code, err = finish(start(cache, executor, out, variant))
     assert code == 0, err
     return kills
+
+
+@pytest.mark.timeout(400 * ROUNDS)
+@pytest.mark.parametrize("executor", ["mp", "threaded"])
+def test_sigkill_during_async_steps_then_resume_is_exact(tmp_path, reference, executor):
+    """The slow step (2 replicas), a routed branch and the fan-in are async steps with
+    several batches in flight when the kill lands; the rerun returns the reference rows."""
+    rng = random.Random(f"async-{executor}")
+    for round_index in range(ROUNDS):
+        cache, out = tmp_path / f"cache-{round_index}", tmp_path / f"out-{round_index}.json"
+        kills = kill_until_done(cache, out, executor, "group", rng, variant="async")
+        assert kills >= 1
+        check(json.loads(out.read_text()), reference)
 
 
 @pytest.mark.timeout(200)

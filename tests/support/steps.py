@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
+from collections.abc import AsyncIterator
 
-from stillhouse.core import GlobalStep, RuntimeParameter, Step, StepInput, StepOutput, step
+from stillhouse.core import (
+    GlobalStep,
+    RuntimeParameter,
+    Step,
+    StepInput,
+    StepOutput,
+    SuspendStep,
+    step,
+)
 
 
 @step(inputs=["x"], outputs=["y"])
@@ -144,3 +154,148 @@ class NeedsParam(Step):
         for row in inputs:
             row["temperature"] = self.temperature
         yield inputs
+
+
+# -- async steps (issue 15): the same behaviour with `async def process` ----------------
+
+
+@step(inputs=["x"], outputs=["y"])
+async def AsyncDouble(inputs: StepInput, sleep: float = 0.0) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(random.random() * sleep)
+    for row in inputs:
+        row["y"] = row["x"] * 2
+    yield inputs
+
+
+@step(inputs=["x"], outputs=["z"])
+async def AsyncTag(inputs: StepInput, tag: str = "a", sleep: float = 0.0) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(random.random() * sleep)
+    for row in inputs:
+        row["z"] = tag
+    yield inputs
+
+
+@step(inputs=["x"], outputs=["pid"])
+async def AsyncPid(inputs: StepInput, sleep: float = 0.0) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(random.random() * sleep)
+    for row in inputs:
+        row["pid"] = os.getpid()
+    yield inputs
+
+
+@step(inputs=["x"], outputs=["out"])
+async def AsyncFail(inputs: StepInput) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(0)
+    raise ValueError("this async step always fails")
+    yield inputs  # pragma: no cover
+
+
+@step(inputs=["x"], outputs=["slow"])
+async def AsyncHang(inputs: StepInput, hang_on: int = -1) -> AsyncIterator[list[dict]]:
+    """Never finishes a batch holding row `hang_on`; the others take no time."""
+    if any(row["x"] == hang_on for row in inputs):
+        await asyncio.sleep(3600)
+    for row in inputs:
+        row["slow"] = row["x"]
+    yield inputs
+
+
+@step(inputs=["x"], outputs=["slow"])
+def SyncHang(inputs: StepInput, hang_on: int = -1) -> StepOutput:
+    """A sync step that never finishes the batch holding row `hang_on`."""
+    if any(row["x"] == hang_on for row in inputs):
+        time.sleep(3600)
+    for row in inputs:
+        row["slow"] = row["x"]
+    yield inputs
+
+
+@step(outputs=["n"], step_type="global")
+async def AsyncCount(inputs: StepInput) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(0)
+    yield [{"n": len(inputs), "xs": [row["x"] for row in inputs]}]
+
+
+@step(outputs=["x"], step_type="generator")
+async def AsyncNumbers(n: int = 10, batch: int = 3) -> AsyncIterator[tuple[list[dict], bool]]:
+    for start in range(0, n, batch):
+        await asyncio.sleep(0)
+        stop = min(n, start + batch)
+        yield [{"x": i} for i in range(start, stop)], stop >= n
+
+
+class AsyncZip(Step):
+    """`Zip` with an async `process`."""
+
+    async def process(self, *inputs: StepInput) -> AsyncIterator[list[dict]]:
+        await asyncio.sleep(random.random() * 0.01)
+        merged = []
+        for rows in zip(*inputs, strict=True):
+            row = {}
+            for part in rows:
+                row.update(part)
+            row["tags"] = [part.get("z") for part in rows]
+            merged.append(row)
+        yield merged
+
+
+class SuspendOnce(Step):
+    """Suspends each batch the first time it sees it, and finishes it when its state
+    comes back: `{"job": <first row's x>}` stands for an external job's id."""
+
+    retry_after: float | None = None
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["job"]
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        state = self.resume_state
+        if state is None:
+            raise SuspendStep(state={"job": inputs[0]["x"]}, retry_after=self.retry_after)
+        assert state["job"] == inputs[0]["x"], (state, inputs[0])
+        for row in inputs:
+            row["job"] = state["job"]
+        yield inputs
+
+
+class AsyncSuspendOnce(SuspendOnce):
+    """`SuspendOnce` as an async step (its state travels per batch, in a contextvar)."""
+
+    async def process(self, inputs: StepInput) -> AsyncIterator[list[dict]]:  # type: ignore[override]
+        await asyncio.sleep(random.random() * 0.01)
+        for rows in SuspendOnce.process(self, inputs):
+            yield rows
+
+
+class CountCalls(Step):
+    """Appends one line per batch to `log_path`: to see which batches were computed."""
+
+    log_path: str
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(f"{inputs[0]['x']}\n")
+        yield inputs
+
+
+@step(step_type="global")
+async def HangingGlobal(inputs: StepInput) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(3600)
+    yield inputs  # pragma: no cover
+
+
+@step(inputs=["x"], outputs=["slow"])
+async def AsyncSlow(inputs: StepInput, sleep: float = 0.01) -> AsyncIterator[list[dict]]:
+    await asyncio.sleep(sleep * (0.5 + random.random()))
+    for row in inputs:
+        row["slow"] = row["x"]
+    yield inputs

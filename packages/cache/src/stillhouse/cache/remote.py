@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import fsspec
 
 from stillhouse.cache.signature import step_signature_parts, step_signatures
-from stillhouse.cache.store import FORMAT, parse_meta
+from stillhouse.cache.store import FORMAT, _suspended_name, parse_meta, parse_suspended
 from stillhouse.core.dag import load_stages, routing_context
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
@@ -158,6 +158,22 @@ class RemoteStepStore(StepStore):
         for name in sorted(n for n in self.index if n.startswith("b-")):
             _, lineage, index = name.removesuffix(".pkl").split("-")
             yield self.get((int(lineage), int(index)))  # type: ignore[misc]
+
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        path = f"{self.root}/{_suspended_name(key)}"
+        if state is None:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+        else:
+            self.fs.pipe_file(path, json.dumps(state).encode())
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        path = f"{self.root}/{_suspended_name(key)}"
+        try:
+            text = self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+        return parse_suspended(text, self.fs.unstrip_protocol(path))
 
     def mark_finished(self) -> None:
         self.meta = {**self.meta, "finished": True}

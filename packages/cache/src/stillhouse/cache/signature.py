@@ -17,7 +17,7 @@ from stillhouse.core.dag import DAG
 from stillhouse.core.serialization import secret_field_names
 from stillhouse.core.step import _Step
 
-NOT_RESULT_AFFECTING = {"pipeline", "input_batch_size", "batch_size", "resources", "use_cache"}
+NOT_RESULT_AFFECTING = {"pipeline", "input_batch_size", "batch_size", "resources", "use_cache", "concurrency", "batch_timeout"}
 
 
 def _hash(payload: Any) -> str:

@@ -149,6 +149,19 @@ class FileStepStore(StepStore):
             rows, last, error = log.read(self._batches[key])
             yield BatchRecord(key, rows, last, error)
 
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        path = self.directory / _suspended_name(key)
+        if state is None:
+            path.unlink(missing_ok=True)
+        else:
+            atomic_write_json(path, state)
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        path = self.directory / _suspended_name(key)
+        if not path.exists():
+            return None
+        return parse_suspended(path.read_bytes(), str(path))
+
     def mark_finished(self) -> None:
         if self._log is not None:
             self._log.sync()  # the batches must be durable before "finished" is
@@ -164,3 +177,22 @@ class FileStepStore(StepStore):
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def parse_suspended(text: str | bytes, where: str) -> dict[str, Any]:
+    """A suspended batch's saved state (`{"state": ..., "retry_after": ...}`), checked."""
+    try:
+        saved = json.loads(text)
+    except ValueError as exc:
+        saved = exc
+    if not isinstance(saved, dict) or "state" not in saved:
+        raise CorruptCacheError(
+            f"The suspended-step state {where} cannot be read ({saved!r:.100}). Delete it to "
+            "start that batch over, or run with use_cache=False."
+        )
+    return saved
+
+
+def _suspended_name(key: BatchKey) -> str:
+    """The JSON file holding what a step saved when it suspended on batch `key`."""
+    return f"suspended-{key[0]}-{key[1]}.json"

@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from stillhouse.core.decorator import step
+from stillhouse.core.errors import SuspendStep
 from stillhouse.core.hookspecs import hookimpl
 from stillhouse.core.pipeline import Pipeline
 from stillhouse.core.routing import RoutingBatchFunction, routing_batch_function, sample_n_steps
@@ -27,6 +28,7 @@ __all__ = [
     "StepInput",
     "StepOutput",
     "StepResources",
+    "SuspendStep",
     "hookimpl",
     "requirements",
     "make_generator_step",

@@ -62,27 +62,11 @@ def step(
         def field_values(self: _Step) -> dict[str, Any]:
             return {name: getattr(self, name) for name in field_names}
 
+        is_async = inspect.isasyncgenfunction(func)
         if step_type == "generator":
-
-            def process(self: GeneratorStep, offset: int = 0) -> Any:
-                if takes_offset:
-                    yield from func(offset=offset, **field_values(self))
-                    return
-                skip = offset
-                for rows, last in func(**field_values(self)):
-                    if skip >= len(rows):
-                        skip -= len(rows)
-                        if last:
-                            yield [], True
-                        continue
-                    yield rows[skip:], last
-                    skip = 0
-
+            process = _generator_process(func, field_values, takes_offset, is_async)
         else:
-
-            def process(self: Step, *step_inputs: Any) -> Any:
-                yield from func(*step_inputs, **field_values(self))
-
+            process = _batch_process(func, field_values, is_async)
             # Show the function's inputs, not `*step_inputs`: validation counts them
             # against the step's predecessors.
             self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
@@ -107,3 +91,63 @@ def step(
         return cls
 
     return decorate
+
+
+def _batch_process(func: Callable[..., Any], field_values: Callable[[Any], dict[str, Any]], is_async: bool) -> Any:
+    """The `process` method of a normal or global step made from `func`."""
+    if is_async:
+
+        async def aprocess(self: Step, *step_inputs: Any) -> Any:
+            async for rows in func(*step_inputs, **field_values(self)):
+                yield rows
+
+        return aprocess
+
+    def process(self: Step, *step_inputs: Any) -> Any:
+        yield from func(*step_inputs, **field_values(self))
+
+    return process
+
+
+def _generator_process(
+    func: Callable[..., Any], field_values: Callable[[Any], dict[str, Any]], takes_offset: bool, is_async: bool
+) -> Any:
+    """The `process` method of a generator step made from `func`: without an `offset`
+    parameter, the first `offset` rows it yields are skipped."""
+    if is_async:
+
+        async def aprocess(self: GeneratorStep, offset: int = 0) -> Any:
+            if takes_offset:
+                async for item in func(offset=offset, **field_values(self)):
+                    yield item
+                return
+            skipper = _Skipper(offset)
+            async for rows, last in func(**field_values(self)):
+                for item in skipper.feed(rows, last):
+                    yield item
+
+        return aprocess
+
+    def process(self: GeneratorStep, offset: int = 0) -> Any:
+        if takes_offset:
+            yield from func(offset=offset, **field_values(self))
+            return
+        skipper = _Skipper(offset)
+        for rows, last in func(**field_values(self)):
+            yield from skipper.feed(rows, last)
+
+    return process
+
+
+class _Skipper:
+    """Drops the first `skip` rows of a stream of `(rows, last)` batches."""
+
+    def __init__(self, skip: int) -> None:
+        self.skip = skip
+
+    def feed(self, rows: list[Any], last: bool) -> list[tuple[list[Any], bool]]:
+        if self.skip >= len(rows):
+            self.skip -= len(rows)
+            return [([], True)] if last else []
+        rows, self.skip = rows[self.skip :], 0
+        return [(rows, last)]

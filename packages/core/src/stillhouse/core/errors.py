@@ -97,6 +97,20 @@ class MisalignedInputsError(StepRuntimeError):
     """A step's predecessors produced different numbers of rows."""
 
 
+class BatchTimeoutError(StepRuntimeError, TimeoutError):
+    """A batch took longer than its step's `batch_timeout`."""
+
+
+class StepsSuspendedError(StepRuntimeError):
+    """The run ended with steps that suspended (`SuspendStep`): run again to resume them.
+
+    `steps` maps each suspended step to the number of its batches that wait."""
+
+    def __init__(self, message: str, *, steps: dict[str, int]) -> None:
+        super().__init__(message, step_name=next(iter(steps), None))
+        self.steps = dict(steps)
+
+
 class LeafSchemaError(StillhouseError, TypeError):
     """A leaf step produced values that cannot share one column type."""
 
@@ -118,3 +132,23 @@ class CacheLockedError(CacheError):
 
 class CorruptCacheError(CacheError):
     """A cache file is damaged or was written by something else."""
+
+
+# -- control flow a step may raise -------------------------------------------------
+
+
+class SuspendStep(Exception):
+    """Raise inside `process` to say "this batch is not finished, come back later".
+
+    `state` (JSON-serialisable) is checkpointed and handed back as `self.resume_state`
+    when the same batch is sent again: in the next run, or after `retry_after` seconds
+    in this run with `Pipeline.run(wait_for_suspended=True)`.
+    """
+
+    def __init__(self, state: dict | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"step suspended (retry_after={retry_after!r})")
+        self.state = state
+        self.retry_after = retry_after
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.state, self.retry_after))

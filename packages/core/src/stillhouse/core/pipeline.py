@@ -203,8 +203,12 @@ class Pipeline:
         logging_handlers: list[logging.Handler] | None = None,
         load_groups: LoadGroups = None,
         progress: bool | None = None,
+        wait_for_suspended: bool = False,
     ) -> Any:
-        """Validate, run every step and return the results (a Distiset)."""
+        """Validate, run every step and return the results (a Distiset).
+
+        A run that ends with suspended steps (`SuspendStep`) raises `StepsSuspendedError`;
+        `wait_for_suspended=True` waits each one's `retry_after` and sends it again instead."""
         from stillhouse.core.engine.run import run_pipeline
 
         self._attach_dataset(dataset)
@@ -217,6 +221,7 @@ class Pipeline:
             progress=progress,
             storage_parameters=storage_parameters,
             use_fs_to_pass_data=use_fs_to_pass_data,
+            wait_for_suspended=wait_for_suspended,
         )
 
     def dry_run(

@@ -11,19 +11,33 @@ import inspect
 import re
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from collections.abc import AsyncIterator, Callable
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
 
 from stillhouse.core import _context
-from stillhouse.core.runtime import RuntimeParameter, RuntimeParametersMixin
+from stillhouse.core.runtime import (
+    _RUNTIME_PARAMETER_ANNOTATION,
+    RuntimeParameter,
+    RuntimeParametersMixin,
+)
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
+
+# `Optional[RuntimeParameter[float]]` spelt without the `Field(default=None)` inside the
+# union: pydantic warns about that for every subclass, and every step subclasses this.
+_OptionalSeconds = Annotated[PositiveFloat | None, _RUNTIME_PARAMETER_ANNOTATION] | None
+
+_resume_state: ContextVar[dict[str, Any] | None] = ContextVar("stillhouse_resume_state", default=None)
+"""The state a step saved with `SuspendStep` for the batch being processed (set by the
+worker around each call of `process`; a contextvar, so concurrent async batches each
+see their own)."""
 
 
 # `Optional[RuntimeParameter[...]]` is how distilabel (and so our users) spell an optional
@@ -61,7 +75,12 @@ def infer_step_name(class_name: str, taken: set[str]) -> str:
 
 
 class _Step(RuntimeParametersMixin, BaseModel, ABC):
-    """What every step has: a name, column mappings, resources and its pipeline."""
+    """What every step has: a name, column mappings, resources and its pipeline.
+
+    Attributes:
+        batch_timeout: Seconds one batch may take (None: no limit); an overlong batch is a
+            failed batch (a generator or global step's stops the run).
+    """
 
     model_config = ConfigDict(
         arbitrary_types_allowed=True, validate_assignment=True, extra="forbid"
@@ -73,6 +92,8 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     input_mappings: dict[str, str] = Field(default_factory=dict)
     output_mappings: dict[str, str] = Field(default_factory=dict)
     use_cache: bool = True
+    batch_timeout: _OptionalSeconds = None
+    """Seconds one batch may take; an overlong batch is a failed batch (SPEC §5)."""
 
     _built_from_decorator: bool = PrivateAttr(default=False)
 
@@ -166,6 +187,17 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         return not self.is_generator and not self.is_global
 
     @property
+    def is_async(self) -> bool:
+        """True when `process` is an `async def` generator (runs on an event loop)."""
+        return inspect.isasyncgenfunction(self.process)
+
+    @property
+    def resume_state(self) -> dict[str, Any] | None:
+        """Inside `process`: the state this step saved for this batch with `SuspendStep`
+        in an earlier run (or an earlier try of this run), else None."""
+        return _resume_state.get()
+
+    @property
     def inputs(self) -> StepColumns:
         """Columns the step reads: a list, or `{column: required}`."""
         return []
@@ -213,9 +245,11 @@ class Step(_Step, ABC):
 
     Attributes:
         input_batch_size: How many rows each call of `process` receives.
+        concurrency: Batches one replica of an async step works on at once.
     """
 
     input_batch_size: RuntimeParameter[PositiveInt] = Field(default=50)
+    concurrency: PositiveInt = 16
 
     @abstractmethod
     def process(self, *inputs: StepInput) -> StepOutput:
@@ -228,20 +262,31 @@ class Step(_Step, ABC):
     def process_applying_mappings(self, *inputs: list[Row]) -> StepOutput:
         """Run `process` with `input_mappings` applied on the way in and
         `output_mappings` on the way out; columns hidden by a mapping are restored."""
+        args, map_out = self._mapped_call(inputs)
+        for rows in self.process(*args):
+            yield map_out(rows)
+
+    async def aprocess_applying_mappings(self, *inputs: list[Row]) -> AsyncIterator[list[Row]]:
+        """`process_applying_mappings` for an async step (`async def process`)."""
+        args, map_out = self._mapped_call(inputs)
+        async for rows in self.process(*args):  # type: ignore[attr-defined]
+            yield map_out(rows)
+
+    def _mapped_call(
+        self, inputs: tuple[list[Row], ...]
+    ) -> tuple[list[list[Row]], Callable[[list[Row]], list[Row]]]:
+        """The inputs to call `process` with, and what to apply to each batch it yields."""
         if not self.input_mappings:
-            for rows in self.process(*inputs):
-                if self.output_mappings:
-                    yield [self._map_output(row, {}) for row in rows]
-                else:
-                    yield rows
-            return
+            if not self.output_mappings:
+                return list(inputs), lambda rows: rows
+            return list(inputs), lambda rows: [self._map_output(row, {}) for row in rows]
         renamed, overridden = self._apply_input_mappings(inputs)
-        for rows in self.process(*renamed):
-            n = len(overridden) or 1
-            yield [
-                self._map_output(row, overridden[i % n] if overridden else {})
-                for i, row in enumerate(rows)
-            ]
+        n = len(overridden) or 1
+
+        def map_out(rows: list[Row]) -> list[Row]:
+            return [self._map_output(row, overridden[i % n] if overridden else {}) for i, row in enumerate(rows)]
+
+        return renamed, map_out
 
     def _apply_input_mappings(self, inputs: tuple[list[Row], ...]) -> tuple[list[list[Row]], list[Row]]:
         to_step = {data_col: step_col for step_col, data_col in self.input_mappings.items()}
@@ -285,9 +330,15 @@ class GeneratorStep(_Step, ABC):
 
     def process_applying_mappings(self, offset: int = 0) -> GeneratorStepOutput:
         for rows, last in self.process(offset=offset):
-            if self.output_mappings:
-                rows = [self._map_output(row, {}) for row in rows]
-            yield rows, last
+            yield self._map_generated(rows), last
+
+    async def aprocess_applying_mappings(self, offset: int = 0) -> AsyncIterator[tuple[list[Row], bool]]:
+        """`process_applying_mappings` for an async generator step."""
+        async for rows, last in self.process(offset=offset):  # type: ignore[attr-defined]
+            yield self._map_generated(rows), last
+
+    def _map_generated(self, rows: list[Row]) -> list[Row]:
+        return [self._map_output(row, {}) for row in rows] if self.output_mappings else rows
 
 
 def requirements(specs: list[str]) -> Callable[[type[_Step]], type[_Step]]:

@@ -7,12 +7,26 @@ Transport (queues, threads, processes) does not belong here.
 
 from __future__ import annotations
 
+import logging
+import threading
 import traceback
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from stillhouse.core.engine import Event, Failed, FatalStepError, Finished, Loaded, StepRunner, Task
+from stillhouse.core.engine import (
+    Event,
+    Failed,
+    FatalStepError,
+    Finished,
+    Loaded,
+    StepRunner,
+    Task,
+    TaskResult,
+)
+from stillhouse.core.engine.worker import Outcome
 from stillhouse.core.errors import EngineError, PipelineValidationError
+
+logger = logging.getLogger("stillhouse.executors")
 
 STOP = None
 """Put on a step's task queue once per replica: that replica unloads and ends."""
@@ -25,37 +39,86 @@ def failed_event(step_name: str, exc: BaseException) -> Failed:
     return Failed(step_name, exc, "".join(traceback.format_exception(exc)))
 
 
-def serve(runner: StepRunner, get_task: Callable[[], Task | None], put: Callable[[Event], Any]) -> None:
+Replace = Callable[[StepRunner], "StepRunner | None"]
+"""What `serve` calls when a batch timed out and its runner is `abandoned`: a new,
+loaded runner to go on with, or None to end the replica (the executor restarts it)."""
+
+REPLACED = "replaced"
+"""`serve`'s return value when it ended because its runner was abandoned."""
+
+
+def replace_in_process(runner: StepRunner, put: Callable[[Event], Any]) -> StepRunner | None:
+    """Go on with a fresh copy of the step (threads cannot be killed: the hung one is
+    left behind as a daemon thread). A failed `load()` is reported and ends the replica."""
+    logger.warning(
+        "Replica %d of step %r timed out on a batch; its thread cannot be killed and is "
+        "abandoned, and a new replica takes over.", runner.replica, runner.step.name,
+    )
+    fresh = runner.replacement()
+    try:
+        fresh.load()
+    except Exception as exc:
+        put(failed_event(runner.step.name, exc))
+        return None
+    return fresh
+
+
+def serve(
+    runner: StepRunner,
+    get_task: Callable[[], Task | None],
+    put: Callable[[Event], Any],
+    replace: Replace | None = None,
+) -> str | None:
     """Load the step, run tasks until `STOP`, then unload. Every outcome becomes an event.
 
     A failed `load()` is reported and ends the replica without running anything. A
     fatal task failure is reported and the replica keeps serving: the engine decides
-    when to stop, and a replica that vanished would look like a death.
+    when to stop, and a replica that vanished would look like a death. An async step
+    keeps up to `runner.concurrency` tasks in flight. A runner abandoned after a batch
+    timeout is swapped for `replace(runner)` (default: `replace_in_process`); when that
+    gives None, `serve` returns `REPLACED` without unloading.
     """
     name = runner.step.name
     try:
         runner.load()
     except Exception as exc:
         put(failed_event(name, exc))
-        return
+        return None
     put(Loaded(name, runner.replica))
+    if replace is None:
+        def replace(old: StepRunner) -> StepRunner | None:
+            return replace_in_process(old, put)
+    slots = threading.Semaphore(runner.concurrency)
+
+    def finished(outcome: Outcome) -> None:
+        put(Finished(outcome) if isinstance(outcome, TaskResult) else failed_event(name, outcome))
+        slots.release()
+
     try:
         while True:
+            slots.acquire()
             try:
                 task = get_task()
             except (EOFError, OSError):
-                return  # the driver closed the queue: nothing more will come
+                return None  # the driver closed the queue: nothing more will come
             except Exception as exc:  # a task that cannot be unpickled in this worker
-                put(failed_event(name, exc))
+                finished(exc)
                 continue
             if task is STOP:
-                return
-            try:
-                put(Finished(runner.run(task)))
-            except Exception as exc:
-                put(failed_event(name, exc))
+                slots.release()
+                break
+            runner.submit(task, finished)
+            if runner.abandoned:
+                fresh = replace(runner)
+                if fresh is None:
+                    return REPLACED
+                runner = fresh
+        for _ in range(runner.concurrency):  # an async replica finishes what it started
+            slots.acquire()
+        return None
     finally:
-        runner.unload()
+        if not runner.abandoned:
+            runner.unload()
 
 
 def check_options(executor: str, options: Mapping[str, Any], known: Iterable[str]) -> None:

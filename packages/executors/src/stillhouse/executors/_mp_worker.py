@@ -21,7 +21,7 @@ from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, Finished, StepRunner
 from stillhouse.core.step import _Step
-from stillhouse.executors._common import serve
+from stillhouse.executors._common import REPLACED, serve
 
 PARENT_CHECK_INTERVAL = 1.0
 """Seconds between a worker's checks that its driver is alive: a driver killed with
@@ -31,6 +31,15 @@ SIGKILL must not leave orphans holding memory or GPUs."""
 @dataclass(frozen=True, slots=True)
 class Exited:
     """A worker's last message: it is ending because it was told to (not a death)."""
+
+    step_name: str
+    replica: int
+
+
+@dataclass(frozen=True, slots=True)
+class Replaced:
+    """A worker's last message when a batch outlived `batch_timeout`: its hung thread
+    cannot be stopped, so the process ends and the driver starts a new one in its place."""
 
     step_name: str
     replica: int
@@ -75,7 +84,12 @@ def worker_main(
     pickling_support.install()
     _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
-    serve(runner, tasks.get, lambda event: results.put(_portable(event)))
+    outcome = serve(runner, tasks.get, lambda event: results.put(_portable(event)), replace=lambda _: None)
+    if outcome == REPLACED:
+        results.put(Replaced(step.name, replica))
+        results.close()
+        results.join_thread()  # the batch's failed result and the goodbye reach the driver
+        os._exit(0)  # a hung batch thread must not keep this process alive
     results.put(Exited(step.name, replica))
 
 

@@ -28,7 +28,7 @@ from stillhouse.core.errors import EngineError, PipelineValidationError, StepRun
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import STOP, check_options, queue_task
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
-from stillhouse.executors._mp_worker import Exited, ResultsQueue, worker_main
+from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, worker_main
 
 logger = logging.getLogger("stillhouse.executors.mp")
 
@@ -51,8 +51,10 @@ class _Replica:
     index: int
     process: BaseProcess
     gpus: list[str]
+    args: tuple[Any, ...] = ()  # what `worker_main` was started with, to start it again
     loaded: bool = False
     exited: bool = False  # it said goodbye: its end is not a death
+    restart: bool = False  # it ended after a batch timeout: start a new one in its place
 
 
 class MultiprocessingExecutor(Executor):
@@ -104,24 +106,28 @@ class MultiprocessingExecutor(Executor):
             for index in range(step.resources.replicas):
                 gpus = placement.get((step.name, index), [])
                 env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
-                process = self._ctx.Process(
-                    target=worker_main,
-                    args=(step, index, tasks, self._results, enable_metadata, env, log_levels),
-                    name=f"stillhouse-{step.name}-{index}",
-                )
-                try:
-                    process.start()
-                except Exception as exc:
-                    raise StepRuntimeError(
-                        f"Step {step.name!r} could not be sent to a worker process "
-                        f"(start method {self.start_method!r}): {type(exc).__name__}: {exc}. "
-                        "Steps are pickled to their workers: define the step class or "
-                        "`@step` function at module level in an importable module, keep its "
-                        "fields picklable, and run the pipeline under "
-                        "`if __name__ == '__main__':`.",
-                        step_name=step.name,
-                    ) from exc
-                self._replicas[step.name, index] = _Replica(step.name, index, process, gpus)
+                args = (step, index, tasks, self._results, enable_metadata, env, log_levels)
+                self._spawn(_Replica(step.name, index, None, gpus, args))  # type: ignore[arg-type]
+
+    def _spawn(self, replica: _Replica) -> None:
+        """Start (or restart) the process of `replica`."""
+        process = self._ctx.Process(
+            target=worker_main, args=replica.args, name=f"stillhouse-{replica.step_name}-{replica.index}"
+        )
+        try:
+            process.start()
+        except Exception as exc:
+            raise StepRuntimeError(
+                f"Step {replica.step_name!r} could not be sent to a worker process "
+                f"(start method {self.start_method!r}): {type(exc).__name__}: {exc}. "
+                "Steps are pickled to their workers: define the step class or "
+                "`@step` function at module level in an importable module, keep its "
+                "fields picklable, and run the pipeline under "
+                "`if __name__ == '__main__':`.",
+                step_name=replica.step_name,
+            ) from exc
+        replica.process = process
+        self._replicas[replica.step_name, replica.index] = replica
 
     def send(self, task: Task) -> None:
         queue_task(self._tasks, task)
@@ -205,10 +211,11 @@ class MultiprocessingExecutor(Executor):
                 continue
             if isinstance(item, logging.LogRecord):
                 logging.getLogger(item.name).handle(item)
-            elif isinstance(item, Exited):
+            elif isinstance(item, Exited | Replaced):
                 replica = self._replicas.get((item.step_name, item.replica))
                 if replica is not None:
                     replica.exited = True
+                    replica.restart = isinstance(item, Replaced)
             else:
                 if isinstance(item, Loaded) and (item.step_name, item.replica) in self._replicas:
                     self._replicas[item.step_name, item.replica].loaded = True
@@ -228,6 +235,12 @@ class MultiprocessingExecutor(Executor):
             out.append(Died(replica.step_name, replica.index, detail))
         if process.exitcode is not None:
             process.close()
+        if replica.restart and replica.step_name in self._tasks:
+            logger.warning(
+                "Replica %d of step %r timed out on a batch; its process ended and a new one "
+                "takes its place.", replica.index, replica.step_name,
+            )
+            self._spawn(_Replica(replica.step_name, replica.index, None, replica.gpus, replica.args))  # type: ignore[arg-type]
 
     def _join(self, targets: list[_Replica], timeout: float) -> None:
         """Wait for `targets` to exit, reading results meanwhile (a worker cannot exit

@@ -39,7 +39,10 @@ class StepActor:
     """One replica of a step: `load()`, then `run(task)` per task, then `unload()`.
 
     Ray runs an actor's methods one at a time, in the order they were submitted, so
-    an `unload()` sent after the last task runs after it.
+    an `unload()` sent after the last task runs after it. The actor of an async step is
+    a threaded actor (`max_concurrency`): its `run` calls wait on the runner's event loop
+    side by side, up to the step's `concurrency`; the engine unloads only once none is
+    in flight.
     """
 
     def __init__(
@@ -64,10 +67,28 @@ class StepActor:
         return self._reply(Loaded(name, self.runner.replica))
 
     def run(self, task: Task) -> Reply:
+        runner = self.runner
         try:
-            return self._reply(Finished(self.runner.run(task)))
+            event: Event = Finished(runner.run(task))
         except Exception as exc:
-            return self._reply(failed_event(self.runner.step.name, exc))
+            event = failed_event(runner.step.name, exc)
+        if runner.abandoned:  # a batch timed out in a thread that cannot be killed
+            event = self._replace(runner) or event
+        return self._reply(event)
+
+    def _replace(self, runner: StepRunner) -> Event | None:
+        """Go on with a fresh copy of the step; a failed `load()` is the event to report."""
+        logging.getLogger("stillhouse.ray").warning(
+            "Replica %d of step %r timed out on a batch; its thread is abandoned and a new "
+            "replica takes over in the same actor.", runner.replica, runner.step.name,
+        )
+        fresh = runner.replacement()
+        try:
+            fresh.load()
+        except Exception as exc:
+            return failed_event(runner.step.name, exc)
+        self.runner = fresh
+        return None
 
     def unload(self) -> Reply:
         self.runner.unload()

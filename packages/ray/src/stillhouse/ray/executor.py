@@ -20,7 +20,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from stillhouse.core.engine import Died, Event, Executor, Failed, FatalStepError, Loaded, Task
+from stillhouse.core.engine import (
+    Died,
+    Event,
+    Executor,
+    Failed,
+    FatalStepError,
+    Loaded,
+    StepRunner,
+    Task,
+)
 from stillhouse.core.errors import EngineError, PipelineValidationError
 from stillhouse.core.step import _Step
 
@@ -84,6 +93,7 @@ class RayExecutor(Executor):
         self._actors: dict[str, list[_Actor]] = {}
         self._pending: dict[Any, tuple[_Actor, str]] = {}  # ObjectRef -> (actor, "load"/"run")
         self._backlog: dict[str, deque[Task]] = {}  # tasks waiting for a replica with room
+        self._per_actor: dict[str, int] = {}  # tasks one replica of the step may hold
 
     # -- the Executor interface ---------------------------------------------------------
 
@@ -100,6 +110,11 @@ class RayExecutor(Executor):
         if self.options.get("check_resources", True):
             _runtime.check_resources(steps, nodes)
         options = {step.name: _runtime.actor_options(step) for step in steps}  # may raise
+        for step in steps:
+            concurrency = StepRunner(step).concurrency
+            self._per_actor[step.name] = max(PER_ACTOR_TASKS, concurrency)
+            if concurrency > 1:  # async: a threaded actor, `concurrency` calls at once
+                options[step.name]["max_concurrency"] = concurrency + 1
         levels = log_levels()
         for step in steps:
             actors = self._actors[step.name] = []
@@ -196,7 +211,7 @@ class RayExecutor(Executor):
         while backlog:
             ready = [a for a in self._actors[step_name] if a.loaded and not a.dead]
             actor = min(ready, key=lambda a: a.inflight, default=None)
-            if actor is None or actor.inflight >= PER_ACTOR_TASKS:
+            if actor is None or actor.inflight >= self._per_actor.get(step_name, PER_ACTOR_TASKS):
                 return
             actor.inflight += 1
             self._pending[actor.handle.run.remote(backlog.popleft())] = (actor, "run")

@@ -89,6 +89,8 @@ def summary_rows(states: dict[str, StepState]) -> list[dict[str, Any]]:
             status = "cached"
         elif state.finished:
             status = "cached" if stats.batches and stats.cached_batches == stats.batches else "done"
+        elif state.suspended:
+            status = f"suspended ({len(state.suspended)})"
         else:
             status = "running" if state.started else "waiting"
         rows.append({

@@ -55,12 +55,15 @@ class Task:
     Normal and global steps get `inputs` (one list of rows per predecessor).
     Generator steps get `inputs=None`; the first task a generator replica gets
     carries the `offset` (rows already produced by an earlier, interrupted run).
+    `resume_state` is what the step saved for this batch when it suspended
+    (`SuspendStep`); the worker shows it to the step as `self.resume_state`.
     """
 
     step_name: str
     key: BatchKey
     inputs: list[list[Row]] | Payload | None = None
     offset: int = 0
+    resume_state: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,8 @@ class TaskResult:
 
     `error` is set when a normal step's `process` raised: `rows` then holds the
     input rows with the step's outputs set to None (SPEC.md §5).
+    `suspended` is set when the step raised `SuspendStep` on this batch:
+    `{"state": ..., "retry_after": ...}`; `rows` is then empty and means nothing.
     """
 
     step_name: str
@@ -77,6 +82,7 @@ class TaskResult:
     last: bool = False
     error: str | None = None
     seconds: float = 0.0
+    suspended: dict[str, Any] | None = None
 
 
 # -- events an executor reports ----------------------------------------------------
@@ -197,6 +203,15 @@ class StepStore(ABC):
     def records(self) -> Iterator[BatchRecord]:
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())
+
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        """Keep (or, with None, forget) what a step saved when it suspended on batch `key`.
+
+        `state` is JSON-serialisable. A store that keeps nothing across runs ignores it."""
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        """What `put_suspended` kept for `key` in this or an earlier run, if anything."""
+        return None
 
 
 class RunStore(ABC):

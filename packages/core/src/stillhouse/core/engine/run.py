@@ -22,7 +22,7 @@ from stillhouse.core.engine.protocol import (
 )
 from stillhouse.core.engine.scheduler import Scheduler
 from stillhouse.core.engine.state import build_states
-from stillhouse.core.errors import MissingPluginError, PipelineValidationError
+from stillhouse.core.errors import MissingPluginError, PipelineValidationError, StepsSuspendedError
 
 if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
@@ -54,6 +54,7 @@ def run_pipeline(
     dry_run_rows: int | None = None,
     storage_parameters: dict[str, Any] | None = None,
     use_fs_to_pass_data: bool = False,
+    wait_for_suspended: bool = False,
 ) -> Any:
     pipeline.apply_parameters(parameters)
     pipeline.validate()
@@ -96,6 +97,7 @@ def run_pipeline(
                 dry_run_rows=dry_run_rows,
                 batch_storage=storage,
                 use_fs_to_pass_data=use_fs_to_pass_data,
+                wait_for_suspended=wait_for_suspended,
             )
             try:
                 with _signal_handlers(pipeline):
@@ -128,9 +130,12 @@ def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
         scheduler.run()
     except KeyboardInterrupt:
         try:
-            executor.shutdown(force=pipeline._stop_requested > 1)
+            executor.shutdown(force=pipeline._stop_requested > 1 or scheduler.gave_up_on_stop)
         except KeyboardInterrupt:  # Ctrl+C again while workers unload: kill them
             executor.shutdown(force=True)
+        raise
+    except StepsSuspendedError:  # nothing is in flight: let the workers unload
+        executor.shutdown()
         raise
     except BaseException:
         executor.shutdown(force=True)

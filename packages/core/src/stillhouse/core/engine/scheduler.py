@@ -8,6 +8,7 @@ routes them, and moves through the load stages.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -33,6 +34,7 @@ from stillhouse.core.errors import (
     MisalignedInputsError,
     RoutingError,
     StepRuntimeError,
+    StepsSuspendedError,
     WorkerDiedError,
 )
 
@@ -45,6 +47,16 @@ _MIN_BUFFERED_ROWS = 10_000
 # why a pipeline waits; off by default because it is one log line per batch.
 TRACE = os.environ.get("STILLHOUSE_TRACE_SCHEDULING") == "1"
 _REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being served
+# A step with batches in flight and no result for this many seconds is named in a
+# warning (a hung endpoint, a deadlock): without `batch_timeout` nothing else would say
+# why the run does not move. Long enough not to fire on slow but healthy batches.
+STALL_WARNING = float(os.environ.get("STILLHOUSE_STALL_WARNING", "600"))
+# Seconds the first Ctrl+C waits for batches in flight before giving them up (they are
+# recomputed on resume) and killing the workers: a hung step must not hold the stop.
+STOP_GRACE = float(os.environ.get("STILLHOUSE_STOP_GRACE", "3"))
+# Seconds before a suspended batch is sent again under `wait_for_suspended=True` when
+# the step gave no `retry_after`.
+DEFAULT_RETRY_AFTER = 5.0
 
 
 class Scheduler:
@@ -64,6 +76,7 @@ class Scheduler:
         dry_run_rows: int | None = None,
         batch_storage: BatchStorage | None = None,
         use_fs_to_pass_data: bool = False,
+        wait_for_suspended: bool = False,
     ) -> None:
         self.dag = dag
         self.states = states
@@ -82,6 +95,11 @@ class Scheduler:
         self.region_members = {r: routed_region(dag, r) for r in dag.routing}
         self.convergence = convergence_steps(dag)
         self.buffer_cap = _MIN_BUFFERED_ROWS
+        self.wait_for_suspended = wait_for_suspended
+        self.tasks: dict[tuple[str, tuple[int, int]], Task] = {}  # kept to re-send suspended batches
+        self.retries: list[tuple[float, Task]] = []  # (when, task): suspended, sent again in this run
+        self.gave_up_on_stop = False  # Ctrl+C gave up batches in flight: kill, do not unload
+        self._stall_checked = 0.0
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -119,9 +137,10 @@ class Scheduler:
                 break
             inflight = sum(s.inflight for s in self.active)
             if not progressed and inflight == 0:
-                raise EngineError(self._stuck_message(stage))
+                self._raise_stuck(stage)
             for event in self.executor.events(0 if progressed else 0.05):
                 self._handle(event)
+            self._watch_stalls()
             self.on_tick()
         started = [n for n in stage if self.states[n].started]
         if started:
@@ -142,7 +161,7 @@ class Scheduler:
         self.executor.start([s.step for s in to_start], enable_metadata=self.enable_metadata)
 
     def _advance(self) -> bool:
-        progressed = False
+        progressed = self._send_due_retries()
         for state in self.active:
             if state.finished:
                 continue
@@ -159,8 +178,14 @@ class Scheduler:
         if isinstance(event, Finished):
             result = event.result
             state = self.states[result.step_name]
-            state.inflight -= 1
             state.stats.seconds += result.seconds
+            state.last_activity = time.monotonic()
+            state.sent.pop(result.key, None)
+            if result.suspended is not None:
+                self._suspend(state, result.key, result.suspended)
+                return
+            state.inflight -= 1
+            self.tasks.pop((state.name, result.key), None)
             rows, last = result.rows, result.last
             if state.step.is_generator:
                 state.pulling = False
@@ -168,6 +193,9 @@ class Scheduler:
                     rows, last = rows[: self.dry_run_rows], True
             record = BatchRecord(result.key, rows, last, result.error)
             state.store.put(record)
+            if result.key in state.resumed:  # stored: its suspended state is spent
+                state.resumed.discard(result.key)
+                state.store.put_suspended(result.key, None)
             payload = self.payloads.pop((state.name, result.key), None)
             if payload is not None:
                 self.batch_storage.discard(payload)
@@ -219,8 +247,7 @@ class Scheduler:
                 continue
             state.replay = iter(())  # from here on the worker produces every batch
             state.pulling = True
-            state.inflight += 1
-            self.executor.send(Task(state.name, key, None, state.offset))
+            self._send(state, Task(state.name, key, None, state.offset))
         return progressed
 
     def _can_pull(self) -> bool:
@@ -298,14 +325,101 @@ class Scheduler:
         if record is not None:
             self._accept(state, record, cached=True)
             return
-        state.inflight += 1
         if TRACE:
             logger.debug("send %s %s (%d rows)", state.name, key, len(inputs[0]) if inputs else 0)
         payload: Any = inputs
         if self.batch_storage is not None and (self.use_fs_to_pass_data or state.step.is_global):
             payload = self.batch_storage.put(state.name, key, inputs)
             self.payloads[(state.name, key)] = payload
-        self.executor.send(Task(state.name, key, payload))
+        saved = state.store.get_suspended(key)
+        if saved is not None:
+            state.resumed.add(key)
+        self._send(state, Task(state.name, key, payload, resume_state=saved and saved.get("state")))
+
+    def _send(self, state: StepState, task: Task) -> None:
+        """Hand `task` to the executor and count it in flight."""
+        if state.inflight == 0:
+            state.last_activity = time.monotonic()
+        state.inflight += 1
+        state.sent[task.key] = time.monotonic()
+        if self.wait_for_suspended:
+            self.tasks[(state.name, task.key)] = task
+        self.executor.send(task)
+
+    # -- suspended batches ------------------------------------------------------------------
+
+    def _suspend(self, state: StepState, key: tuple[int, int], suspended: dict[str, Any]) -> None:
+        """A batch's step raised `SuspendStep`: keep its state; send it again after
+        `retry_after` (`wait_for_suspended`) or leave it for the next run."""
+        state.store.put_suspended(key, suspended)
+        state.resumed.add(key)
+        task = self.tasks.get((state.name, key))
+        if self.wait_for_suspended and task is not None:
+            delay = suspended.get("retry_after")
+            delay = DEFAULT_RETRY_AFTER if delay is None else max(0.0, float(delay))
+            logger.info("Step %r suspended batch %s; sending it again in %.1f s.", state.name, key, delay)
+            self.retries.append((time.monotonic() + delay, dataclasses.replace(task, resume_state=suspended["state"])))
+            state.inflight -= 1  # `_send` counts it again
+            return
+        state.inflight -= 1
+        state.suspended.add(key)
+        payload = self.payloads.pop((state.name, key), None)
+        if payload is not None:
+            self.batch_storage.discard(payload)
+        logger.warning(
+            "Step %r suspended batch %s; its state is saved. The rest of the pipeline goes on; "
+            "run the pipeline again to resume it.", state.name, key,
+        )
+
+    def _send_due_retries(self) -> bool:
+        if not self.retries:
+            return False
+        now = time.monotonic()
+        due = [task for when, task in self.retries if when <= now]
+        if not due:
+            return False
+        self.retries = [(when, task) for when, task in self.retries if when > now]
+        for task in due:
+            self._send(self.states[task.step_name], task)
+        return True
+
+    def _raise_stuck(self, stage: list[str]) -> None:
+        """Nothing moves and nothing is in flight: suspended steps, or an engine bug."""
+        if self.retries:
+            return  # suspended batches wait for their retry time
+        suspended = {s.name: len(s.suspended) for s in self.states.values() if s.suspended}
+        if not suspended:
+            raise EngineError(self._stuck_message(stage))
+        listed = ", ".join(f"{name!r} ({n} batch{'es' if n > 1 else ''})" for name, n in suspended.items())
+        raise StepsSuspendedError(
+            f"The run stopped with suspended steps: {listed}. Their state and everything "
+            "else that finished is saved. Run the pipeline again (with use_cache=True) to "
+            "resume them, or pass wait_for_suspended=True to run() to wait for them in one run.",
+            steps=suspended,
+        )
+
+    # -- hung steps ---------------------------------------------------------------------------
+
+    def _watch_stalls(self) -> None:
+        """Warn about a step with batches in flight that gave no result for `STALL_WARNING` s."""
+        now = time.monotonic()
+        if now - self._stall_checked < 1.0:
+            return
+        self._stall_checked = now
+        for state in self.active:
+            if not state.inflight or not state.sent:
+                continue
+            silent = now - state.last_activity
+            if silent < STALL_WARNING or now - state.stall_warned_at < STALL_WARNING:
+                continue
+            state.stall_warned_at = now
+            oldest = min(state.sent, key=state.sent.__getitem__)
+            logger.warning(
+                "Step %r has given no result for %.0f s; its oldest batch in flight is %s "
+                "(sent %.0f s ago). It may be hung: set `batch_timeout` on the step to fail "
+                "such batches, or press Ctrl+C to stop (finished work is cached).",
+                state.name, silent, oldest, now - state.sent[oldest],
+            )
 
     def _misaligned(self, state: StepState, lineage: Lineage, counts: list[int]) -> None:
         detail = ", ".join(f"{p!r}: {n} rows" for p, n in zip(lineage.expected, counts, strict=True))
@@ -416,10 +530,21 @@ class Scheduler:
     # -- stopping ------------------------------------------------------------------------
 
     def _drain_and_interrupt(self) -> None:
-        """First Ctrl+C: send nothing new, store what is in flight, then interrupt."""
-        logger.warning("Stopping: waiting for %d batch(es) in flight; press Ctrl+C again to kill.",
-                       sum(s.inflight for s in self.active))
+        """First Ctrl+C: send nothing new, store what is in flight for up to `STOP_GRACE`
+        seconds, then interrupt (batches still in flight are recomputed on resume)."""
+        for _, task in self.retries:
+            self.states[task.step_name].inflight -= 1  # a suspended batch waits for the next run
+        self.retries.clear()
+        logger.warning("Stopping: waiting up to %.0f s for %d batch(es) in flight; press Ctrl+C "
+                       "again to kill.", STOP_GRACE, sum(s.inflight for s in self.active))
+        deadline = time.monotonic() + STOP_GRACE
         while sum(s.inflight for s in self.active):
+            if time.monotonic() >= deadline:
+                late = {s.name: s.inflight for s in self.active if s.inflight}
+                logger.warning("Batches still in flight after %.0f s are given up (recomputed on "
+                               "resume): %s.", STOP_GRACE, late)
+                self.gave_up_on_stop = True
+                break
             for event in self.executor.events(0.1):
                 if isinstance(event, Finished | Died | Failed):
                     try:

@@ -84,12 +84,23 @@ class StepState:
     next_index: int = 0
     offset: int = 0
     replay: object | None = None  # an iterator of stored records
+    # batches in flight, suspension and stall watching
+    sent: dict[BatchKey, float] = field(default_factory=dict)  # key -> when it was sent
+    resumed: set[BatchKey] = field(default_factory=set)  # sent with a suspended state
+    suspended: set[BatchKey] = field(default_factory=set)  # suspended: wait for the next run
+    last_activity: float = 0.0
+    stall_warned_at: float = 0.0
 
     @property
     def max_inflight(self) -> int:
+        """Batches in flight at once: two per replica (one running, one queued); an
+        async replica works on `concurrency` at once, plus one queued."""
         if not self.step.is_normal:
             return 1
-        return 2 * (self.step.resources.replicas or 1)
+        replicas = self.step.resources.replicas or 1
+        if self.step.is_async:
+            return replicas * (int(getattr(self.step, "concurrency", 1)) + 1)
+        return 2 * replicas
 
     @property
     def input_batch_size(self) -> int:

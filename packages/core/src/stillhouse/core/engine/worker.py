@@ -1,25 +1,38 @@
 """How a worker runs a step: the same code under every executor.
 
 An executor owns transport (queues, threads, actors); `StepRunner` owns what
-happens to a task inside the worker, so failures, imputation and generator
-offsets behave identically everywhere.
+happens to a task inside the worker, so failures, imputation, generator offsets,
+async steps, suspension and batch timeouts behave identically everywhere.
+
+Async steps (`async def process`) run on an event loop that the runner keeps in a
+thread of its own: it works the same whether or not the calling thread already
+runs a loop (Jupyter), and `submit()` lets an executor keep up to
+`step.concurrency` batches of one replica in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import json
 import logging
+import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from stillhouse.core.engine.protocol import Payload, Task, TaskResult
-from stillhouse.core.step import GeneratorStep, _Step
+from stillhouse.core.errors import BatchTimeoutError, StepRuntimeError, SuspendStep
+from stillhouse.core.step import GeneratorStep, _resume_state, _Step
 from stillhouse.core.typing import Row
 
 METADATA_COLUMN = "stillhouse_metadata"
 
 logger = logging.getLogger("stillhouse.worker")
+
+Outcome = TaskResult | Exception
+"""What `StepRunner.submit` hands its callback: a result, or a `FatalStepError`."""
 
 
 class FatalStepError(Exception):
@@ -35,66 +48,200 @@ class FatalStepError(Exception):
 
 
 class StepRunner:
-    """Holds one replica of a step: `load()`, then `run(task)` per task, then `unload()`."""
+    """Holds one replica of a step: `load()`, then `run(task)` (or `submit`) per task,
+    then `unload()`.
+
+    A sync batch that outlives `step.batch_timeout` runs in a helper thread that cannot
+    be killed: the batch fails, the runner is marked `abandoned` (the thread may still
+    use the step object), and the executor replaces the replica (`replacement()`, or a
+    new process under "mp").
+    """
 
     def __init__(self, step: _Step, *, replica: int = 0, enable_metadata: bool = False) -> None:
         self.step = step
         self.replica = replica
         self.enable_metadata = enable_metadata
+        self.abandoned = False
         self._generator: Iterator[tuple[list[Row], bool]] | None = None
+        self._agenerator: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    @property
+    def concurrency(self) -> int:
+        """How many tasks this replica works on at once: `step.concurrency` for an async
+        normal step, else 1."""
+        if self.step.is_async and self.step.is_normal:
+            return max(1, int(getattr(self.step, "concurrency", 1)))
+        return 1
+
+    # -- lifecycle --------------------------------------------------------------------
 
     def load(self) -> None:
         try:
-            self.step.load()
+            if self.step.is_async:  # on the step's loop: load() may create async clients
+                self._on_loop(_called(self.step.load)).result()
+            else:
+                self.step.load()
         except Exception as exc:
             raise FatalStepError(self.step.name, exc) from exc
 
     def unload(self) -> None:
         try:
-            self.step.unload()
+            if self._loop is not None:
+                self._on_loop(_called(self.step.unload)).result()
+            else:
+                self.step.unload()
         except Exception:
             logger.exception("Step %r failed to unload (ignored)", self.step.name)
+        finally:
+            self._stop_loop()
+
+    def replacement(self) -> StepRunner:
+        """A new runner on a copy of the step, for an in-process replica that replaces
+        this abandoned one (its caller loads it)."""
+        return StepRunner(self.step.model_copy(), replica=self.replica, enable_metadata=self.enable_metadata)
+
+    # -- running tasks ----------------------------------------------------------------
 
     def run(self, task: Task) -> TaskResult:
-        started = time.perf_counter()
-        if isinstance(task.inputs, Payload):
-            task = Task(task.step_name, task.key, task.inputs.load(), task.offset)
-        if isinstance(self.step, GeneratorStep):
-            rows, last = self._pull(task)
-            return TaskResult(task.step_name, task.key, rows, last, None, time.perf_counter() - started)
-        if self.step.is_global:
-            try:
-                rows = _collect(self.step.process_applying_mappings(*task.inputs))
-            except Exception as exc:
-                raise FatalStepError(self.step.name, exc) from exc
-            return TaskResult(task.step_name, task.key, rows, True, None, time.perf_counter() - started)
-        try:
-            rows = _collect(self.step.process_applying_mappings(*task.inputs))
-            error = None
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            logger.warning(
-                "Step %r failed on batch %s (%d rows); its outputs are set to None: %s\n%s",
-                self.step.name,
-                task.key,
-                len(task.inputs[0]) if task.inputs else 0,
-                error,
-                "".join(traceback.format_exception(exc)),
-            )
-            rows = self._imputed(task.inputs, error)
-        return TaskResult(task.step_name, task.key, rows, False, error, time.perf_counter() - started)
+        """Run `task` to its end (an async step's on the runner's loop).
 
-    def _pull(self, task: Task) -> tuple[list[Row], bool]:
+        Raises `FatalStepError` when the failure must stop the run."""
+        if self.step.is_async:
+            return self._on_loop(self._arun(task)).result()
+        return self._run_sync(task)
+
+    def submit(self, task: Task, on_done: Callable[[Outcome], None]) -> None:
+        """Start `task` and return at once; `on_done` gets its `TaskResult` (or the
+        `FatalStepError`) later, from the loop's thread. Sync steps run before returning."""
+        if not self.step.is_async:
+            on_done(_outcome(lambda: self._run_sync(task)))
+            return
+        future = self._on_loop(self._arun(task))
+        future.add_done_callback(lambda done: on_done(_outcome(done.result)))
+
+    def _run_sync(self, task: Task) -> TaskResult:
+        started = time.perf_counter()
+        task = _loaded(task)
         try:
-            if self._generator is None:
-                self._generator = iter(self.step.process_applying_mappings(offset=task.offset))
-            try:
-                rows, last = next(self._generator)
-            except StopIteration:
-                return [], True
+            rows, last = self._with_timeout(lambda: self._compute(task), task)
         except Exception as exc:
+            return self._failed(task, exc, started)
+        return TaskResult(task.step_name, task.key, rows, last, None, time.perf_counter() - started)
+
+    async def _arun(self, task: Task) -> TaskResult:
+        started = time.perf_counter()
+        task = _loaded(task)
+        timeout = self.step.batch_timeout
+        try:
+            try:
+                async with asyncio.timeout(timeout) as deadline:
+                    rows, last = await self._acompute(task)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    raise self._timeout_error(task) from exc
+                raise
+        except Exception as exc:
+            return self._failed(task, exc, started)
+        return TaskResult(task.step_name, task.key, rows, last, None, time.perf_counter() - started)
+
+    def _compute(self, task: Task) -> tuple[list[Row], bool]:
+        token = _resume_state.set(task.resume_state)
+        try:
+            if isinstance(self.step, GeneratorStep):
+                if self._generator is None:
+                    self._generator = iter(self.step.process_applying_mappings(offset=task.offset))
+                return _next_generated(self._generator)
+            return _collect(self.step.process_applying_mappings(*task.inputs)), self.step.is_global
+        finally:
+            _resume_state.reset(token)
+
+    async def _acompute(self, task: Task) -> tuple[list[Row], bool]:
+        _resume_state.set(task.resume_state)  # this coroutine runs in its own context
+        if isinstance(self.step, GeneratorStep):
+            if self._agenerator is None:
+                self._agenerator = self.step.aprocess_applying_mappings(offset=task.offset)
+            try:
+                rows, last = await anext(self._agenerator)
+            except StopAsyncIteration:
+                return [], True
+            return list(rows), bool(last)
+        rows: list[Row] = []
+        async for batch in self.step.aprocess_applying_mappings(*task.inputs):  # type: ignore[attr-defined]
+            rows.extend(batch)
+        return rows, self.step.is_global
+
+    def _with_timeout(self, compute: Callable[[], tuple[list[Row], bool]], task: Task) -> tuple[list[Row], bool]:
+        """Run `compute` here, or, with a `batch_timeout`, in a helper thread that is
+        abandoned (and the runner with it) when the batch outlives the timeout."""
+        timeout = self.step.batch_timeout
+        if timeout is None:
+            return compute()
+        future: concurrent.futures.Future[tuple[list[Row], bool]] = concurrent.futures.Future()
+
+        def target() -> None:
+            try:
+                future.set_result(compute())
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        name = f"stillhouse-{self.step.name}-{self.replica}-batch-{task.key[0]}-{task.key[1]}"
+        threading.Thread(target=target, name=name, daemon=True).start()
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            self.abandoned = True
+            raise self._timeout_error(task) from None
+
+    def _timeout_error(self, task: Task) -> BatchTimeoutError:
+        return BatchTimeoutError(
+            f"Step {self.step.name!r} took longer than its batch_timeout "
+            f"({self.step.batch_timeout!r} s) on batch {task.key}. Raise `batch_timeout` "
+            "if batches legitimately take this long, or find what the step waits for.",
+            step_name=self.step.name,
+        )
+
+    def _failed(self, task: Task, exc: Exception, started: float) -> TaskResult:
+        """The result of a batch whose `process` raised; raises `FatalStepError` when
+        the run must stop (global and generator steps)."""
+        seconds = time.perf_counter() - started
+        if isinstance(exc, SuspendStep):
+            suspended = self._suspension(exc)
+            if isinstance(suspended, dict):
+                return TaskResult(task.step_name, task.key, [], False, None, seconds, suspended)
+            exc = suspended
+        if not self.step.is_normal:
             raise FatalStepError(self.step.name, exc) from exc
-        return list(rows), bool(last)
+        error = f"{type(exc).__name__}: {exc}"
+        logger.warning(
+            "Step %r failed on batch %s (%d rows); its outputs are set to None: %s\n%s",
+            self.step.name,
+            task.key,
+            len(task.inputs[0]) if task.inputs else 0,
+            error,
+            "".join(traceback.format_exception(exc)),
+        )
+        return TaskResult(task.step_name, task.key, self._imputed(task.inputs, error), False, error, seconds)
+
+    def _suspension(self, exc: SuspendStep) -> dict[str, Any] | Exception:
+        """What the engine keeps of a `SuspendStep`, or the error that replaces it."""
+        if self.step.is_generator:
+            return StepRuntimeError(
+                f"Generator step {self.step.name!r} raised SuspendStep; only normal and "
+                "global steps can suspend. Suspend in a step after the generator instead.",
+                step_name=self.step.name,
+            )
+        try:
+            json.dumps(exc.state)
+        except (TypeError, ValueError) as error:
+            return StepRuntimeError(
+                f"Step {self.step.name!r} suspended with a state that is not JSON-serialisable "
+                f"({error}): {exc.state!r:.200}. Keep only str, numbers, lists and dicts in it.",
+                step_name=self.step.name,
+            )
+        retry_after = exc.retry_after
+        return {"state": exc.state, "retry_after": None if retry_after is None else float(retry_after)}
 
     def _imputed(self, inputs: list[list[Row]] | None, error: str) -> list[Row]:
         rows = self.step.impute_step_outputs(list(inputs[0]) if inputs else [])
@@ -105,6 +252,64 @@ class StepRunner:
             metadata[f"error_{self.step.name}"] = error
             row[METADATA_COLUMN] = metadata
         return rows
+
+    # -- the event loop of an async step ------------------------------------------------
+
+    def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
+        """Schedule `coro` on this runner's loop (started on first use, in its own thread)."""
+        if self._loop is None:
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=_run_forever, args=(loop,), daemon=True,
+                name=f"stillhouse-{self.step.name}-{self.replica}-loop",
+            )
+            thread.start()
+            self._loop, self._loop_thread = loop, thread
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _stop_loop(self) -> None:
+        loop, thread = self._loop, self._loop_thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._loop_thread = None
+        try:
+            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(5)
+        except Exception:
+            logger.debug("Async generators of step %r did not close", self.step.name)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+        if not thread.is_alive():
+            loop.close()
+
+
+def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    loop.run_forever()
+
+
+async def _called(function: Callable[[], Any]) -> Any:
+    return function()
+
+
+def _outcome(get: Callable[[], TaskResult]) -> Outcome:
+    try:
+        return get()
+    except Exception as exc:  # FatalStepError, or the loop was closed under the task
+        return exc
+
+
+def _loaded(task: Task) -> Task:
+    if isinstance(task.inputs, Payload):
+        return Task(task.step_name, task.key, task.inputs.load(), task.offset, task.resume_state)
+    return task
+
+
+def _next_generated(generator: Iterator[tuple[list[Row], bool]]) -> tuple[list[Row], bool]:
+    try:
+        rows, last = next(generator)
+    except StopIteration:
+        return [], True
+    return list(rows), bool(last)
 
 
 def _collect(outputs: Any) -> list[Row]:
