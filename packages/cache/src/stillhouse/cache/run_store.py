@@ -12,6 +12,7 @@
     steps/<step>-<signature>/   a step's outputs, shared by every shape that has the step
         meta.json               signature (and its parts), generation, batch size, finished
         batches.log             append-only output batches and routing decisions
+        durable/                the step's own state across runs (`Step.cache_path`)
 ```
 """
 

@@ -17,6 +17,8 @@ from stillhouse.core.errors import CorruptCacheError
 FORMAT = 1
 META = "meta.json"
 LOG = "batches.log"
+DURABLE = "durable"
+"""The step's durable folder (`Step.cache_path`), inside its store: it goes with it."""
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -161,6 +163,11 @@ class FileStepStore(StepStore):
         if not path.exists():
             return None
         return parse_suspended(path.read_bytes(), str(path))
+
+    def durable_dir(self) -> Path:
+        path = self.directory / DURABLE
+        path.mkdir(parents=True, exist_ok=True)
+        return path
 
     def mark_finished(self) -> None:
         if self._log is not None:

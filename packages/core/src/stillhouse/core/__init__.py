@@ -5,6 +5,7 @@ from importlib.metadata import PackageNotFoundError, version
 from stillhouse.core.decorator import step
 from stillhouse.core.errors import SuspendStep
 from stillhouse.core.hookspecs import hookimpl
+from stillhouse.core.limits import SharedLimit, shared_limit
 from stillhouse.core.pipeline import Pipeline
 from stillhouse.core.routing import RoutingBatchFunction, routing_batch_function, sample_n_steps
 from stillhouse.core.runtime import RuntimeParameter
@@ -24,6 +25,7 @@ __all__ = [
     "Pipeline",
     "RoutingBatchFunction",
     "RuntimeParameter",
+    "SharedLimit",
     "Step",
     "StepInput",
     "StepOutput",
@@ -34,5 +36,6 @@ __all__ = [
     "make_generator_step",
     "routing_batch_function",
     "sample_n_steps",
+    "shared_limit",
     "step",
 ]

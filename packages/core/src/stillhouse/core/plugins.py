@@ -112,6 +112,8 @@ def executor_class(name: str) -> type:
         return executors[name]
     installed = ", ".join(sorted(executors)) or "none"
     hint = " Install stillhouse-executors (`pip install stillhouse-executors`)." if not executors else ""
+    if name == "ray":  # an extra of the meta-distribution, not installed by default
+        hint = ' The "ray" executor comes with stillhouse-ray: `pip install "stillhouse[ray]"`.'
     raise UnknownExecutorError(
         f"Unknown executor {name!r}. Installed executors: {installed}.{hint} "
         "Pass one of them as `Pipeline(executor=...)`."

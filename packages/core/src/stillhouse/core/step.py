@@ -13,6 +13,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
@@ -96,6 +97,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     """Seconds one batch may take; an overlong batch is a failed batch (SPEC §5)."""
 
     _built_from_decorator: bool = PrivateAttr(default=False)
+    _cache_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
 
     requirements: ClassVar[list[str]] = []
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
@@ -214,6 +216,17 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         return _columns(self.outputs)
 
     # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def cache_path(self) -> Path | None:
+        """This step's durable folder: state it keeps across runs (a call record, job ids).
+
+        A folder inside the step's store in the cache. What is written there survives a
+        stop, a kill and the resume after it; the folder is emptied with the store (a
+        changed signature, `use_cache=False`, `stillhouse cache remove`). None when the
+        run keeps no cache (`dry_run`, stillhouse-cache not installed) and outside runs.
+        Set before `load()` in every replica."""
+        return self._cache_path
 
     def load(self) -> None:
         """Called once in each replica's worker before the first batch."""

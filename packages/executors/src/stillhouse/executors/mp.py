@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 
 from stillhouse.core.engine import Died, Event, Executor, Loaded, Task
 from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
+from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import _Step
 from stillhouse.executors._common import STOP, check_options, queue_task
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
@@ -105,7 +106,9 @@ class MultiprocessingExecutor(Executor):
             self._tasks[step.name] = tasks
             for index in range(step.resources.replicas):
                 gpus = placement.get((step.name, index), [])
-                env = {"CUDA_VISIBLE_DEVICES": ",".join(gpus)} if gpus else {}
+                env = worker_environment()  # a fork server's children miss the driver's
+                if gpus:
+                    env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 args = (step, index, tasks, self._results, enable_metadata, env, log_levels)
                 self._spawn(_Replica(step.name, index, None, gpus, args))  # type: ignore[arg-type]
 

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
+from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import StepResources, _Step
 
 logger = logging.getLogger("stillhouse.ray")
@@ -153,6 +154,9 @@ def actor_options(step: _Step) -> dict[str, Any]:
         options["memory"] = resources.memory
     if custom:
         options["resources"] = custom
+    shared = worker_environment()  # the run's shared limits (merged with the job's env_vars)
+    if shared:
+        options["runtime_env"] = {"env_vars": shared}
     return options
 
 

@@ -211,6 +211,13 @@ class StepStore(ABC):
 
     def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
         """What `put_suspended` kept for `key` in this or an earlier run, if anything."""
+
+    def durable_dir(self) -> Path | None:
+        """The step's durable folder (`Step.cache_path`), created if missing, or None.
+
+        It lives as long as the store's batches: kept across stops, kills and resumes,
+        removed whenever the store is started over. Workers on this machine must be
+        able to write it. None: this store offers no folder."""
         return None
 
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillhouse.core import plugins
+from stillhouse.core import limits, plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
@@ -81,6 +81,8 @@ def run_pipeline(
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
                 for name in pipeline.dag.topological_order()
             }
+            for name, step_store in stores.items():  # before any worker gets the step
+                pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
             states = build_states(pipeline.dag, stores, writer)
             view = Progress(states, live=progress_enabled(progress))
             executor = executor_cls(**pipeline.executor_options)
@@ -100,7 +102,7 @@ def run_pipeline(
                 wait_for_suspended=wait_for_suspended,
             )
             try:
-                with _signal_handlers(pipeline):
+                with _signal_handlers(pipeline), limits.serve_limits():
                     _drive(scheduler, executor, pipeline)
                 completed = True
             finally:
