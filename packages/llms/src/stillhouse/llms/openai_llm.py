@@ -123,6 +123,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     _schema: dict[str, Any] | None = PrivateAttr(default=None)
     _output_model: type[BaseModel] | None = PrivateAttr(default=None)
     _auth_failed: str | None = PrivateAttr(default=None)
+    _closing: Any = PrivateAttr(default=None)
     _stats: Counter[str] = PrivateAttr(default_factory=Counter)
 
     @field_validator("structured_output")
@@ -153,7 +154,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         state = super().__getstate__()
         state["__pydantic_private__"] = {**(state.get("__pydantic_private__") or {}),
                                          "_clients": {}, "_clients_lock": None, "_loop": None,
-                                         "_record": None, "_limit": None, "_aimd": None}
+                                         "_record": None, "_limit": None, "_aimd": None,
+                                         "_closing": None}
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
@@ -197,6 +199,14 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             logger.info("%d recorded LLM calls found in %s", len(self._record), record_dir)
 
     def unload(self) -> None:
+        """Close the record and the clients. Called on a running loop (an async step's
+        worker), the loop's client is closed by a task that loop runs before it stops."""
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and id(running) in self._clients:
+            self._closing = running.create_task(self.aclose())  # referenced until it ran
         if self._record is not None:
             self._record.close()
             self._record = None

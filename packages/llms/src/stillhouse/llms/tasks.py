@@ -21,7 +21,7 @@ from typing import Any
 from jinja2 import Template
 from pydantic import Field, PrivateAttr, field_validator, model_validator
 
-from stillhouse.core import RuntimeParameter, Step, StepInput
+from stillhouse.core import RuntimeParameter, Step, StepInput, SuspendStep
 from stillhouse.core.steps.columns import METADATA_COLUMN
 from stillhouse.core.typing import Row, StepColumns
 from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError
@@ -30,6 +30,10 @@ from stillhouse.llms.openai_llm import GenerateOutput, OpenAILLM
 logger = logging.getLogger("stillhouse.llms.tasks")
 
 ChatType = list[dict[str, Any]]
+
+OFFLINE_POLL_SECONDS = 30.0
+"""`retry_after` of a step suspended on an offline batch job: how soon
+`run(wait_for_suspended=True)` asks the server again."""
 
 
 class Task(Step, ABC):
@@ -73,7 +77,7 @@ class Task(Step, ABC):
         super().unload()
 
     def _record_dir(self) -> Any:
-        folder = getattr(self, "cache_path", None)  # None when the run keeps no cache
+        folder = self.cache_path  # None when the run keeps no cache
         return None if folder is None else folder / "llm-calls"
 
     # -- processing -------------------------------------------------------------------------
@@ -146,7 +150,7 @@ class Task(Step, ABC):
         messages = [self.format_input(row) for row in inputs]
         count = self.num_generations or 1
         requests = [self.llm.build_request(m) for m in messages for _ in range(count)]
-        state = getattr(self, "resume_state", None)
+        state = self.resume_state
         if not state:
             state = await self.llm.submit_batch(requests)
         interval = self.llm.offline_batch_generation_block_until_done
@@ -155,9 +159,7 @@ class Task(Step, ABC):
             if responses is not None:
                 break
             if interval is None:
-                from stillhouse.core import SuspendStep  # type: ignore[attr-defined]
-
-                raise SuspendStep(state=state, retry_after=30.0)
+                raise SuspendStep(state=state, retry_after=OFFLINE_POLL_SECONDS)
             await asyncio.sleep(interval)
         rows: list[Row] = []
         for i, row in enumerate(inputs):
