@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Pipelines need the executors, the cache and the results packages beside core and llms.
+pytest.importorskip("stillhouse.executors")
+pytest.importorskip("stillhouse.distiset")
+
 ROOT = Path(__file__).resolve().parents[2]
 BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
 

@@ -9,6 +9,10 @@ from pathlib import Path
 
 import pytest
 
+# Pipelines need the executors, the cache and the results packages beside core and llms.
+pytest.importorskip("stillhouse.executors")
+pytest.importorskip("stillhouse.distiset")
+
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.integration]

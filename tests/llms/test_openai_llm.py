@@ -186,14 +186,16 @@ def test_concurrency_limit_is_respected(server: FakeOpenAIServer) -> None:
     assert server.max_in_flight <= 5 and len(server.chat_requests(200)) == 40
 
 
-def test_429_backs_off_concurrency_and_recovers() -> None:
+def test_429_backs_off_concurrency_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     with FakeOpenAIServer(latency=0.02, max_concurrency=4, retry_after=0.01) as server:
         llm = OpenAILLM(model="fake-model", base_url=server.base_url, api_key="k", max_concurrency=16, max_retries=20)
-        outputs = llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(120)])
-        assert all(o["generations"] for o in outputs)
-        assert llm.call_stats["retry_429"] > 0
-        assert llm._limit.max_concurrency < 16  # backed off
+        with caplog.at_level(logging.INFO, logger="stillhouse.llms.limits"):
+            outputs = llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(200)])
         llm.unload()
+    assert all(o["generations"] for o in outputs)
+    assert llm.call_stats["retry_429"] > 0
+    assert "concurrency 16 -> 8" in caplog.text  # backed off on many 429s
+    assert 8 < llm._aimd.current <= 16  # and came back up with the successes
 
 
 def test_record_answers_a_repeated_call_without_sending(server: FakeOpenAIServer, tmp_path) -> None:

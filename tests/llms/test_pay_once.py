@@ -19,6 +19,10 @@ import pytest
 from stillhouse.llms.testing import FakeOpenAIServer
 from tests.llms.conftest import API_KEY
 
+# Pipelines need the executors, the cache and the results packages beside core and llms.
+pytest.importorskip("stillhouse.executors")
+pytest.importorskip("stillhouse.distiset")
+
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 ROOT = Path(__file__).resolve().parents[2]

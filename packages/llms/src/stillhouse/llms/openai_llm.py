@@ -201,6 +201,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     def unload(self) -> None:
         """Close the record and the clients. Called on a running loop (an async step's
         worker), the loop's client is closed by a task that loop runs before it stops."""
+        if self._stats:
+            logger.info("LLM calls to %s: %s", self.endpoint, ", ".join(f"{k} {v}" for k, v in sorted(self._stats.items())))
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:
@@ -256,10 +258,6 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                     api_key=self._key() or "no-key",
                     timeout=self.timeout,
                     max_retries=0,  # our retry policy, not the client's
-                    http_client=httpx.AsyncClient(
-                        timeout=self.timeout,
-                        limits=httpx.Limits(max_connections=None, max_keepalive_connections=self.max_concurrency or 64),
-                    ),
                 )
                 self._clients[loop] = client
             return client
