@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import threading
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, get_args
@@ -113,7 +114,9 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     use_offline_batch_generation: bool = False
     offline_batch_generation_block_until_done: _optional(float) = None
 
-    _clients: dict[int, openai.AsyncOpenAI] = PrivateAttr(default_factory=dict)
+    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = PrivateAttr(
+        default_factory=weakref.WeakKeyDictionary
+    )
     _clients_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
     _loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
     _record: CallRecord | None = PrivateAttr(default=None)
@@ -149,18 +152,28 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         if self.structured_output is not None:
             self._schema, self._output_model = structured.normalize(self.structured_output)
 
+    def _fresh_private(self) -> dict[str, Any]:
+        """This instance's private state with nothing tied to a process, thread or loop."""
+        return {**(self.__pydantic_private__ or {}), "_clients": weakref.WeakKeyDictionary(),
+                "_clients_lock": threading.Lock(), "_loop": None, "_record": None, "_limit": None,
+                "_aimd": None, "_closing": None, "_auth_failed": None, "_stats": Counter()}
+
     def __getstate__(self) -> dict[Any, Any]:
-        # Clients, loops and open files stay in the process that made them.
+        # Clients, loops, locks and open files stay in the process that made them.
         state = super().__getstate__()
-        state["__pydantic_private__"] = {**(state.get("__pydantic_private__") or {}),
-                                         "_clients": {}, "_clients_lock": None, "_loop": None,
-                                         "_record": None, "_limit": None, "_aimd": None,
-                                         "_closing": None}
+        state["__pydantic_private__"] = {**self._fresh_private(), "_clients_lock": None}
         return state
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         self._clients_lock = threading.Lock()
+
+    def replica(self) -> OpenAILLM:
+        """A copy with the same settings and no clients, record or limit of its own yet:
+        what each replica of a step loads (threaded replicas share their step's fields)."""
+        copy = self.model_copy()
+        copy.__pydantic_private__ = self._fresh_private()
+        return copy
 
     # -- identity -------------------------------------------------------------------------
 
@@ -207,7 +220,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
-        if running is not None and id(running) in self._clients:
+        if running is not None and running in self._clients:
             self._closing = running.create_task(self.aclose())  # referenced until it ran
         if self._record is not None:
             self._record.close()
@@ -220,8 +233,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     async def aclose(self) -> None:
         """Close the client of the running event loop (call it when you used `agenerate`
         from your own loop and are done)."""
-        loop = id(asyncio.get_running_loop())
-        client = self._clients.pop(loop, None)
+        client = self._clients.pop(asyncio.get_running_loop(), None)
         if client is not None:
             await client.close()
 
@@ -249,7 +261,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         )
 
     def _client(self) -> openai.AsyncOpenAI:
-        loop = id(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         with self._clients_lock:
             client = self._clients.get(loop)
             if client is None:

@@ -69,6 +69,7 @@ class Task(Step, ABC):
 
     def load(self) -> None:
         super().load()
+        self.llm = self.llm.replica()  # replicas in one process must not share clients or records
         self.llm.load(record_dir=self._record_dir())
         self.llm.check_auth(self.name or type(self).__name__)
 
