@@ -30,10 +30,25 @@ distiset = pipeline.run(use_cache=False)
 print("ROWS", [row["y"] for row in distiset["default"]["train"]])
 """,
     "pipeline._repr_markdown_()[:20]",
+    """
+import asyncio
+
+@step(inputs=["x"], outputs=["y"])
+async def AsyncCube(inputs: StepInput):
+    await asyncio.sleep(0.01)
+    for row in inputs:
+        row["y"] = row["x"] ** 3
+    yield inputs
+
+with Pipeline(name="notebook-async", cache_dir={cache!r}, executor={executor!r}) as pipeline:
+    LoadDataFromDicts(data=[{{"x": i}} for i in range(5)], batch_size=2) >> AsyncCube(input_batch_size=1)
+distiset = pipeline.run(use_cache=False)
+print("CUBES", [row["y"] for row in distiset["default"]["train"]])
+""",
 ]
 
 
-@pytest.mark.parametrize("executor", ["mp", "threaded"])
+@pytest.mark.parametrize("executor", ["mp", "threaded", "sync"])
 def test_pipeline_runs_in_a_jupyter_kernel(tmp_path, executor):
     notebook = nbformat.v4.new_notebook()
     notebook.cells = [
@@ -45,3 +60,6 @@ def test_pipeline_runs_in_a_jupyter_kernel(tmp_path, executor):
     assert "ROWS [0, 1, 4, 9, 16, 25, 36, 49, 64]" in printed
     shown = notebook.cells[2].outputs[0]["data"]["text/plain"]
     assert "mermaid" in shown
+    # an async step, run from the kernel's thread, which already runs an event loop
+    printed = "".join(out.get("text", "") for out in notebook.cells[3].outputs if out.output_type == "stream")
+    assert "CUBES [0, 1, 8, 27, 64]" in printed

@@ -63,3 +63,37 @@ def test_wait_for_suspended_retries_in_the_same_run(executor, tmp_path):
     again = build(executor, tmp_path, calls, AsyncSuspendOnce, retry_after=0.2).run(progress=False)
     assert rows_of(again, "after") == rows_of(result, "after")
     assert not list(tmp_path.glob("suspend/steps/waits-*/suspended-*.json"))
+
+
+def test_suspended_state_survives_in_a_remote_store(tmp_path):
+    """The remote (fsspec) store keeps the state too: `memory://` stands for s3://."""
+    import fsspec
+
+    cache = f"memory://suspend-remote-{tmp_path.name}"
+    calls = tmp_path / "calls.txt"
+    with pytest.raises(StepsSuspendedError):
+        build("threaded", cache, calls).run(progress=False)  # type: ignore[arg-type]
+    fs, root = fsspec.core.url_to_fs(cache)
+    assert len([p for p in fs.find(root) if "/suspended-" in p]) == 4
+    rows = rows_of(build("threaded", cache, calls).run(progress=False), "after")  # type: ignore[arg-type]
+    assert [r["job"] for r in rows] == [x - x % 3 for x in range(12)]
+    assert not [p for p in fs.find(root) if "/suspended-" in p]
+    assert calls.read_text().split() == ["0", "4", "8"]
+
+
+def test_a_stop_while_waiting_for_suspended_batches_keeps_their_state(tmp_path):
+    """`pipeline.stop()` (what Ctrl+C does) while suspended batches wait for their
+    `retry_after`: the run stops at once, and the next run resumes them."""
+    import threading
+    import time
+
+    calls = tmp_path / "calls.txt"
+    pipeline = build("threaded", tmp_path, calls, retry_after=60)
+    threading.Timer(1.5, pipeline.stop).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False, wait_for_suspended=True)
+    assert time.monotonic() - started < 30  # not the 60 s retry_after
+    again = build("threaded", tmp_path, calls, retry_after=60)  # the same step: same store
+    rows = rows_of(again.run(progress=False), "after")
+    assert [r["job"] for r in rows] == [x - x % 3 for x in range(12)]

@@ -299,3 +299,24 @@ async def AsyncSlow(inputs: StepInput, sleep: float = 0.01) -> AsyncIterator[lis
     for row in inputs:
         row["slow"] = row["x"]
     yield inputs
+
+
+@step(inputs=["x"], outputs=["started", "ended"])
+async def AsyncSpan(inputs: StepInput, sleep: float = 0.3) -> AsyncIterator[list[dict]]:
+    """Records when each batch started and ended, to count batches in flight at once."""
+    started = time.time()
+    await asyncio.sleep(sleep)
+    ended = time.time()
+    for row in inputs:
+        row["started"], row["ended"] = started, ended
+    yield inputs
+
+
+@step(inputs=["x"], outputs=["pid"])
+def HangPid(inputs: StepInput, hang_on: int = -1) -> StepOutput:
+    """Records the worker's pid; never finishes the batch holding row `hang_on`."""
+    if any(row["x"] == hang_on for row in inputs):
+        time.sleep(3600)
+    for row in inputs:
+        row["pid"] = os.getpid()
+    yield inputs

@@ -173,20 +173,21 @@ class RemoteStepStore(StepStore):
             yield self.get((int(lineage), int(index)))  # type: ignore[misc]
 
     def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
-        path = f"{self.root}/{_suspended_name(key)}"
+        name = _suspended_name(key)
         if state is None:
-            if self.fs.exists(path):
-                self.fs.rm(path)
+            if name in self.index:
+                self.fs.rm(f"{self.root}/{name}")
+                self.index.discard(name)
         else:
-            self.fs.pipe_file(path, json.dumps(state).encode())
+            self.fs.pipe_file(f"{self.root}/{name}", json.dumps(state).encode())
+            self.index.add(name)
 
     def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
-        path = f"{self.root}/{_suspended_name(key)}"
-        try:
-            text = self.fs.cat_file(path)
-        except FileNotFoundError:
+        name = _suspended_name(key)
+        if name not in self.index:  # the store's one listing, not a request per batch
             return None
-        return parse_suspended(text, self.fs.unstrip_protocol(path))
+        path = f"{self.root}/{name}"
+        return parse_suspended(self.fs.cat_file(path), self.fs.unstrip_protocol(path))
 
     def durable_dir(self) -> Path:
         """A local folder (see the module docstring): workers cannot write an object store."""

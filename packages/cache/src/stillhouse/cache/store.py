@@ -66,6 +66,7 @@ class FileStepStore(StepStore):
         self._log: RecordLog | None = None
         self._batches: dict[BatchKey, int] = {}
         self._routes: dict[int, int] = {}
+        self._suspended: set[str] | None = None
 
     @classmethod
     def open(
@@ -152,22 +153,31 @@ class FileStepStore(StepStore):
             yield BatchRecord(key, rows, last, error)
 
     def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
-        path = self.directory / _suspended_name(key)
+        name = _suspended_name(key)
         if state is None:
-            path.unlink(missing_ok=True)
+            (self.directory / name).unlink(missing_ok=True)
+            self.suspended_names.discard(name)
         else:
-            atomic_write_json(path, state)
+            atomic_write_json(self.directory / name, state)
+            self.suspended_names.add(name)
 
     def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
-        path = self.directory / _suspended_name(key)
-        if not path.exists():
+        name = _suspended_name(key)
+        if name not in self.suspended_names:  # one listing per run, not a stat per batch
             return None
+        path = self.directory / name
         return parse_suspended(path.read_bytes(), str(path))
 
     def durable_dir(self) -> Path:
         path = self.directory / DURABLE
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    @property
+    def suspended_names(self) -> set[str]:
+        if self._suspended is None:
+            self._suspended = {path.name for path in self.directory.glob("suspended-*.json")}
+        return self._suspended
 
     def mark_finished(self) -> None:
         if self._log is not None:

@@ -47,6 +47,11 @@ REPLACED = "replaced"
 """`serve`'s return value when it ended because its runner was abandoned."""
 
 
+def outcome_event(step_name: str, outcome: Outcome) -> Event:
+    """The event for what `StepRunner.submit` handed back: `Finished`, or `Failed`."""
+    return Finished(outcome) if isinstance(outcome, TaskResult) else failed_event(step_name, outcome)
+
+
 def replace_in_process(runner: StepRunner, put: Callable[[Event], Any]) -> StepRunner | None:
     """Go on with a fresh copy of the step (threads cannot be killed: the hung one is
     left behind as a daemon thread). A failed `load()` is reported and ends the replica."""
@@ -91,7 +96,7 @@ def serve(
     slots = threading.Semaphore(runner.concurrency)
 
     def finished(outcome: Outcome) -> None:
-        put(Finished(outcome) if isinstance(outcome, TaskResult) else failed_event(name, outcome))
+        put(outcome_event(name, outcome))
         slots.release()
 
     try:

@@ -22,12 +22,15 @@ from stillhouse.core.engine import (
     Loaded,
     StepRunner,
     Task,
-    TaskResult,
 )
-from stillhouse.core.engine.worker import Outcome
 from stillhouse.core.errors import EngineError
 from stillhouse.core.step import _Step
-from stillhouse.executors._common import check_options, failed_event, replace_in_process
+from stillhouse.executors._common import (
+    check_options,
+    failed_event,
+    outcome_event,
+    replace_in_process,
+)
 
 
 class SyncExecutor(Executor):
@@ -150,7 +153,7 @@ class SyncExecutor(Executor):
             while waiting and self._running.get(name, 0) < runner.concurrency:
                 task = waiting.popleft()
                 self._running[name] = self._running.get(name, 0) + 1
-                runner.submit(task, lambda outcome, name=name: self._done.put(_event(name, outcome)))
+                runner.submit(task, lambda outcome, name=name: self._done.put(outcome_event(name, outcome)))
 
     def _collect(self, timeout: float) -> list[Event]:
         try:
@@ -177,7 +180,3 @@ class SyncExecutor(Executor):
         elif runner is not None and name not in self._load_failures and not runner.abandoned:
             runner.unload()
         self._load_failures.pop(name, None)
-
-
-def _event(step_name: str, outcome: Outcome) -> Event:
-    return Finished(outcome) if isinstance(outcome, TaskResult) else failed_event(step_name, outcome)

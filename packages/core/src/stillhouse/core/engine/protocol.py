@@ -131,6 +131,9 @@ class Executor(ABC):
     after errors and Ctrl+C). Each replica calls `load()` once, handles tasks with a
     `StepRunner`, and calls `unload()` when stopped. Tasks of one step may go to any
     of its replicas; results may come back in any order (the engine reorders them).
+    A replica of an async step works on up to `StepRunner.concurrency` tasks at once
+    (`StepRunner.submit`); the engine sends such a step up to `replicas x (concurrency
+    + 1)` tasks, other normal steps two per replica, generator and global steps one.
     """
 
     name: ClassVar[str] = ""

@@ -53,7 +53,7 @@ _REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being ser
 STALL_WARNING = float(os.environ.get("STILLHOUSE_STALL_WARNING", "600"))
 # Seconds the first Ctrl+C waits for batches in flight before giving them up (they are
 # recomputed on resume) and killing the workers: a hung step must not hold the stop.
-STOP_GRACE = float(os.environ.get("STILLHOUSE_STOP_GRACE", "3"))
+STOP_GRACE = float(os.environ.get("STILLHOUSE_STOP_GRACE", "2"))
 # Seconds before a suspended batch is sent again under `wait_for_suspended=True` when
 # the step gave no `retry_after`.
 DEFAULT_RETRY_AFTER = 5.0
@@ -532,9 +532,7 @@ class Scheduler:
     def _drain_and_interrupt(self) -> None:
         """First Ctrl+C: send nothing new, store what is in flight for up to `STOP_GRACE`
         seconds, then interrupt (batches still in flight are recomputed on resume)."""
-        for _, task in self.retries:
-            self.states[task.step_name].inflight -= 1  # a suspended batch waits for the next run
-        self.retries.clear()
+        self.retries.clear()  # suspended batches waiting to be re-sent wait for the next run
         logger.warning("Stopping: waiting up to %.0f s for %d batch(es) in flight; press Ctrl+C "
                        "again to kill.", STOP_GRACE, sum(s.inflight for s in self.active))
         deadline = time.monotonic() + STOP_GRACE

@@ -1,0 +1,82 @@
+"""Hung steps (issue 13.11): a stall warning names the step and batch, and one Ctrl+C
+stops the run within 5 s, sent as a real SIGINT to a real process.
+
+"Stops the run" is measured up to `run()` raising KeyboardInterrupt (its traceback on
+stderr): the interpreter's own teardown afterwards (finalising pyarrow and pandas) is
+not the run's, and takes over a second on a loaded machine; the process must still
+be gone, with every worker, soon after."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_resume import group_is_gone
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start(cache: Path, executor: str, kind: str) -> tuple[subprocess.Popen, queue.Queue[str]]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0", "STILLHOUSE_STALL_WARNING": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.support.hang_pipeline", str(cache), executor, kind],
+        cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        for line in process.stderr:  # type: ignore[union-attr]
+            lines.put(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    process.reader = reader  # type: ignore[attr-defined]
+    return process, lines
+
+
+def wait_for_line(lines: queue.Queue[str], needle: str, timeout: float) -> str:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if needle in line:
+            return line
+    raise AssertionError(f"{needle!r} never appeared; stderr so far:\n{''.join(seen)[-3000:]}")
+
+
+@pytest.mark.parametrize(("executor", "kind"), [("mp", "sync"), ("mp", "async"), ("threaded", "sync")])
+def test_stall_warning_then_one_ctrl_c_stops_within_5_seconds(tmp_path, executor, kind):
+    process, lines = start(tmp_path, executor, kind)
+    try:
+        warning = wait_for_line(lines, "has given no result", timeout=90)
+        assert "'stuck'" in warning and "(0, 3)" in warning  # rows 6-7: the fourth batch
+        sent = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)  # one Ctrl+C, as a terminal sends it
+        wait_for_line(lines, "KeyboardInterrupt", timeout=30)
+        elapsed = time.monotonic() - sent
+        assert elapsed < 5, f"the run took {elapsed:.1f} s to stop after Ctrl+C"
+        process.wait(timeout=30)
+        assert process.returncode != 0
+        assert group_is_gone(process.pid), "workers outlived the stopped run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        process.reader.join(10)  # type: ignore[attr-defined]  # EOF once every writer is gone
+        process.stderr.close()  # type: ignore[union-attr]
