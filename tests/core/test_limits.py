@@ -19,6 +19,7 @@ from stillhouse.core.errors import InvalidLimitError, LimitError
 from stillhouse.core.limits import (
     ADDRESS_ENV,
     LimitServer,
+    _Client,
     _Limit,
     serve_limits,
     worker_environment,
@@ -178,8 +179,6 @@ def test_the_first_definition_wins_and_a_different_one_is_logged(caplog):
         shared_limit("defined", max_concurrency=3).max_concurrency  # noqa: B018
         with caplog.at_level(logging.WARNING, logger="stillhouse.limits"):
             # A handle that reaches the server through another connection (another process).
-            from stillhouse.core.limits import _Client
-
             client = _Client(os.environ[ADDRESS_ENV])
             try:
                 client.define(shared_limit("defined", max_concurrency=9))
@@ -208,19 +207,28 @@ def test_serve_limits_sets_the_address_for_the_run_and_restores_it():
 def test_waiters_fail_with_a_clear_error_when_the_server_goes_away():
     limit = shared_limit("going", max_concurrency=1)
     errors: list[BaseException] = []
-    with serve_limits(), limit.slot_sync():
-        def wait() -> None:
-            try:
-                with limit.slot_sync():
-                    pass
-            except LimitError as exc:
-                errors.append(exc)
 
-        waiter = threading.Thread(target=wait)
-        waiter.start()
-        while limit._client().call({"op": "get", "name": "going"})["waiting"] == 0:
-            time.sleep(0.01)
-    # serve_limits ended while the slot was held and another was awaited
+    def wait() -> None:
+        try:
+            with limit.slot_sync():
+                pass
+        except LimitError as exc:
+            errors.append(exc)
+
+    with serve_limits() as address:
+        holder = _Client(address)  # another process's connection, holding the only slot
+        try:
+            holder.define(limit)
+            holder.acquire_sync("going", None)
+            waiter = threading.Thread(target=wait)
+            waiter.start()
+            while limit._client().call({"op": "get", "name": "going"})["waiting"] == 0:
+                time.sleep(0.01)
+        except BaseException:
+            holder.close()
+            raise
+    # The run ended while the slot was held and another was awaited.
+    holder.close()
     waiter.join(30)
     assert not waiter.is_alive()
     assert errors and "unavailable" in str(errors[0])
@@ -276,3 +284,13 @@ def test_a_long_socket_path_falls_back_to_tcp_on_localhost(tmp_path, monkeypatch
         assert holders_peak(shared_limit("tcp", max_concurrency=1), workers=3, per_worker=2) == 1
     finally:
         server.close()
+
+
+def test_overlapping_runs_of_one_process_share_one_server_until_the_last_ends():
+    with serve_limits() as first:
+        limit = shared_limit("overlap", max_concurrency=1)
+        with serve_limits() as second:
+            assert second == first
+        with limit.slot_sync():  # the first run's limits still work after the second ended
+            assert os.environ[ADDRESS_ENV] == first
+    assert ADDRESS_ENV not in os.environ

@@ -153,7 +153,14 @@ def build(tmp_path, executor: str, url: str, rows: int, **limit) -> Pipeline:
 
 
 @pytest.mark.parametrize(
-    ("executor", "start_method"), [("mp", "fork"), ("mp", "forkserver"), ("threaded", None)]
+    ("executor", "start_method"),
+    [
+        ("mp", "fork"),
+        ("mp", "forkserver"),
+        ("threaded", None),
+        # Ray starts its own runtime here: slow on a loaded 2-core machine.
+        pytest.param("ray", None, marks=[pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(400)]),
+    ],
 )
 def test_three_steps_with_two_replicas_share_one_concurrency_limit(tmp_path, counter_server, executor, start_method):
     size = 3

@@ -6,25 +6,15 @@ a CRC like the local log) and one per routing decision; saving a batch costs one
 of that batch. `meta.json` is rewritten with one PUT. The lock is a lease object that
 a live run refreshes; a lease older than `LEASE_SECONDS` belongs to a dead run.
 Only the driver process writes the cache, whatever the executor.
-
-A step's durable folder (`Step.cache_path`) must be a folder its workers can write,
-so it is not in the object store: it is a local folder of the driver's machine,
-`$STILLHOUSE_REMOTE_DURABLE_DIR` (default `~/.cache/stillhouse/remote-durable`)
-`/<hash of the store's URL>/<store generation>/`. It survives stops, kills and
-resumes on this machine; a store started over gets a new generation, so an empty
-folder, and the old generation's folder is deleted. Resuming on another machine
-starts with an empty folder.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import pickle
-import shutil
 import socket
 import struct
 import tempfile
@@ -37,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
+from stillhouse.cache.durable import remote_durable_dir
 from stillhouse.cache.signature import step_signature_parts, step_signatures
 from stillhouse.cache.store import FORMAT, _suspended_name, parse_meta, parse_suspended
 from stillhouse.core.dag import load_stages, routing_context
@@ -48,9 +39,6 @@ if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
 
 logger = logging.getLogger("stillhouse.cache")
-
-REMOTE_DURABLE_ENV = "STILLHOUSE_REMOTE_DURABLE_DIR"
-DEFAULT_REMOTE_DURABLE_DIR = "~/.cache/stillhouse/remote-durable"
 
 LEASE_SECONDS = 300.0
 _REFRESH_EVERY = 30.0
@@ -133,6 +121,9 @@ class RemoteStepStore(StepStore):
     def generation(self) -> str:
         return self.meta["generation"]
 
+    def durable_dir(self) -> Path:
+        return remote_durable_dir(self.fs.unstrip_protocol(self.root), self.generation)
+
     @property
     def index(self) -> set[str]:
         if self._index is None:
@@ -188,19 +179,6 @@ class RemoteStepStore(StepStore):
             return None
         path = f"{self.root}/{name}"
         return parse_suspended(self.fs.cat_file(path), self.fs.unstrip_protocol(path))
-
-    def durable_dir(self) -> Path:
-        """A local folder (see the module docstring): workers cannot write an object store."""
-        url = self.fs.unstrip_protocol(self.root)
-        root = Path(os.environ.get(REMOTE_DURABLE_ENV) or DEFAULT_REMOTE_DURABLE_DIR).expanduser()
-        home = root / hashlib.sha256(url.encode()).hexdigest()[:20]
-        if home.is_dir():
-            for old in home.iterdir():  # generations this store was started over from
-                if old.name != self.generation:
-                    shutil.rmtree(old, ignore_errors=True)
-        path = home / self.generation
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     def mark_finished(self) -> None:
         self.meta = {**self.meta, "finished": True}

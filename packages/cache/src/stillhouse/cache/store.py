@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from stillhouse.cache.atomic import atomic_write_json
+from stillhouse.cache.durable import local_durable_dir
 from stillhouse.cache.records import BATCH, ROUTE, RecordLog
 from stillhouse.core.engine import BatchKey, BatchRecord, StepStore
 from stillhouse.core.errors import CorruptCacheError
@@ -17,8 +18,6 @@ from stillhouse.core.errors import CorruptCacheError
 FORMAT = 1
 META = "meta.json"
 LOG = "batches.log"
-DURABLE = "durable"
-"""The step's durable folder (`Step.cache_path`), inside its store: it goes with it."""
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -114,6 +113,9 @@ class FileStepStore(StepStore):
     def generation(self) -> str:
         return self.meta["generation"]
 
+    def durable_dir(self) -> Path:
+        return local_durable_dir(self.directory)
+
     @property
     def log(self) -> RecordLog:
         if self._log is None:
@@ -167,11 +169,6 @@ class FileStepStore(StepStore):
             return None
         path = self.directory / name
         return parse_suspended(path.read_bytes(), str(path))
-
-    def durable_dir(self) -> Path:
-        path = self.directory / DURABLE
-        path.mkdir(parents=True, exist_ok=True)
-        return path
 
     @property
     def suspended_names(self) -> set[str]:

@@ -119,6 +119,14 @@ class EngineError(StillhouseError, RuntimeError):
     """The engine reached a state it should never reach (a bug: please report it)."""
 
 
+class LimitError(StillhouseError, RuntimeError):
+    """A shared limit cannot be reached (the run that served it ended or died)."""
+
+
+class InvalidLimitError(StillhouseError, ValueError):
+    """`shared_limit()` or a slot got a value it cannot use."""
+
+
 # -- cache --------------------------------------------------------------------------
 
 
@@ -152,13 +160,3 @@ class SuspendStep(Exception):
 
     def __reduce__(self) -> tuple:
         return (type(self), (self.state, self.retry_after))
-
-# -- shared limits ------------------------------------------------------------------
-
-
-class LimitError(StillhouseError, RuntimeError):
-    """A shared limit cannot be reached (the run that served it ended or died)."""
-
-
-class InvalidLimitError(StillhouseError, ValueError):
-    """`shared_limit()` or a slot got a value it cannot use."""

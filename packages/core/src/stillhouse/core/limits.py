@@ -160,7 +160,7 @@ class LimitServer:
     def __init__(self) -> None:
         self._dir = tempfile.mkdtemp(prefix="stillhouse-limits-")
         path = os.path.join(self._dir, "socket")
-        if len(path.encode()) < 100:  # AF_UNIX paths are short; 127.0.0.1 otherwise
+        if hasattr(socket, "AF_UNIX") and len(path.encode()) < 100:  # else 127.0.0.1
             self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             self._listener.bind(path)
             self.address = f"unix:{path}"
@@ -178,6 +178,7 @@ class LimitServer:
         self._limits: dict[str, _Limit] = {}
         self._due: dict[str, float] = {}  # limit -> when its rate-held first waiter may go
         self._connections: dict[int, _Connection] = {}
+        self._unsent: dict[int, _Connection] = {}  # answers to write at the end of this turn
         self._ids = itertools.count(1)
         self._closing = False
         self._thread = threading.Thread(target=self._serve, name="stillhouse-limits", daemon=True)
@@ -221,6 +222,8 @@ class LimitServer:
                 now = time.monotonic()
                 for name in [n for n, due in self._due.items() if due <= now]:
                     self._pump(name)
+                while self._unsent:  # one write per connection and turn, not per answer
+                    self._flush(self._unsent.popitem()[1])
         except Exception:  # a bug here would hang every step waiting for a slot
             logger.exception("The shared-limit server failed; steps waiting for a slot will fail.")
             for connection in list(self._connections.values()):
@@ -300,7 +303,7 @@ class LimitServer:
 
     def _send(self, connection: _Connection, message: dict[str, Any]) -> None:
         connection.outbox += json.dumps(message, separators=(",", ":")).encode() + b"\n"
-        self._flush(connection)
+        self._unsent[connection.id] = connection
 
     def _flush(self, connection: _Connection) -> None:
         if connection.id not in self._connections:
@@ -479,6 +482,8 @@ class _Client:
         with contextlib.suppress(OSError):
             self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
+        if threading.current_thread() is not self._reader:
+            self._reader.join(5)  # a run leaves no thread of its limits behind
 
 
 def _resolve(future: asyncio.Future[dict[str, Any]], answer: dict[str, Any]) -> None:
@@ -523,8 +528,9 @@ def _forget(address: str) -> None:
 def _after_fork_in_child() -> None:
     # The parent's connections are its own: a child that kept them open would keep the
     # parent's slots alive after the parent died. Close this process's copies.
-    global _registry_lock, _local
+    global _registry_lock, _local, _runs
     _registry_lock = threading.Lock()
+    _runs = _RunServer()  # the parent's server thread is not in this process
     for client in _clients.values():
         with contextlib.suppress(OSError):
             os.close(client.sock.detach())  # detach: the reader's file object has a reference
@@ -532,7 +538,8 @@ def _after_fork_in_child() -> None:
     _local = None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the public API ----------------------------------------------------------------------
@@ -598,7 +605,10 @@ class SharedLimit:
 
     @property
     def max_concurrency(self) -> int | None:
-        """How many slots the limit has now (None: no concurrency limit)."""
+        """How many slots the limit has now (None: no concurrency limit).
+
+        A round trip to the limit server (a fraction of a millisecond): read it when
+        deciding, not once per row."""
         return self._client().call({"op": "get", "name": self.name})["max_concurrency"]
 
     @property
@@ -666,22 +676,56 @@ def _check_costs(name: str, costs: Costs | None) -> dict[str, float] | None:
 # -- for the engine and executors ----------------------------------------------------------
 
 
-@contextlib.contextmanager
-def serve_limits() -> Iterator[str]:
-    """Serve the shared limits of one run; `$STILLHOUSE_LIMITS` names it meanwhile."""
-    server = LimitServer()
-    previous = os.environ.get(ADDRESS_ENV)
-    os.environ[ADDRESS_ENV] = server.address
-    try:
-        yield server.address
-    finally:
-        if os.environ.get(ADDRESS_ENV) == server.address:
-            if previous is None:
-                os.environ.pop(ADDRESS_ENV, None)
-            else:
-                os.environ[ADDRESS_ENV] = previous
+class _RunServer:
+    """The server of the runs going on in this process.
+
+    Runs that overlap in one process (embedded in threads) share it, and so share
+    their limits by name: in-process steps read the address from the process's
+    environment, which only one server can own at a time. The last run to end stops it."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.server: LimitServer | None = None
+        self.users = 0
+        self.previous: str | None = None
+
+    def enter(self) -> str:
+        with self.lock:
+            if self.server is None:
+                self.server = LimitServer()
+                self.previous = os.environ.get(ADDRESS_ENV)
+                os.environ[ADDRESS_ENV] = self.server.address
+            self.users += 1
+            return self.server.address
+
+    def exit(self) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users or self.server is None:
+                return
+            server, self.server = self.server, None
+            if os.environ.get(ADDRESS_ENV) == server.address:
+                if self.previous is None:
+                    os.environ.pop(ADDRESS_ENV, None)
+                else:
+                    os.environ[ADDRESS_ENV] = self.previous
         _forget(server.address)
         server.close()
+
+
+_runs = _RunServer()
+
+
+@contextlib.contextmanager
+def serve_limits() -> Iterator[str]:
+    """Serve the shared limits of a run; `$STILLHOUSE_LIMITS` names the server meanwhile.
+
+    Overlapping runs of one process share one server (see `_RunServer`)."""
+    address = _runs.enter()
+    try:
+        yield address
+    finally:
+        _runs.exit()
 
 
 def worker_environment() -> dict[str, str]:

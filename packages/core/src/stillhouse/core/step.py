@@ -13,7 +13,6 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, PrivateAttr
@@ -27,6 +26,8 @@ from stillhouse.core.runtime import (
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from stillhouse.core.routing import RoutingBatchFunction
 
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
@@ -97,7 +98,6 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     """Seconds one batch may take; an overlong batch is a failed batch (SPEC §5)."""
 
     _built_from_decorator: bool = PrivateAttr(default=False)
-    _cache_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
 
     requirements: ClassVar[list[str]] = []
     """pip requirements this step needs; checked before any worker starts (`@requirements`)."""
@@ -217,6 +217,8 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
 
     # -- lifecycle --------------------------------------------------------------------
 
+    _cache_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
+
     @property
     def cache_path(self) -> Path | None:
         """This step's durable folder: state it keeps across runs (a call record, job ids).
@@ -224,7 +226,7 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         A folder inside the step's store in the cache. What is written there survives a
         stop, a kill and the resume after it; the folder is emptied with the store (a
         changed signature, `use_cache=False`, `stillhouse cache remove`). None when the
-        run keeps no cache (`dry_run`, stillhouse-cache not installed) and outside runs.
+        run keeps no cache (`dry_run`, stillhouse-cache not installed) and before a run.
         Set before `load()` in every replica."""
         return self._cache_path
 

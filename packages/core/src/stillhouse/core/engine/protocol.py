@@ -203,10 +203,6 @@ class StepStore(ABC):
     def mark_finished(self) -> None:
         """Every batch of the step is stored: later runs may reuse it whole."""
 
-    def records(self) -> Iterator[BatchRecord]:
-        """Every stored batch in key order (generators are replayed this way)."""
-        return iter(())
-
     def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
         """Keep (or, with None, forget) what a step saved when it suspended on batch `key`.
 
@@ -222,6 +218,10 @@ class StepStore(ABC):
         removed whenever the store is started over. Workers on this machine must be
         able to write it. None: this store offers no folder."""
         return None
+
+    def records(self) -> Iterator[BatchRecord]:
+        """Every stored batch in key order (generators are replayed this way)."""
+        return iter(())
 
 
 class RunStore(ABC):

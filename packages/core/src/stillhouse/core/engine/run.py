@@ -75,7 +75,7 @@ def run_pipeline(
     pipeline._run_dir = str(store.run_dir) if store.run_dir is not None else None
     completed = False
     try:
-        with _run_logging(store.log_file(), logging_handlers):
+        with _run_logging(store.log_file(), logging_handlers), limits.serve_limits():
             writer = _make_writer(pipeline, store)
             stores = {
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
@@ -102,7 +102,7 @@ def run_pipeline(
                 wait_for_suspended=wait_for_suspended,
             )
             try:
-                with _signal_handlers(pipeline), limits.serve_limits():
+                with _signal_handlers(pipeline):
                     _drive(scheduler, executor, pipeline)
                 completed = True
             finally:
