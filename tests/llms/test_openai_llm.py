@@ -226,3 +226,23 @@ def test_failed_calls_are_not_recorded(server: FakeOpenAIServer, tmp_path) -> No
     assert again.generate([HI])[0]["generations"] == ["echo: hi"]
     again.unload()
     assert [r["status"] for r in server.chat_requests()] == [500, 200]
+
+
+def test_requests_per_minute_paces_the_calls(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, requests_per_minute=600)  # 10 a second, at most a second's worth at once
+    started = time.monotonic()
+    llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(30)])
+    llm.unload()
+    assert time.monotonic() - started >= 1.8
+    first = min(r["started"] for r in server.chat_requests())
+    assert sum(r["started"] - first < 1.0 for r in server.chat_requests()) <= 21
+
+
+def test_tokens_per_minute_counts_the_estimated_tokens(server: FakeOpenAIServer) -> None:
+    # Each call is estimated at 1 prompt token + max_tokens 99 = 100 tokens; 6,000 a minute
+    # is 100 a second: 5 calls need about 4 seconds after the first.
+    llm = _llm(server, tokens_per_minute=6000, generation_kwargs={"max_new_tokens": 99})
+    started = time.monotonic()
+    llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(5)])
+    llm.unload()
+    assert time.monotonic() - started >= 3.5
