@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 from jinja2 import Template
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
 
 from stillhouse.core import RuntimeParameter, Step, StepInput, SuspendStep
 from stillhouse.core.steps.columns import METADATA_COLUMN
@@ -45,8 +45,13 @@ class Task(Step, ABC):
         group_generations: One row holding a list of `num_generations` answers (True), or one row per answer (False).
         add_raw_output: Keep the LLM's raw answer in `stillhouse_metadata["raw_output_<step>"]`.
         add_raw_input: Keep the conversation sent in `stillhouse_metadata["raw_input_<step>"]`.
+        concurrency: Batches one replica keeps in flight (core's default is 16). A batch
+            waits for its slowest row, so with long-tailed latencies many batches must be
+            open to keep the endpoint's `max_concurrency` requests in flight; the endpoint
+            limit, not this, bounds the requests.
     """
 
+    concurrency: PositiveInt = 64
     llm: OpenAILLM
     num_generations: RuntimeParameter[int] = Field(default=1)
     group_generations: bool = False
