@@ -216,6 +216,14 @@ class StepStore(ABC):
     def mark_finished(self) -> None:
         """Every batch of the step is stored: later runs may reuse it whole."""
 
+    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
+        """Keep (or, with None, forget) what a step saved when it suspended on batch `key`.
+
+        `state` is JSON-serialisable. A store that keeps nothing across runs ignores it."""
+
+    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
+        """What `put_suspended` kept for `key` in this or an earlier run, if anything."""
+
     def durable_dir(self) -> Path | None:
         """The step's durable folder (`Step.cache_path`), created if missing, or None.
 
@@ -227,15 +235,6 @@ class StepStore(ABC):
     def records(self) -> Iterator[BatchRecord]:
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())
-
-    def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
-        """Keep (or, with None, forget) what a step saved when it suspended on batch `key`.
-
-        `state` is JSON-serialisable. A store that keeps nothing across runs ignores it."""
-
-    def get_suspended(self, key: BatchKey) -> dict[str, Any] | None:
-        """What `put_suspended` kept for `key` in this or an earlier run, if anything."""
-        return None
 
 
 class RunStore(ABC):

@@ -1,0 +1,446 @@
+"""`OpenAILLM`: one client for every OpenAI-compatible server (OpenAI, vLLM, TGI,
+llama.cpp, Ollama, LiteLLM), on the official async `openai` client.
+
+Each generation is one chat-completion call that goes: call record (answered
+before? then nothing is sent) -> the endpoint's shared limit (a slot, and the
+requests/tokens it costs per minute) -> the request, with the client's own retries
+off -> our retry policy (`retry.py`) and AIMD on 429 (`limits.py`) -> the record.
+Offline batch generation (`/v1/files` + `/v1/batches`) is here too; how a step
+suspends around it lives in `tasks.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import os
+import random
+import threading
+import weakref
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, get_args
+
+import httpx
+import openai
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_serializer,
+    field_validator,
+)
+
+from stillhouse.core import RuntimeParameter
+from stillhouse.core.runtime import RuntimeParametersMixin
+from stillhouse.llms import structured
+from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError, mask, mask_key
+from stillhouse.llms.limits import Aimd, endpoint_limit
+from stillhouse.llms.record import CallRecord, request_key
+from stillhouse.llms.retry import RetryPolicy, retry_after_seconds, transient_reason
+
+logger = logging.getLogger("stillhouse.llms")
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_NEW_TOKENS = 128
+"""distilabel's default `max_new_tokens`, sent as `max_tokens` when none is given."""
+
+_GENERATION_ARGS = {
+    "max_new_tokens": "max_tokens",
+    "max_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "stop": "stop",
+    "seed": "seed",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+    "logprobs": "logprobs",
+    "top_logprobs": "top_logprobs",
+    "response_format": "response_format",
+    "extra_body": "extra_body",
+}
+"""Generation arguments we accept (distilabel's names) -> the request's field names."""
+
+GenerateOutput = dict[str, Any]
+"""distilabel's `{"generations": [...], "statistics": {"input_tokens": [...], "output_tokens": [...]}}`."""
+
+
+def _optional(kind: Any) -> Any:
+    """`RuntimeParameter[kind] | None` without the `Field()` inside the union that makes
+    pydantic warn on every subclass: the same marker, so core sees an optional runtime
+    parameter. (Core could offer this as `OptionalRuntimeParameter`.)"""
+    inner, *_, marker = get_args(RuntimeParameter[kind])
+    return Annotated[inner, marker] | None
+
+
+class OpenAILLM(RuntimeParametersMixin, BaseModel):
+    """An LLM behind any OpenAI-compatible chat-completions endpoint.
+
+    Attributes:
+        model: The model name the server knows (`gpt-4o-mini`, `meta-llama/...`, `llama3`).
+        base_url: The server's `/v1` URL; default env `OPENAI_BASE_URL`, else OpenAI's.
+        api_key: The API key; default env `OPENAI_API_KEY`. Never written or logged.
+        timeout: Seconds one request may take before it counts as a timeout (and is retried).
+        max_retries: Retries of a transient failure (429, 5xx, timeout, connection) per call.
+        generation_kwargs: temperature, max_new_tokens, top_p, stop, seed, ... for every call.
+        structured_output: A pydantic model class or JSON schema: answers are JSON valid for it.
+        max_concurrency: Requests in flight to this endpoint, across the whole run.
+        requests_per_minute: Requests per minute to this endpoint, across the whole run.
+        tokens_per_minute: Estimated tokens per minute to this endpoint, across the whole run.
+        use_offline_batch_generation: Send a step's rows through /v1/files + /v1/batches.
+        offline_batch_generation_block_until_done: Poll a batch job every this many seconds in the same run instead of suspending.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
+
+    model: str
+    # None: env OPENAI_BASE_URL (read when the LLM is created, so it is part of the
+    # step's signature), else OpenAI's own URL.
+    base_url: _optional(str) = None
+    # exclude=True: never in pipeline.yaml, signatures or logs; env OPENAI_API_KEY is
+    # read when a request needs it, in the worker.
+    api_key: _optional(SecretStr) = Field(default=None, exclude=True)
+    timeout: RuntimeParameter[float] = Field(default=120.0)
+    max_retries: RuntimeParameter[int] = Field(default=6)
+    generation_kwargs: RuntimeParameter[dict[str, Any]] = Field(default={})
+    structured_output: dict[str, Any] | type[BaseModel] | None = None
+    max_concurrency: RuntimeParameter[int] = Field(default=64)
+    requests_per_minute: _optional(int) = None
+    tokens_per_minute: _optional(int) = None
+    use_offline_batch_generation: bool = False
+    offline_batch_generation_block_until_done: _optional(float) = None
+
+    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = PrivateAttr(
+        default_factory=weakref.WeakKeyDictionary
+    )
+    _clients_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
+    _loop: asyncio.AbstractEventLoop | None = PrivateAttr(default=None)
+    _record: CallRecord | None = PrivateAttr(default=None)
+    _limit: Any = PrivateAttr(default=None)
+    _aimd: Aimd | None = PrivateAttr(default=None)
+    _rng: random.Random = PrivateAttr(default_factory=random.Random)
+    _schema: dict[str, Any] | None = PrivateAttr(default=None)
+    _output_model: type[BaseModel] | None = PrivateAttr(default=None)
+    _auth_failed: str | None = PrivateAttr(default=None)
+    _closing: Any = PrivateAttr(default=None)
+    _stats: Counter[str] = PrivateAttr(default_factory=Counter)
+
+    @field_validator("structured_output")
+    @classmethod
+    def _check_structured_output(cls, value: Any) -> Any:
+        if value is not None:
+            structured.normalize(value)
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _secret(cls, value: Any) -> Any:
+        return SecretStr(value) if isinstance(value, str) else value
+
+    @field_serializer("structured_output")
+    def _dump_structured_output(self, value: Any) -> Any:
+        return None if value is None else structured.normalize(value)[0]
+
+    def model_post_init(self, context: Any) -> None:
+        super().model_post_init(context)
+        if self.base_url is None:
+            self.base_url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        if self.structured_output is not None:
+            self._schema, self._output_model = structured.normalize(self.structured_output)
+
+    def _fresh_private(self) -> dict[str, Any]:
+        """This instance's private state with nothing tied to a process, thread or loop."""
+        return {**(self.__pydantic_private__ or {}), "_clients": weakref.WeakKeyDictionary(),
+                "_clients_lock": threading.Lock(), "_loop": None, "_record": None, "_limit": None,
+                "_aimd": None, "_closing": None, "_auth_failed": None, "_stats": Counter()}
+
+    def __getstate__(self) -> dict[Any, Any]:
+        # Clients, loops, locks and open files stay in the process that made them.
+        state = super().__getstate__()
+        state["__pydantic_private__"] = {**self._fresh_private(), "_clients_lock": None}
+        return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        self._clients_lock = threading.Lock()
+
+    def replica(self) -> OpenAILLM:
+        """A copy with the same settings and no clients, record or limit of its own yet:
+        what each replica of a step loads (threaded replicas share their step's fields)."""
+        copy = self.model_copy()
+        copy.__pydantic_private__ = self._fresh_private()
+        return copy
+
+    # -- identity -------------------------------------------------------------------------
+
+    @property
+    def call_stats(self) -> Counter[str]:
+        """This instance's calls: `sent`, `recorded`, `retry_<reason>`, `failed_<reason>`."""
+        return self._stats
+
+    @property
+    def model_name(self) -> str:
+        return self.model
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.base_url} (model {self.model!r})"
+
+    def _key(self) -> str | None:
+        if self.api_key is not None:
+            return self.api_key.get_secret_value()
+        return os.environ.get("OPENAI_API_KEY")
+
+    def _mask(self, text: str) -> str:
+        return mask(text, self._key())
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def load(self, record_dir: Path | None = None) -> None:
+        """Join the endpoint's shared limit; open the call record in `record_dir`, if any."""
+        ceiling = self.max_concurrency or 64
+        self._limit = endpoint_limit(
+            self.base_url, self.model, ceiling, self.requests_per_minute, self.tokens_per_minute
+        )
+        self._aimd = Aimd(self._limit, ceiling)
+        if record_dir is not None:
+            self._record = CallRecord(Path(record_dir))
+            logger.info("%d recorded LLM calls found in %s", len(self._record), record_dir)
+
+    def unload(self) -> None:
+        """Close the record and the clients. Called on a running loop (an async step's
+        worker), the loop's client is closed by a task that loop runs before it stops."""
+        if self._stats:
+            logger.info("LLM calls to %s: %s", self.endpoint, ", ".join(f"{k} {v}" for k, v in sorted(self._stats.items())))
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is not None and running in self._clients:
+            self._closing = running.create_task(self.aclose())  # referenced until it ran
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.run_until_complete(self.aclose())
+            self._loop.close()
+        self._loop = None
+
+    async def aclose(self) -> None:
+        """Close the client of the running event loop (call it when you used `agenerate`
+        from your own loop and are done)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
+
+    def check_auth(self, step_name: str) -> None:
+        """Fail fast on a refused key: one GET /models. Raises `LLMAuthenticationError` on
+        401/403; any other outcome (404, down, slow) is left to the calls themselves."""
+        key = self._key()
+        try:
+            response = httpx.get(
+                f"{self.base_url.rstrip('/')}/models",
+                headers={"Authorization": f"Bearer {key}"} if key else {},
+                timeout=min(self.timeout, 10.0),
+            )
+        except httpx.HTTPError:
+            return
+        if response.status_code in (401, 403):
+            raise self._auth_error(step_name, response.status_code, response.text)
+
+    def _auth_error(self, step_name: str, status: int, detail: str) -> LLMAuthenticationError:
+        return LLMAuthenticationError(
+            f"Step {step_name!r}: the endpoint {self.endpoint} refused the API key "
+            f"{mask_key(self._key())} (HTTP {status}): {self._mask(detail)[:300]}. Set a valid key "
+            "with the OPENAI_API_KEY environment variable or the step's `llm.api_key` runtime parameter.",
+            step_name=step_name,
+        )
+
+    def _client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        with self._clients_lock:
+            client = self._clients.get(loop)
+            if client is None:
+                client = openai.AsyncOpenAI(
+                    base_url=self.base_url,
+                    api_key=self._key() or "no-key",
+                    timeout=self.timeout,
+                    max_retries=0,  # our retry policy, not the client's
+                )
+                self._clients[loop] = client
+            return client
+
+    # -- generation ---------------------------------------------------------------------------
+
+    def get_generation_kwargs(self) -> dict[str, Any]:
+        return dict(self.generation_kwargs or {})
+
+    def build_request(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """The chat-completion body for `messages` (generation_kwargs, then `kwargs`)."""
+        args = {**self.get_generation_kwargs(), **kwargs}
+        unknown = sorted(set(args) - set(_GENERATION_ARGS))
+        if unknown:
+            raise ValueError(
+                f"Unknown generation argument(s) {unknown} for OpenAILLM. "
+                f"Known: {sorted(_GENERATION_ARGS)}."
+            )
+        request: dict[str, Any] = {"model": self.model, "messages": messages}
+        for name, value in args.items():
+            if value is not None:
+                request[_GENERATION_ARGS[name]] = value
+        request.setdefault("max_tokens", DEFAULT_MAX_NEW_TOKENS)
+        if self._schema is not None and "response_format" not in request:
+            request["response_format"] = structured.response_format(self._schema)
+        return request
+
+    def generate(self, inputs: list[list[dict[str, Any]]], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+        """`agenerate` for every input, concurrently, from synchronous code."""
+        if self._limit is None:
+            self.load()
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+
+        async def run_all() -> list[GenerateOutput]:
+            return list(await asyncio.gather(*(self.agenerate(i, num_generations, **kwargs) for i in inputs)))
+
+        return self._loop.run_until_complete(run_all())
+
+    async def agenerate(self, input: list[dict[str, Any]], num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
+        """`num_generations` answers to one conversation: one call per generation."""
+        if self._limit is None:
+            self.load()
+        request = self.build_request(input, **kwargs)
+        responses = await asyncio.gather(*(self.call(request, index) for index in range(num_generations)))
+        return self.output_from(responses, request)
+
+    def output_from(self, responses: list[dict[str, Any]], request: dict[str, Any]) -> GenerateOutput:
+        """distilabel's `GenerateOutput` from chat-completion bodies (one per generation)."""
+        generations: list[str | None] = []
+        input_tokens: list[int] = []
+        output_tokens: list[int] = []
+        for response in responses:
+            choice = (response.get("choices") or [{}])[0]
+            text = (choice.get("message") or {}).get("content")
+            if text is None:
+                logger.warning("No content from %s (finish reason %r)", self.endpoint, choice.get("finish_reason"))
+            if self._schema is not None and request.get("response_format", {}).get("type") == "json_schema":
+                try:
+                    text = structured.parse(text, self._schema, self._output_model)
+                except structured.StructuredOutputError as exc:
+                    self._stats["failed_schema"] += 1
+                    raise LLMCallError(
+                        f"{self.endpoint}: {exc}", endpoint=self.endpoint, status=200, reason="schema", attempts=1
+                    ) from None
+            usage = response.get("usage") or {}
+            generations.append(text)
+            input_tokens.append(int(usage.get("prompt_tokens") or 0))
+            output_tokens.append(int(usage.get("completion_tokens") or 0))
+        return {"generations": generations, "statistics": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+
+    async def call(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any]:
+        """One chat completion: from the record if it was answered before, else sent with
+        the limit, our retries and AIMD, then recorded."""
+        key = request_key(request, generation)
+        if self._record is not None:
+            recorded = self._record.get(key)
+            if recorded is not None:
+                self._stats["recorded"] += 1
+                return recorded
+        if self._auth_failed is not None:
+            raise LLMCallError(self._auth_failed, endpoint=self.endpoint, status=401, reason="401", attempts=0)
+        policy = RetryPolicy(max_retries=self.max_retries if self.max_retries is not None else 6)
+        costs = {"requests": 1, "tokens": _estimate_tokens(request)}
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._limit.slot(costs=costs):
+                    self._stats["sent"] += 1
+                    raw = await self._client().chat.completions.with_raw_response.create(**request)
+                response = json.loads(raw.http_response.text)
+            except Exception as exc:
+                reason = transient_reason(exc)
+                status = getattr(exc, "status_code", None)
+                message = self._mask(f"{type(exc).__name__}: {exc}")
+                if reason == "429" and self._aimd is not None:
+                    self._aimd.on_rate_limited()
+                if reason is None or attempt > policy.max_retries:
+                    why = reason or (str(status) if status else type(exc).__name__)
+                    self._stats[f"failed_{why}"] += 1
+                    if status in (401, 403):
+                        self._auth_failed = f"{self.endpoint} refused the API key {mask_key(self._key())}: {message}"
+                    verdict = "not retryable" if reason is None else f"still failing after {attempt} attempts"
+                    raise LLMCallError(
+                        f"{self.endpoint}: {message} ({verdict})",
+                        endpoint=self.endpoint, status=status, reason=why, attempts=attempt,
+                    ) from None
+                delay = policy.delay(attempt, retry_after_seconds(exc), self._rng)
+                self._stats[f"retry_{reason}"] += 1
+                logger.info(
+                    "LLM call to %s failed (attempt %d/%d, %s): %s; retrying in %.2fs",
+                    self.endpoint, attempt, policy.max_retries + 1, reason, message[:200], delay,
+                )
+                await asyncio.sleep(delay)
+                continue
+            if self._aimd is not None:
+                self._aimd.on_success()
+            if self._record is not None:
+                self._record.put(key, response)
+            return response
+
+    # -- offline batch generation ---------------------------------------------------------
+
+    async def submit_batch(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
+        """Upload `requests` (custom ids = their positions) and start a batch job; returns
+        the job's state: `{"batch_id", "input_file_id", "count"}`."""
+        lines = [
+            json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions", "body": body})
+            for i, body in enumerate(requests)
+        ]
+        client = self._client()
+        upload = await client.files.create(
+            file=("stillhouse-batch.jsonl", io.BytesIO(("\n".join(lines) + "\n").encode())), purpose="batch"
+        )
+        batch = await client.batches.create(
+            input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h",
+            metadata={"description": "stillhouse"},
+        )
+        logger.info("Offline batch %s submitted to %s (%d requests)", batch.id, self.endpoint, len(requests))
+        return {"batch_id": batch.id, "input_file_id": upload.id, "count": len(requests)}
+
+    async def poll_batch(self, state: dict[str, Any]) -> list[dict[str, Any] | None] | None:
+        """The responses of a finished batch job (in request order; None for a request
+        that failed), or None while it is still running. Raises if the job failed."""
+        client = self._client()
+        batch = await client.batches.retrieve(state["batch_id"])
+        if batch.status in ("validating", "in_progress", "finalizing"):
+            return None
+        if batch.status != "completed" or not batch.output_file_id:
+            raise LLMCallError(
+                f"{self.endpoint}: offline batch {batch.id} ended with status {batch.status!r}.",
+                endpoint=self.endpoint, status=None, reason=f"batch_{batch.status}", attempts=1,
+            )
+        content = await client.files.content(batch.output_file_id)
+        results: list[dict[str, Any] | None] = [None] * int(state["count"])
+        for line in content.text.splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            response = item.get("response") or {}
+            if response.get("status_code") == 200:
+                results[int(item["custom_id"])] = response["body"]
+        return results
+
+
+def _estimate_tokens(request: dict[str, Any]) -> int:
+    """What a call may cost in tokens, for tokens-per-minute budgets: ~4 characters per
+    prompt token plus the most it may generate."""
+    chars = sum(len(json.dumps(m.get("content"))) for m in request.get("messages", []))
+    return chars // 4 + int(request.get("max_tokens") or DEFAULT_MAX_NEW_TOKENS)
+
+
+__all__ = ["GenerateOutput", "OpenAILLM"]

@@ -1,0 +1,259 @@
+"""LLM tasks: `TextGeneration` (a Jinja2 prompt from columns) and `ChatGeneration`
+(a `messages` column), as async steps with distilabel 1.5's fields and outputs.
+
+A task turns each row into a conversation, asks its `OpenAILLM` for
+`num_generations` answers (all rows of a batch concurrently; the endpoint's limit
+paces them) and writes `generation` and `model_name`, plus `raw_output_<step>`,
+`raw_input_<step>` and `statistics_<step>` in `stillhouse_metadata`. A row whose
+call fails for good gets None outputs and `error_<step>` in its metadata; the
+other rows of the batch are unaffected. Transport, retries and the call record are
+the LLM's (`openai_llm.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from abc import ABC, abstractmethod
+from typing import Any
+
+from jinja2 import Template
+from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
+
+from stillhouse.core import RuntimeParameter, Step, StepInput, SuspendStep
+from stillhouse.core.steps.columns import METADATA_COLUMN
+from stillhouse.core.typing import Row, StepColumns
+from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError
+from stillhouse.llms.openai_llm import GenerateOutput, OpenAILLM
+
+logger = logging.getLogger("stillhouse.llms.tasks")
+
+ChatType = list[dict[str, Any]]
+
+OFFLINE_POLL_SECONDS = 30.0
+"""`retry_after` of a step suspended on an offline batch job: how soon
+`run(wait_for_suspended=True)` asks the server again."""
+
+
+class Task(Step, ABC):
+    """A step that asks an LLM about each row.
+
+    Attributes:
+        llm: The `OpenAILLM` that answers.
+        num_generations: Answers per row.
+        group_generations: One row holding a list of `num_generations` answers (True), or one row per answer (False).
+        add_raw_output: Keep the LLM's raw answer in `stillhouse_metadata["raw_output_<step>"]`.
+        add_raw_input: Keep the conversation sent in `stillhouse_metadata["raw_input_<step>"]`.
+        concurrency: Batches one replica keeps in flight (core's default is 16). A batch
+            waits for its slowest row, so with long-tailed latencies many batches must be
+            open to keep the endpoint's `max_concurrency` requests in flight; the endpoint
+            limit, not this, bounds the requests.
+    """
+
+    concurrency: PositiveInt = 64
+    llm: OpenAILLM
+    num_generations: RuntimeParameter[int] = Field(default=1)
+    group_generations: bool = False
+    add_raw_output: RuntimeParameter[bool] = Field(default=True)
+    add_raw_input: RuntimeParameter[bool] = Field(default=True)
+
+    @abstractmethod
+    def format_input(self, input: Row) -> ChatType:
+        """The conversation to send for one row (OpenAI chat format)."""
+
+    def format_output(self, output: str | None, input: Row | None = None) -> Row:
+        """The output columns for one answer."""
+        return {"generation": output}
+
+    @property
+    def outputs(self) -> StepColumns:
+        return ["generation", "model_name"]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def load(self) -> None:
+        super().load()
+        self.llm = self.llm.replica()  # replicas in one process must not share clients or records
+        self.llm.load(record_dir=self._record_dir())
+        self.llm.check_auth(self.name or type(self).__name__)
+
+    def unload(self) -> None:
+        self.llm.unload()
+        super().unload()
+
+    def _record_dir(self) -> Any:
+        folder = self.cache_path  # None when the run keeps no cache
+        return None if folder is None else folder / "llm-calls"
+
+    # -- processing -------------------------------------------------------------------------
+
+    async def process(self, inputs: StepInput) -> Any:  # an async generator of row lists
+        """Answer every row of the batch; rows that fail get None outputs."""
+        if self.llm.use_offline_batch_generation:
+            yield await self._process_offline(list(inputs))
+            return
+        results = await asyncio.gather(*(self._answer(row) for row in inputs))
+        yield [out for rows in results for out in rows]
+
+    async def _answer(self, row: Row) -> list[Row]:
+        messages: ChatType | None = None
+        try:
+            messages = self.format_input(row)
+            output = await self.llm.agenerate(
+                messages, num_generations=self.num_generations or 1, **self.llm.get_generation_kwargs()
+            )
+        except LLMAuthenticationError:
+            raise
+        except Exception as exc:
+            return [self._failed(row, messages, exc)]
+        return self._rows(row, messages, output)
+
+    def _rows(self, row: Row, messages: ChatType, output: GenerateOutput) -> list[Row]:
+        """distilabel's rows for one input: one per generation, or one grouped row."""
+        generations = output["generations"]
+        stats = output.get("statistics") or {}
+        per_generation = [
+            {key: values[i] for key, values in stats.items() if i < len(values)}
+            for i in range(len(generations))
+        ]
+        formatted = [self.format_output(text, row) for text in generations]
+        if self.group_generations:
+            grouped = {key: [f.get(key) for f in formatted] for key in formatted[0]} if formatted else {}
+            meta = self._metadata(row, messages, generations, {k: list(v) for k, v in stats.items()})
+            return [{**row, **grouped, "model_name": self.llm.model_name, METADATA_COLUMN: meta}]
+        return [
+            {**row, **out, "model_name": self.llm.model_name,
+             METADATA_COLUMN: self._metadata(row, messages, text, stat)}
+            for out, text, stat in zip(formatted, generations, per_generation, strict=True)
+        ]
+
+    def _metadata(self, row: Row, messages: ChatType | None, raw_output: Any, statistics: Any) -> dict[str, Any]:
+        meta = dict(row.get(METADATA_COLUMN) or {})
+        if self.add_raw_output:
+            meta[f"raw_output_{self.name}"] = raw_output
+        if self.add_raw_input:
+            meta[f"raw_input_{self.name}"] = messages
+        if statistics:
+            meta[f"statistics_{self.name}"] = statistics
+        return meta
+
+    def _failed(self, row: Row, messages: ChatType | None, exc: BaseException) -> Row:
+        error = f"{type(exc).__name__}: {exc}"
+        logger.warning("Step %r: a row failed; its outputs are set to None: %s", self.name, error)
+        meta = self._metadata(row, messages, None, None)
+        meta[f"error_{self.name}"] = error
+        nones = dict.fromkeys(self.get_outputs())
+        if self.group_generations:
+            nones = {key: None for key in nones}
+        return {**row, **nones, METADATA_COLUMN: meta}
+
+    # -- offline batch generation -----------------------------------------------------------
+
+    async def _process_offline(self, inputs: list[Row]) -> list[Row]:
+        """Send the batch's rows as one `/v1/batches` job; suspend the step until it is
+        done (or poll in this run with `offline_batch_generation_block_until_done`)."""
+        messages = [self.format_input(row) for row in inputs]
+        count = self.num_generations or 1
+        requests = [self.llm.build_request(m) for m in messages for _ in range(count)]
+        state = self.resume_state
+        if not state:
+            state = await self.llm.submit_batch(requests)
+        interval = self.llm.offline_batch_generation_block_until_done
+        while True:
+            responses = await self.llm.poll_batch(state)
+            if responses is not None:
+                break
+            if interval is None:
+                raise SuspendStep(state=state, retry_after=OFFLINE_POLL_SECONDS)
+            await asyncio.sleep(interval)
+        rows: list[Row] = []
+        for i, row in enumerate(inputs):
+            answers = responses[i * count:(i + 1) * count]
+            if any(a is None for a in answers):
+                rows.append(self._failed(row, messages[i], LLMCallError(
+                    f"{self.llm.endpoint}: the offline batch {state['batch_id']} has no answer for this row.",
+                    endpoint=self.llm.endpoint, status=None, reason="batch_missing", attempts=1,
+                )))
+                continue
+            try:
+                output = self.llm.output_from(answers, requests[i * count])  # type: ignore[arg-type]
+            except LLMCallError as exc:
+                rows.append(self._failed(row, messages[i], exc))
+                continue
+            rows.extend(self._rows(row, messages[i], output))
+        return rows
+
+
+class TextGeneration(Task):
+    """Text generation from a Jinja2 prompt over the row's columns (distilabel's `TextGeneration`).
+
+    Attributes:
+        template: The Jinja2 prompt; every name in `columns` must appear in it.
+        columns: The columns the template reads (a name or a list of names).
+        system_prompt: A system message for every row; a row's own `system_prompt` column wins.
+    """
+
+    template: str = "{{ instruction }}"
+    columns: str | list[str] = Field(default_factory=lambda: ["instruction"])
+    system_prompt: str | None = None
+
+    _template: Template | None = PrivateAttr(default=None)
+
+    @field_validator("columns")
+    @classmethod
+    def _as_list(cls, value: str | list[str]) -> list[str]:
+        return [value] if isinstance(value, str) else list(value)
+
+    @model_validator(mode="after")
+    def _columns_in_template(self) -> TextGeneration:
+        for column in self.columns:
+            pattern = r"(?:{%.*?\b" + re.escape(column) + r"\b.*?%}|{{\s*" + re.escape(column) + r"\s*}})"
+            if not re.search(pattern, self.template):
+                raise ValueError(
+                    f"Column {column!r} of `columns` is not used in the template {self.template!r}. "
+                    f"Use it in the template (`{{{{ {column} }}}}`) or remove it from `columns`."
+                )
+        return self
+
+    @property
+    def inputs(self) -> StepColumns:
+        return {**dict.fromkeys(self.columns, True), "system_prompt": False}
+
+    def format_input(self, input: Row) -> ChatType:
+        if self.columns == ["instruction"] and not isinstance(input.get("instruction"), str):
+            raise ValueError(
+                f"Input `instruction` must be a string, got {input.get('instruction')!r}. "
+                "For a conversation use `ChatGeneration` with a `messages` column."
+            )
+        if self._template is None:
+            self._template = Template(self.template)
+        messages: ChatType = [
+            {"role": "user", "content": self._template.render(**{c: input[c] for c in self.columns})}
+        ]
+        system = input.get("system_prompt") or self.system_prompt
+        if system:
+            messages.insert(0, {"role": "system", "content": system})
+        return messages
+
+
+class ChatGeneration(Task):
+    """The next assistant message of a conversation in the `messages` column (OpenAI chat format)."""
+
+    @property
+    def inputs(self) -> StepColumns:
+        return ["messages"]
+
+    def format_input(self, input: Row) -> ChatType:
+        messages = input.get("messages")
+        if not (isinstance(messages, list) and messages
+                and all(isinstance(m, dict) and "role" in m and "content" in m for m in messages)):
+            raise ValueError(
+                f"Input `messages` must be a conversation in OpenAI chat format "
+                f"([{{'role': 'user', 'content': '...'}}, ...]), got {messages!r}."
+            )
+        if messages[-1]["role"] != "user":
+            raise ValueError(
+                f"The last message of `messages` must be from the user, got role {messages[-1]['role']!r}."
+            )
+        return [{"role": m["role"], "content": m["content"]} for m in messages]

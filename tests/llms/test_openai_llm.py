@@ -1,0 +1,248 @@
+"""OpenAILLM against FakeOpenAIServer over real HTTP: outputs, retries, limits, record."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import pytest
+from pydantic import BaseModel
+
+from stillhouse.llms import LLMCallError, OpenAILLM
+from stillhouse.llms.testing import FakeOpenAIServer
+from tests.llms.conftest import API_KEY
+
+HI = [{"role": "user", "content": "hi"}]
+
+
+def _llm(server: FakeOpenAIServer, **fields: object) -> OpenAILLM:
+    return OpenAILLM(model="fake-model", base_url=server.base_url, api_key=API_KEY, **fields)
+
+
+def test_generate_returns_distilabel_generate_output(server: FakeOpenAIServer) -> None:
+    llm = _llm(server)
+    outputs = llm.generate([HI, [{"role": "user", "content": "a b c"}]], num_generations=3)
+    llm.unload()
+    assert outputs[0] == {
+        "generations": ["echo: hi"] * 3,
+        "statistics": {"input_tokens": [1, 1, 1], "output_tokens": [2, 2, 2]},
+    }
+    assert outputs[1]["generations"] == ["echo: a b c"] * 3
+    assert len(server.chat_requests()) == 6  # one call per generation
+
+
+def test_generation_kwargs_are_sent(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, generation_kwargs={"temperature": 0.2, "max_new_tokens": 7, "top_p": 0.9,
+                                          "stop": ["\n"], "seed": 3})
+    llm.generate([HI])
+    llm.unload()
+    body = server.chat_requests()[0]["body"]
+    assert {k: body[k] for k in ("temperature", "max_tokens", "top_p", "stop", "seed")} == {
+        "temperature": 0.2, "max_tokens": 7, "top_p": 0.9, "stop": ["\n"], "seed": 3}
+    assert "max_new_tokens" not in body
+
+
+def test_unknown_generation_kwarg_is_refused(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, generation_kwargs={"temprature": 0.2})
+    with pytest.raises(ValueError, match="temprature"):
+        llm.generate([HI])
+    llm.unload()
+
+
+def test_agenerate_from_async_code(server: FakeOpenAIServer) -> None:
+    import asyncio
+
+    llm = _llm(server)
+
+    async def main() -> dict:
+        try:
+            return await llm.agenerate(HI, num_generations=2, temperature=0.5)
+        finally:
+            await llm.aclose()
+
+    output = asyncio.run(main())
+    assert output["generations"] == ["echo: hi", "echo: hi"]
+    assert all(r["body"]["temperature"] == 0.5 for r in server.chat_requests())
+
+
+@pytest.mark.parametrize("status", [429, 500, 502, 503])
+def test_transient_statuses_are_retried(server: FakeOpenAIServer, status: int, caplog: pytest.LogCaptureFixture) -> None:
+    server.fail_next(status, times=2, retry_after=0.01)
+    llm = _llm(server)
+    with caplog.at_level(logging.INFO, logger="stillhouse.llms"):
+        assert llm.generate([HI])[0]["generations"] == ["echo: hi"]
+    llm.unload()
+    assert [r["status"] for r in server.chat_requests()] == [status, status, 200]
+    assert llm.call_stats[f"retry_{status}"] == 2
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(retries) == 2 and f"({status})" not in retries[0].getMessage()
+    assert f", {status})" in retries[0].getMessage()
+
+
+def test_retry_after_is_honoured(server: FakeOpenAIServer) -> None:
+    server.fail_next(429, times=1, retry_after=1.0)
+    llm = _llm(server)
+    llm.generate([HI])
+    llm.unload()
+    first, second = server.chat_requests()
+    assert second["started"] - first["started"] >= 1.0
+
+
+@pytest.mark.timeout(60)
+def test_timeouts_are_retried(server: FakeOpenAIServer) -> None:
+    server.fail_next("timeout", times=1, retry_after=5.0)  # hangs 5 s; the client gives up at 0.5 s
+    llm = _llm(server, timeout=0.5)
+    started = time.monotonic()
+    assert llm.generate([HI])[0]["generations"] == ["echo: hi"]
+    llm.unload()
+    assert time.monotonic() - started < 4.5
+    assert llm.call_stats["retry_timeout"] == 1
+
+
+@pytest.mark.parametrize("status", [400, 404, 422])
+def test_permanent_errors_are_not_retried(server: FakeOpenAIServer, status: int) -> None:
+    llm = _llm(server)
+    with pytest.raises(LLMCallError, match="not retryable") as info:
+        llm.generate([[{"role": "user", "content": f"x [[status={status}]]"}]])
+    llm.unload()
+    assert info.value.status == status and info.value.attempts == 1
+    assert len(server.chat_requests()) == 1
+
+
+def test_401_is_not_retried_and_the_key_is_masked(server: FakeOpenAIServer) -> None:
+    wrong = "sk-wrong-KEY-0123456789abcdef"
+    llm = OpenAILLM(model="fake-model", base_url=server.base_url, api_key=wrong)
+    with pytest.raises(LLMCallError) as info:
+        llm.generate([HI])
+    llm.unload()
+    assert info.value.status == 401 and len(server.chat_requests()) == 1
+    assert wrong not in str(info.value)
+
+
+def test_gives_up_after_max_retries(server: FakeOpenAIServer) -> None:
+    server.fail_next(500, times=10)
+    llm = _llm(server, max_retries=2)
+    with pytest.raises(LLMCallError, match="after 3 attempts"):
+        llm.generate([HI])
+    llm.unload()
+    assert len(server.chat_requests()) == 3
+
+
+def test_api_key_from_env_and_never_dumped(server: FakeOpenAIServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
+    llm = OpenAILLM(model="fake-model")
+    assert llm.base_url == server.base_url
+    assert llm.generate([HI])[0]["generations"] == ["echo: hi"]
+    llm.unload()
+    explicit = OpenAILLM(model="fake-model", api_key=API_KEY)
+    assert API_KEY not in json.dumps(explicit.model_dump(mode="json")) + repr(explicit)
+    assert "api_key" not in explicit.model_dump()
+
+
+class Verdict(BaseModel):
+    score: int
+    reason: str
+
+
+def test_structured_output_from_a_pydantic_model(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, structured_output=Verdict)
+    output = llm.generate([HI])[0]
+    llm.unload()
+    Verdict.model_validate_json(output["generations"][0])
+    sent = server.chat_requests()[0]["body"]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == Verdict.model_json_schema()
+    assert llm.model_dump(mode="json")["structured_output"] == Verdict.model_json_schema()
+
+
+def test_structured_output_from_a_json_schema(server: FakeOpenAIServer) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}
+    llm = _llm(server, structured_output=schema)
+    assert "ok" in json.loads(llm.generate([HI])[0]["generations"][0])
+    llm.unload()
+
+
+def test_invalid_schema_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="not a valid JSON schema"):
+        OpenAILLM(model="m", structured_output={"type": "objekt"})
+
+
+def test_answer_not_fitting_the_schema_fails_without_retry(server: FakeOpenAIServer) -> None:
+    # The fake server ignores `pattern`, so its answer breaks this schema.
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[0-9]+$"}}, "required": ["id"]}
+    llm = _llm(server, structured_output=schema)
+    with pytest.raises(LLMCallError, match="does not fit the schema") as info:
+        llm.generate([HI])
+    llm.unload()
+    assert info.value.reason == "schema" and len(server.chat_requests()) == 1
+
+
+def test_concurrency_limit_is_respected(server: FakeOpenAIServer) -> None:
+    server.latency = type(server.latency).fixed(0.05)
+    llm = _llm(server, max_concurrency=5)
+    llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(40)])
+    llm.unload()
+    assert server.max_in_flight <= 5 and len(server.chat_requests(200)) == 40
+
+
+def test_429_backs_off_concurrency_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
+    with FakeOpenAIServer(latency=0.02, max_concurrency=4, retry_after=0.01) as server:
+        llm = OpenAILLM(model="fake-model", base_url=server.base_url, api_key="k", max_concurrency=16, max_retries=20)
+        with caplog.at_level(logging.INFO, logger="stillhouse.llms.limits"):
+            outputs = llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(200)])
+        llm.unload()
+    assert all(o["generations"] for o in outputs)
+    assert llm.call_stats["retry_429"] > 0
+    assert "concurrency 16 -> 8" in caplog.text  # backed off on many 429s
+    assert 8 < llm._aimd.current <= 16  # and came back up with the successes
+
+
+def test_record_answers_a_repeated_call_without_sending(server: FakeOpenAIServer, tmp_path) -> None:
+    first = _llm(server)
+    first.load(record_dir=tmp_path)
+    expected = first.generate([HI, [{"role": "user", "content": "bye"}]], num_generations=2)
+    first.unload()
+    assert len(server.chat_requests()) == 4
+    with (tmp_path / next(p.name for p in tmp_path.iterdir())).open("a") as handle:
+        handle.write('{"key": "torn')  # a SIGKILL mid-write leaves a torn last line
+    again = _llm(server)
+    again.load(record_dir=tmp_path)
+    assert again.generate([HI, [{"role": "user", "content": "bye"}]], num_generations=2) == expected
+    assert again.generate([HI], temperature=0.3)  # a different request is sent
+    again.unload()
+    assert len(server.chat_requests()) == 5 and again.call_stats["recorded"] == 4
+
+
+def test_failed_calls_are_not_recorded(server: FakeOpenAIServer, tmp_path) -> None:
+    llm = _llm(server, max_retries=0)
+    llm.load(record_dir=tmp_path)
+    server.fail_next(500)
+    with pytest.raises(LLMCallError):
+        llm.generate([HI])
+    llm.unload()
+    again = _llm(server)
+    again.load(record_dir=tmp_path)
+    assert again.generate([HI])[0]["generations"] == ["echo: hi"]
+    again.unload()
+    assert [r["status"] for r in server.chat_requests()] == [500, 200]
+
+
+def test_requests_per_minute_paces_the_calls(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, requests_per_minute=600)  # 10 a second, at most a second's worth at once
+    started = time.monotonic()
+    llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(30)])
+    llm.unload()
+    assert time.monotonic() - started >= 1.8
+    first = min(r["started"] for r in server.chat_requests())
+    assert sum(r["started"] - first < 1.0 for r in server.chat_requests()) <= 21
+
+
+def test_tokens_per_minute_counts_the_estimated_tokens(server: FakeOpenAIServer) -> None:
+    # Each call is estimated at 1 prompt token + max_tokens 99 = 100 tokens; 6,000 a minute
+    # is 100 a second: 5 calls need about 4 seconds after the first.
+    llm = _llm(server, tokens_per_minute=6000, generation_kwargs={"max_new_tokens": 99})
+    started = time.monotonic()
+    llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(5)])
+    llm.unload()
+    assert time.monotonic() - started >= 3.5

@@ -1,0 +1,161 @@
+"""LLM steps in real pipelines on "threaded" and "mp", against FakeOpenAIServer over HTTP."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from stillhouse.core import Pipeline
+from stillhouse.core.steps import LoadDataFromDicts
+from stillhouse.llms import ChatGeneration, OpenAILLM, TextGeneration
+from stillhouse.llms.testing import FakeOpenAIServer
+from tests.llms.conftest import API_KEY
+from tests.support.results import rows_of
+
+# Pipelines need the executors, the cache and the results packages beside core and llms.
+pytest.importorskip("stillhouse.executors")
+pytest.importorskip("stillhouse.distiset")
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+@pytest.fixture(params=["threaded", "mp"])
+def executor(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def _llm(server: FakeOpenAIServer, **fields: object) -> OpenAILLM:
+    return OpenAILLM(model="fake-model", base_url=server.base_url, api_key=API_KEY, **fields)
+
+
+def _questions(n: int) -> list[dict]:
+    return [{"instruction": f"question {i}"} for i in range(n)]
+
+
+def _all_files_text(folder: Path) -> str:
+    return "\n".join(p.read_bytes().decode("utf-8", "replace") for p in folder.rglob("*") if p.is_file())
+
+
+def test_text_generation_rows_metadata_and_no_secret_on_disk(server, executor, tmp_path) -> None:
+    with Pipeline(name="gen", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        loader = LoadDataFromDicts(data=_questions(12), batch_size=5)
+        loader >> TextGeneration(name="gen", llm=_llm(server), num_generations=2, input_batch_size=4,
+                                 system_prompt="Be brief.")
+    rows = rows_of(pipeline.run(progress=False))
+    assert [r["instruction"] for r in rows] == [q["instruction"] for q in _questions(12) for _ in range(2)]
+    assert {r["generation"] for r in rows[:2]} == {"echo: question 0"}
+    assert {r["model_name"] for r in rows} == {"fake-model"}
+    meta = rows[0]["stillhouse_metadata"]
+    assert meta["raw_output_gen"] == "echo: question 0"
+    assert meta["raw_input_gen"] == [{"role": "system", "content": "Be brief."},
+                                     {"role": "user", "content": "question 0"}]
+    assert meta["statistics_gen"] == {"input_tokens": 4, "output_tokens": 3}
+    assert len(server.chat_requests(200)) == 24
+    assert API_KEY not in _all_files_text(tmp_path)
+
+
+def test_rerun_sends_nothing(server, executor, tmp_path) -> None:
+    def build() -> Pipeline:
+        with Pipeline(name="again", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=_questions(6)) >> TextGeneration(name="gen", llm=_llm(server))
+        return pipeline
+
+    first = rows_of(build().run(progress=False))
+    assert rows_of(build().run(progress=False)) == first
+    assert len(server.chat_requests()) == 6
+
+
+def test_failed_rows_get_none_and_their_error_the_run_goes_on(server, executor, tmp_path) -> None:
+    data = _questions(6)
+    data[2]["instruction"] = "broken [[status=400]]"
+    server.fail_next(500, times=2, retry_after=0.01)  # transient: retried, answered
+    with Pipeline(name="fail", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        LoadDataFromDicts(data=data) >> TextGeneration(name="gen", llm=_llm(server), input_batch_size=6)
+    rows = rows_of(pipeline.run(progress=False))
+    assert [r["generation"] is None for r in rows] == [False, False, True, False, False, False]
+    assert "400" in rows[2]["stillhouse_metadata"]["error_gen"]
+    assert rows[2]["model_name"] is None
+    assert rows[0]["stillhouse_metadata"].get("error_gen") is None  # (Parquet gives every row the key)
+
+
+def test_401_fails_the_run_at_once_naming_step_and_endpoint(server, executor, tmp_path) -> None:
+    wrong = "sk-wrong-KEY-0123456789abcdef"
+    with Pipeline(name="auth", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=_questions(50)) >> TextGeneration(
+            name="gen", llm=OpenAILLM(model="fake-model", base_url=server.base_url, api_key=wrong))
+    started = time.monotonic()
+    with pytest.raises(Exception) as info:
+        pipeline.run(progress=False)
+    assert time.monotonic() - started < 60
+    message = str(info.value)
+    assert "'gen'" in message and server.base_url in message and "401" in message
+    assert wrong not in message and "sk-...cdef" in message
+    assert server.chat_requests() == []
+    assert wrong not in _all_files_text(tmp_path)
+
+
+class Verdict(BaseModel):
+    score: int
+    reason: str
+
+
+def test_chat_generation_with_structured_output(server, executor, tmp_path) -> None:
+    conversations = [{"messages": [{"role": "user", "content": f"judge {i}"}]} for i in range(5)]
+    with Pipeline(name="judge", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=conversations) >> ChatGeneration(
+            name="judge", llm=_llm(server, structured_output=Verdict), group_generations=True,
+            num_generations=2)
+    rows = rows_of(pipeline.run(progress=False))
+    assert len(rows) == 5
+    for row in rows:
+        assert len(row["generation"]) == 2
+        assert all(Verdict.model_validate_json(g).reason.endswith(row["messages"][0]["content"])
+                   for g in row["generation"])
+
+
+def test_one_limit_per_endpoint_across_steps_replicas_and_processes(executor, tmp_path) -> None:
+    with FakeOpenAIServer(latency=0.1, api_key=API_KEY) as server:
+        with Pipeline(name="limit", executor=executor, cache_dir=tmp_path) as pipeline:
+            loader = LoadDataFromDicts(data=_questions(40), batch_size=10)
+            for name in ("a", "b"):
+                loader >> TextGeneration(name=name, llm=_llm(server, max_concurrency=3),
+                                         input_batch_size=5, resources={"replicas": 2})
+        pipeline.run(progress=False)
+        assert len(server.chat_requests(200)) == 80
+        assert server.max_in_flight <= 3
+        assert server.max_in_flight == 3  # and the limit was used
+
+
+def test_offline_batch_generation_suspends_then_resumes(server, executor, tmp_path) -> None:
+    from stillhouse.core.errors import StepsSuspendedError
+
+    server.batch_seconds = 0.5
+
+    def build() -> Pipeline:
+        with Pipeline(name="offline", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=_questions(7), batch_size=7) >> TextGeneration(
+                name="gen", llm=_llm(server, use_offline_batch_generation=True), input_batch_size=4,
+                num_generations=2)
+        return pipeline
+
+    with pytest.raises(StepsSuspendedError, match="gen"):
+        build().run(progress=False)
+    assert server.chat_requests() == []
+    assert len([r for r in server.requests if r["path"].endswith("/batches")]) == 2  # one job per batch
+    time.sleep(0.6)
+    rows = rows_of(build().run(progress=False))
+    assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(7) for _ in range(2)]
+    assert len([r for r in server.requests if r["path"].endswith("/batches")]) == 2  # none created again
+
+
+def test_offline_batch_generation_blocking_polls_in_the_same_run(server, executor, tmp_path) -> None:
+    server.batch_seconds = 0.3
+    with Pipeline(name="offline-block", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=_questions(3)) >> TextGeneration(
+            name="gen", llm=_llm(server, use_offline_batch_generation=True,
+                                 offline_batch_generation_block_until_done=0.1))
+    rows = rows_of(pipeline.run(progress=False))
+    assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(3)]
