@@ -283,6 +283,7 @@ class _Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?")[0].rstrip("/")
         entry: dict[str, Any] = {"method": method, "path": path, "started": started, "latency": 0.0}
+        self._entry, self._logged = entry, False
         try:
             if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
                 self._error(401, "Incorrect API key provided.", "invalid_api_key")
@@ -309,15 +310,18 @@ class _Handler(BaseHTTPRequestHandler):
                 entry["status"] = 404
         except (BrokenPipeError, ConnectionResetError):
             entry["status"] = "disconnected"
-        self.fake._log(entry)
+        if not self._logged:  # no answer went out (the client went away first)
+            self.fake._log(entry)
 
     def _chat(self, raw: bytes) -> dict[str, Any]:
         body = json.loads(raw)
         fake = self.fake
         if fake.models is not None and body.get("model") not in fake.models:
+            self._entry.update({"status": 404, "body": body})
             self._error(404, f"The model {body.get('model')!r} does not exist.", "model_not_found")
             return {"status": 404, "body": body}
         if not fake._enter():
+            self._entry.update({"status": 429, "body": body, "reason": "concurrency"})
             self._error(429, "Too many concurrent requests.", "rate_limit_exceeded",
                         headers={"Retry-After": _seconds(fake.retry_after)})
             return {"status": 429, "body": body, "reason": "concurrency"}
@@ -330,6 +334,7 @@ class _Handler(BaseHTTPRequestHandler):
             fake._leave()
         if status == "timeout":
             status = 200
+        self._entry.update({"status": status, "body": body, "latency": latency})
         if status == 200:
             self._json(200, completion(body))
         elif status == 429:
@@ -406,6 +411,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"error": {"message": message, "type": code, "code": code, "param": None}}, headers)
 
     def _send(self, status: int, data: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+        # Logged before the answer is written: a client that has its answer finds its
+        # request in `.requests` (the test reading the log right after a call included).
+        if not self._logged:
+            self._entry.setdefault("status", status)
+            self.fake._log(self._entry)
+            self._logged = True
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
