@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 from typing import Any
 
 import fsspec
@@ -13,6 +11,7 @@ import pytest
 from stillhouse.core import Pipeline, Step, StepInput, StepOutput
 from stillhouse.core.errors import CacheLockedError
 from stillhouse.core.steps import LoadDataFromDicts
+from tests.support.local_servers import moto_s3
 from tests.support.results import rows_of
 from tests.support.steps import Count, Double, Slow, Tag
 
@@ -78,37 +77,10 @@ def test_interrupted_run_resumes_from_a_memory_cache():
     assert [r["x"] for r in rows] == list(range(30))
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def s3_server(monkeypatch):
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    previous = fsspec.config.conf.get("s3")
-    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}, "use_listings_cache": False}
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    with contextlib.suppress(FileExistsError):  # moto keeps one backend per process
-        fs.mkdir("stillhouse-test")
-    try:
+    with moto_s3(monkeypatch, "stillhouse-test") as (endpoint, _):
         yield endpoint
-    finally:
-        if previous is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = previous
-        fsspec.filesystem("s3").clear_instance_cache()
-        server.stop()
 
 
 def test_s3_cache_on_an_s3_compatible_server(s3_server):

@@ -10,13 +10,15 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import datasets
 import pytest
 import yaml
+
+from tests.support.local_servers import http_server, point_hub_clients_at
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -314,37 +316,8 @@ class _Handler(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_hub(monkeypatch, tmp_path):
     """A fake Hub on 127.0.0.1 that `huggingface_hub` and `datasets` talk to."""
-    import huggingface_hub.constants as hf_constants
-
     hub = FakeHub()
-    handler = type("Handler", (_Handler,), {"hub": hub})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    hub.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-
-    # Both libraries read these once at import: point them at the fake Hub.
-    monkeypatch.setattr(hf_constants, "ENDPOINT", hub.url)
-    monkeypatch.setattr(
-        hf_constants,
-        "HUGGINGFACE_CO_URL_TEMPLATE",
-        hub.url + "/{repo_id}/resolve/{revision}/{filename}",
-    )
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", True)  # plain LFS uploads
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", hub.url)
-    monkeypatch.setattr(
-        datasets.config,
-        "HUB_DATASETS_URL",
-        hub.url + "/datasets/{repo_id}/resolve/{revision}/{path}",
-    )
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    try:
+    with http_server(type("Handler", (_Handler,), {"hub": hub})) as url:
+        hub.url = url
+        point_hub_clients_at(url, monkeypatch, tmp_path)
         yield hub
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)

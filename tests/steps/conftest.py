@@ -7,7 +7,6 @@ Only stillhouse-core and stillhouse-steps (plus the test tools) need be installe
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -15,12 +14,14 @@ import re
 import socket
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import datasets
 import pytest
+
+from tests.support.local_servers import http_server, moto_s3, point_hub_clients_at
 
 _LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 
@@ -191,35 +192,11 @@ class _Handler(BaseHTTPRequestHandler):
 def hub(monkeypatch, tmp_path):
     """A Hub on 127.0.0.1; `HF_ENDPOINT` (for worker processes) and the libraries'
     import-time constants (for this one) point at it."""
-    import huggingface_hub.constants as hf_constants
-
     state = Hub()
-    handler = type("Handler", (_Handler,), {"hub": state})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    monkeypatch.setenv("HF_ENDPOINT", state.url)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setenv("HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.setattr(hf_constants, "ENDPOINT", state.url)
-    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
-                        state.url + "/{repo_id}/resolve/{revision}/{filename}")
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
-    monkeypatch.setattr(hf_constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
-    monkeypatch.setattr(datasets.config, "HF_ENDPOINT", state.url)
-    monkeypatch.setattr(datasets.config, "HUB_DATASETS_URL",
-                        state.url + "/datasets/{repo_id}/resolve/{revision}/{path}")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
-    try:
+    with http_server(type("Handler", (_Handler,), {"hub": state})) as url:
+        state.url = url
+        point_hub_clients_at(url, monkeypatch, tmp_path)
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 # -- S3 -------------------------------------------------------------------------------
@@ -228,30 +205,5 @@ def hub(monkeypatch, tmp_path):
 @pytest.fixture
 def s3(monkeypatch):
     """A moto S3 server on 127.0.0.1 with a bucket `stillhouse-steps`; s3fs points at it."""
-    fsspec = pytest.importorskip("fsspec")
-    pytest.importorskip("s3fs")
-    server_module = pytest.importorskip("moto.server")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    previous = fsspec.config.conf.get("s3")
-    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint},
-                                "use_listings_cache": False}
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    with contextlib.suppress(FileExistsError):  # moto keeps one backend per process
-        fs.mkdir("stillhouse-steps")
-    try:
+    with moto_s3(monkeypatch, "stillhouse-steps") as (_, fs):
         yield fs
-    finally:
-        if previous is None:
-            fsspec.config.conf.pop("s3", None)
-        else:
-            fsspec.config.conf["s3"] = previous
-        fsspec.filesystem("s3").clear_instance_cache()
-        server.stop()
