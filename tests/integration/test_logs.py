@@ -216,17 +216,32 @@ def test_failed_step_is_named_failed_and_hint_says_fix_it(tmp_path):
 
 def test_no_resume_hint_when_a_rerun_fails_the_same_way(tmp_path):
     from stillhouse.core.engine.run import resume_hint
-    from stillhouse.core.errors import MisalignedInputsError, PipelineValidationError
+    from stillhouse.core.errors import (
+        MisalignedInputsError,
+        PipelineValidationError,
+        StepContractError,
+    )
 
     run_dir = str(tmp_path)
     assert resume_hint(PipelineValidationError("bad"), True, run_dir) is None
     assert resume_hint(MisalignedInputsError("unequal"), True, run_dir) is None
-    contract = type("StepContractError", (RuntimeError,), {})
-    assert resume_hint(contract("yielded a dict"), True, run_dir) is None
+    assert resume_hint(StepContractError("yielded a dict"), True, run_dir) is None
     spawned = RuntimeError("... needs `if __name__ == '__main__':` ...")
     assert resume_hint(spawned, True, run_dir) is None
     assert "use_cache=True (on the CLI: without --ignore-cache)" in resume_hint(KeyboardInterrupt(), False, run_dir)
     assert "run the same pipeline again" in resume_hint(KeyboardInterrupt(), True, run_dir)
+
+
+@pytest.mark.parametrize("executor", ["sync", "threaded", "mp"])
+def test_a_step_breaking_its_contract_fails_the_run_naming_it_without_a_resume_hint(tmp_path, executor, caplog):
+    from stillhouse.core.errors import StepContractError
+    from tests.support.steps import ForgetsItsOutput
+
+    with Pipeline(name=f"contract-{executor}", cache_dir=tmp_path, executor=executor) as pipeline:
+        LoadDataFromDicts(name="load", data=[{"x": 1}]) >> ForgetsItsOutput(name="forgets")
+    with pytest.raises(StepContractError, match="Step 'forgets' did not set its output column 'y'"):
+        pipeline.run(progress=False)
+    assert "To resume" not in caplog.text
 
 
 

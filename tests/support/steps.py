@@ -320,3 +320,9 @@ def HangPid(inputs: StepInput, hang_on: int = -1) -> StepOutput:
     for row in inputs:
         row["pid"] = os.getpid()
     yield inputs
+
+
+@step(inputs=["x"], outputs=["y"])
+def ForgetsItsOutput(inputs: StepInput) -> StepOutput:
+    """Declares output `y` and never sets it (breaks the step contract)."""
+    yield [dict(row) for row in inputs]

@@ -97,6 +97,11 @@ class MisalignedInputsError(StepRuntimeError):
     """A step's predecessors produced different numbers of rows."""
 
 
+class StepContractError(StepRuntimeError):
+    """A step's `process` broke the step contract: it must yield lists of row dicts (a
+    generator step: `(rows, is_last)` pairs) and set every required output column."""
+
+
 class BatchTimeoutError(StepRuntimeError, TimeoutError):
     """A batch took longer than its step's `batch_timeout`."""
 

@@ -30,6 +30,7 @@ from pydantic import (
 )
 
 from stillhouse.core import _context
+from stillhouse.core.contract import checked_batch, checked_pair, require_iterator
 from stillhouse.core.runtime import (
     _RUNTIME_PARAMETER_ANNOTATION,
     RuntimeParameter,
@@ -428,14 +429,14 @@ class Step(_Step, ABC):
         """Run `process` with `input_mappings` applied on the way in and
         `output_mappings` on the way out; columns hidden by a mapping are restored."""
         args, map_out = self._mapped_call(inputs)
-        for rows in self.process(*args):
-            yield map_out(rows)
+        for rows in require_iterator(self.name, self.process(*args)):
+            yield map_out(checked_batch(self.name, rows))
 
     async def aprocess_applying_mappings(self, *inputs: list[Row]) -> AsyncIterator[list[Row]]:
         """`process_applying_mappings` for an async step (`async def process`)."""
         args, map_out = self._mapped_call(inputs)
-        async for rows in self.process(*args):  # type: ignore[attr-defined]
-            yield map_out(rows)
+        async for rows in require_iterator(self.name, self.process(*args)):  # type: ignore[attr-defined]
+            yield map_out(checked_batch(self.name, rows))
 
     def _mapped_call(
         self, inputs: tuple[list[Row], ...]
@@ -494,12 +495,15 @@ class GeneratorStep(_Step, ABC):
         """Yield `(rows, is_last_batch)`, skipping the first `offset` rows."""
 
     def process_applying_mappings(self, offset: int = 0) -> GeneratorStepOutput:
-        for rows, last in self.process(offset=offset):
+        for item in require_iterator(self.name, self.process(offset=offset), generator=True):
+            rows, last = checked_pair(self.name, item)
             yield self._map_generated(rows), last
 
     async def aprocess_applying_mappings(self, offset: int = 0) -> AsyncIterator[tuple[list[Row], bool]]:
         """`process_applying_mappings` for an async generator step."""
-        async for rows, last in self.process(offset=offset):  # type: ignore[attr-defined]
+        generated = require_iterator(self.name, self.process(offset=offset), generator=True)
+        async for item in generated:  # type: ignore[attr-defined]
+            rows, last = checked_pair(self.name, item)
             yield self._map_generated(rows), last
 
     def _map_generated(self, rows: list[Row]) -> list[Row]:

@@ -24,7 +24,13 @@ from stillhouse.core.engine.protocol import (
 )
 from stillhouse.core.engine.scheduler import Scheduler
 from stillhouse.core.engine.state import StepState, build_states
-from stillhouse.core.errors import MissingPluginError, PipelineValidationError, StepsSuspendedError
+from stillhouse.core.errors import (
+    MisalignedInputsError,
+    MissingPluginError,
+    PipelineValidationError,
+    StepContractError,
+    StepsSuspendedError,
+)
 
 if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
@@ -148,7 +154,7 @@ def _set_artifacts_path(pipeline: Pipeline) -> None:
         pipeline.dag.get_step(name).set_pipeline_artifacts_path(artifacts)
 
 
-_NO_RESUME = ("StepContractError", "MisalignedInputsError")
+_NO_RESUME = (StepContractError, MisalignedInputsError)
 """Errors a rerun meets again whatever the cache holds: the step's code must change."""
 
 
@@ -161,16 +167,14 @@ def resume_hint(error: BaseException | None, use_cache: bool, run_dir: str | Non
     the hint names the change: `use_cache=True` (drop `--ignore-cache`)."""
     if run_dir is None or error is None:
         return None
-    if isinstance(error, PipelineValidationError) or any(
-        cls.__name__ in _NO_RESUME for cls in type(error).__mro__
-    ):
+    if isinstance(error, (PipelineValidationError, *_NO_RESUME)):
         return None
     text = f"{error} {error.__cause__ or ''}"
     if "bootstrapping phase" in text or "if __name__ == '__main__'" in text:
         return None  # a spawned worker re-ran the script: the guard is missing
     how = ("run the same pipeline again" if use_cache else
            "run it again with use_cache=True (on the CLI: without --ignore-cache)")
-    nothing_to_fix = isinstance(error, KeyboardInterrupt) or type(error).__name__ == "StepsSuspendedError"
+    nothing_to_fix = isinstance(error, KeyboardInterrupt | StepsSuspendedError)
     first = "" if nothing_to_fix else "fix what failed, then "
     return (f"The run did not finish. To resume from {run_dir}, {first}{how}; "
             "finished batches are reused.")

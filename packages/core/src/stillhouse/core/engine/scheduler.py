@@ -34,6 +34,7 @@ from stillhouse.core.errors import (
     EngineError,
     MisalignedInputsError,
     RoutingError,
+    StepContractError,
     StepRuntimeError,
     StepsSuspendedError,
     WorkerDiedError,
@@ -203,6 +204,11 @@ class Scheduler:
                 self.batch_storage.discard(payload)
             self._accept(state, record, cached=False)
         elif isinstance(event, Failed):
+            if isinstance(event.exception, StepContractError):  # the step's code must change
+                raise StepContractError(
+                    f"{event.exception}\nWorker traceback:\n{event.traceback}",
+                    step_name=event.step_name,
+                ) from event.exception
             raise StepRuntimeError(
                 f"Step {event.step_name!r} failed and the run stopped: "
                 f"{type(event.exception).__name__}: {event.exception}\n"

@@ -23,9 +23,15 @@ import traceback
 from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
+from stillhouse.core.contract import check_outputs
 from stillhouse.core.engine.logs import step_context
 from stillhouse.core.engine.protocol import Payload, Task, TaskResult
-from stillhouse.core.errors import BatchTimeoutError, StepRuntimeError, SuspendStep
+from stillhouse.core.errors import (
+    BatchTimeoutError,
+    StepContractError,
+    StepRuntimeError,
+    SuspendStep,
+)
 from stillhouse.core.step import GeneratorStep, _resume_state, _Step
 from stillhouse.core.typing import Row
 
@@ -68,6 +74,8 @@ class StepRunner:
         self._agenerator: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        # Required output columns (after output_mappings) each row of a batch must set.
+        self._required = [] if step.is_generator else [c for c, r in step.get_outputs().items() if r]
 
     @property
     def concurrency(self) -> int:
@@ -159,7 +167,9 @@ class StepRunner:
                 if self._generator is None:
                     self._generator = iter(self.step.process_applying_mappings(offset=task.offset))
                 return _next_generated(self._generator)
-            return _collect(self.step.process_applying_mappings(*task.inputs)), self.step.is_global
+            rows = _collect(self.step.process_applying_mappings(*task.inputs))
+            check_outputs(self.step.name, self._required, rows, task.key)
+            return rows, self.step.is_global
         finally:
             _resume_state.reset(token)
 
@@ -176,6 +186,7 @@ class StepRunner:
         rows: list[Row] = []
         async for batch in self.step.aprocess_applying_mappings(*task.inputs):  # type: ignore[attr-defined]
             rows.extend(batch)
+        check_outputs(self.step.name, self._required, rows, task.key)
         return rows, self.step.is_global
 
     def _with_timeout(self, compute: Callable[[], tuple[list[Row], bool]], task: Task) -> tuple[list[Row], bool]:
@@ -218,7 +229,7 @@ class StepRunner:
             if isinstance(suspended, dict):
                 return TaskResult(task.step_name, task.key, [], False, None, seconds, suspended)
             exc = suspended
-        if not self.step.is_normal:
+        if not self.step.is_normal or isinstance(exc, StepContractError):  # a rerun meets it again
             raise FatalStepError(self.step.name, exc) from exc
         error = f"{type(exc).__name__}: {exc}"
         logger.warning(
