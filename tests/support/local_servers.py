@@ -3,7 +3,7 @@ test packages: an HTTP server for a fake Hugging Face Hub, the settings that poi
 `huggingface_hub` and `datasets` at it, and a moto S3 server that s3fs talks to.
 
 Nothing here imports a stillhouse package, so the tests of one package installed
-alone (`.ci/steps-alone`) can use it.
+alone (`.ci/alone steps`) can use it.
 """
 
 from __future__ import annotations
