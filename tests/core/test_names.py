@@ -47,10 +47,3 @@ def test_a_pipeline_file_with_a_dotdot_name_is_refused() -> None:
 def test_step_names_that_cannot_be_path_components_are_rejected(name: str) -> None:
     with Pipeline(name="steps"), pytest.raises(ValidationError, match="name"):
         KeepColumns(name=name, columns=["a"])
-
-
-def test_a_long_pipeline_name_runs(tmp_path) -> None:
-    with Pipeline(name="p" * 200, cache_dir=tmp_path, executor="sync") as pipeline:
-        LoadDataFromDicts(name="s" * 200, data=[{"a": 1}])
-    distiset = pipeline.run(progress=False)
-    assert distiset["default"]["train"].to_list() == [{"a": 1}]

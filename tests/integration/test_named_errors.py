@@ -76,3 +76,10 @@ def test_a_lone_surrogate_names_the_step_the_column_and_the_fix(tmp_path, execut
     assert f"Rows of step {error.step_name!r} cannot be stored" in message
     assert "column 'text' (row 2 of the batch: 'caf\\udce9')" in message
     assert "lone surrogate" in message and "errors='replace'" in message
+
+
+def test_a_long_pipeline_name_runs(tmp_path) -> None:
+    with Pipeline(name="p" * 200, cache_dir=tmp_path, executor="sync") as pipeline:
+        LoadDataFromDicts(name="s" * 200, data=[{"a": 1}])
+    distiset = pipeline.run(progress=False)
+    assert distiset["default"]["train"].to_list() == [{"a": 1}]
