@@ -147,6 +147,25 @@ def _stopped_run(tmp_path: Path, use_cache: bool = True) -> Pipeline:
     return pipeline
 
 
+def test_ctrl_c_raises_keyboard_interrupt_from_the_callers_frame(tmp_path):
+    import traceback
+
+    pipeline = _pipeline(tmp_path)
+    STOP_AFTER["batches"] = 3
+    try:
+        pipeline.run(progress=False)
+    except KeyboardInterrupt as stopped:
+        frames = traceback.extract_tb(stopped.__traceback__)
+        context = stopped.__context__
+    finally:
+        STOP_AFTER.clear()
+    assert [frame.name for frame in frames] == [
+        "test_ctrl_c_raises_keyboard_interrupt_from_the_callers_frame", "run",
+    ]
+    assert frames[-1].filename.endswith("pipeline.py")
+    assert context is None  # no "During handling of the above exception" engine traceback
+
+
 def test_pipeline_log_has_loaded_and_finished_lines(tmp_path):
     pipeline = _pipeline(tmp_path)
     pipeline.run(progress=False)

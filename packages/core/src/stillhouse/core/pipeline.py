@@ -278,17 +278,23 @@ class Pipeline:
         from stillhouse.core.engine.run import run_pipeline
 
         self._attach_dataset(dataset, dataset_batch_size)
-        return run_pipeline(
-            self,
-            parameters=parameters,
-            use_cache=use_cache,
-            load_groups=load_groups,
-            logging_handlers=logging_handlers,
-            progress=progress,
-            storage_parameters=storage_parameters,
-            use_fs_to_pass_data=use_fs_to_pass_data,
-            wait_for_suspended=wait_for_suspended,
-        )
+        try:
+            return run_pipeline(
+                self,
+                parameters=parameters,
+                use_cache=use_cache,
+                load_groups=load_groups,
+                logging_handlers=logging_handlers,
+                progress=progress,
+                storage_parameters=storage_parameters,
+                use_fs_to_pass_data=use_fs_to_pass_data,
+                wait_for_suspended=wait_for_suspended,
+            )
+        except KeyboardInterrupt:
+            # The stop was clean and logged how to resume: the engine's frames would only
+            # bury that message. Raised again here, from the caller's `run()` line.
+            pass
+        raise KeyboardInterrupt
 
     def dry_run(
         self,
