@@ -50,10 +50,13 @@ def test_replicas_each_load_and_share_the_tasks(executor):
     with Pipeline(name="unit"):
         step = Pid(name="pid", sleep=0.05, resources={"replicas": 2})
     executor.start([step])
-    for index in range(12):  # sent before any replica loaded: held, then spread
+    # Both replicas load before any task is sent: under load one actor can start seconds
+    # after the other, and the first would then take every task (a timing assumption).
+    loaded = collect(executor, 2, (Loaded,))
+    assert sorted(e.replica for e in loaded if isinstance(e, Loaded)) == [0, 1]
+    for index in range(12):
         executor.send(Task("pid", (0, index), [data(3)]))
     events = collect(executor, 12, (Finished,))
-    assert sorted(e.replica for e in events if isinstance(e, Loaded)) == [0, 1]
     results = sorted(e.result.key for e in events if isinstance(e, Finished))
     assert results == [(0, i) for i in range(12)]
     pids = {row["pid"] for e in events if isinstance(e, Finished) for row in e.result.rows}
