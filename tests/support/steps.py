@@ -326,3 +326,14 @@ def HangPid(inputs: StepInput, hang_on: int = -1) -> StepOutput:
 def ForgetsItsOutput(inputs: StepInput) -> StepOutput:
     """Declares output `y` and never sets it (breaks the step contract)."""
     yield [dict(row) for row in inputs]
+
+
+@step(inputs=["x"], outputs=["y"])
+def FailsWhileMarked(inputs: StepInput, marker: str = "", log: str = "") -> StepOutput:
+    """Doubles `x`; while the file `marker` exists, a batch holding x == 3 fails. Appends
+    one line per batch it computes to the file `log` (workers may be other processes)."""
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"{[row['x'] for row in inputs]}\n")
+    if os.path.exists(marker) and any(row["x"] == 3 for row in inputs):
+        raise RuntimeError("the endpoint is down")
+    yield [{**row, "y": row["x"] * 2} for row in inputs]

@@ -168,7 +168,11 @@ class RemoteStepStore(StepStore):
         _, blob = frame(BATCH, *record.key, payload, rows=len(record.rows), flags=LAST if record.last else 0)
         name = _batch_name(record.key, len(record.rows))
         self._put(name, blob)
+        replaced = self.batches.get(record.key)
         self.batches[record.key] = name
+        if replaced is not None and replaced != name:  # a recomputed batch (retry_failed)
+            self.fs.rm_file(f"{self.root}/{replaced}")
+            self.index.discard(replaced)
 
     def get_route(self, ordinal: int) -> list[str] | None:
         name = f"r-{ordinal:010d}{_SUFFIX}"

@@ -268,9 +268,15 @@ class Pipeline:
         load_groups: LoadGroups = None,
         progress: bool | None = None,
         dataset_batch_size: int = 50,
+        retry_failed: bool = False,
         wait_for_suspended: bool = False,
     ) -> Any:
         """Validate, run every step and return the results (a Distiset).
+
+        `retry_failed=True` recomputes the stored batches that recorded a failure, and
+        everything after them; each step keeps its store, so what its durable folder
+        recorded (an LLM step's answered calls) is not paid again. Without it, a rerun
+        returns what the first run returned, failures included.
 
         `dataset_batch_size`: the batch size of the generator step made from `dataset`.
         A run that ends with suspended steps (`SuspendStep`) raises `StepsSuspendedError`;
@@ -289,6 +295,7 @@ class Pipeline:
                 storage_parameters=storage_parameters,
                 use_fs_to_pass_data=use_fs_to_pass_data,
                 wait_for_suspended=wait_for_suspended,
+                retry_failed=retry_failed,
             )
         except KeyboardInterrupt:
             # The stop was clean and logged how to resume: the engine's frames would only

@@ -236,6 +236,12 @@ class StepStore(ABC):
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())
 
+    def failed_keys(self) -> set[BatchKey]:
+        """Keys of the stored batches that recorded a failure (for `run(retry_failed=True)`).
+
+        Reads every stored batch; a store that can say it cheaper may override this."""
+        return {record.key for record in self.records() if record.error is not None}
+
 
 class RunStore(ABC):
     """Everything a run keeps on disk. Made by the `stillhouse_make_run_store` hook."""

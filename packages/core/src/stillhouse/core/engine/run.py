@@ -64,6 +64,7 @@ def run_pipeline(
     storage_parameters: dict[str, Any] | None = None,
     use_fs_to_pass_data: bool = False,
     wait_for_suspended: bool = False,
+    retry_failed: bool = False,
 ) -> Any:
     pipeline.apply_parameters(parameters)
     pipeline.validate()
@@ -93,7 +94,7 @@ def run_pipeline(
             }
             for name, step_store in stores.items():  # before any worker gets the step
                 pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
-            states = build_states(pipeline.dag, stores, writer)
+            states = build_states(pipeline.dag, stores, writer, retry_failed=retry_failed and use_cache)
             _announce_resume(pipeline, states)
             error: BaseException | None = None
             view: Progress | None = None

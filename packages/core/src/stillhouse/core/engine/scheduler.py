@@ -152,7 +152,10 @@ class Scheduler:
     def _start(self, states: list[StepState]) -> None:
         # A finished step replayed inside routed branches answers every batch from its
         # store: it needs no worker.
-        to_start = [s for s in states if s.mode == "compute" and not s.finished and not s.store.finished]
+        to_start = [
+            s for s in states
+            if s.mode == "compute" and not s.finished and (not s.store.finished or s.retry is not None)
+        ]
         if not to_start:
             return
         replicas_ibs = sum(s.input_batch_size * s.max_inflight * max(1, len(s.preds)) for s in to_start)
@@ -308,7 +311,7 @@ class Scheduler:
                 return progressed
             take = min(available, size)
             key = (lineage_id, lineage.next_index)
-            record = state.store.get(key)
+            record = _reusable(state, state.store.get(key))
             if record is None and (state.inflight >= state.max_inflight or self.stop_requested()):
                 return progressed
             inputs, span = lineage.take(take)
@@ -329,7 +332,7 @@ class Scheduler:
         state.dispatched.append(key)
         state.stats.rows_in += len(inputs[0]) if inputs else 0
         if record is None and state.step.is_global:
-            record = state.store.get(key)
+            record = _reusable(state, state.store.get(key))
         if record is not None:
             self._accept(state, record, cached=True)
             return
@@ -622,6 +625,15 @@ class Scheduler:
             if not s.finished
         }
         return f"The engine cannot make progress in stage {stage!r}; waiting steps: {waiting}. Please report this."
+
+
+def _reusable(state: StepState, record: BatchRecord | None) -> BatchRecord | None:
+    """A stored batch, unless `run(retry_failed=True)` recomputes it."""
+    if record is None or state.retry is None:
+        return record
+    if state.retry == "all" or record.error is not None:
+        return None
+    return record
 
 
 class _Fresh(list):

@@ -239,6 +239,9 @@ class StepState:
     next_index: int = 0
     offset: int = 0
     replay: object | None = None  # an iterator of stored records
+    # run(retry_failed=True): "failed" recomputes the stored batches that failed, "all"
+    # (a step after such a step) recomputes every batch; None reuses what is stored.
+    retry: Literal["failed", "all"] | None = None
     # batches in flight, suspension and stall watching
     sent: dict[BatchKey, float] = field(default_factory=dict)  # key -> when it was sent
     resumed: set[BatchKey] = field(default_factory=set)  # sent with a suspended state
@@ -265,8 +268,14 @@ class StepState:
         return sum(lineage.buffered() for lineage in self.lineages.values())
 
 
-def build_states(dag: DAG, stores: dict[str, StepStore], writer: OutputWriter) -> dict[str, StepState]:
-    """One `StepState` per step, with its mode decided from what is already stored."""
+def build_states(
+    dag: DAG, stores: dict[str, StepStore], writer: OutputWriter, *, retry_failed: bool = False
+) -> dict[str, StepState]:
+    """One `StepState` per step, with its mode decided from what is already stored.
+
+    `retry_failed`: steps whose stored batches recorded a failure recompute those batches,
+    and every step after them recomputes all of its batches (their inputs change); each
+    keeps its store, so its durable folder (a call record) is kept too."""
     convergence = set(convergence_steps(dag).values())
     states: dict[str, StepState] = {}
     for name in dag.topological_order():
@@ -284,8 +293,20 @@ def build_states(dag: DAG, stores: dict[str, StepStore], writer: OutputWriter) -
         if not state.lineaged and not state.step.is_generator:
             state.lineages[0] = Lineage.for_preds(state.preds)
         states[name] = state
+    if retry_failed:
+        _mark_retries(dag, states)
     _decide_modes(dag, states, writer)
     return states
+
+
+def _mark_retries(dag: DAG, states: dict[str, StepState]) -> None:
+    """`retry = "failed"` on steps whose stores hold failed batches, `"all"` after them."""
+    for name in dag.topological_order():
+        state = states[name]
+        if any(states[p].retry is not None for p in state.preds):
+            state.retry = "all"
+        elif not state.step.is_generator and state.store.failed_keys():
+            state.retry = "failed"
 
 
 def _decide_modes(dag: DAG, states: dict[str, StepState], writer: OutputWriter) -> None:
@@ -293,8 +314,9 @@ def _decide_modes(dag: DAG, states: dict[str, StepState], writer: OutputWriter) 
     needs_inputs: dict[str, bool] = {}
     for name in reversed(dag.topological_order()):
         state = states[name]
-        finished = state.store.finished
-        wanted = (state.is_leaf and not writer.is_complete(name, state.store.version)) or any(
+        finished = state.store.finished and state.retry is None
+        complete = state.retry is None and writer.is_complete(name, state.store.version)
+        wanted = (state.is_leaf and not complete) or any(
             needs_inputs[succ] for succ in state.succs
         )
         if not finished:
