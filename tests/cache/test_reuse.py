@@ -7,11 +7,12 @@ import json
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
 from stillhouse.cache import pipeline_dir
-from stillhouse.core import Pipeline
+from stillhouse.core import Pipeline, Step, StepInput, StepOutput
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
@@ -202,3 +203,33 @@ def test_create_distiset_names_a_damaged_file(tmp_path):
     damaged.write_bytes(b"not parquet at all")
     with pytest.raises(CorruptCacheError, match=damaged.name):
         create_distiset(Path(pipeline._run_dir) / "data")
+
+
+class CountsItsSignatureLookups(Step):
+    """A step whose `signature_extra()` stands for a costly lookup (a Hub commit, a file
+    listing): the run must ask once per step, not once per place that needs a signature."""
+
+    lookups: ClassVar[list[str]] = []
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["y"]
+
+    def signature_extra(self) -> dict[str, Any]:
+        CountsItsSignatureLookups.lookups.append(self.name)
+        return {"source": "commit-1"}
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield [{**row, "y": row["x"]} for row in inputs]
+
+
+def test_a_run_looks_up_each_steps_signature_once(tmp_path):
+    CountsItsSignatureLookups.lookups.clear()
+    with Pipeline(name="lookups", cache_dir=tmp_path, executor="sync") as pipeline:
+        LoadDataFromDicts(name="load", data=[{"x": 1}]) >> CountsItsSignatureLookups(name="costly")
+    pipeline.run(progress=False)
+    assert CountsItsSignatureLookups.lookups == ["costly"]

@@ -24,7 +24,7 @@ from stillhouse.cache import lock
 from stillhouse.cache.records import BATCH, iter_headers
 from stillhouse.cache.reuse import decide
 from stillhouse.cache.run_store import pipeline_dir, step_dir
-from stillhouse.cache.signature import explain_changes, step_signature_parts, step_signatures
+from stillhouse.cache.signature import explain_changes, signature_table
 from stillhouse.cache.store import LOG, META, log_holdings, read_meta
 from stillhouse.core.cli import add_param_option, console, load_pipeline, parse_params, table
 from stillhouse.core.dag import routing_context
@@ -283,16 +283,17 @@ def _latest_other_store(base: Path, name: str, directory: Path) -> dict[str, Any
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
 
-def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
+def explain(pipeline: Any, use_cache: bool = True, table: Any = None) -> list[dict[str, str]]:
     """`[{step, decision, why}]` in topological order: what a run would do with the cache.
 
     The decision is `reuse.decide`'s, the rule the stores themselves follow; this only
-    adds detail to its reason (which part of a signature changed, which step before)."""
+    adds detail to its reason (which part of a signature changed, which step before).
+    `table`: `signature_table(pipeline.dag)` when the caller has it already."""
     from stillhouse.core.engine.run import fresh_steps
 
     dag, base = pipeline.dag, pipeline_dir(pipeline)
     fresh = fresh_steps(pipeline, use_cache)
-    signatures = step_signatures(dag)
+    signatures, all_parts = table or signature_table(dag)
     generations: dict[str, str | None] = {}  # None: recomputed, so a new generation
     rows = []
     for name in dag.topological_order():
@@ -312,7 +313,7 @@ def explain(pipeline: Any, use_cache: bool = True) -> list[dict[str, str]]:
         )
         why = decision.reason
         if meta is None and name not in fresh:
-            why = _why_new(dag, base, name, directory, signatures, recomputed_preds)
+            why = _why_new(dag, base, name, directory, all_parts[name], recomputed_preds)
         elif name not in fresh and decision.action == "recompute" and recomputed_preds and meta.get("predecessors") != {
             p: generations[p] for p in preds
         }:
@@ -333,11 +334,11 @@ def _fresh_reason(step: Any, use_cache: bool) -> str:
     return "use_cache=False on this step" if not step.use_cache else "use_cache=False on a step before it"
 
 
-def _why_new(dag: Any, base: Path, name: str, directory: Path, signatures: dict[str, str],
+def _why_new(dag: Any, base: Path, name: str, directory: Path, step_parts: dict[str, Any],
              recomputed_preds: list[str]) -> str:
     """Why a step has no store of its own signature: new, or which part of it changed."""
     other = _latest_other_store(base, name, directory)
-    parts = _plain_json(step_signature_parts(dag, name, signatures))
+    parts = _plain_json(step_parts)
     if other is None:
         return "new step"
     if not other.get("parts"):

@@ -28,7 +28,7 @@ from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode
 from stillhouse.cache.durable import remote_durable_dir
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Holdings, decide
-from stillhouse.cache.signature import step_signature_parts, step_signatures
+from stillhouse.cache.signature import signature_table
 from stillhouse.cache.store import (
     _suspended_name,
     new_meta,
@@ -261,7 +261,7 @@ class RemoteRunStore(RunStore):
         self.lease = Lease(self.fs, f"{self.base}/.lock", pipeline.name)
         try:  # whatever fails from here on frees the lease for the next run
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-            self.signatures = step_signatures(pipeline.dag)
+            self.signatures, self.parts = signature_table(pipeline.dag)
             self.stores: dict[str, RemoteStepStore] = {}
             self._log = Path(tempfile.mkdtemp(prefix="stillhouse-log-")) / "pipeline.log"
             self._put_text("pipeline.yaml", dumps(pipeline.dump(), "yaml"))
@@ -290,7 +290,7 @@ class RemoteRunStore(RunStore):
             signature=signature,
             batching=None if dag.get_step(name).is_generator else batching,
             predecessors={p: self.stores[p].generation for p in dag.predecessors(name)},
-            parts=step_signature_parts(dag, name, self.signatures),
+            parts=self.parts[name],
         )
         self.stores[name] = store
         return store

@@ -34,7 +34,7 @@ from stillhouse.cache.atomic import (
     private_dirs,
     private_file,
 )
-from stillhouse.cache.signature import step_signature_parts, step_signatures
+from stillhouse.cache.signature import signature_table
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core._references import relativize_files
 from stillhouse.core.dag import load_stages, routing_context
@@ -75,8 +75,9 @@ class FileRunStore(RunStore):
         )
         try:  # whatever fails from here on (a field that cannot be dumped, a full disk) frees the lock
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-            self.signatures = step_signatures(pipeline.dag)
-            self.notes = _reuse_notes(pipeline, use_cache)  # before any store is opened
+            self.signatures, self.parts = signature_table(pipeline.dag)
+            # before any store is opened; with the signatures already computed
+            self.notes = _reuse_notes(pipeline, use_cache, (self.signatures, self.parts))
             with disk_errors(self.run_dir):
                 private_dirs(self.run_dir)
             private_file(self.run_dir / "pipeline.log")  # the log handler appends to it
@@ -104,7 +105,7 @@ class FileRunStore(RunStore):
             batching=None if dag.get_step(name).is_generator else batching,
             predecessors=predecessors,
             fresh=name in self.fresh,
-            parts=step_signature_parts(dag, name, self.signatures),
+            parts=self.parts[name],
             keyed=routing_context(dag, name) is not None,
         )
         store.reuse_note = self.notes.get(name)
@@ -139,12 +140,12 @@ class FileRunStore(RunStore):
             lock.release(self._lock)
 
 
-def _reuse_notes(pipeline: Pipeline, use_cache: bool) -> dict[str, tuple[str, str]]:
+def _reuse_notes(pipeline: Pipeline, use_cache: bool, table: Any) -> dict[str, tuple[str, str]]:
     """`stillhouse cache explain`'s decision and reason per step, for `StepStore.reuse_note`."""
     from stillhouse.cache.cli import explain
 
     try:
-        rows = explain(pipeline, use_cache)
+        rows = explain(pipeline, use_cache, table)
     except Exception:  # a note is not worth failing over: opening the store reports the cause
         logger.debug("No cache decisions to announce", exc_info=True)
         return {}

@@ -76,12 +76,22 @@ def step_signature_parts(dag: DAG, name: str, signatures: dict[str, str]) -> dic
     }
 
 
+def signature_table(dag: DAG) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """Every step's signature and the parts it hashes, computed once, in topological order.
+
+    Computing a step's parts may be costly (`signature_extra()` asks a Hub for a commit or
+    lists files), so a run computes them here once and hands them around."""
+    signatures: dict[str, str] = {}
+    parts: dict[str, dict[str, Any]] = {}
+    for name in dag.topological_order():
+        parts[name] = step_signature_parts(dag, name, signatures)
+        signatures[name] = _hash(parts[name])
+    return signatures, parts
+
+
 def step_signatures(dag: DAG) -> dict[str, str]:
     """Every step's signature, computed in topological order."""
-    signatures: dict[str, str] = {}
-    for name in dag.topological_order():
-        signatures[name] = _hash(step_signature_parts(dag, name, signatures))
-    return signatures
+    return signature_table(dag)[0]
 
 
 def explain_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
