@@ -23,14 +23,14 @@ from executor_testkit import (
     run_tasks,
 )
 
-from stillhouse.core.engine import Executor, Failed, Loaded, Task
+from stillhouse.core.engine import Executor, Failed, Loaded, RunContext, Task
 from stillhouse.core.errors import EngineError
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def test_every_task_gets_a_result(executor: Executor) -> None:
-    executor.start([Double(name="double")])
+    executor.start([Double(name="double")], RunContext())
     tasks = [Task("double", (0, i), batch(i, i + 100)) for i in range(10)]
     got = run_tasks(executor, tasks)
     assert sorted(got) == [(0, i) for i in range(10)]
@@ -40,14 +40,14 @@ def test_every_task_gets_a_result(executor: Executor) -> None:
 
 
 def test_every_replica_is_loaded(executor: Executor) -> None:
-    executor.start([Double(name="double", resources={"replicas": 2})])
+    executor.start([Double(name="double", resources={"replicas": 2})], RunContext())
     events = collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
     assert sorted(e.replica for e in events if isinstance(e, Loaded)) == [0, 1]
 
 
 @pytest.mark.parametrize("generator", [Counter, Numbers], ids=["class", "decorator"])
 def test_generator_resumes_from_offset(executor: Executor, generator: type) -> None:
-    executor.start([generator(name="gen", batch_size=3)])
+    executor.start([generator(name="gen", batch_size=3)], RunContext())
     rows, last, i = [], False, 0
     while not last:
         result = run_tasks(executor, [Task("gen", (0, i), None, offset=4 if i == 0 else 0)])[0, i]
@@ -57,7 +57,7 @@ def test_generator_resumes_from_offset(executor: Executor, generator: type) -> N
 
 
 def test_failing_batch_is_imputed(executor: Executor) -> None:
-    executor.start([FailOnThree(name="flaky")], enable_metadata=True)
+    executor.start([FailOnThree(name="flaky")], RunContext(enable_metadata=True))
     got = run_tasks(executor, [Task("flaky", (0, 0), batch(1, 2)), Task("flaky", (0, 1), batch(3, 4))])
     assert got[0, 0].error is None
     assert [row["y"] for row in got[0, 0].rows] == [1, 2]
@@ -68,7 +68,7 @@ def test_failing_batch_is_imputed(executor: Executor) -> None:
 
 
 def test_load_failure_is_fatal(executor: Executor) -> None:
-    executor.start([FailingLoad(name="broken")])
+    executor.start([FailingLoad(name="broken")], RunContext())
     events = collect(executor, lambda ev: any(isinstance(e, Failed) for e in ev))
     failed = next(e for e in events if isinstance(e, Failed))
     assert failed.step_name == "broken"
@@ -79,7 +79,7 @@ def test_load_failure_is_fatal(executor: Executor) -> None:
 
 
 def test_global_step_failure_is_fatal(executor: Executor) -> None:
-    executor.start([FailingGlobal(name="everything")])
+    executor.start([FailingGlobal(name="everything")], RunContext())
     executor.send(Task("everything", (0, 0), batch(1, 2, 3)))
     events = collect(executor, lambda ev: any(isinstance(e, Failed) for e in ev))
     failed = next(e for e in events if isinstance(e, Failed))
@@ -92,7 +92,7 @@ def test_global_step_failure_is_fatal(executor: Executor) -> None:
 
 def test_worker_logs_reach_the_driver(executor: Executor, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO)
-    executor.start([Chatty(name="chatty"), FailOnThree(name="flaky")])
+    executor.start([Chatty(name="chatty"), FailOnThree(name="flaky")], RunContext())
     run_tasks(executor, [Task("chatty", (0, 0), batch(1, 2)), Task("flaky", (0, 0), batch(3))])
     messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert ("executor_testkit", logging.WARNING, "chatty saw 2 rows") in messages
@@ -103,17 +103,17 @@ def test_worker_logs_reach_the_driver(executor: Executor, caplog: pytest.LogCapt
 
 
 def test_stop_then_start_again(executor: Executor) -> None:
-    executor.start([Double(name="first")])
+    executor.start([Double(name="first")], RunContext())
     run_tasks(executor, [Task("first", (0, 0), batch(1))])
     executor.stop_steps(["first"])
     with pytest.raises(EngineError, match="'first', which is not running"):
         executor.send(Task("first", (0, 1), batch(2)))
-    executor.start([Double(name="second")])
+    executor.start([Double(name="second")], RunContext())
     assert run_tasks(executor, [Task("second", (0, 0), batch(5))])[0, 0].rows[0]["y"] == 10
 
 
 def test_tasks_sent_before_stop_still_run(executor: Executor) -> None:
-    executor.start([Double(name="double")])
+    executor.start([Double(name="double")], RunContext())
     for i in range(3):
         executor.send(Task("double", (0, i), batch(i)))
     executor.stop_steps(["double"])
@@ -122,7 +122,7 @@ def test_tasks_sent_before_stop_still_run(executor: Executor) -> None:
 
 
 def test_shutdown_is_idempotent(executor: Executor) -> None:
-    executor.start([Double(name="double")])
+    executor.start([Double(name="double")], RunContext())
     run_tasks(executor, [Task("double", (0, 0), batch(1))])
     executor.shutdown()
     executor.shutdown()
@@ -132,7 +132,7 @@ def test_shutdown_is_idempotent(executor: Executor) -> None:
 @pytest.mark.parametrize("kind", ["mp", "threaded"])
 def test_replicas_share_the_work(make_executor, kind: str) -> None:
     executor = make_executor(kind)
-    executor.start([Double(name="double", delay=0.2, resources={"replicas": 2})])
+    executor.start([Double(name="double", delay=0.2, resources={"replicas": 2})], RunContext())
     collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
     got = run_tasks(executor, [Task("double", (0, i), batch(i)) for i in range(6)])
     worker = "pid" if kind == "mp" else "thread"
@@ -141,7 +141,7 @@ def test_replicas_share_the_work(make_executor, kind: str) -> None:
 
 def test_sync_runs_in_the_calling_thread(make_executor) -> None:
     executor = make_executor("sync")
-    executor.start([Double(name="double")])
+    executor.start([Double(name="double")], RunContext())
     assert executor.events(0) == [Loaded("double", 0)]  # loading is lazy
     executor.send(Task("double", (0, 0), batch(1)))
     executor.send(Task("double", (0, 1), batch(2)))
@@ -155,7 +155,7 @@ def test_sync_runs_in_the_calling_thread(make_executor) -> None:
 def test_threaded_replicas_get_their_own_step(make_executor) -> None:
     executor = make_executor("threaded")
     original = WhoAmI(name="who", resources={"replicas": 2})
-    executor.start([original])
+    executor.start([original], RunContext())
     collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
     got = run_tasks(executor, [Task("who", (0, i), batch(i)) for i in range(4)])
     ids = {result.rows[0]["step_id"] for result in got.values()}

@@ -32,7 +32,7 @@ from executor_testkit import (
     run_tasks,
 )
 
-from stillhouse.core.engine import Died, Failed, Finished, Loaded, Task
+from stillhouse.core.engine import Died, Failed, Finished, Loaded, RunContext, Task
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.step import Step
 from stillhouse.executors import MultiprocessingExecutor
@@ -53,7 +53,7 @@ def test_start_methods(make_executor, start_method: str, caplog: pytest.LogCaptu
     executor = make_executor("mp", start_method=start_method)
     steps = [Double(name="double", resources={"replicas": 2}), Triple(name="triple"),
              Numbers(name="numbers"), Counter(name="counter", batch_size=4), Chatty(name="chatty")]
-    executor.start(steps)
+    executor.start(steps, RunContext())
     pids = [pid for step_pids in executor.worker_pids().values() for pid in step_pids]
     assert len(pids) == 6 and os.getpid() not in pids
     got = run_tasks(executor, [
@@ -77,7 +77,7 @@ def test_start_methods(make_executor, start_method: str, caplog: pytest.LogCaptu
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_failures_cross_the_process_boundary(make_executor, start_method: str) -> None:
     executor = make_executor("mp", start_method=start_method)
-    executor.start([FailingLoad(name="broken"), FailingGlobal(name="everything")])
+    executor.start([FailingLoad(name="broken"), FailingGlobal(name="everything")], RunContext())
     executor.send(Task("everything", (0, 0), batch(1)))
     events = collect(executor, lambda ev: sum(isinstance(e, Failed) for e in ev) == 2)
     failed = {e.step_name: e for e in events if isinstance(e, Failed)}
@@ -91,7 +91,7 @@ def test_failures_cross_the_process_boundary(make_executor, start_method: str) -
 
 def test_unpicklable_exception_becomes_runtime_error(make_executor) -> None:
     executor = make_executor("mp")
-    executor.start([FailingUnpicklably(name="locked")])
+    executor.start([FailingUnpicklably(name="locked")], RunContext())
     executor.send(Task("locked", (0, 0), batch(1)))
     events = collect(executor, lambda ev: any(isinstance(e, Failed) for e in ev))
     failed = next(e for e in events if isinstance(e, Failed))
@@ -102,7 +102,7 @@ def test_unpicklable_exception_becomes_runtime_error(make_executor) -> None:
 
 def test_unpicklable_result_is_reported(make_executor) -> None:
     executor = make_executor("mp")
-    executor.start([Unsendable(name="lambdas")])
+    executor.start([Unsendable(name="lambdas")], RunContext())
     executor.send(Task("lambdas", (0, 7), batch(1)))
     events = collect(executor, lambda ev: any(isinstance(e, Failed) for e in ev))
     failed = next(e for e in events if isinstance(e, Failed))
@@ -112,7 +112,7 @@ def test_unpicklable_result_is_reported(make_executor) -> None:
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_killed_worker_is_reported_as_died(make_executor, start_method: str) -> None:
     executor = make_executor("mp", start_method=start_method)
-    executor.start([Sleeper(name="sleepy", resources={"replicas": 2})])
+    executor.start([Sleeper(name="sleepy", resources={"replicas": 2})], RunContext())
     loaded(executor, 2)
     executor.send(Task("sleepy", (0, 0), batch(1)))
     victim = executor.worker_pids()["sleepy"][1]
@@ -131,7 +131,7 @@ def test_killed_worker_is_reported_as_died(make_executor, start_method: str) -> 
 
 def test_worker_exiting_by_itself_is_a_death(make_executor) -> None:
     executor = make_executor("mp")
-    executor.start([Exits(name="quitter"), DiesLoading(name="early")])
+    executor.start([Exits(name="quitter"), DiesLoading(name="early")], RunContext())
     # Only a worker whose Loaded message arrived counts as loaded: wait for it first.
     events = collect(executor, lambda ev: any(isinstance(e, Loaded) for e in ev), timeout=10)
     executor.send(Task("quitter", (0, 0), batch(1)))
@@ -143,7 +143,7 @@ def test_worker_exiting_by_itself_is_a_death(make_executor) -> None:
 
 def test_workers_ignore_ctrl_c(make_executor) -> None:
     executor = make_executor("mp")
-    executor.start([Double(name="double")])
+    executor.start([Double(name="double")], RunContext())
     loaded(executor, 1)
     os.kill(executor.worker_pids()["double"][0], signal.SIGINT)
     assert run_tasks(executor, [Task("double", (0, 0), batch(4))])[0, 0].rows[0]["y"] == 8
@@ -152,7 +152,7 @@ def test_workers_ignore_ctrl_c(make_executor) -> None:
 
 def test_stopped_workers_are_not_deaths(make_executor) -> None:
     executor = make_executor("mp")
-    executor.start([Double(name="double", resources={"replicas": 2}), Triple(name="triple")])
+    executor.start([Double(name="double", resources={"replicas": 2}), Triple(name="triple")], RunContext())
     loaded(executor, 3)
     stopped = executor.worker_pids()["double"]
     executor.stop_steps(["double"])
@@ -164,7 +164,7 @@ def test_stopped_workers_are_not_deaths(make_executor) -> None:
 @pytest.mark.parametrize("start_method", START_METHODS)
 def test_forced_shutdown_kills_busy_workers_at_once(make_executor, start_method: str) -> None:
     executor = make_executor("mp", start_method=start_method)
-    executor.start([Sleeper(name="sleepy", resources={"replicas": 2})])
+    executor.start([Sleeper(name="sleepy", resources={"replicas": 2})], RunContext())
     loaded(executor, 2)
     executor.send(Task("sleepy", (0, 0), batch(1)))
     pids = executor.worker_pids()["sleepy"]
@@ -176,7 +176,7 @@ def test_forced_shutdown_kills_busy_workers_at_once(make_executor, start_method:
 
 def test_graceful_shutdown_terminates_after_join_timeout(make_executor, caplog) -> None:
     executor = make_executor("mp", join_timeout=0.5)
-    executor.start([Sleeper(name="sleepy"), Double(name="quick")])
+    executor.start([Sleeper(name="sleepy"), Double(name="quick")], RunContext())
     loaded(executor, 2)
     executor.send(Task("sleepy", (0, 0), batch(1)))
     pids = [pid for step_pids in executor.worker_pids().values() for pid in step_pids]
@@ -191,7 +191,7 @@ def test_gpus_are_placed_per_replica(make_executor, monkeypatch: pytest.MonkeyPa
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setenv("STILLHOUSE_GPU_COUNT", "4")
     executor = make_executor("mp")
-    executor.start([GpuProbe(name="probe", resources={"gpus": 2, "replicas": 2})])
+    executor.start([GpuProbe(name="probe", resources={"gpus": 2, "replicas": 2})], RunContext())
     loaded(executor, 2)
     got = run_tasks(executor, [Task("probe", (0, i), batch(i)) for i in range(4)])
     assert {result.rows[0]["cuda"] for result in got.values()} == {"0,1", "2,3"}
@@ -201,14 +201,14 @@ def test_gpus_are_placed_per_replica(make_executor, monkeypatch: pytest.MonkeyPa
 def test_gpus_come_from_cuda_visible_devices(make_executor, monkeypatch) -> None:
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
     executor = make_executor("mp", gpu_count=8)
-    executor.start([GpuProbe(name="probe", resources={"gpus": 1})])
-    executor.start([GpuProbe(name="other", resources={"gpus": 2})])
+    executor.start([GpuProbe(name="probe", resources={"gpus": 1})], RunContext())
+    executor.start([GpuProbe(name="other", resources={"gpus": 2})], RunContext())
     got = run_tasks(executor, [Task("probe", (0, 0), batch(1)), Task("other", (0, 1), batch(1))])
     assert (got[0, 0].rows[0]["cuda"], got[0, 1].rows[0]["cuda"]) == ("4", "5,6")
     with pytest.raises(InvalidResourcesError, match="only 0 of the 3 GPU"):
-        executor.start([GpuProbe(name="third", resources={"gpus": 1})])
+        executor.start([GpuProbe(name="third", resources={"gpus": 1})], RunContext())
     executor.stop_steps(["other"])  # frees its GPUs
-    executor.start([GpuProbe(name="third", resources={"gpus": 2})])
+    executor.start([GpuProbe(name="third", resources={"gpus": 2})], RunContext())
 
 
 def test_too_many_gpus_is_refused_before_starting(make_executor, monkeypatch) -> None:
@@ -216,7 +216,7 @@ def test_too_many_gpus_is_refused_before_starting(make_executor, monkeypatch) ->
     executor = make_executor("mp", gpu_count=4)
     steps = [Double(name="fine"), GpuProbe(name="greedy", resources={"gpus": 3, "replicas": 2})]
     with pytest.raises(InvalidResourcesError) as info:
-        executor.start(steps)
+        executor.start(steps, RunContext())
     message = str(info.value)
     assert "'greedy'" in message and "3 GPU(s) for each of its 2 replica(s), 6 in all" in message
     assert "only 4 of the 4" in message
@@ -230,7 +230,7 @@ def test_local_step_class_under_spawn_is_a_clear_error(make_executor) -> None:
 
     executor = make_executor("mp", start_method="spawn")
     with pytest.raises(StepRuntimeError, match="'local' could not be sent to a worker process"):
-        executor.start([Local(name="local")])
+        executor.start([Local(name="local")], RunContext())
 
 
 def test_start_method_option_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,7 +246,7 @@ def test_start_method_option_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_results_keep_flowing_while_stopping(make_executor) -> None:
     # Big results while the driver is joining must not deadlock (the pipe is drained).
     executor = make_executor("mp")
-    executor.start([Double(name="double")])
+    executor.start([Double(name="double")], RunContext())
     for i in range(20):
         executor.send(Task("double", (0, i), [[{"x": i, "pad": "x" * 100_000}]]))
     executor.stop_steps(["double"])
@@ -257,11 +257,11 @@ def test_results_keep_flowing_while_stopping(make_executor) -> None:
 DRIVER = """
 import sys
 from executor_testkit import Sleeper, collect
-from stillhouse.core.engine import Loaded
+from stillhouse.core.engine import Loaded, RunContext
 from stillhouse.executors import MultiprocessingExecutor
 
 executor = MultiprocessingExecutor(start_method=sys.argv[1])
-executor.start([Sleeper(name="sleepy", resources={"replicas": 2})])
+executor.start([Sleeper(name="sleepy", resources={"replicas": 2})], RunContext())
 collect(executor, lambda ev: sum(isinstance(e, Loaded) for e in ev) == 2)
 print(*executor.worker_pids()["sleepy"], flush=True)
 sys.stdin.read()

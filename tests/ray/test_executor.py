@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from stillhouse.core import Pipeline
-from stillhouse.core.engine import Died, Failed, Finished, Loaded, Task
+from stillhouse.core.engine import Died, Failed, Finished, Loaded, RunContext, Task
 from stillhouse.core.errors import InvalidResourcesError, StepRuntimeError, WorkerDiedError
 from stillhouse.core.steps import LoadDataFromDicts
 from stillhouse.ray import RayExecutor
@@ -49,7 +49,7 @@ def executor():
 def test_replicas_each_load_and_share_the_tasks(executor):
     with Pipeline(name="unit"):
         step = Pid(name="pid", sleep=0.05, resources={"replicas": 2})
-    executor.start([step])
+    executor.start([step], RunContext())
     # Both replicas load before any task is sent: under load one actor can start seconds
     # after the other, and the first would then take every task (a timing assumption).
     loaded = collect(executor, 2, (Loaded,))
@@ -67,7 +67,7 @@ def test_replicas_each_load_and_share_the_tasks(executor):
 def test_a_failing_load_is_failed_with_the_steps_own_exception(executor):
     with Pipeline(name="unit"):
         step = BrokenLoad(name="broken")
-    executor.start([step])
+    executor.start([step], RunContext())
     (event,) = [e for e in collect(executor, 1, (Failed,)) if isinstance(e, Failed)]
     assert event.step_name == "broken"
     assert isinstance(event.exception, OSError)
@@ -78,7 +78,7 @@ def test_a_failing_load_is_failed_with_the_steps_own_exception(executor):
 def test_a_killed_actor_is_reported_dead_within_seconds(executor):
     with Pipeline(name="unit"):
         step = Slow(name="slow", sleep=5)
-    executor.start([step])
+    executor.start([step], RunContext())
     collect(executor, 1, (Loaded,))
     (pid,) = executor.worker_pids()["slow"]
     executor.send(Task("slow", (0, 0), [data(2)]))
@@ -94,7 +94,7 @@ def test_stop_steps_unloads_then_ends_the_actors(executor, tmp_path):
     log = tmp_path / "calls.log"
     with Pipeline(name="unit"):
         step = Recorder(name="rec", log_path=str(log), resources={"replicas": 2})
-    executor.start([step])
+    executor.start([step], RunContext())
     collect(executor, 2, (Loaded,))
     executor.send(Task("rec", (0, 0), [data(1)]))
     collect(executor, 1, (Finished,))

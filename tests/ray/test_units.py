@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from stillhouse.core import Pipeline, StepResources
+from stillhouse.core.engine import RunContext
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
 from stillhouse.core.steps import LoadDataFromDicts
 from stillhouse.ray import RayExecutor, _runtime
@@ -177,16 +178,20 @@ def test_an_initialised_runtime_is_used_and_not_owned(fake_ray, monkeypatch):
 # -- storage ----------------------------------------------------------------------------
 
 
-def pipeline_steps(storage: dict, *, with_global: bool, run_dir: str = "/cache/run") -> list:
+def pipeline_steps(storage: dict, *, with_global: bool, run_dir: str = "/cache/run") -> tuple[list, RunContext]:
     with Pipeline(name="storage") as pipeline:
         loader = LoadDataFromDicts(data=[{"x": 1}])
         double = Double()
         loader >> double
         if with_global:
             double >> Count()
-    pipeline._storage = storage
-    pipeline._run_dir = run_dir
-    return [pipeline.dag.get_step(n) for n in pipeline.dag.step_names]
+    context = RunContext(
+        dag=pipeline.dag,
+        storage_parameters=storage["parameters"],
+        use_fs_to_pass_data=storage["use_fs_to_pass_data"],
+        run_dir=run_dir,
+    )
+    return [pipeline.dag.get_step(n) for n in pipeline.dag.step_names], context
 
 
 @pytest.mark.parametrize(
@@ -202,10 +207,10 @@ def pipeline_steps(storage: dict, *, with_global: bool, run_dir: str = "/cache/r
     ],
 )
 def test_local_batch_storage_is_refused_on_several_nodes(storage, with_global, refused):
-    steps = pipeline_steps(storage, with_global=with_global)
-    _runtime.check_storage(steps, 1)  # one node: any path works
+    steps, context = pipeline_steps(storage, with_global=with_global)
+    _runtime.check_storage(steps, context, 1)  # one node: any path works
     if not refused:
-        _runtime.check_storage(steps, 3)
+        _runtime.check_storage(steps, context, 3)
         return
     with pytest.raises(PipelineValidationError, match=r"3 nodes.*storage_parameters=\{'path': 's3://"):
-        _runtime.check_storage(steps, 3)
+        _runtime.check_storage(steps, context, 3)

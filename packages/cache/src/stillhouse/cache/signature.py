@@ -16,7 +16,7 @@ from typing import Any
 from stillhouse.core._references import class_module
 from stillhouse.core.dag import DAG
 from stillhouse.core.secrets import dump_without_secrets
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 
 NOT_RESULT_AFFECTING = {"pipeline", "input_batch_size", "batch_size", "resources", "use_cache", "concurrency", "batch_timeout"}
 
@@ -26,14 +26,14 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def step_fields(step: _Step) -> dict[str, Any]:
+def step_fields(step: BaseStep) -> dict[str, Any]:
     # `signature_extra()` adds what a step depends on beyond its fields (a dataset's commit,
     # files' mtimes) and replaces fields by name (inline rows by their hash).
     extra = step.signature_extra()
     return {**dump_without_secrets(step, exclude=NOT_RESULT_AFFECTING | set(extra)), **extra}
 
 
-def step_code(step: _Step) -> str:
+def step_code(step: BaseStep) -> str:
     """The source of the step's class and of the function `@step` made it from."""
     parts = []
     for klass in type(step).__mro__:

@@ -406,6 +406,11 @@ def _columns(columns: StepColumns) -> dict[str, bool]:
     return dict(columns) if isinstance(columns, dict) else dict.fromkeys(columns, True)
 
 
+BaseStep = _Step
+"""The base of every step kind (`Step`, `GlobalStep`, `GeneratorStep`): the public name
+executors and other packages use for "any step"."""
+
+
 class Step(_Step, ABC):
     """A step that receives batches of `input_batch_size` rows from its predecessors.
 

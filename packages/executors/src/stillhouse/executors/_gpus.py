@@ -11,14 +11,14 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 
 GPU_COUNT_ENV = "STILLHOUSE_GPU_COUNT"
 """How many GPUs to hand out when `CUDA_VISIBLE_DEVICES` is unset (also lets tests fake GPUs)."""
 
 
 def place_gpus(
-    steps: Sequence[_Step], gpu_count: int, taken: Iterable[str]
+    steps: Sequence[BaseStep], gpu_count: int, taken: Iterable[str]
 ) -> dict[tuple[str, int], list[str]]:
     """`{(step name, replica): devices}` for every replica of `steps` that wants GPUs.
 

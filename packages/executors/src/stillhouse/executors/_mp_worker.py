@@ -21,7 +21,7 @@ from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, Finished, StepRunner
 from stillhouse.core.engine.logs import StepTagFilter
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 from stillhouse.executors._common import REPLACED, serve
 
 PARENT_CHECK_INTERVAL = 1.0
@@ -70,7 +70,7 @@ class ResultsQueue(Queue):
 
 
 def worker_main(
-    step: _Step,
+    step: BaseStep,
     replica: int,
     tasks: Queue,
     results: ResultsQueue,

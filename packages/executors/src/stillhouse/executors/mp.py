@@ -24,10 +24,11 @@ from multiprocessing.queues import Queue
 from typing import Any, ClassVar
 
 from stillhouse.core.engine import Died, Event, Executor, Loaded, Task
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.engine.logs import reemit
 from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.limits import worker_environment
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 from stillhouse.executors._common import STOP, check_options, queue_task
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
 from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, worker_main
@@ -89,7 +90,8 @@ class MultiprocessingExecutor(Executor):
 
     # -- the Executor interface ---------------------------------------------------------
 
-    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
+        enable_metadata = context.enable_metadata
         for step in steps:
             if step.name in self._tasks:
                 raise EngineError(f"Step {step.name!r} was started twice without being stopped.")

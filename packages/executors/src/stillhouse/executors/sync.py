@@ -23,8 +23,9 @@ from stillhouse.core.engine import (
     StepRunner,
     Task,
 )
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.errors import EngineError
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 from stillhouse.executors._common import (
     check_options,
     failed_event,
@@ -58,7 +59,8 @@ class SyncExecutor(Executor):
         self._running: dict[str, int] = {}  # async steps' tasks submitted, not finished
         self._done: queue.Queue[Event] = queue.Queue()
 
-    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
+        enable_metadata = context.enable_metadata
         for step in steps:
             if step.name in self._runners:
                 raise EngineError(f"Step {step.name!r} was started twice without being stopped.")

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from stillhouse.core.engine import Event, Executor, StepRunner, Task
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.errors import EngineError
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 from stillhouse.executors._common import STOP, check_options, failed_event, queue_task, serve
 
 logger = logging.getLogger("stillhouse.executors.threaded")
@@ -50,7 +51,8 @@ class ThreadedExecutor(Executor):
         self._tasks: dict[str, queue.Queue[Task | None]] = {}
         self._threads: dict[str, list[threading.Thread]] = {}
 
-    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
+        enable_metadata = context.enable_metadata
         for step in steps:
             if step.name in self._tasks:
                 raise EngineError(f"Step {step.name!r} was started twice without being stopped.")

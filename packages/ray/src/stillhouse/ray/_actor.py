@@ -20,7 +20,7 @@ from tblib import pickling_support
 
 from stillhouse.core.engine import Event, Failed, FatalStepError, Finished, Loaded, StepRunner, Task
 from stillhouse.core.engine.logs import StepTagFilter
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 
 MAX_BUFFERED_LOG_RECORDS = 10_000
 """Log records an actor keeps until its next reply: a step that logs in a loop between
@@ -47,7 +47,7 @@ class StepActor:
     """
 
     def __init__(
-        self, step: _Step, replica: int, enable_metadata: bool, log_levels: dict[str, int]
+        self, step: BaseStep, replica: int, enable_metadata: bool, log_levels: dict[str, int]
     ) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle

@@ -16,9 +16,10 @@ from typing import Any
 
 import ray
 
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.errors import InvalidResourcesError, PipelineValidationError
 from stillhouse.core.limits import worker_environment
-from stillhouse.core.step import StepResources, _Step
+from stillhouse.core.step import BaseStep, StepResources
 
 logger = logging.getLogger("stillhouse.ray")
 
@@ -129,7 +130,7 @@ def _without_uv_run_hook() -> Iterator[None]:
 RESERVED = {"CPU": "cpus", "GPU": "gpus", "memory": "memory", "object_store_memory": None}
 
 
-def actor_options(step: _Step) -> dict[str, Any]:
+def actor_options(step: BaseStep) -> dict[str, Any]:
     """Ray actor options for one replica: it holds exactly what its `StepResources` name.
 
     Without `cpus` it holds no CPU (`num_cpus=0`), as a process under "mp" holds no
@@ -174,7 +175,7 @@ def demand(resources: StepResources) -> dict[str, float]:
     return needs
 
 
-def check_resources(steps: Sequence[_Step], nodes: Sequence[Mapping[str, float]]) -> None:
+def check_resources(steps: Sequence[BaseStep], nodes: Sequence[Mapping[str, float]]) -> None:
     """Raise `InvalidResourcesError` for a step no node could ever hold, or a stage whose
     steps cannot all hold one replica at once (that would wait forever)."""
     totals: dict[str, float] = {}
@@ -245,24 +246,21 @@ def _shortfall(needs: Mapping[str, float], nodes: Sequence[Mapping[str, float]])
 # -- storage --------------------------------------------------------------------------
 
 
-def check_storage(steps: Sequence[_Step], node_count: int) -> None:
+def check_storage(steps: Sequence[BaseStep], context: RunContext, node_count: int) -> None:
     """Refuse batch storage on a local path when workers may run on other nodes.
 
     The cache itself is only ever written by the driver, so a local cache is fine; but
     batch data (`use_fs_to_pass_data`, global steps) is read by the workers.
     """
-    pipeline = next((s.pipeline for s in steps if s.pipeline is not None), None)
-    if pipeline is None or node_count < 2:
+    if context.dag is None or node_count < 2:
         return
-    storage = getattr(pipeline, "_storage", None) or {}
-    parameters = storage.get("parameters") or {}
-    has_global = any(pipeline.dag.get_step(n).is_global for n in pipeline.dag.step_names)
-    if not (storage.get("use_fs_to_pass_data") or has_global or parameters.get("path")):
+    parameters = context.storage_parameters or {}
+    has_global = any(context.dag.get_step(n).is_global for n in context.dag.step_names)
+    if not (context.use_fs_to_pass_data or has_global or parameters.get("path")):
         return
     url = parameters.get("path")
     if url is None:
-        run_dir = getattr(pipeline, "_run_dir", None)
-        url = f"{run_dir}/batch_data" if run_dir else "<the system temporary directory>"
+        url = f"{context.run_dir}/batch_data" if context.run_dir else "<the system temporary directory>"
     url = str(url)
     if "://" in url and not url.startswith(("file://", "local://")):
         return

@@ -30,9 +30,10 @@ from stillhouse.core.engine import (
     StepRunner,
     Task,
 )
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.engine.logs import reemit
 from stillhouse.core.errors import EngineError, PipelineValidationError
-from stillhouse.core.step import _Step
+from stillhouse.core.step import BaseStep
 
 logger = logging.getLogger("stillhouse.ray")
 
@@ -98,7 +99,8 @@ class RayExecutor(Executor):
 
     # -- the Executor interface ---------------------------------------------------------
 
-    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
+    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
+        enable_metadata = context.enable_metadata
         from stillhouse.ray import _runtime
         from stillhouse.ray._actor import log_levels
 
@@ -107,7 +109,7 @@ class RayExecutor(Executor):
                 raise EngineError(f"Step {step.name!r} was started twice without being stopped.")
         self._connect()
         nodes = _runtime.alive_nodes()
-        _runtime.check_storage(steps, len(nodes))
+        _runtime.check_storage(steps, context, len(nodes))
         if self.options.get("check_resources", True):
             _runtime.check_resources(steps, nodes)
         options = {step.name: _runtime.actor_options(step) for step in steps}  # may raise

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from stillhouse.core.typing import Row
 
 if TYPE_CHECKING:
-    from stillhouse.core.step import _Step
+    from stillhouse.core.engine.context import RunContext
+    from stillhouse.core.step import BaseStep
 
 BatchKey = tuple[int, int]
 """`(lineage, index)`: where a batch sits in its step's output stream. Keys sort in
@@ -149,8 +150,10 @@ class Executor(ABC):
         self.options = options
 
     @abstractmethod
-    def start(self, steps: Sequence[_Step], *, enable_metadata: bool = False) -> None:
-        """Start `step.resources.replicas` workers for each step (each calls `load()`)."""
+    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
+        """Start `step.resources.replicas` workers for each step (each calls `load()`).
+
+        `context` describes the run (`context.enable_metadata`, `context.run_dir`, ...)."""
 
     @abstractmethod
     def send(self, task: Task) -> None:

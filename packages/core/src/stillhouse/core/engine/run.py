@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from stillhouse.core import limits, plugins
 from stillhouse.core.dag import iter_ancestors, load_stages
 from stillhouse.core.engine import logs
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
     BatchStorage,
@@ -83,6 +84,22 @@ def run_pipeline(
         )
         store = made or NullRunStore()
     pipeline._run_dir = str(store.run_dir) if store.run_dir is not None else None
+    context = RunContext(
+        pipeline_name=pipeline.name,
+        pipeline=pipeline,
+        dag=pipeline.dag,
+        executor=pipeline.executor,
+        executor_options=dict(pipeline.executor_options),
+        cache_dir=str(pipeline.cache_dir),
+        use_cache=use_cache,
+        fresh_steps=frozenset(fresh_steps(pipeline, use_cache)),
+        enable_metadata=pipeline.enable_metadata,
+        storage_parameters=storage_parameters,
+        use_fs_to_pass_data=use_fs_to_pass_data,
+        run_dir=pipeline._run_dir,
+        data_dir=store.data_dir(),
+        log_file=store.log_file(),
+    )
     _set_artifacts_path(pipeline)
     completed = False
     try:
@@ -110,6 +127,7 @@ def run_pipeline(
                     executor,
                     writer,
                     enable_metadata=pipeline.enable_metadata,
+                    context=context.replace(batch_storage=storage),
                     stop_requested=lambda: pipeline._stop_requested,
                     on_tick=view.tick,
                     dry_run_rows=dry_run_rows,

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stillhouse.core.dag import DAG, convergence_steps, routed_region
+from stillhouse.core.engine.context import RunContext
 from stillhouse.core.engine.guards import guard_storage
 from stillhouse.core.engine.protocol import (
     BatchRecord,
@@ -73,6 +74,7 @@ class Scheduler:
         writer: OutputWriter,
         *,
         enable_metadata: bool = False,
+        context: RunContext | None = None,
         stop_requested: Callable[[], int] = lambda: 0,
         on_tick: Callable[[], None] = lambda: None,
         dry_run_rows: int | None = None,
@@ -86,6 +88,7 @@ class Scheduler:
         self.executor = executor
         self.writer = writer
         self.enable_metadata = enable_metadata
+        self.context = context or RunContext(enable_metadata=enable_metadata)
         self.stop_requested = stop_requested
         self.on_tick = on_tick
         self.dry_run_rows = dry_run_rows
@@ -164,7 +167,7 @@ class Scheduler:
         for state in to_start:
             state.started = True
             state.stats.started_at = now
-        self.executor.start([s.step for s in to_start], enable_metadata=self.enable_metadata)
+        self.executor.start([s.step for s in to_start], self.context)
 
     def _advance(self) -> bool:
         progressed = self._send_due_retries()
