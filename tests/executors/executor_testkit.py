@@ -235,3 +235,12 @@ def assert_no_workers(pids: list[int], timeout: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"Left behind: workers {alive}, children {strays}")
         time.sleep(0.05)
+
+
+def workers_left(step_name: str) -> list[str]:
+    """What an executor left running for `step_name`: threads named after the step
+    (`stillhouse-<step>-<replica>...`), child processes (zombies included). Empty once
+    `shutdown()` returned: it joins every worker before returning."""
+    threads = [t.name for t in threading.enumerate() if t.name.startswith(f"stillhouse-{step_name}-")]
+    children = [f"process {pid}" for pid in sorted(child_pids() - helper_pids())]
+    return threads + children + [f"{p.name} (pid {p.pid})" for p in multiprocessing.active_children()]

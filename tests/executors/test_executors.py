@@ -21,6 +21,7 @@ from executor_testkit import (
     collect,
     results,
     run_tasks,
+    workers_left,
 )
 
 from stillhouse.core.engine import Executor, Failed, Loaded, RunContext, Task
@@ -122,11 +123,13 @@ def test_tasks_sent_before_stop_still_run(executor: Executor) -> None:
 
 
 def test_shutdown_is_idempotent(executor: Executor) -> None:
-    executor.start([Double(name="double")], RunContext())
-    run_tasks(executor, [Task("double", (0, 0), batch(1))])
+    executor.start([Double(name="double", resources={"replicas": 2})], RunContext())
+    run_tasks(executor, [Task("double", (0, i), batch(i)) for i in range(4)])
     executor.shutdown()
+    assert workers_left("double") == []
     executor.shutdown()
     executor.shutdown(force=True)
+    assert workers_left("double") == []
 
 
 @pytest.mark.parametrize("kind", ["mp", "threaded"])

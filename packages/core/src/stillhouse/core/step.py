@@ -44,6 +44,11 @@ if TYPE_CHECKING:
 
     from stillhouse.core.routing import RoutingBatchFunction
 
+METADATA_COLUMN = "stillhouse_metadata"
+"""The per-row metadata column (`enable_metadata`): a dict of per-step extras such as
+`error_<step>` (a failed batch's error) or an LLM step's raw output; distilabel's
+`distilabel_metadata`. Defined here only; everything else imports it."""
+
 _NAME_PATTERN = r"^[a-zA-Z0-9_-]+$"
 MAX_NAME_BYTES = 200
 """Longest pipeline or step name: names become cache path components (`steps/<name>-<sig>`),

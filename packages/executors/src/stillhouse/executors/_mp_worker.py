@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
@@ -19,10 +18,16 @@ from typing import Any
 
 from tblib import pickling_support
 
-from stillhouse.core.engine import Event, Failed, Finished, StepRunner
-from stillhouse.core.engine.logs import StepTagFilter
+from stillhouse.core.engine import (
+    REPLACED,
+    Failed,
+    Finished,
+    StepRunner,
+    portable,
+    route_logs,
+    serve,
+)
 from stillhouse.core.step import BaseStep
-from stillhouse.executors._common import REPLACED, serve
 
 PARENT_CHECK_INTERVAL = 1.0
 """Seconds between a worker's checks that its driver is alive: a driver killed with
@@ -64,7 +69,7 @@ class ResultsQueue(Queue):
                 f"sent to the driver: {type(e).__name__}: {e}. Make the step output only "
                 "picklable values (str, numbers, lists, dicts, ...)."
             )
-            self.put(Failed(result.step_name, error, f"{error}\n"))
+            self.put(Failed(result.step_name, error, f"{error}\n", result.key))
             return
         super()._on_queue_feeder_error(e, obj)
 
@@ -81,54 +86,17 @@ def worker_main(
     """Body of a worker process: serve `step` from `tasks` until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
     os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
-    _route_logs(results, log_levels, (str(step.name), replica))
+    route_logs(QueueHandler(results), log_levels, (str(step.name), replica))
     pickling_support.install()
     _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
-    outcome = serve(runner, tasks.get, lambda event: results.put(_portable(event)), replace=lambda _: None)
+    outcome = serve(runner, tasks.get, lambda event: results.put(portable(event)), replace=lambda _: None)
     if outcome == REPLACED:
         results.put(Replaced(step.name, replica))
         results.close()
         results.join_thread()  # the batch's failed result and the goodbye reach the driver
         os._exit(0)  # a hung batch thread must not keep this process alive
     results.put(Exited(step.name, replica))
-
-
-def _portable(event: Event) -> Event:
-    """Make a `Failed` event's exception survive the trip (with its traceback, via tblib)."""
-    if not isinstance(event, Failed):
-        return event
-    exc = event.exception
-    try:
-        pickling_support.install(exc)  # its class may be defined after install() ran
-        pickle.loads(pickle.dumps(exc))
-    except Exception:
-        exc = RuntimeError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-    return Failed(event.step_name, exc, event.traceback)
-
-
-def _route_logs(results: ResultsQueue, levels: dict[str, int], replica: tuple[str, int]) -> None:
-    """Send log records to the driver, which re-emits them through its own handlers.
-
-    `levels` are the driver's logger levels (`""` is the root), so a worker logs what
-    the driver would.
-
-    Under fork the child inherits the driver's handlers (files, the terminal, pytest's
-    capture); they are removed so that no line is written twice.
-    """
-    handler = QueueHandler(results)
-    handler.addFilter(StepTagFilter(replica))  # this process's records carry its step
-    root = logging.getLogger()
-    for logger in [root, *logging.Logger.manager.loggerDict.values()]:
-        if not isinstance(logger, logging.Logger) or not logger.handlers:
-            continue
-        for inherited in list(logger.handlers):
-            logger.removeHandler(inherited)
-        if logger is not root and not logger.propagate:
-            logger.addHandler(handler)
-    root.addHandler(handler)
-    for name, level in levels.items():
-        logging.getLogger(name or None).setLevel(level)
 
 
 def _exit_with_parent() -> None:

@@ -23,13 +23,21 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
 from typing import Any, ClassVar
 
-from stillhouse.core.engine import Died, Event, Executor, Loaded, Task
-from stillhouse.core.engine.context import RunContext
-from stillhouse.core.engine.logs import reemit
+from stillhouse.core.engine import (
+    STOP,
+    Died,
+    Event,
+    Executor,
+    Loaded,
+    RunContext,
+    Task,
+    log_levels,
+    queue_task,
+    reemit,
+)
 from stillhouse.core.errors import EngineError, PipelineValidationError, StepRuntimeError
 from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import BaseStep
-from stillhouse.executors._common import STOP, check_options, queue_task
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
 from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, worker_main
 
@@ -75,9 +83,9 @@ class MultiprocessingExecutor(Executor):
     """
 
     name: ClassVar[str] = "mp"
+    known_options: ClassVar[tuple[str, ...]] = ("start_method", "gpu_count", "join_timeout")
 
     def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, ("start_method", "gpu_count", "join_timeout"))
         super().__init__(**options)
         self.start_method = _start_method(options.get("start_method"))
         self._ctx = get_context(self.start_method)
@@ -102,7 +110,7 @@ class MultiprocessingExecutor(Executor):
             # Workers are not daemonic (steps may start processes of their own, as vLLM
             # does), so multiprocessing's exit hook would wait for them forever.
             atexit.register(self._at_exit)
-        log_levels = _log_levels()
+        levels = log_levels()
         for step in steps:
             tasks = self._ctx.Queue()
             tasks._ignore_epipe = True  # see _close_queue
@@ -112,7 +120,7 @@ class MultiprocessingExecutor(Executor):
                 env = worker_environment()  # a fork server's children miss the driver's
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-                args = (step, index, tasks, self._results, enable_metadata, env, log_levels)
+                args = (step, index, tasks, self._results, enable_metadata, env, levels)
                 self._spawn(_Replica(step.name, index, None, gpus, args))  # type: ignore[arg-type]
 
     def _spawn(self, replica: _Replica) -> None:
@@ -292,16 +300,6 @@ def _start_method(requested: str | None) -> str:
             f"or {START_METHOD_ENV}."
         )
     return method
-
-
-def _log_levels() -> dict[str, int]:
-    # A spawned worker starts with default levels; without these, an INFO line the driver
-    # would show (e.g. under the "stillhouse" logger the engine sets to INFO) is dropped.
-    levels = {"": logging.getLogger().level}
-    for name, log in list(logging.Logger.manager.loggerDict.items()):
-        if isinstance(log, logging.Logger) and log.level != logging.NOTSET:
-            levels[name] = log.level
-    return levels
 
 
 def _describe_exit(process: BaseProcess) -> str:

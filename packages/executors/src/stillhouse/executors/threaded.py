@@ -14,11 +14,19 @@ import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from stillhouse.core.engine import Event, Executor, StepRunner, Task
-from stillhouse.core.engine.context import RunContext
+from stillhouse.core.engine import (
+    STOP,
+    Event,
+    Executor,
+    RunContext,
+    StepRunner,
+    Task,
+    failed_event,
+    queue_task,
+    serve,
+)
 from stillhouse.core.errors import EngineError
 from stillhouse.core.step import BaseStep
-from stillhouse.executors._common import STOP, check_options, failed_event, queue_task, serve
 
 logger = logging.getLogger("stillhouse.executors.threaded")
 
@@ -42,9 +50,9 @@ class ThreadedExecutor(Executor):
 
     name: ClassVar[str] = "threaded"
     in_process: ClassVar[bool] = True
+    known_options: ClassVar[tuple[str, ...]] = ("join_timeout",)
 
     def __init__(self, **options: Any) -> None:
-        check_options(self.name, options, ("join_timeout",))
         super().__init__(**options)
         self._join_timeout = float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
         self._results: queue.Queue[Event] = queue.Queue()

@@ -27,12 +27,14 @@ from stillhouse.core.engine import (
     Failed,
     FatalStepError,
     Loaded,
+    RunContext,
     StepRunner,
     Task,
+    failed_event,
+    log_levels,
+    reemit,
 )
-from stillhouse.core.engine.context import RunContext
-from stillhouse.core.engine.logs import reemit
-from stillhouse.core.errors import EngineError, PipelineValidationError
+from stillhouse.core.errors import EngineError
 from stillhouse.core.step import BaseStep
 
 logger = logging.getLogger("stillhouse.ray")
@@ -45,9 +47,6 @@ PER_ACTOR_TASKS = 2
 """Tasks queued on one actor at once. One running and one waiting hides the round trip
 to the driver; more would let one replica hoard batches that a free one could take (the
 rest wait in the driver, as they would in a shared queue under "mp")."""
-
-OPTIONS = ("ray_head_node_url", "ray_init_kwargs", "num_cpus", "join_timeout", "check_resources")
-
 
 @dataclass(eq=False)
 class _Actor:
@@ -78,15 +77,11 @@ class RayExecutor(Executor):
     """
 
     name: ClassVar[str] = "ray"
+    known_options: ClassVar[tuple[str, ...]] = (
+        "ray_head_node_url", "ray_init_kwargs", "num_cpus", "join_timeout", "check_resources",
+    )
 
     def __init__(self, **options: Any) -> None:
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise PipelineValidationError(
-                f"Unknown option(s) {', '.join(repr(u) for u in unknown)} for the 'ray' "
-                f"executor. Known options: {', '.join(repr(o) for o in OPTIONS)}. Check the "
-                "spelling in the Pipeline's keyword arguments."
-            )
         super().__init__(**options)
         self._join_timeout = float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
         self._owns_runtime = False
@@ -102,7 +97,7 @@ class RayExecutor(Executor):
     def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
         enable_metadata = context.enable_metadata
         from stillhouse.ray import _runtime
-        from stillhouse.ray._actor import log_levels
+        from stillhouse.ray._actor import RAY_LOGGERS
 
         for step in steps:
             if step.name in self._actors:
@@ -118,7 +113,7 @@ class RayExecutor(Executor):
             self._per_actor[step.name] = max(PER_ACTOR_TASKS, concurrency)
             if concurrency > 1:  # async: a threaded actor, `concurrency` calls at once
                 options[step.name]["max_concurrency"] = concurrency + 1
-        levels = log_levels()
+        levels = log_levels(skip=RAY_LOGGERS)
         for step in steps:
             actors = self._actors[step.name] = []
             self._backlog[step.name] = deque()
@@ -223,8 +218,6 @@ class RayExecutor(Executor):
         """Turn one finished ref into events (a death is reported once per actor)."""
         import ray
         from ray.exceptions import RayActorError, RayError, RayTaskError
-
-        from stillhouse.ray._actor import failed_event
 
         actor, kind = self._pending.pop(ref)
         if kind == "run":

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from stillhouse.core.errors import PipelineValidationError
 from stillhouse.core.typing import Row
 
 if TYPE_CHECKING:
@@ -110,11 +111,24 @@ class Failed:
     """A failure that stops the run: `load()`, a global or a generator step raised.
 
     `exception` is the worker's exception (tracebacks survive pickling via tblib);
-    `traceback` is its formatted text, for logs."""
+    `traceback` is its formatted text, for logs. When a batch caused it, `key` is that
+    batch's key and `preview` a short, truncated view of its rows (None otherwise).
+    `kit.failed_event` fills all of them from what `StepRunner` raised."""
 
     step_name: str
     exception: BaseException
     traceback: str
+    key: BatchKey | None = None
+    preview: str | None = None
+
+    def describe(self) -> str:
+        """`Step 'name' failed on batch (0, 3) (rows: [...])`: the step, the batch and its rows."""
+        where = f"Step {self.step_name!r} failed"
+        if self.key is not None:
+            where += f" on batch {self.key}"
+        if self.preview is not None:
+            where += f" (rows: {self.preview})"
+        return where
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,9 +158,22 @@ class Executor(ABC):
 
     name: ClassVar[str] = ""
     in_process: ClassVar[bool] = False
-    """True when every replica runs in the driver process (it can read `memory://`)."""
+    """True when every replica runs in the driver process: the engine may then hand it
+    batch data that only this process can read (`memory://` batch storage), and
+    `Step` objects are shared with the driver instead of copied."""
+    known_options: ClassVar[tuple[str, ...]] = ()
+    """The options (`Pipeline(executor=..., **options)`) this executor accepts; any other
+    is refused by `__init__`, so a misspelt one fails before anything runs."""
 
     def __init__(self, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self.known_options))
+        if unknown:
+            known = ", ".join(repr(k) for k in sorted(self.known_options)) or "none"
+            raise PipelineValidationError(
+                f"Unknown option(s) {', '.join(repr(u) for u in unknown)} for the "
+                f"{self.name!r} executor. Known options: {known}. Check the spelling of the "
+                "keyword arguments given to `Pipeline(executor=...)`."
+            )
         self.options = options
 
     @abstractmethod

@@ -216,7 +216,7 @@ class Scheduler:
                     step_name=event.step_name,
                 ) from event.exception
             raise StepRuntimeError(
-                f"Step {event.step_name!r} failed and the run stopped: "
+                f"{event.describe()} and the run stopped: "
                 f"{type(event.exception).__name__}: {event.exception}\n"
                 f"Worker traceback:\n{event.traceback}\n"
                 "Finished work is cached; fix the step and run again to resume.",

@@ -32,10 +32,10 @@ from stillhouse.core.errors import (
     StepRuntimeError,
     SuspendStep,
 )
-from stillhouse.core.step import GeneratorStep, _resume_state, _Step
+from stillhouse.core.step import METADATA_COLUMN, BaseStep, GeneratorStep, _resume_state
 from stillhouse.core.typing import Row
 
-METADATA_COLUMN = "stillhouse_metadata"
+__all__ = ["METADATA_COLUMN", "PREVIEW_CHARS", "FatalStepError", "Outcome", "StepRunner", "preview_rows"]
 
 logger = logging.getLogger("stillhouse.worker")
 
@@ -43,16 +43,46 @@ Outcome = TaskResult | Exception
 """What `StepRunner.submit` hands its callback: a result, or a `FatalStepError`."""
 
 
+PREVIEW_CHARS = 200
+"""Characters of a batch's rows shown in a failure message (`preview_rows`)."""
+
+
+def preview_rows(inputs: list[list[Row]] | None, limit: int = PREVIEW_CHARS) -> str | None:
+    """A short view of a batch's rows for messages: the first input's rows as `repr`,
+    cut at `limit` characters, with the row count when cut. None for no inputs."""
+    if not inputs:
+        return None
+    rows = inputs[0]
+    text = repr(rows)
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(rows)} rows)"
+    return text
+
+
 class FatalStepError(Exception):
     """Raised by `StepRunner.run` when the failure must stop the run.
 
-    Carries the original exception (`__cause__`) and its formatted traceback."""
+    Carries the original exception (`__cause__`) and its formatted traceback; when a
+    batch caused it, that batch's `key` and a truncated `preview` of its rows."""
 
-    def __init__(self, step_name: str, original: BaseException) -> None:
-        super().__init__(f"Step {step_name!r} failed: {type(original).__name__}: {original}")
+    def __init__(
+        self,
+        step_name: str,
+        original: BaseException,
+        *,
+        key: tuple[int, int] | None = None,
+        preview: str | None = None,
+    ) -> None:
+        where = f" on batch {key}" if key is not None else ""
+        super().__init__(f"Step {step_name!r} failed{where}: {type(original).__name__}: {original}")
         self.step_name = step_name
         self.original = original
+        self.key = key
+        self.preview = preview
         self.traceback = "".join(traceback.format_exception(original))
+
+    def __reduce__(self) -> Any:  # keyword arguments survive pickling
+        return _fatal, (self.step_name, self.original, self.key, self.preview)
 
 
 class StepRunner:
@@ -65,7 +95,7 @@ class StepRunner:
     new process under "mp").
     """
 
-    def __init__(self, step: _Step, *, replica: int = 0, enable_metadata: bool = False) -> None:
+    def __init__(self, step: BaseStep, *, replica: int = 0, enable_metadata: bool = False) -> None:
         self.step = step
         self.replica = replica
         self.enable_metadata = enable_metadata
@@ -230,7 +260,9 @@ class StepRunner:
                 return TaskResult(task.step_name, task.key, [], False, None, seconds, suspended)
             exc = suspended
         if not self.step.is_normal or isinstance(exc, StepContractError):  # a rerun meets it again
-            raise FatalStepError(self.step.name, exc) from exc
+            raise FatalStepError(
+                self.step.name, exc, key=task.key, preview=preview_rows(_inputs_of(task))
+            ) from exc
         error = f"{type(exc).__name__}: {exc}"
         logger.warning(
             "Step %r failed on batch %s (%d rows); its outputs are set to None: %s\n%s",
@@ -298,6 +330,14 @@ class StepRunner:
         thread.join(5)
         if not thread.is_alive():
             loop.close()
+
+
+def _fatal(step_name: str, original: BaseException, key: Any, preview: str | None) -> FatalStepError:
+    return FatalStepError(step_name, original, key=key, preview=preview)
+
+
+def _inputs_of(task: Task) -> list[list[Row]] | None:
+    return task.inputs if isinstance(task.inputs, list) else None
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:

@@ -13,11 +13,8 @@ from typing import Any
 
 from pydantic import field_validator, model_validator
 
-from stillhouse.core.step import Step
+from stillhouse.core.step import METADATA_COLUMN, Step
 from stillhouse.core.typing import Row, StepColumns, StepInput, StepOutput
-
-METADATA_COLUMN = "stillhouse_metadata"
-"""Same name as the engine's per-row metadata column (`engine.worker.METADATA_COLUMN`)."""
 
 
 def merge_metadata(*rows: Row) -> dict[str, Any] | list[Any]:
