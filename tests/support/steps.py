@@ -1,4 +1,8 @@
-"""Steps used by the integration tests; importable by module name for spawned workers."""
+"""Steps used by the integration tests; importable by module name for spawned workers.
+
+The steps the executor conformance suite needs live in `stillhouse.core.testing.steps`
+and are imported from there.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,6 @@ import time
 from collections.abc import AsyncIterator
 
 from stillhouse.core import (
-    GlobalStep,
     RuntimeParameter,
     Step,
     StepInput,
@@ -17,22 +20,31 @@ from stillhouse.core import (
     SuspendStep,
     step,
 )
-
-
-@step(inputs=["x"], outputs=["y"])
-def Double(inputs: StepInput) -> StepOutput:
-    for row in inputs:
-        row["y"] = row["x"] * 2
-    yield inputs
-
-
-@step(inputs=["x"], outputs=["z"])
-def Tag(inputs: StepInput, tag: str = "a", sleep: float = 0.0) -> StepOutput:
-    if sleep:
-        time.sleep(random.random() * sleep)
-    for row in inputs:
-        row["z"] = tag
-    yield inputs
+from stillhouse.core.testing.steps import (  # noqa: F401  (re-exported for the tests)
+    AlwaysFail,
+    AsyncCount,
+    AsyncDouble,
+    AsyncFail,
+    AsyncHang,
+    AsyncNumbers,
+    AsyncPid,
+    AsyncTag,
+    AsyncZip,
+    BrokenGenerator,
+    BrokenGlobal,
+    BrokenLoad,
+    Count,
+    CountAll,
+    Double,
+    DropAll,
+    DropOdd,
+    HangingGlobal,
+    Ok,
+    Pid,
+    SyncHang,
+    Tag,
+    Zip,
+)
 
 
 @step(inputs=["x"], outputs=["slow"])
@@ -41,85 +53,6 @@ def Slow(inputs: StepInput, sleep: float = 0.01) -> StepOutput:
     for row in inputs:
         row["slow"] = row["x"]
     yield inputs
-
-
-@step(inputs=["x"], outputs=["pid"])
-def Pid(inputs: StepInput, sleep: float = 0.0) -> StepOutput:
-    time.sleep(random.random() * sleep)
-    for row in inputs:
-        row["pid"] = os.getpid()
-    yield inputs
-
-
-@step(inputs=["x"], outputs=["x"])
-def DropOdd(inputs: StepInput) -> StepOutput:
-    yield [row for row in inputs if row["x"] % 2 == 0]
-
-
-@step(inputs=["x"], outputs=["x"])
-def DropAll(inputs: StepInput) -> StepOutput:
-    yield []
-
-
-@step(inputs=["x"], outputs=["out"])
-def AlwaysFail(inputs: StepInput) -> StepOutput:
-    raise ValueError("this step always fails")
-    yield inputs  # pragma: no cover
-
-
-@step(inputs=["x"], outputs=["out"])
-def Ok(inputs: StepInput) -> StepOutput:
-    for row in inputs:
-        row["out"] = "ok"
-    yield inputs
-
-
-@step(outputs=["n"], step_type="global")
-def Count(inputs: StepInput) -> StepOutput:
-    yield [{"n": len(inputs), "xs": [row["x"] for row in inputs]}]
-
-
-@step(step_type="global")
-def BrokenGlobal(inputs: StepInput) -> StepOutput:
-    raise RuntimeError("global step exploded")
-    yield inputs  # pragma: no cover
-
-
-@step(outputs=["x"], step_type="generator")
-def BrokenGenerator(offset: int = 0):
-    yield [{"x": 1}], False
-    raise RuntimeError("generator exploded")
-
-
-class BrokenLoad(Step):
-    @property
-    def inputs(self) -> list[str]:
-        return ["x"]
-
-    def load(self) -> None:
-        raise OSError("model weights not found")
-
-    def process(self, inputs: StepInput) -> StepOutput:
-        yield inputs
-
-
-class Zip(Step):
-    """Merges one row from each predecessor; records which branches a row went through."""
-
-    def process(self, *inputs: StepInput) -> StepOutput:
-        merged = []
-        for rows in zip(*inputs, strict=True):
-            row = {}
-            for part in rows:
-                row.update(part)
-            row["tags"] = [part.get("z") for part in rows]
-            merged.append(row)
-        yield merged
-
-
-class CountAll(GlobalStep):
-    def process(self, *inputs: StepInput) -> StepOutput:
-        yield [{"rows": sum(len(rows) for rows in inputs)}]
 
 
 class Recorder(Step):
@@ -157,86 +90,6 @@ class NeedsParam(Step):
 
 
 # -- async steps (issue 15): the same behaviour with `async def process` ----------------
-
-
-@step(inputs=["x"], outputs=["y"])
-async def AsyncDouble(inputs: StepInput, sleep: float = 0.0) -> AsyncIterator[list[dict]]:
-    await asyncio.sleep(random.random() * sleep)
-    for row in inputs:
-        row["y"] = row["x"] * 2
-    yield inputs
-
-
-@step(inputs=["x"], outputs=["z"])
-async def AsyncTag(inputs: StepInput, tag: str = "a", sleep: float = 0.0) -> AsyncIterator[list[dict]]:
-    await asyncio.sleep(random.random() * sleep)
-    for row in inputs:
-        row["z"] = tag
-    yield inputs
-
-
-@step(inputs=["x"], outputs=["pid"])
-async def AsyncPid(inputs: StepInput, sleep: float = 0.0) -> AsyncIterator[list[dict]]:
-    await asyncio.sleep(random.random() * sleep)
-    for row in inputs:
-        row["pid"] = os.getpid()
-    yield inputs
-
-
-@step(inputs=["x"], outputs=["out"])
-async def AsyncFail(inputs: StepInput) -> AsyncIterator[list[dict]]:
-    await asyncio.sleep(0)
-    raise ValueError("this async step always fails")
-    yield inputs  # pragma: no cover
-
-
-@step(inputs=["x"], outputs=["slow"])
-async def AsyncHang(inputs: StepInput, hang_on: int = -1) -> AsyncIterator[list[dict]]:
-    """Never finishes a batch holding row `hang_on`; the others take no time."""
-    if any(row["x"] == hang_on for row in inputs):
-        await asyncio.sleep(3600)
-    for row in inputs:
-        row["slow"] = row["x"]
-    yield inputs
-
-
-@step(inputs=["x"], outputs=["slow"])
-def SyncHang(inputs: StepInput, hang_on: int = -1) -> StepOutput:
-    """A sync step that never finishes the batch holding row `hang_on`."""
-    if any(row["x"] == hang_on for row in inputs):
-        time.sleep(3600)
-    for row in inputs:
-        row["slow"] = row["x"]
-    yield inputs
-
-
-@step(outputs=["n"], step_type="global")
-async def AsyncCount(inputs: StepInput) -> AsyncIterator[list[dict]]:
-    await asyncio.sleep(0)
-    yield [{"n": len(inputs), "xs": [row["x"] for row in inputs]}]
-
-
-@step(outputs=["x"], step_type="generator")
-async def AsyncNumbers(n: int = 10, batch: int = 3) -> AsyncIterator[tuple[list[dict], bool]]:
-    for start in range(0, n, batch):
-        await asyncio.sleep(0)
-        stop = min(n, start + batch)
-        yield [{"x": i} for i in range(start, stop)], stop >= n
-
-
-class AsyncZip(Step):
-    """`Zip` with an async `process`."""
-
-    async def process(self, *inputs: StepInput) -> AsyncIterator[list[dict]]:
-        await asyncio.sleep(random.random() * 0.01)
-        merged = []
-        for rows in zip(*inputs, strict=True):
-            row = {}
-            for part in rows:
-                row.update(part)
-            row["tags"] = [part.get("z") for part in rows]
-            merged.append(row)
-        yield merged
 
 
 class SuspendOnce(Step):
@@ -285,12 +138,6 @@ class CountCalls(Step):
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write(f"{inputs[0]['x']}\n")
         yield inputs
-
-
-@step(step_type="global")
-async def HangingGlobal(inputs: StepInput) -> AsyncIterator[list[dict]]:
-    await asyncio.sleep(3600)
-    yield inputs  # pragma: no cover
 
 
 @step(inputs=["x"], outputs=["slow"])
