@@ -42,7 +42,7 @@ def test_unknown_executor_options_are_refused_naming_the_known_ones():
         known_options = ("join_timeout",)
 
     Mine(join_timeout=3)
-    with pytest.raises(PipelineValidationError, match="'join_tiemout'.*'mine'.*'join_timeout'"):
+    with pytest.raises(PipelineValidationError, match=r"'join_tiemout'.*'mine'.*'join_timeout'"):
         Mine(join_tiemout=3)
     with pytest.raises(PipelineValidationError, match="Known options: none"):
         InProcessExecutor(anything=1)
