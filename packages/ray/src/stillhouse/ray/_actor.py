@@ -24,6 +24,7 @@ from stillhouse.core.engine import (
     Task,
     failed_event,
     portable,
+    replace_in_process,
     route_logs,
 )
 from stillhouse.core.step import BaseStep
@@ -84,16 +85,12 @@ class StepActor:
         return self._reply(event)
 
     def _replace(self, runner: StepRunner) -> Event | None:
-        """Go on with a fresh copy of the step; a failed `load()` is the event to report."""
-        logging.getLogger("stillhouse.ray").warning(
-            "Replica %d of step %r timed out on a batch; its thread is abandoned and a new "
-            "replica takes over in the same actor.", runner.replica, runner.step.name,
-        )
-        fresh = runner.replacement()
-        try:
-            fresh.load()
-        except Exception as exc:
-            return failed_event(runner.step.name, exc)
+        """Go on with a fresh copy of the step in this actor; a failed `load()` is the
+        event to report."""
+        failures: list[Event] = []
+        fresh = replace_in_process(runner, failures.append)
+        if fresh is None:
+            return failures[0]
         self.runner = fresh
         return None
 

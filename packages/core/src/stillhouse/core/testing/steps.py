@@ -94,18 +94,23 @@ class BrokenLoad(Step):
         yield inputs
 
 
+def zipped(inputs: tuple[StepInput, ...]) -> list[dict]:
+    """One row from each predecessor merged into one, with `tags`: each branch's `z`."""
+    merged = []
+    for rows in zip(*inputs, strict=True):
+        row = {}
+        for part in rows:
+            row.update(part)
+        row["tags"] = [part.get("z") for part in rows]
+        merged.append(row)
+    return merged
+
+
 class Zip(Step):
     """Merges one row from each predecessor; records which branches a row went through."""
 
     def process(self, *inputs: StepInput) -> StepOutput:
-        merged = []
-        for rows in zip(*inputs, strict=True):
-            row = {}
-            for part in rows:
-                row.update(part)
-            row["tags"] = [part.get("z") for part in rows]
-            merged.append(row)
-        yield merged
+        yield zipped(inputs)
 
 
 class CountAll(GlobalStep):
@@ -183,14 +188,7 @@ class AsyncZip(Step):
 
     async def process(self, *inputs: StepInput) -> AsyncIterator[list[dict]]:
         await asyncio.sleep(random.random() * 0.01)
-        merged = []
-        for rows in zip(*inputs, strict=True):
-            row = {}
-            for part in rows:
-                row.update(part)
-            row["tags"] = [part.get("z") for part in rows]
-            merged.append(row)
-        yield merged
+        yield zipped(inputs)
 
 
 @step(step_type="global")
