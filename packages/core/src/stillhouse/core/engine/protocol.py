@@ -154,6 +154,11 @@ class Executor(ABC):
     A replica of an async step works on up to `StepRunner.concurrency` tasks at once
     (`StepRunner.submit`); the engine sends such a step up to `replicas x (concurrency
     + 1)` tasks, other normal steps two per replica, generator and global steps one.
+
+    The engine calls every method from the thread that runs the pipeline, one at a
+    time. Workers are built from the kit (`stillhouse.core.engine.kit`: `serve`,
+    `STOP`, `failed_event`, `portable`, log routing); docs/executors.md walks through
+    writing one, and `stillhouse.core.testing.conformance` is the suite it must pass.
     """
 
     name: ClassVar[str] = ""

@@ -265,11 +265,12 @@ class StepRunner:
             ) from exc
         error = f"{type(exc).__name__}: {exc}"
         logger.warning(
-            "Step %r failed on batch %s (%d rows); its outputs are set to None: %s\n%s",
+            "Step %r failed on batch %s (%d rows); its outputs are set to None: %s\nRows: %s\n%s",
             self.step.name,
             task.key,
             len(task.inputs[0]) if task.inputs else 0,
             error,
+            preview_rows(_inputs_of(task)),
             "".join(traceback.format_exception(exc)),
         )
         return TaskResult(task.step_name, task.key, self._imputed(task.inputs, error), False, error, seconds)
