@@ -1,6 +1,6 @@
 """The output writer: streams every leaf step's rows to Parquet files as they arrive.
 
-Layout: `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order (with page
+Layout (`layout.py`): `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order (with page
 checksums), then a `_COMPLETE` marker once the leaf has produced all its rows: JSON
 with the row count, each file's size and xxh3 checksum, and the `version` of the
 stored outputs the rows come from, so a later run reuses the files only for the same
@@ -43,6 +43,8 @@ from stillhouse.distiset._storage import (
     make_durable,
     resolve,
 )
+from stillhouse.distiset.layout import COMPLETE_MARKER, FILE_ID_KEY, PARQUET_SUFFIX, parquet_name
+from stillhouse.distiset.reader import build_distiset, unified_file
 
 logger = logging.getLogger("stillhouse.distiset")
 
@@ -50,9 +52,6 @@ DEFAULT_ROWS_PER_FILE = 10_000
 # Rows are flushed early past this many bytes so a leaf with huge rows (long texts,
 # embeddings, images) cannot hold hundreds of MB waiting for `rows_per_file` rows.
 DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
-COMPLETE_MARKER = "_COMPLETE"
-FILE_ID_KEY = b"stillhouse.file_id"
-"""Parquet schema metadata naming each file uniquely, so readers can cache by it."""
 
 
 class _OwnedDir:
@@ -145,7 +144,7 @@ class ParquetOutputWriter(OutputWriter):
             found = {
                 posixpath.basename(e["name"]): e.get("size")
                 for e in list_entries(self._fs, directory)
-                if e["name"].endswith(".parquet")
+                if e["name"].endswith(PARQUET_SUFFIX)
             }
             if found != expected:
                 raise ValueError(f"files {sorted(found)} with sizes {found}, the marker lists {expected}")
@@ -158,8 +157,6 @@ class ParquetOutputWriter(OutputWriter):
                     rows += pq.read_metadata(handle).num_rows
             if rows != summary["rows"]:
                 raise ValueError(f"{rows} rows, the marker counts {summary['rows']}")
-            from stillhouse.distiset.reader import unified_file  # reader imports this module
-
             unified_file(self._fs, directory, leaf=leaf, build=False)
         except (ValueError, KeyError, TypeError, AttributeError, OSError, pa.ArrowException, CorruptCacheError) as exc:
             logger.warning(
@@ -218,9 +215,7 @@ class ParquetOutputWriter(OutputWriter):
             self._drain(leaf, buffer, everything=True)
 
     def result(self) -> Any:
-        """The `Distiset` of everything written so far."""
-        from stillhouse.distiset.reader import build_distiset  # reader imports this module
-
+        """The `Distiset` of everything written so far; its leaves are read on first use."""
         self.flush()
         distiset = build_distiset(
             self.data_dir,
@@ -229,6 +224,7 @@ class ParquetOutputWriter(OutputWriter):
             log_filename_path=self._if_exists(self.log_path),
             enable_metadata=self.enable_metadata,
             storage_options=self.storage_options,
+            deferred=True,  # `datasets` is imported, and the files read, on first use
         )
         # The Datasets map files inside the temporary folder: keep it alive with them.
         distiset._owned_dir = self._owned_dir
@@ -272,7 +268,7 @@ class ParquetOutputWriter(OutputWriter):
         buffer.nbytes = rest.nbytes if rest.num_rows else 0
 
     def _write_file(self, leaf: str, buffer: _LeafBuffer, table: pa.Table) -> None:
-        path = join(self._leaf_dir(leaf), f"{buffer.next_file:05d}.parquet")
+        path = join(self._leaf_dir(leaf), parquet_name(buffer.next_file))
         metadata = {**(table.schema.metadata or {}), FILE_ID_KEY: uuid.uuid4().hex.encode()}
         table = table.replace_schema_metadata(metadata)
         # Durable only before the leaf is marked complete: an unfinished leaf is rewritten

@@ -1,0 +1,70 @@
+"""Plugin loading and `run()` stay cheap: `datasets`, `openai` and `datasketch` are
+imported when they are used (issue 20: startup), each checked in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+HEAVY = ("datasets", "openai", "datasketch", "scipy", "pandas", "upath")
+
+
+def _fresh(code: str, tmp_path) -> dict:
+    """Run `code` in a new interpreter; it prints one JSON line, returned here."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "STILLHOUSE_PROGRESS": "0"},
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_loading_the_plugins_imports_no_heavy_module(tmp_path):
+    found = _fresh(
+        f"""
+        import json, sys
+        from stillhouse.core import plugins
+        registry = plugins.registry()
+        print(json.dumps({{
+            "steps": sorted(registry.steps),
+            "executors": sorted(registry.executors),
+            "heavy": [m for m in {HEAVY!r} if m in sys.modules],
+        }}))
+        """,
+        tmp_path,
+    )
+    assert found["heavy"] == []
+    # ... and the classes are still registered.
+    assert {"TextGeneration", "ChatGeneration", "MinHashDedup", "LoadDataFromHub"} <= set(found["steps"])
+    assert {"mp", "threaded"} <= set(found["executors"])
+
+
+def test_run_returns_a_distiset_read_on_first_use(tmp_path):
+    found = _fresh(
+        f"""
+        import json, sys
+        from stillhouse.core import Pipeline
+        from stillhouse.core.steps import KeepColumns, LoadDataFromDicts
+
+        if __name__ == "__main__":
+            with Pipeline(name="lazy", cache_dir={str(tmp_path / "cache")!r}, executor="threaded") as pipeline:
+                load = LoadDataFromDicts(data=[{{"a": i}} for i in range(5)])
+                keep = KeepColumns(columns=["a"])
+                load >> keep
+            distiset = pipeline.run()
+            before = "datasets" in sys.modules
+            keys = list(distiset)
+            rows = list(distiset["default"]["train"]["a"])
+            print(json.dumps({{"before": before, "keys": keys, "rows": rows,
+                               "after": "datasets" in sys.modules}}))
+        """,
+        tmp_path,
+    )
+    assert found == {"before": False, "keys": ["default"], "rows": [0, 1, 2, 3, 4], "after": True}
