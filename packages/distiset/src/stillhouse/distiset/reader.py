@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stillhouse.core.engine.worker import METADATA_COLUMN
 from stillhouse.core.errors import CorruptCacheError, LeafSchemaError
@@ -51,6 +49,8 @@ from stillhouse.distiset.layout import (
 )
 
 if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     from datasets import Dataset
 
 logger = logging.getLogger("stillhouse.distiset")
@@ -156,13 +156,14 @@ def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Da
     return Dataset.from_file(path)
 
 
-def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, build: bool = True) -> str | None:
+def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> str | None:
     """The checked unified Arrow file of a leaf's Parquet files (None: no files).
 
     A unified file whose size, checksum or row count disagrees with its check file is
     rebuilt; a Parquet file that cannot be read (damaged bytes: the files carry page
-    checksums) is a `CorruptCacheError` naming it and the fix. `build=False` only
-    checks: without a good unified file, every Parquet file is read through."""
+    checksums) is a `CorruptCacheError` naming it and the fix."""
+    import pyarrow as pa
+
     entries = _parquet_entries(fs, directory)
     if not entries:
         return None
@@ -184,11 +185,6 @@ def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, bu
         if os.path.exists(path):
             logger.warning("The unified file %s of leaf %r %s; rebuilding it.", path, leaf, problem)
             os.unlink(path)
-        if not build:
-            _check_digests(fs, directory, entries)
-            for entry in entries:
-                _read_table(fs, entry["name"])
-            return None
         logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
         local = fsspec.filesystem("file")
         atomic_write(local, path, lambda handle: _write_unified(fs, entries, schema, handle))
@@ -240,6 +236,8 @@ def _check_digests(fs: fsspec.AbstractFileSystem, directory: str, entries: list[
 
 
 def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle) -> None:
+    import pyarrow as pa
+
     with pa.ipc.new_stream(handle, schema) as stream:
         for entry in entries:
             table = _read_table(fs, entry["name"]).replace_schema_metadata(None)
@@ -264,6 +262,9 @@ def _unified_path(fs: fsspec.AbstractFileSystem, directory: str, leaf: str, key:
 
 
 def _read_metadata(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         with fs.open(path, "rb") as handle:
             return pq.read_metadata(handle)
@@ -272,6 +273,9 @@ def _read_metadata(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
 
 
 def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         with fs.open(path, "rb") as source:
             return pq.read_table(source, page_checksum_verification=True)
