@@ -22,6 +22,7 @@ import decimal
 import json
 import struct
 import uuid
+from operator import itemgetter, methodcaller
 from typing import Any
 
 from stillhouse.core.errors import CacheError, CorruptCacheError
@@ -41,6 +42,9 @@ _SCALARS = (bool, int, float, str)
 _NATIVE = {bool, int, float, str, bytes, dt.datetime, dt.date, type(None)}
 
 _codec: Any = None
+_types: dict[type, Any] | None = None
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+"""What closes an Arrow IPC stream (continuation marker, zero length)."""
 
 
 def _zstd() -> Any:
@@ -202,10 +206,22 @@ def _native(values: list[Any]) -> Any | None:
     elif len(kinds - {type(None)}) > 1 or (dt.datetime in kinds and any(v is not None and v.tzinfo is not None for v in values)):
         return None
     try:
-        array = pa.array(values)
+        # A type given (one scalar kind, the usual column) spares Arrow inferring it.
+        array = pa.array(values, type=_arrow_type(kinds))
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
         return None
     return array
+
+
+def _arrow_type(kinds: set[type]) -> Any:
+    """The Arrow type of a column whose values are of `kinds` (None: let Arrow infer it)."""
+    global _types
+    if _types is None:
+        import pyarrow as pa
+
+        _types = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+    kinds = kinds - {type(None)}
+    return _types.get(next(iter(kinds))) if len(kinds) == 1 else None
 
 
 def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> bytes:
@@ -213,7 +229,8 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
     import pyarrow as pa
 
     first = rows[0].keys() if rows else {}.keys()
-    uniform = all(row.keys() == first for row in rows)  # the usual case: one set of keys
+    # The usual case, one set of keys, checked without a Python frame per row.
+    uniform = all(map(first.__eq__, map(methodcaller("keys"), rows)))
     names: dict[str, None] = dict.fromkeys(first)
     if not uniform:
         for row in rows:
@@ -227,7 +244,7 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
     arrays, fields = [], []
     for name in names:
         if uniform:
-            values = [row[name] for row in rows]
+            values = list(map(itemgetter(name), rows))
             array = _native(values)
         else:
             values = [row.get(name, _MISSING) for row in rows]
@@ -248,13 +265,12 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
         metadata[ERROR_KEY] = error.encode("utf-8", "surrogatepass")
     schema = pa.schema(fields, metadata=metadata)
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(batch)
-    raw = sink.getvalue()
-    if raw.size < COMPRESS_FROM:
-        return _SIZE.pack(0) + raw.to_pybytes()
-    return _SIZE.pack(raw.size) + _zstd().compress(raw, asbytes=True)
+    # The bytes `pa.ipc.new_stream` writes (schema, batch, end of stream), without the
+    # cost of a stream writer per batch.
+    raw = b"".join((schema.serialize().to_pybytes(), batch.serialize().to_pybytes(), _END_OF_STREAM))
+    if len(raw) < COMPRESS_FROM:
+        return _SIZE.pack(0) + raw
+    return _SIZE.pack(len(raw)) + _zstd().compress(raw, asbytes=True)
 
 
 def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, Any]], str | None]:
