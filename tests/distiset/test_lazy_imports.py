@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 HEAVY = ("datasets", "openai", "datasketch", "scipy", "pandas", "upath")
 
 
@@ -68,3 +70,42 @@ def test_run_returns_a_distiset_read_on_first_use(tmp_path):
         tmp_path,
     )
     assert found == {"before": False, "keys": ["default"], "rows": [0, 1, 2, 3, 4], "after": True}
+
+
+def test_a_deferred_distiset_reads_its_leaves_once_before_any_value_is_seen():
+    import copy
+    import pickle
+
+    from stillhouse.distiset import Distiset
+
+    reads = []
+
+    def load() -> dict:
+        reads.append(1)
+        return {"a": {"train": [1, 2]}, "b": {"train": [3]}}
+
+    def fresh() -> Distiset:
+        return Distiset.deferred(["a", "b"], load)
+
+    distiset = fresh()
+    assert (list(distiset), len(distiset), "a" in distiset, reads) == (["a", "b"], 2, True, [])
+    assert distiset["a"] == {"train": [1, 2]} and reads == [1]
+    assert distiset["b"] == {"train": [3]} and reads == [1]  # once
+    for view in (dict, lambda d: {**d}, lambda d: dict(d.items()), lambda d: list(d.values()),
+                 lambda d: pickle.loads(pickle.dumps(d)), copy.deepcopy, lambda d: d.copy()):
+        value = view(fresh())
+        assert "not read yet" not in repr(value)
+        assert value == {"a": {"train": [1, 2]}, "b": {"train": [3]}} or value == [{"train": [1, 2]}, {"train": [3]}]
+    assert fresh() == fresh() and fresh().get("b") == {"train": [3]}
+
+
+def test_a_deferred_distiset_whose_read_fails_raises_on_each_access():
+    from stillhouse.distiset import Distiset
+
+    def load() -> dict:
+        raise OSError("damaged")
+
+    distiset = Distiset.deferred(["a"], load)
+    for _ in range(2):
+        with pytest.raises(OSError, match="damaged"):
+            distiset["a"]
