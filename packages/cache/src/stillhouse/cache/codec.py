@@ -19,9 +19,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import itertools
 import json
 import struct
 import uuid
+from array import array as c_array
 from operator import itemgetter, methodcaller
 from typing import Any
 
@@ -205,12 +207,43 @@ def _native(values: list[Any]) -> Any | None:
             return None
     elif len(kinds - {type(None)}) > 1 or (dt.datetime in kinds and any(v is not None and v.tzinfo is not None for v in values)):
         return None
+    if len(kinds) == 1:
+        array = buffered_array(values, next(iter(kinds)))
+        if array is not None:
+            return array
     try:
         # A type given (one scalar kind, the usual column) spares Arrow inferring it.
         array = pa.array(values, type=_arrow_type(kinds))
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
         return None
     return array
+
+
+def buffered_array(values: list[Any], kind: type, *, large: bool = False) -> Any | None:
+    """`pa.array(values)` for values all of `kind` int, float or str (no None), built
+    from buffers; None when that cannot be (another kind, an int beyond 64 bits, a
+    string that is not UTF-8).
+
+    Not for speed alone: pyarrow imports pandas (0.1-0.2 s) on its first conversion of
+    Python values, to check whether they are pandas objects. Plain columns built this
+    way keep a run that never needs pandas from paying for it."""
+    import pyarrow as pa
+
+    try:
+        if kind is int or kind is float:
+            data = c_array("q" if kind is int else "d", values)
+            arrow_type = pa.int64() if kind is int else pa.float64()
+            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
+        if kind is str:
+            encoded = [value.encode() for value in values]
+            offsets = c_array("q" if large else "i", itertools.accumulate(map(len, encoded), initial=0))
+            arrow_type = pa.large_string() if large else pa.string()
+            return pa.Array.from_buffers(
+                arrow_type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+            )
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    return None
 
 
 def _arrow_type(kinds: set[type]) -> Any:
@@ -257,7 +290,9 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
                 None if v is _MISSING else json.dumps(to_json(v, context), allow_nan=False)
                 for v in values
             ]
-            array = pa.array(texts, type=pa.large_string())
+            array = None if any(t is None for t in texts) else buffered_array(texts, str, large=True)
+            if array is None:
+                array = pa.array(texts, type=pa.large_string())
             fields.append(pa.field(name, array.type, metadata={JSON_COLUMN: b"1"}))
         arrays.append(array)
     metadata = {b"rows": str(len(rows)).encode()}

@@ -13,6 +13,7 @@ here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import posixpath
@@ -20,6 +21,7 @@ import shutil
 import tempfile
 import uuid
 import weakref
+from array import array as c_array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -295,6 +297,11 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     columns: dict[str, pa.Array] = {}
     for name in names:
         values = [row.get(name) for row in rows]
+        kinds = set(map(type, values))
+        plain = _plain_array(values, kinds.pop()) if len(kinds) == 1 else None
+        if plain is not None:
+            columns[name] = plain
+            continue
         try:
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -305,6 +312,31 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
                 "convert the values in the step, for example with `json.dumps`."
             ) from exc
     return pa.table(columns)
+
+
+def _plain_array(values: list[Any], kind: type) -> pa.Array | None:
+    """`pa.array(values)` for values all int, float or str (no None), built from buffers;
+    None when that cannot be (another kind, an int beyond 64 bits, a non-UTF-8 string).
+
+    pyarrow imports pandas (0.1-0.2 s) on its first conversion of Python values, to
+    check whether they are pandas objects; plain columns built this way spare a run that
+    never needs pandas that cost. (The cache's codec does the same for checkpoints:
+    `stillhouse.cache.codec.buffered_array`; the packages do not import each other.)"""
+    import pyarrow as pa
+
+    try:
+        if kind is int or kind is float:
+            data = c_array("q" if kind is int else "d", values)
+            arrow_type = pa.int64() if kind is int else pa.float64()
+            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
+        if kind is str:
+            encoded = [value.encode() for value in values]
+            offsets = c_array("i", itertools.accumulate(map(len, encoded), initial=0))
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+            return pa.Array.from_buffers(pa.string(), len(values), buffers)
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    return None
 
 
 def unify_schema(leaf: str, schema: pa.Schema | None, new: pa.Schema) -> pa.Schema:
