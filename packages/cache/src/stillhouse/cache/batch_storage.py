@@ -9,14 +9,14 @@ it runs no code. Local files are private to the user.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from upath import UPath
+from typing import TYPE_CHECKING, Any
 
 from stillhouse.cache.atomic import FILE_MODE, disk_errors, private_dirs
 from stillhouse.cache.codec import decode_rows, encode_rows
@@ -24,6 +24,9 @@ from stillhouse.cache.records import BATCH, HEADER_SIZE, frame, unframe
 from stillhouse.core.engine import BatchKey, BatchStorage, Payload
 from stillhouse.core.errors import CorruptCacheError
 from stillhouse.core.typing import Row
+
+if TYPE_CHECKING:
+    from upath import UPath
 
 logger = logging.getLogger("stillhouse.cache")
 
@@ -57,6 +60,8 @@ class FsPayload(Payload):
     options: dict[str, Any] = field(default_factory=dict)
 
     def load(self) -> list[list[Row]]:
+        from upath import UPath
+
         path = UPath(self.url, **self.options)
         # A worker's filesystem instance may have listed this folder before the file
         # existed (s3fs caches listings): forget that, the file is there now.
@@ -72,11 +77,19 @@ class FsBatchStorage(BatchStorage):
         self.url = str(url).rstrip("/")
         self.owns_url = owns_url
         self.options = dict(options or {})
-        self.root = UPath(self.url, **self.options) / uuid.uuid4().hex[:12]
-        protocol = self.root.protocol or "file"
+        self.run_id = uuid.uuid4().hex[:12]
+        protocol = self.url.split("://", 1)[0] if "://" in self.url else "file"
         self.local = protocol in ("file", "local")
         # `memory://` lives in one process: workers elsewhere would see nothing.
         self.shared_between_processes = protocol != "memory"
+
+    @functools.cached_property
+    def root(self) -> UPath:
+        """This run's folder. Made on first use: most runs pass no data through files,
+        and `upath` (with fsspec) is not worth importing for them."""
+        from upath import UPath
+
+        return UPath(self.url, **self.options) / self.run_id
 
     def put(self, step_name: str, key: BatchKey, inputs: list[list[Row]]) -> Payload:
         path = self.root / step_name / f"{key[0]}-{key[1]}.sh"
@@ -95,12 +108,19 @@ class FsBatchStorage(BatchStorage):
         return FsPayload(str(path), self.options)
 
     def discard(self, payload: Payload) -> None:
+        from upath import UPath
+
         assert isinstance(payload, FsPayload)
         UPath(payload.url, **self.options).unlink(missing_ok=True)
 
     def cleanup(self) -> None:
         """Remove this run's folder (payloads no batch will read again) and, when it is
         ours, the shared parent (`batch_data/`) once nothing else is left in it."""
+        if "root" not in self.__dict__ and self.local:  # nothing went through files
+            if self.owns_url:
+                with contextlib.suppress(OSError):  # not there, not empty, or another run's
+                    os.rmdir(self.url.removeprefix("file://"))
+            return
         if self.root.exists():
             self.root.fs.rm(self.root.path, recursive=True)
         if not self.owns_url:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import itertools
 import json
 import struct
 import uuid
+from array import array as c_array
+from operator import itemgetter, methodcaller
 from typing import Any
 
 from stillhouse.core.errors import CacheError, CorruptCacheError
@@ -41,6 +44,9 @@ _SCALARS = (bool, int, float, str)
 _NATIVE = {bool, int, float, str, bytes, dt.datetime, dt.date, type(None)}
 
 _codec: Any = None
+_types: dict[type, Any] | None = None
+_END_OF_STREAM = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+"""What closes an Arrow IPC stream (continuation marker, zero length)."""
 
 
 def _zstd() -> Any:
@@ -201,11 +207,54 @@ def _native(values: list[Any]) -> Any | None:
             return None
     elif len(kinds - {type(None)}) > 1 or (dt.datetime in kinds and any(v is not None and v.tzinfo is not None for v in values)):
         return None
+    if len(kinds) == 1:
+        array = buffered_array(values, next(iter(kinds)))
+        if array is not None:
+            return array
     try:
-        array = pa.array(values)
+        # A type given (one scalar kind, the usual column) spares Arrow inferring it.
+        array = pa.array(values, type=_arrow_type(kinds))
     except (pa.ArrowException, OverflowError, TypeError, ValueError):
         return None
     return array
+
+
+def buffered_array(values: list[Any], kind: type, *, large: bool = False) -> Any | None:
+    """`pa.array(values)` for values all of `kind` int, float or str (no None), built
+    from buffers; None when that cannot be (another kind, an int beyond 64 bits, a
+    string that is not UTF-8).
+
+    Not for speed alone: pyarrow imports pandas (0.1-0.2 s) on its first conversion of
+    Python values, to check whether they are pandas objects. Plain columns built this
+    way keep a run that never needs pandas from paying for it."""
+    import pyarrow as pa
+
+    try:
+        if kind is int or kind is float:
+            data = c_array("q" if kind is int else "d", values)
+            arrow_type = pa.int64() if kind is int else pa.float64()
+            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
+        if kind is str:
+            encoded = [value.encode() for value in values]
+            offsets = c_array("q" if large else "i", itertools.accumulate(map(len, encoded), initial=0))
+            arrow_type = pa.large_string() if large else pa.string()
+            return pa.Array.from_buffers(
+                arrow_type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+            )
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    return None
+
+
+def _arrow_type(kinds: set[type]) -> Any:
+    """The Arrow type of a column whose values are of `kinds` (None: let Arrow infer it)."""
+    global _types
+    if _types is None:
+        import pyarrow as pa
+
+        _types = {int: pa.int64(), float: pa.float64(), bool: pa.bool_(), str: pa.string()}
+    kinds = kinds - {type(None)}
+    return _types.get(next(iter(kinds))) if len(kinds) == 1 else None
 
 
 def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> bytes:
@@ -213,7 +262,8 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
     import pyarrow as pa
 
     first = rows[0].keys() if rows else {}.keys()
-    uniform = all(row.keys() == first for row in rows)  # the usual case: one set of keys
+    # The usual case, one set of keys, checked without a Python frame per row.
+    uniform = all(map(first.__eq__, map(methodcaller("keys"), rows)))
     names: dict[str, None] = dict.fromkeys(first)
     if not uniform:
         for row in rows:
@@ -227,7 +277,7 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
     arrays, fields = [], []
     for name in names:
         if uniform:
-            values = [row[name] for row in rows]
+            values = list(map(itemgetter(name), rows))
             array = _native(values)
         else:
             values = [row.get(name, _MISSING) for row in rows]
@@ -240,7 +290,9 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
                 None if v is _MISSING else json.dumps(to_json(v, context), allow_nan=False)
                 for v in values
             ]
-            array = pa.array(texts, type=pa.large_string())
+            array = None if any(t is None for t in texts) else buffered_array(texts, str, large=True)
+            if array is None:
+                array = pa.array(texts, type=pa.large_string())
             fields.append(pa.field(name, array.type, metadata={JSON_COLUMN: b"1"}))
         arrays.append(array)
     metadata = {b"rows": str(len(rows)).encode()}
@@ -248,13 +300,12 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
         metadata[ERROR_KEY] = error.encode("utf-8", "surrogatepass")
     schema = pa.schema(fields, metadata=metadata)
     batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, schema) as writer:
-        writer.write_batch(batch)
-    raw = sink.getvalue()
-    if raw.size < COMPRESS_FROM:
-        return _SIZE.pack(0) + raw.to_pybytes()
-    return _SIZE.pack(raw.size) + _zstd().compress(raw, asbytes=True)
+    # The bytes `pa.ipc.new_stream` writes (schema, batch, end of stream), without the
+    # cost of a stream writer per batch.
+    raw = b"".join((schema.serialize().to_pybytes(), batch.serialize().to_pybytes(), _END_OF_STREAM))
+    if len(raw) < COMPRESS_FROM:
+        return _SIZE.pack(0) + raw
+    return _SIZE.pack(len(raw)) + _zstd().compress(raw, asbytes=True)
 
 
 def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, Any]], str | None]:

@@ -9,13 +9,21 @@ a batch costs one write of that batch, whatever the size of the log, and opening
 walks the headers only (`iter_headers`, also used read-only by `stillhouse cache
 explain`). A torn last record (the process died mid-write) is cut off on open; any
 other bad record is reported when read, never guessed at.
+
+Durability: `append` returns once the record is in the OS (flushed), so it survives
+the death of the process (SIGKILL) from then on. Against power loss, records are
+fsynced within `SYNC_EVERY` seconds by a background thread (group commit), so the
+driver never waits for the disk on the way; `sync()` (a step finishing, the run
+ending) fsyncs at once and reports a failed background fsync.
 """
 
 from __future__ import annotations
 
 import mmap
 import os
+import queue
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -112,6 +120,30 @@ def unframe(blob: bytes, where: str) -> tuple[Header, bytes]:
     )
 
 
+class _Syncer:
+    """One background thread per process that fsyncs the logs `append` hands it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[RecordLog] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, log: RecordLog) -> None:
+        with self._lock:
+            # After a fork the child has no thread: start one there too.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._serve, name="stillhouse-fsync", daemon=True)
+                self._thread.start()
+        self._queue.put(log)
+
+    def _serve(self) -> None:
+        while True:
+            self._queue.get().background_sync()
+
+
+_SYNCER = _Syncer()
+
+
 class RecordLog:
     """Append framed records; index their headers; cut a torn tail on open.
 
@@ -132,8 +164,12 @@ class RecordLog:
         self._read = path.open("rb")
         self.dirty = False
         self._synced_at = time.monotonic()
+        self._sync_lock = threading.Lock()  # one fsync at a time; close waits for it
+        self._sync_queued = False
+        self._sync_error: OSError | None = None
 
     def append(self, kind: int, a: int, b: int, payload: bytes, *, rows: int = 0, flags: int = 0) -> Header:
+        self._raise_sync_error()
         offset = self._append.tell()
         header, record = frame(kind, a, b, payload, rows=rows, flags=flags)
         self._append.write(record)
@@ -141,8 +177,9 @@ class RecordLog:
         header = header._replace(offset=offset)
         self.index.append(header)
         self.dirty = True
-        if time.monotonic() - self._synced_at > SYNC_EVERY:
-            self.sync()  # group commit: durable against power loss within a second
+        if not self._sync_queued and time.monotonic() - self._synced_at > SYNC_EVERY:
+            self._sync_queued = True  # group commit, off this thread: durable within a second
+            _SYNCER.submit(self)
         return header
 
     def read(self, header: Header) -> bytes:
@@ -157,17 +194,46 @@ class RecordLog:
         return data
 
     def sync(self) -> None:
+        """fsync now (waiting for a background fsync in progress), and report one that failed."""
+        with self._sync_lock:
+            self._sync()
+        self._raise_sync_error()
+
+    def background_sync(self) -> None:
+        """The background thread's fsync; an error waits for the next `append` or `sync`."""
+        with self._sync_lock:
+            self._sync_queued = False
+            if self._append.closed:
+                return
+            try:
+                self._sync()
+            except OSError as exc:
+                self._sync_error = exc
+
+    def _sync(self) -> None:
+        # Called with the lock held. `dirty` is cleared before the fsync: a record appended
+        # meanwhile sets it again, so the next sync covers it.
         if self.dirty:
-            os.fsync(self._append.fileno())
             self.dirty = False
+            try:
+                os.fsync(self._append.fileno())
+            except BaseException:
+                self.dirty = True
+                raise
         self._synced_at = time.monotonic()
+
+    def _raise_sync_error(self) -> None:
+        error, self._sync_error = self._sync_error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         with disk_errors(self.path):  # a full disk refuses the buffered tail: name the file
             try:
                 self.sync()
             finally:
-                try:
-                    self._append.close()
-                finally:
-                    self._read.close()
+                with self._sync_lock:  # no background fsync on a closed file
+                    try:
+                        self._append.close()
+                    finally:
+                        self._read.close()

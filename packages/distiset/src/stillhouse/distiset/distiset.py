@@ -1,17 +1,18 @@
 """`Distiset`: a pipeline's results, one `datasets.DatasetDict` per leaf step.
 
 Saving and loading live here; building a Distiset from a run's Parquet files is
-`reader.py`, pushing it to the Hugging Face Hub is `hub.py`.
+`reader.py`, pushing it to the Hugging Face Hub is `hub.py`. `datasets` is imported
+where a value is made, not with this module: `run()` returns a Distiset whose leaves
+are read on first use (`deferred`), so a run that nobody reads pays no import.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Self
-
-from datasets import Dataset, DatasetDict
 
 from stillhouse.distiset._storage import (
     PathLike,
@@ -22,13 +23,23 @@ from stillhouse.distiset._storage import (
     public,
     resolve,
 )
+from stillhouse.distiset.layout import (
+    ARTIFACTS_DIRNAME,
+    CARD_FILENAME,
+    DISTILABEL_CONFIGS,
+    LOG_FILENAME,
+    PIPELINE_FILENAME,
+)
 
-SAVED_PIPELINE = "pipeline.yaml"
-SAVED_LOG = "pipeline.log"
-SAVED_ARTIFACTS = "artifacts"
-SAVED_CARD = "README.md"
-DISTILABEL_CONFIGS = "distiset_configs"
-"""The folder distilabel's `save_to_disk` keeps `pipeline.yaml`, `pipeline.log` and the card in."""
+
+class _Pending:
+    """The value of a leaf not read yet (never seen outside this module)."""
+
+    def __repr__(self) -> str:
+        return "<not read yet>"
+
+
+_PENDING = _Pending()
 
 
 def _as_location(value: PathLike | None) -> Path | str | None:
@@ -69,6 +80,95 @@ class Distiset(dict):
         super().__init__(*args, **kwargs)
         # A temporary results folder the Datasets are mapped from, kept alive with them.
         self._owned_dir: Any = None
+        self._load: Callable[[], dict[str, Any]] | None = None
+
+    # -- leaves read on first use -----------------------------------------------------
+
+    @classmethod
+    def deferred(cls, names: list[str], load: Callable[[], dict[str, Any]]) -> Self:
+        """A Distiset with the leaves `names`, whose values `load()` returns on first use.
+
+        Keys, `len` and `in` need nothing read; any access to a value (indexing, `items`,
+        `values`, `get`, `repr`, `==`, `dict(...)`, pickling, saving) reads every leaf
+        first, so a value is never seen unread. `load` may raise (a damaged result file):
+        then the access raises, and the next one tries again."""
+        distiset = cls()
+        for name in names:
+            dict.__setitem__(distiset, name, _PENDING)
+        distiset._load = load
+        return distiset
+
+    def _materialize(self) -> None:
+        load = self.__dict__.get("_load")
+        if load is None:
+            return
+        loaded = load()
+        self._load = None
+        for name, value in dict.items(self):
+            if value is _PENDING:
+                dict.__setitem__(self, name, loaded[name])
+
+    def __getitem__(self, key: Any) -> Any:
+        self._materialize()
+        return super().__getitem__(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        # Defined so that `dict(d)`, `{**d}` and `update(d)` go through `__getitem__`
+        # instead of copying the stored values directly.
+        return super().__iter__()
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        self._materialize()
+        return super().get(key, default)
+
+    def items(self) -> Any:
+        self._materialize()
+        return super().items()
+
+    def values(self) -> Any:
+        self._materialize()
+        return super().values()
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        self._materialize()
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        self._materialize()
+        return super().popitem()
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        self._materialize()
+        return super().setdefault(key, default)
+
+    def copy(self) -> Self:
+        self._materialize()
+        copied = type(self)(super().copy())
+        copied.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_load"})
+        return copied
+
+    def __eq__(self, other: object) -> bool:
+        self._materialize()
+        if isinstance(other, Distiset):
+            other._materialize()
+        return super().__eq__(other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __or__(self, other: Any) -> Any:
+        self._materialize()
+        return super().__or__(other)
+
+    def __ror__(self, other: Any) -> Any:
+        self._materialize()
+        return super().__ror__(other)
+
+    def __getstate__(self) -> dict[str, Any]:
+        self._materialize()
+        return {k: v for k, v in self.__dict__.items() if k != "_load"}
 
     @property
     def pipeline_path(self) -> Path | str | None:
@@ -126,6 +226,8 @@ class Distiset(dict):
         """
         if not 0 < train_size < 1:
             raise ValueError(f"train_size must be between 0 and 1 (exclusive), got {train_size!r}.")
+        from datasets import Dataset, DatasetDict
+
         for name, splits in self.items():
             train = splits if isinstance(splits, Dataset) else splits["train"]
             if len(train) == 0:
@@ -168,13 +270,13 @@ class Distiset(dict):
                 fs.unstrip_protocol(join(root, name)), storage_options=storage_options, **kwargs
             )
         for source, filename, wanted in (
-            (self.pipeline_path, SAVED_PIPELINE, save_pipeline_config),
-            (self.log_filename_path, SAVED_LOG, save_pipeline_log),
+            (self.pipeline_path, PIPELINE_FILENAME, save_pipeline_config),
+            (self.log_filename_path, LOG_FILENAME, save_pipeline_log),
         ):
             if source is not None and wanted:
                 copy_file(source, fs, join(root, filename), self.storage_options)
         for relative, location in self.artifact_files():
-            copy_file(location, fs, join(root, SAVED_ARTIFACTS, relative), self.storage_options)
+            copy_file(location, fs, join(root, ARTIFACTS_DIRNAME, relative), self.storage_options)
         if save_card:
             self._save_card(fs, root, os.path.basename(os.fspath(distiset_path).rstrip("/")))
 
@@ -189,7 +291,7 @@ class Distiset(dict):
         # An empty YAML header: a new card, without huggingface_hub's "no metadata" warning.
         card = render_card(self, name, pipeline_yaml=pipeline_yaml, hub_url="https://huggingface.co",
                            existing_readme="---\n{}\n---\n")
-        with fs.open(join(root, SAVED_CARD), "w", encoding="utf-8") as handle:
+        with fs.open(join(root, CARD_FILENAME), "w", encoding="utf-8") as handle:
             handle.write(card)
 
     @classmethod
@@ -208,6 +310,8 @@ class Distiset(dict):
         place through fsspec.
         """
         del download_dir
+        from datasets import Dataset, DatasetDict
+
         fs, root = resolve(distiset_path, storage_options)
         if not fs.isdir(root):
             raise FileNotFoundError(
@@ -233,16 +337,16 @@ class Distiset(dict):
                 "Pass the path given to `Distiset.save_to_disk`."
             )
         for filename, attribute in (
-            (SAVED_PIPELINE, "pipeline_path"),
-            (SAVED_LOG, "log_filename_path"),
+            (PIPELINE_FILENAME, "pipeline_path"),
+            (LOG_FILENAME, "log_filename_path"),
         ):
             # Ours at the top; distilabel's in `distiset_configs/`.
             for folder in (root, join(root, DISTILABEL_CONFIGS)):
                 if fs.exists(join(folder, filename)):
                     setattr(distiset, attribute, public(fs, join(folder, filename)))
                     break
-        if fs.isdir(join(root, SAVED_ARTIFACTS)):
-            distiset.artifacts_path = public(fs, join(root, SAVED_ARTIFACTS))
+        if fs.isdir(join(root, ARTIFACTS_DIRNAME)):
+            distiset.artifacts_path = public(fs, join(root, ARTIFACTS_DIRNAME))
         distiset.storage_options = storage_options
         return distiset
 
@@ -259,6 +363,8 @@ class Distiset(dict):
         Returns:
             This Distiset.
         """
+        from datasets import Dataset, DatasetDict
+
         from stillhouse.distiset.images import to_image_columns
 
         names = [columns] if isinstance(columns, str) else list(columns)
@@ -316,6 +422,8 @@ class Distiset(dict):
 
     def row_counts(self) -> dict[str, dict[str, int]]:
         """`{leaf: {split: rows}}`."""
+        from datasets import Dataset
+
         return {
             name: {"train": len(splits)} if isinstance(splits, Dataset)
             else {split: len(ds) for split, ds in splits.items()}

@@ -18,16 +18,12 @@ import os
 import posixpath
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import fsspec
-import pyarrow as pa
-import pyarrow.parquet as pq
-from datasets import Dataset, DatasetDict
 
 from stillhouse.core.engine.worker import METADATA_COLUMN
-from stillhouse.core.errors import CorruptCacheError
+from stillhouse.core.errors import CorruptCacheError, LeafSchemaError
 from stillhouse.distiset._storage import (
     PathLike,
     atomic_write,
@@ -40,17 +36,28 @@ from stillhouse.distiset._storage import (
     subdirectories,
 )
 from stillhouse.distiset.distiset import Distiset
-from stillhouse.distiset.writer import COMPLETE_MARKER, FILE_ID_KEY, LeafSchemaError
+from stillhouse.distiset.layout import (
+    ARTIFACTS_DIRNAME,
+    CHECK_SUFFIX,
+    COMPLETE_MARKER,
+    FILE_ID_KEY,
+    LOG_FILENAME,
+    PARQUET_SUFFIX,
+    PIPELINE_FILENAME,
+    file_order,
+    unified_name,
+)
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from datasets import Dataset
 
 logger = logging.getLogger("stillhouse.distiset")
 
-PIPELINE_FILENAME = "pipeline.yaml"
-LOG_FILENAME = "pipeline.log"
-ARTIFACTS_DIRNAME = "artifacts"
 # Fields of an fsspec listing entry that change when a file is rewritten; which ones
 # exist depends on the filesystem (local, memory, S3, GCS).
 _VERSION_FIELDS = ("size", "mtime", "created", "LastModified", "ETag", "md5Hash")
-_CHECK_SUFFIX = ".check"
 
 
 def create_distiset(
@@ -92,8 +99,12 @@ def build_distiset(
     log_filename_path: PathLike | None = None,
     enable_metadata: bool = False,
     storage_options: dict[str, Any] | None = None,
+    deferred: bool = False,
 ) -> Distiset:
-    """`create_distiset` with the knobs the output writer needs (no public contract)."""
+    """`create_distiset` with the knobs the output writer needs (no public contract).
+
+    `deferred`: the leaves are read (and `datasets` imported) on first use of a value
+    (`Distiset.deferred`), not now."""
     fs, root = resolve(data_dir, storage_options)
     if leaves is None:
         if not fs.isdir(root):
@@ -103,15 +114,23 @@ def build_distiset(
             )
         leaves = subdirectories(fs, root)
 
-    distiset = Distiset()
-    for leaf in leaves:
-        dataset = load_leaf(fs, join(root, leaf), leaf=leaf)
-        if not enable_metadata and METADATA_COLUMN in dataset.column_names:
-            dataset = dataset.remove_columns(METADATA_COLUMN)
-        distiset[leaf] = DatasetDict({"train": dataset})
-    if len(distiset) == 1:
-        distiset["default"] = distiset.pop(next(iter(distiset)))
+    # One leaf is the configuration "default", as in distilabel.
+    names = {"default": leaves[0]} if len(leaves) == 1 else {leaf: leaf for leaf in leaves}
 
+    def load() -> dict[str, Any]:
+        from datasets import DatasetDict
+
+        loaded = {}
+        for name, leaf in names.items():
+            dataset = load_leaf(fs, join(root, leaf), leaf=leaf)
+            if not enable_metadata and METADATA_COLUMN in dataset.column_names:
+                dataset = dataset.remove_columns(METADATA_COLUMN)
+            loaded[name] = DatasetDict({"train": dataset})
+        return loaded
+
+    distiset = Distiset.deferred(list(names), load)
+    if not deferred:
+        distiset._materialize()
     run_dir = posixpath.dirname(root)
     distiset.pipeline_path = pipeline_path or _if_exists(fs, join(run_dir, PIPELINE_FILENAME))
     distiset.log_filename_path = log_filename_path or _if_exists(fs, join(run_dir, LOG_FILENAME))
@@ -123,6 +142,8 @@ def build_distiset(
 
 def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Dataset:
     """One leaf's rows, in file order, as a memory-mapped `Dataset`."""
+    from datasets import Dataset
+
     if not fs.exists(join(directory, COMPLETE_MARKER)) and _parquet_entries(fs, directory):
         logger.warning(
             "Leaf %r is incomplete: its run stopped before the step finished. Its rows so far "
@@ -135,13 +156,14 @@ def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Da
     return Dataset.from_file(path)
 
 
-def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, build: bool = True) -> str | None:
+def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> str | None:
     """The checked unified Arrow file of a leaf's Parquet files (None: no files).
 
     A unified file whose size, checksum or row count disagrees with its check file is
     rebuilt; a Parquet file that cannot be read (damaged bytes: the files carry page
-    checksums) is a `CorruptCacheError` naming it and the fix. `build=False` only
-    checks: without a good unified file, every Parquet file is read through."""
+    checksums) is a `CorruptCacheError` naming it and the fix."""
+    import pyarrow as pa
+
     entries = _parquet_entries(fs, directory)
     if not entries:
         return None
@@ -163,24 +185,19 @@ def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str, bu
         if os.path.exists(path):
             logger.warning("The unified file %s of leaf %r %s; rebuilding it.", path, leaf, problem)
             os.unlink(path)
-        if not build:
-            _check_digests(fs, directory, entries)
-            for entry in entries:
-                _read_table(fs, entry["name"])
-            return None
         logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
         local = fsspec.filesystem("file")
         atomic_write(local, path, lambda handle: _write_unified(fs, entries, schema, handle))
         _check_digests(fs, directory, entries)
         check = {"rows": rows, "bytes": os.path.getsize(path), "xxh3": _digest(path)}
-        atomic_write(local, path + _CHECK_SUFFIX, lambda handle: handle.write(json.dumps(check).encode()))
+        atomic_write(local, path + CHECK_SUFFIX, lambda handle: handle.write(json.dumps(check).encode()))
     return path
 
 
 def _parquet_entries(fs: fsspec.AbstractFileSystem, directory: str) -> list[dict[str, Any]]:
     return sorted(
-        (e for e in list_entries(fs, directory) if e["name"].endswith(".parquet")),
-        key=lambda e: _file_order(e["name"]),
+        (e for e in list_entries(fs, directory) if e["name"].endswith(PARQUET_SUFFIX)),
+        key=lambda e: file_order(e["name"]),
     )
 
 
@@ -189,7 +206,7 @@ def _check_unified(path: str, rows: int) -> str | None:
     if not os.path.exists(path):
         return "does not exist"
     try:
-        with open(path + _CHECK_SUFFIX, "rb") as handle:
+        with open(path + CHECK_SUFFIX, "rb") as handle:
             check = json.loads(handle.read())
         if check["rows"] != rows:
             return f"holds {check['rows']} rows, not {rows}"
@@ -219,6 +236,8 @@ def _check_digests(fs: fsspec.AbstractFileSystem, directory: str, entries: list[
 
 
 def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle) -> None:
+    import pyarrow as pa
+
     with pa.ipc.new_stream(handle, schema) as stream:
         for entry in entries:
             table = _read_table(fs, entry["name"]).replace_schema_metadata(None)
@@ -236,11 +255,16 @@ def _unified_path(fs: fsspec.AbstractFileSystem, directory: str, leaf: str, key:
     goes when the run's cache goes (and `begin()` of a rerun removes it); in the datasets
     cache when that folder is remote or read-only."""
     if is_local(fs) and os.access(directory, os.W_OK):
-        return os.path.join(directory, f".unified-{key}.arrow")
+        return os.path.join(directory, unified_name(key))
+    import datasets
+
     return os.path.join(datasets.config.HF_DATASETS_CACHE, "stillhouse", f"{leaf}-{key}.arrow")
 
 
 def _read_metadata(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         with fs.open(path, "rb") as handle:
             return pq.read_metadata(handle)
@@ -249,6 +273,9 @@ def _read_metadata(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
 
 
 def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         with fs.open(path, "rb") as source:
             return pq.read_table(source, page_checksum_verification=True)
@@ -263,12 +290,6 @@ def _damaged(fs: fsspec.AbstractFileSystem, path: str, exc: Exception) -> Corrup
         f"again: it rebuilds the results from its checkpoints (or delete {folder}, or run with "
         "use_cache=False to recompute everything)."
     )
-
-
-def _file_order(path: str) -> tuple[int, str]:
-    # Numbered files sort by number, so 100000.parquet comes after 99999.parquet.
-    stem = posixpath.basename(path).removesuffix(".parquet")
-    return (int(stem), stem) if stem.isdigit() else (2**63, stem)
 
 
 def _fingerprint(fs, entries: list[dict[str, Any]], schemas: list[pa.Schema]) -> str:

@@ -1,6 +1,6 @@
 """The output writer: streams every leaf step's rows to Parquet files as they arrive.
 
-Layout: `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order (with page
+Layout (`layout.py`): `<data_dir>/<leaf>/00000.parquet, 00001.parquet, ...` in row order (with page
 checksums), then a `_COMPLETE` marker once the leaf has produced all its rows: JSON
 with the row count, each file's size and xxh3 checksum, and the `version` of the
 stored outputs the rows come from, so a later run reuses the files only for the same
@@ -13,6 +13,7 @@ here.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import posixpath
@@ -20,12 +21,11 @@ import shutil
 import tempfile
 import uuid
 import weakref
+from array import array as c_array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import xxhash
 
 from stillhouse.core.engine.protocol import OutputWriter
@@ -43,6 +43,11 @@ from stillhouse.distiset._storage import (
     make_durable,
     resolve,
 )
+from stillhouse.distiset.layout import COMPLETE_MARKER, FILE_ID_KEY, PARQUET_SUFFIX, parquet_name
+from stillhouse.distiset.reader import build_distiset
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 logger = logging.getLogger("stillhouse.distiset")
 
@@ -50,9 +55,6 @@ DEFAULT_ROWS_PER_FILE = 10_000
 # Rows are flushed early past this many bytes so a leaf with huge rows (long texts,
 # embeddings, images) cannot hold hundreds of MB waiting for `rows_per_file` rows.
 DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
-COMPLETE_MARKER = "_COMPLETE"
-FILE_ID_KEY = b"stillhouse.file_id"
-"""Parquet schema metadata naming each file uniquely, so readers can cache by it."""
 
 
 class _OwnedDir:
@@ -125,13 +127,14 @@ class ParquetOutputWriter(OutputWriter):
 
     def is_complete(self, leaf: str, version: str = "") -> bool:
         """Marked complete from the stored outputs `version`, and every file is there,
-        readable, with the rows the marker counts.
+        with the size and xxh3 checksum the marker recorded when it was written.
 
         Anything else (outputs of another signature, a damaged, missing or extra file)
         makes the engine rebuild the leaf from its checkpoints, so a bad or stale results
-        folder is repaired, never returned. The unified Arrow file `datasets` reads is
-        checked too (without it, every file is read through), so damage found there is
-        repaired the same way."""
+        folder is repaired, never returned. Files with the checksums they were written
+        with hold the rows they were written with, so nothing is parsed here (no
+        `pyarrow` import on a cached rerun); the unified Arrow file `datasets` reads is
+        checked, and rebuilt from these files if damaged, when the results are read."""
         directory = self._leaf_dir(leaf)
         marker = join(directory, COMPLETE_MARKER)
         if not self._fs.exists(marker):
@@ -145,23 +148,17 @@ class ParquetOutputWriter(OutputWriter):
             found = {
                 posixpath.basename(e["name"]): e.get("size")
                 for e in list_entries(self._fs, directory)
-                if e["name"].endswith(".parquet")
+                if e["name"].endswith(PARQUET_SUFFIX)
             }
             if found != expected:
                 raise ValueError(f"files {sorted(found)} with sizes {found}, the marker lists {expected}")
-            rows = 0
             for name in found:
                 path = join(directory, name)
                 if file_digest(self._fs, path) != summary["xxh3"][name]:
                     raise ValueError(f"{self._fs.unstrip_protocol(path)} has a wrong checksum")
-                with self._fs.open(path, "rb") as handle:
-                    rows += pq.read_metadata(handle).num_rows
-            if rows != summary["rows"]:
-                raise ValueError(f"{rows} rows, the marker counts {summary['rows']}")
-            from stillhouse.distiset.reader import unified_file  # reader imports this module
-
-            unified_file(self._fs, directory, leaf=leaf, build=False)
-        except (ValueError, KeyError, TypeError, AttributeError, OSError, pa.ArrowException, CorruptCacheError) as exc:
+            if not isinstance(summary["rows"], int) or (summary["rows"] > 0) != bool(found):
+                raise ValueError(f"{len(found)} files, the marker counts {summary['rows']!r} rows")
+        except (ValueError, KeyError, TypeError, AttributeError, OSError, CorruptCacheError) as exc:
             logger.warning(
                 "Results of leaf %r in %s are damaged (%s); rebuilding them from the checkpoints.",
                 leaf, self._fs.unstrip_protocol(directory), exc,
@@ -218,9 +215,7 @@ class ParquetOutputWriter(OutputWriter):
             self._drain(leaf, buffer, everything=True)
 
     def result(self) -> Any:
-        """The `Distiset` of everything written so far."""
-        from stillhouse.distiset.reader import build_distiset  # reader imports this module
-
+        """The `Distiset` of everything written so far; its leaves are read on first use."""
         self.flush()
         distiset = build_distiset(
             self.data_dir,
@@ -229,6 +224,7 @@ class ParquetOutputWriter(OutputWriter):
             log_filename_path=self._if_exists(self.log_path),
             enable_metadata=self.enable_metadata,
             storage_options=self.storage_options,
+            deferred=True,  # `datasets` is imported, and the files read, on first use
         )
         # The Datasets map files inside the temporary folder: keep it alive with them.
         distiset._owned_dir = self._owned_dir
@@ -261,6 +257,8 @@ class ParquetOutputWriter(OutputWriter):
         """Write files of `rows_per_file` rows (and a last, shorter one if `everything`)."""
         if not buffer.rows:
             return
+        import pyarrow as pa
+
         table = pa.concat_tables(buffer.tables, promote_options="permissive")
         size = self.rows_per_file
         end = table.num_rows if everything else table.num_rows - table.num_rows % size
@@ -272,12 +270,13 @@ class ParquetOutputWriter(OutputWriter):
         buffer.nbytes = rest.nbytes if rest.num_rows else 0
 
     def _write_file(self, leaf: str, buffer: _LeafBuffer, table: pa.Table) -> None:
-        path = join(self._leaf_dir(leaf), f"{buffer.next_file:05d}.parquet")
+        path = join(self._leaf_dir(leaf), parquet_name(buffer.next_file))
         metadata = {**(table.schema.metadata or {}), FILE_ID_KEY: uuid.uuid4().hex.encode()}
         table = table.replace_schema_metadata(metadata)
         # Durable only before the leaf is marked complete: an unfinished leaf is rewritten
         # from the checkpoints on resume anyway, so one fsync per file would buy nothing.
         digest = xxhash.xxh3_64()
+        import pyarrow.parquet as pq
 
         def write(handle: Any) -> None:
             pq.write_table(table, HashingWriter(handle, digest), write_page_checksum=True)
@@ -292,10 +291,17 @@ class ParquetOutputWriter(OutputWriter):
 
 def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     """An Arrow table of `rows`; a key missing from some rows is None there."""
+    import pyarrow as pa
+
     names = dict.fromkeys(key for row in rows for key in row)
     columns: dict[str, pa.Array] = {}
     for name in names:
         values = [row.get(name) for row in rows]
+        kinds = set(map(type, values))
+        plain = _plain_array(values, kinds.pop()) if len(kinds) == 1 else None
+        if plain is not None:
+            columns[name] = plain
+            continue
         try:
             columns[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
@@ -308,6 +314,31 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     return pa.table(columns)
 
 
+def _plain_array(values: list[Any], kind: type) -> pa.Array | None:
+    """`pa.array(values)` for values all int, float or str (no None), built from buffers;
+    None when that cannot be (another kind, an int beyond 64 bits, a non-UTF-8 string).
+
+    pyarrow imports pandas (0.1-0.2 s) on its first conversion of Python values, to
+    check whether they are pandas objects; plain columns built this way spare a run that
+    never needs pandas that cost. (The cache's codec does the same for checkpoints:
+    `stillhouse.cache.codec.buffered_array`; the packages do not import each other.)"""
+    import pyarrow as pa
+
+    try:
+        if kind is int or kind is float:
+            data = c_array("q" if kind is int else "d", values)
+            arrow_type = pa.int64() if kind is int else pa.float64()
+            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
+        if kind is str:
+            encoded = [value.encode() for value in values]
+            offsets = c_array("i", itertools.accumulate(map(len, encoded), initial=0))
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+            return pa.Array.from_buffers(pa.string(), len(values), buffers)
+    except (OverflowError, UnicodeEncodeError):
+        return None
+    return None
+
+
 def unify_schema(leaf: str, schema: pa.Schema | None, new: pa.Schema) -> pa.Schema:
     """`schema` widened to take `new` (null -> string, new struct fields, int -> float).
 
@@ -315,6 +346,8 @@ def unify_schema(leaf: str, schema: pa.Schema | None, new: pa.Schema) -> pa.Sche
     changed it, not when the results are read."""
     if schema is None:
         return new
+    import pyarrow as pa
+
     try:
         return pa.unify_schemas([schema, new], promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

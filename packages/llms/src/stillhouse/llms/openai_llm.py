@@ -21,10 +21,8 @@ import threading
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, get_args
 
-import httpx
-import openai
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -42,6 +40,11 @@ from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError, mask, m
 from stillhouse.llms.limits import Aimd, endpoint_limit
 from stillhouse.llms.record import CallRecord, request_key
 from stillhouse.llms.retry import RetryPolicy, retry_after_seconds, transient_reason
+
+if TYPE_CHECKING:
+    # `openai` and `httpx` are imported when a request is made, not with the class:
+    # loading the llms plugin (which registers the tasks) must stay cheap.
+    import openai
 
 logger = logging.getLogger("stillhouse.llms")
 
@@ -114,7 +117,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     use_offline_batch_generation: bool = False
     offline_batch_generation_block_until_done: _optional(float) = None
 
-    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, openai.AsyncOpenAI] = PrivateAttr(
+    _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
     )
     _clients_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -240,6 +243,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     def check_auth(self, step_name: str) -> None:
         """Fail fast on a refused key: one GET /models. Raises `LLMAuthenticationError` on
         401/403; any other outcome (404, down, slow) is left to the calls themselves."""
+        import httpx
+
         key = self._key()
         try:
             response = httpx.get(
@@ -261,6 +266,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         )
 
     def _client(self) -> openai.AsyncOpenAI:
+        import openai
+
         loop = asyncio.get_running_loop()
         with self._clients_lock:
             client = self._clients.get(loop)

@@ -14,14 +14,14 @@ import random
 import time
 from dataclasses import dataclass
 
-import openai
-
 TRANSIENT_STATUS = frozenset({408, 409, 429})
 
 
 def transient_reason(exc: BaseException) -> str | None:
     """A short reason ("429", "500", "timeout", "connection") if `exc` is worth
     retrying, else None."""
+    import openai  # loaded already: the client raised `exc`
+
     if isinstance(exc, openai.APITimeoutError):
         return "timeout"
     if isinstance(exc, openai.APIConnectionError):

@@ -11,8 +11,9 @@ import json
 import re
 from typing import Any
 
-import jsonschema
 from pydantic import BaseModel
+
+# jsonschema is imported where a schema is checked: loading the llms plugin stays cheap.
 
 
 class StructuredOutputError(ValueError):
@@ -26,6 +27,8 @@ def normalize(value: Any) -> tuple[dict[str, Any], type[BaseModel] | None]:
     if isinstance(value, type) and issubclass(value, BaseModel):
         return value.model_json_schema(), value
     if isinstance(value, dict):
+        import jsonschema
+
         try:
             jsonschema.validators.validator_for(value).check_schema(value)
         except jsonschema.SchemaError as exc:
@@ -56,6 +59,8 @@ def parse(text: str | None, schema: dict[str, Any], model: type[BaseModel] | Non
             return model.model_validate(data).model_dump_json()
         except ValueError as exc:
             raise StructuredOutputError(f"The answer does not fit {model.__name__}: {exc}") from exc
+    import jsonschema
+
     try:
         jsonschema.validate(data, schema)
     except jsonschema.ValidationError as exc:

@@ -16,9 +16,8 @@ import asyncio
 import logging
 import re
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jinja2 import Template
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
 
 from stillhouse.core import RuntimeParameter, Step, StepInput, SuspendStep
@@ -26,6 +25,9 @@ from stillhouse.core.steps.columns import METADATA_COLUMN
 from stillhouse.core.typing import Row, StepColumns
 from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError
 from stillhouse.llms.openai_llm import GenerateOutput, OpenAILLM
+
+if TYPE_CHECKING:
+    from jinja2 import Template
 
 logger = logging.getLogger("stillhouse.llms.tasks")
 
@@ -227,6 +229,8 @@ class TextGeneration(Task):
                 "For a conversation use `ChatGeneration` with a `messages` column."
             )
         if self._template is None:
+            from jinja2 import Template
+
             self._template = Template(self.template)
         messages: ChatType = [
             {"role": "user", "content": self._template.render(**{c: input[c] for c in self.columns})}
