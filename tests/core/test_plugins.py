@@ -237,3 +237,45 @@ def test_registrations_come_through_the_hook_caller():
     assert ("register_executors", ["throwaway-test-plugin"]) in calls
     assert found.sources["step:Shout"] == "throwaway-test-plugin"
     assert found.sources["executor:throwaway"] == "throwaway-test-plugin"
+
+
+class ContextSpy:
+    """Sees the context every make_* hook gets, and leaves the making to the others."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, RunContext] = {}
+
+    @hookimpl(tryfirst=True)
+    def make_run_store(self, context):
+        self.seen["make_run_store"] = context
+
+    @hookimpl(tryfirst=True)
+    def make_output_writer(self, context):
+        self.seen["make_output_writer"] = context
+
+    @hookimpl(tryfirst=True)
+    def make_batch_storage(self, context):
+        self.seen["make_batch_storage"] = context
+
+
+@pytest.mark.timeout(120)
+def test_the_make_hooks_get_the_run_context(tmp_path) -> None:
+    spy, manager = ContextSpy(), plugin_manager()
+    manager.register(spy, name="context-spy")
+    try:
+        with Pipeline(name="context", executor="sync", cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(name="data", data=[{"text": "a"}]) >> Shout(name="shout")
+        pipeline.run(progress=False)
+    finally:
+        manager.unregister(spy)
+    before = spy.seen["make_run_store"]
+    assert before.pipeline is pipeline and before.pipeline_name == "context"
+    assert before.plan is not None and before.plan.order == ("data", "shout")
+    assert before.run_dir is None and before.data_dir is None and before.log_file is None
+    if pipeline.run_dir is None:
+        pytest.skip("no run store plugin is installed in this environment")
+    for hook in ("make_output_writer", "make_batch_storage"):
+        after = spy.seen[hook]
+        assert after.run_dir == pipeline.run_dir and after.log_file is not None, hook
+        assert after.plan is before.plan and after.fresh_steps == before.fresh_steps
+    assert pipeline.run_context.run_dir == pipeline.run_dir
