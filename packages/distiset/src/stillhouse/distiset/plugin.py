@@ -16,7 +16,7 @@ def make_output_writer(context: RunContext) -> ParquetOutputWriter:
     run_dir = context.run_dir
     return ParquetOutputWriter(
         context.data_dir,
-        list(context.plan.leaves) if context.plan is not None else context.dag.leaves,
+        context.dag.leaves,
         pipeline_path=join(str(run_dir), PIPELINE_FILENAME) if run_dir else None,
         log_path=join(str(run_dir), LOG_FILENAME) if run_dir else None,
         enable_metadata=context.enable_metadata,
