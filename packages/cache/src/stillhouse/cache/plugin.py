@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stillhouse.cache.batch_storage import FsBatchStorage
 from stillhouse.cache.remote import RemoteRunStore
 from stillhouse.cache.run_store import FileRunStore
-from stillhouse.core.engine.context import RunContext
 from stillhouse.core.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
 
 
 @hookimpl

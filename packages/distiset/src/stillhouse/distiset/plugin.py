@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from stillhouse.core.engine.context import RunContext
+from typing import TYPE_CHECKING
+
 from stillhouse.core.hookspecs import hookimpl
 from stillhouse.distiset._storage import join
 from stillhouse.distiset.reader import LOG_FILENAME, PIPELINE_FILENAME
 from stillhouse.distiset.writer import ParquetOutputWriter
+
+if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
 
 
 @hookimpl
