@@ -41,7 +41,7 @@ def _run(tmp_path: Path, fail: bool, executor: str) -> Pipeline:
 def test_global_step_inputs_and_their_folder_are_removed(tmp_path, executor):
     pipeline = _run(tmp_path, fail=False, executor=executor)
     pipeline.run(progress=False)
-    assert not (Path(pipeline._run_dir) / "batch_data").exists()
+    assert not (Path(pipeline.run_dir) / "batch_data").exists()
 
 
 @pytest.mark.parametrize("executor", ["sync", "mp"])
@@ -49,5 +49,5 @@ def test_a_failed_global_steps_payload_is_removed(tmp_path, executor):
     pipeline = _run(tmp_path, fail=True, executor=executor)
     with pytest.raises(Exception, match="global step exploded"):
         pipeline.run(progress=False)
-    run_dir = Path(pipeline._run_dir)
+    run_dir = Path(pipeline.run_dir)
     assert not (run_dir / "batch_data").exists(), sorted(p.name for p in run_dir.rglob("*"))

@@ -202,7 +202,7 @@ def test_create_distiset_names_a_damaged_file(tmp_path):
     damaged = next(tmp_path.glob("reuse/*/data/tag/*.parquet"))
     damaged.write_bytes(b"not parquet at all")
     with pytest.raises(CorruptCacheError, match=damaged.name):
-        create_distiset(Path(pipeline._run_dir) / "data")
+        create_distiset(Path(pipeline.run_dir) / "data")
 
 
 class CountsItsSignatureLookups(Step):

@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent('''
     if __name__ == "__main__":
         pipeline.run()
         pipeline.save("saved.yaml")
-        print("Cache:", pipeline._run_dir)
+        print("Cache:", pipeline.run_dir)
 ''')
 
 

@@ -19,7 +19,7 @@ from stillhouse.core.engine.progress import (
     step_figures,
 )
 from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore
-from stillhouse.core.engine.state import build_states
+from stillhouse.core.engine.state import StepStatus, build_states
 from stillhouse.core.steps import LoadDataFromDicts
 
 
@@ -38,13 +38,14 @@ def _states(rows: int = 300):
         load = LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(rows)], batch_size=30)
         load >> Square(name="square", input_batch_size=10) >> Everything(name="judge")
     stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
-    return build_states(pipeline.dag, stores, MemoryOutputWriter())
+    return build_states(pipeline.validate(), pipeline.dag, stores, MemoryOutputWriter())
 
 
 def _midway(states, now: float):
     """generate: 120 of 300 rows, 60 of them replayed from the cache; square: 40 computed in 4 s."""
     generate, square = states["generate"], states["square"]
-    generate.started = square.started = True
+    generate.move(StepStatus.RUNNING)
+    square.move(StepStatus.RUNNING)
     generate.stats.started_at = square.stats.started_at = now - 4.0
     generate.stats.rows_out, generate.stats.batches = 120, 4
     generate.stats.cached_batches, generate.stats.computed_rows = 2, 60
@@ -88,7 +89,7 @@ def test_unknown_totals_show_a_question_mark(tmp_path):
 
         Endless(name="endless") >> Square(name="square")
     stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
-    states = build_states(pipeline.dag, stores, MemoryOutputWriter())
+    states = build_states(pipeline.validate(), pipeline.dag, stores, MemoryOutputWriter())
     states["endless"].stats.rows_out = 7
     rows = {row["step"]: row for row in step_figures(states)}
     assert rows["endless"]["total"] is None and rows["endless"]["percent"] is None

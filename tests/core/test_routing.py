@@ -152,3 +152,44 @@ def test_from_dump_names_an_unresolvable_function() -> None:
     data = {"type_info": {"module": "no_such_module_here", "name": "route"}}
     with pytest.raises(SerializationError, match=r"no_such_module_here\.route"):
         RoutingBatchFunction.from_dump(data)
+
+
+# -- RoutingBatchFunction.validate ----------------------------------------------------
+
+
+def test_validate_refuses_sample_n_steps_with_too_few_successors() -> None:
+    route = sample_n_steps(3)
+    route.validate(["a", "b", "c"])
+    route.validate(["a", "b", "c", "d"])
+    with pytest.raises(RoutingError, match=r"'sample_n_steps'.*sample_n_steps\(3\).*only 2 successors \['a', 'b'\]"):
+        route.validate(["a", "b"])
+
+
+def test_validate_names_the_step_the_function_follows() -> None:
+    with Pipeline(name="routing", executor="sync"):
+        s = source("s")
+        route = sample_n_steps(2)
+        s >> route >> [Work(name="a"), Work(name="b")]
+    route.validate(["a", "b"])
+    with pytest.raises(RoutingError, match=r"after step 's'.*only 1 successors"):
+        route.validate(["a"])
+
+
+def test_a_plain_routing_function_accepts_any_successors() -> None:
+    first_only.validate(["a"])
+    first_only.validate(["a", "b", "c"])
+
+
+def test_validate_survives_a_dump_and_a_copy_for_another_step() -> None:
+    rebuilt = RoutingBatchFunction.from_dump(sample_n_steps(2).dump())
+    with pytest.raises(RoutingError, match=r"sample_n_steps\(2\)"):
+        rebuilt.validate(["only"])
+    route = sample_n_steps(2)
+    with Pipeline(name="routing", executor="sync") as p:
+        first, second = source("first"), source("second")
+        first >> route >> [Work(), Work()]
+        second >> route >> [Work(), Work()]
+    copy = p.dag.routing["second"]
+    assert copy is not route
+    with pytest.raises(RoutingError, match=r"after step 'second'"):
+        copy.validate(["x"])

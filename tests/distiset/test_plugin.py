@@ -9,12 +9,16 @@ import pluggy
 import pytest
 
 from stillhouse.core import hookspecs
+from stillhouse.core.engine import RunContext
 from stillhouse.distiset import Distiset, ParquetOutputWriter, plugin
 
 
-def _pipeline(run_dir, leaves=("a", "b"), enable_metadata=True):
-    return SimpleNamespace(
-        dag=SimpleNamespace(leaves=list(leaves)), enable_metadata=enable_metadata, _run_dir=run_dir
+def _context(run_dir, leaves=("a", "b"), enable_metadata=True):
+    return RunContext(
+        dag=SimpleNamespace(leaves=list(leaves)),
+        enable_metadata=enable_metadata,
+        run_dir=run_dir,
+        data_dir=f"{run_dir}/data" if run_dir else None,
     )
 
 
@@ -30,7 +34,7 @@ def test_the_plugin_implements_only_known_hooks():
     manager.add_hookspecs(hookspecs)
     manager.register(plugin, name="distiset")
     manager.check_pending()
-    writer = manager.hook.stillhouse_make_output_writer(pipeline=_pipeline(None), data_dir=None)
+    writer = manager.hook.make_output_writer(context=_context(None))
     assert isinstance(writer, ParquetOutputWriter)
 
 
@@ -38,7 +42,7 @@ def test_the_writer_gets_the_pipeline_leaves_files_and_metadata_switch(tmp_path)
     run_dir = tmp_path / "run"
     (run_dir / "data").mkdir(parents=True)
     (run_dir / "pipeline.yaml").write_text("pipeline: {}\n")
-    writer = plugin.stillhouse_make_output_writer(_pipeline(str(run_dir)), str(run_dir / "data"))
+    writer = plugin.make_output_writer(_context(str(run_dir)))
     for leaf in ("a", "b"):
         writer.begin(leaf)
         writer.write(leaf, [{"x": 1, "stillhouse_metadata": {"error": None}}])
@@ -51,7 +55,7 @@ def test_the_writer_gets_the_pipeline_leaves_files_and_metadata_switch(tmp_path)
 
 
 def test_a_run_without_run_dir_still_returns_a_distiset():
-    writer = plugin.stillhouse_make_output_writer(_pipeline(None, leaves=["only"]), None)
+    writer = plugin.make_output_writer(_context(None, leaves=["only"]))
     writer.begin("only")
     writer.write("only", [{"x": 1}])
     writer.finish("only")

@@ -98,7 +98,7 @@ def test_library_never_touches_the_root_logger(tmp_path):
     assert root.handlers == handlers and root.level == level
     assert any("Run summary" in r.getMessage() for r in records)
     assert all(r.name.startswith("stillhouse") for r in records)
-    log = Path(pipeline._run_dir) / "pipeline.log"
+    log = Path(pipeline.run_dir) / "pipeline.log"
     text = log.read_text()
     assert "Step 'bad' failed on batch" in text  # a worker's line, in the driver's log file
     assert "Run summary" in text

@@ -49,7 +49,7 @@ def test_small_yaml_data_beside_it_and_a_cached_rerun_rewrites_nothing(tmp_path,
 
     pipeline, result = run()
     assert result["default"]["train"]["id"] == list(range(len(ROWS)))
-    run_dir = Path(pipeline._run_dir)
+    run_dir = Path(pipeline.run_dir)
     assert (run_dir / "pipeline.yaml").stat().st_size < 50_000
     assert len(list((run_dir / "inline_data").glob("*.json"))) == 1
     before = stamps(run_dir)
@@ -63,11 +63,11 @@ def test_small_yaml_data_beside_it_and_a_cached_rerun_rewrites_nothing(tmp_path,
 def test_the_run_yaml_reloads_with_its_data_and_is_answered_from_the_cache(tmp_path):
     pipeline = build(tmp_path)
     pipeline.run(progress=False)
-    config = Path(pipeline._run_dir) / "pipeline.yaml"
+    config = Path(pipeline.run_dir) / "pipeline.yaml"
 
     reloaded = Pipeline.from_yaml(config)
     assert reloaded.dag.get_step("load").data == ROWS
-    reloaded._cache_dir = str(tmp_path)
+    reloaded.cache_dir = str(tmp_path)
     result = reloaded.run(progress=False)
     assert computed(reloaded) == set()  # same data hash: same signature
     assert len(result["default"]["train"]) == len(ROWS)

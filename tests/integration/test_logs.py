@@ -99,7 +99,7 @@ def test_ctrl_c_erases_the_live_view_and_summarises_once(tmp_path):
 
 
 def _log(pipeline: Pipeline) -> str:
-    return (Path(pipeline._run_dir) / "pipeline.log").read_text()
+    return (Path(pipeline.run_dir) / "pipeline.log").read_text()
 
 
 STOP_AFTER: dict[str, int] = {}
@@ -313,7 +313,7 @@ if __name__ == "__main__":
     with Pipeline(name="console", cache_dir=sys.argv[1], executor="mp") as pipeline:
         LoadDataFromDicts(data=[{"x": 7}]) >> Chatty(name="chatty")
     pipeline.run(progress=False)
-    print("RUN DIR", pipeline._run_dir)
+    print("RUN DIR", pipeline.run_dir)
 """
 
 

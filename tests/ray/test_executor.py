@@ -126,7 +126,7 @@ def test_worker_log_lines_reach_the_drivers_handlers_and_pipeline_log(tmp_path, 
     assert len(lines) == 2 and all(line.startswith("chatty saw 3 rows in pid ") for line in lines)
     assert str(os.getpid()) not in lines[0]
     # pipeline.log holds the "stillhouse" loggers' lines, the workers' included
-    log = (Path(pipeline._run_dir) / "pipeline.log").read_text()
+    log = (Path(pipeline.run_dir) / "pipeline.log").read_text()
     assert "Step 'bad' failed on batch (0, 0) (6 rows)" in log and "this step always fails" in log
 
 
@@ -249,4 +249,4 @@ def test_batch_data_goes_through_s3(tmp_path, s3_storage):
     fs.invalidate_cache()
     assert fs.find(root) == []  # each batch's file is deleted once its result is in
     # the cache (local: only the driver writes it) has every step's output
-    assert (Path(pipeline._run_dir) / "data").exists()
+    assert (Path(pipeline.run_dir) / "data").exists()

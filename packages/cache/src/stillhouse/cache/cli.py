@@ -27,7 +27,6 @@ from stillhouse.cache.run_store import pipeline_dir, step_dir
 from stillhouse.cache.signature import explain_changes, signature_table
 from stillhouse.cache.store import LOG, META, log_holdings, read_meta
 from stillhouse.core.cli import add_param_option, console, load_pipeline, parse_params, table
-from stillhouse.core.dag import routing_context
 from stillhouse.core.errors import CacheError, CacheLockedError, CorruptCacheError
 from stillhouse.core.pipeline import CACHE_DIR_ENV, DEFAULT_CACHE_DIR
 
@@ -283,17 +282,20 @@ def _latest_other_store(base: Path, name: str, directory: Path) -> dict[str, Any
     return max(candidates, key=lambda c: c[0])[1] if candidates else None
 
 
-def explain(pipeline: Any, use_cache: bool = True, table: Any = None) -> list[dict[str, str]]:
+def explain(pipeline: Any, use_cache: bool = True, table: Any = None, plan: Any = None) -> list[dict[str, str]]:
     """`[{step, decision, why}]` in topological order: what a run would do with the cache.
 
     The decision is `reuse.decide`'s, the rule the stores themselves follow; this only
     adds detail to its reason (which part of a signature changed, which step before).
-    `table`: `signature_table(pipeline.dag)` when the caller has it already."""
+    `table`: `signature_table(pipeline.dag)` and `plan`: the run's `ExecutionPlan`, when
+    the caller has them already."""
+    from stillhouse.core.engine.plan import compile_plan
     from stillhouse.core.engine.run import fresh_steps
 
     dag, base = pipeline.dag, pipeline_dir(pipeline)
     fresh = fresh_steps(pipeline, use_cache)
     signatures, all_parts = table or signature_table(dag)
+    region_of = (plan or compile_plan(dag)).region_of
     generations: dict[str, str | None] = {}  # None: recomputed, so a new generation
     rows = []
     for name in dag.topological_order():
@@ -307,7 +309,7 @@ def explain(pipeline: Any, use_cache: bool = True, table: Any = None) -> list[di
             signature=signatures[name],
             predecessors={p: generations[p] for p in preds},  # type: ignore[misc]
             batching=None if step.is_generator else getattr(step, "input_batch_size", None),
-            keyed=routing_context(dag, name) is not None,
+            keyed=region_of[name] is not None,
             fresh=_fresh_reason(step, use_cache) if name in fresh else None,
             holdings=lambda d=directory: log_holdings(d / LOG, count=True),
         )
@@ -358,7 +360,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if parameters:
         pipeline.apply_parameters(parameters)
     if args.cache_dir:
-        pipeline._cache_dir = args.cache_dir
+        pipeline.cache_dir = args.cache_dir
     out = console()
     run_dir = pipeline_dir(pipeline) / pipeline.signature
     state = "has a run folder" if run_dir.is_dir() else "has never run in this shape"

@@ -3,32 +3,34 @@
 from __future__ import annotations
 
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stillhouse.cache.batch_storage import FsBatchStorage
 from stillhouse.cache.remote import RemoteRunStore
 from stillhouse.cache.run_store import FileRunStore
 from stillhouse.core.hookspecs import hookimpl
 
+if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
+
 
 @hookimpl
-def stillhouse_make_run_store(pipeline: Any, use_cache: bool, fresh_steps: set[str]) -> FileRunStore | RemoteRunStore:
-    root = str(pipeline.cache_dir)
+def make_run_store(context: RunContext) -> FileRunStore | RemoteRunStore:
+    root = context.cache_dir
     if "://" in root and not root.startswith("file://"):
-        return RemoteRunStore(pipeline, use_cache=use_cache, fresh_steps=fresh_steps)
-    return FileRunStore(pipeline, use_cache=use_cache, fresh_steps=fresh_steps)
+        return RemoteRunStore(context)
+    return FileRunStore(context)
 
 
 @hookimpl
-def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, Any] | None) -> FsBatchStorage:
-    parameters = dict(storage_parameters or {})
+def make_batch_storage(context: RunContext) -> FsBatchStorage:
+    parameters = dict(context.storage_parameters or {})
     url = parameters.pop("path", None)
     owns_url = url is None
     if url is None:
-        run_dir = getattr(pipeline, "_run_dir", None)
-        local = run_dir and "://" not in str(run_dir)
         # A remote cache is for durability; batch data stays on this machine unless asked.
-        url = f"{run_dir}/batch_data" if local else f"{tempfile.gettempdir()}/stillhouse-batch-data"
+        url = (f"{context.run_dir}/batch_data" if context.is_local
+               else f"{tempfile.gettempdir()}/stillhouse-batch-data")
     return FsBatchStorage(str(url), parameters, owns_url=owns_url)
 
 

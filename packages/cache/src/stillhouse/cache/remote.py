@@ -36,12 +36,14 @@ from stillhouse.cache.store import (
     parse_suspended,
     warn_recomputed,
 )
-from stillhouse.core.dag import load_stages, routing_context
+from stillhouse.core.dag import load_stages
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
+from stillhouse.core.engine.plan import compile_plan
 from stillhouse.core.errors import CacheLockedError, CorruptCacheError
 from stillhouse.core.serialization import dumps
 
 if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
     from stillhouse.core.pipeline import Pipeline
 
 logger = logging.getLogger("stillhouse.cache")
@@ -252,7 +254,11 @@ def _read_meta(fs: Any, path: str) -> dict[str, Any] | None:
 class RemoteRunStore(RunStore):
     """The layout of `run_store.py`, on an fsspec URL."""
 
-    def __init__(self, pipeline: Pipeline, *, use_cache: bool, fresh_steps: set[str]) -> None:
+    def __init__(self, context: RunContext) -> None:
+        pipeline: Pipeline = context.pipeline
+        use_cache, fresh_steps = context.use_cache, context.fresh_steps
+        self.context = context
+        self.plan = context.plan or compile_plan(pipeline.dag)
         self.pipeline = pipeline
         self.fs, root = fsspec.core.url_to_fs(pipeline.cache_dir)
         self.base = f"{root.rstrip('/')}/{pipeline.name}"
@@ -285,7 +291,7 @@ class RemoteRunStore(RunStore):
             f"{self.base}/steps/{name}-{signature[:20]}",
             lease=self.lease,
             fresh=name in self.fresh,
-            keyed=routing_context(dag, name) is not None,
+            keyed=self.plan.region_of[name] is not None,
             step=name,
             signature=signature,
             batching=None if dag.get_step(name).is_generator else batching,

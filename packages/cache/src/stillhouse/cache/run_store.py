@@ -37,12 +37,14 @@ from stillhouse.cache.atomic import (
 from stillhouse.cache.signature import signature_table
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core._references import relativize_files
-from stillhouse.core.dag import load_stages, routing_context
+from stillhouse.core.dag import load_stages
 from stillhouse.core.engine import RunStore, StepStore
+from stillhouse.core.engine.plan import compile_plan
 from stillhouse.core.errors import CacheError
 from stillhouse.core.serialization import dumps
 
 if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
     from stillhouse.core.pipeline import Pipeline
 
 logger = logging.getLogger("stillhouse.cache")
@@ -63,7 +65,11 @@ def step_dir(base: Path, name: str, signature: str) -> Path:
 
 
 class FileRunStore(RunStore):
-    def __init__(self, pipeline: Pipeline, *, use_cache: bool, fresh_steps: set[str]) -> None:
+    def __init__(self, context: RunContext) -> None:
+        pipeline: Pipeline = context.pipeline
+        use_cache, fresh_steps = context.use_cache, context.fresh_steps
+        self.context = context
+        self.plan = context.plan or compile_plan(pipeline.dag)
         self.pipeline = pipeline
         self.base = pipeline_dir(pipeline)
         self.run_dir = self.base / pipeline.signature
@@ -77,7 +83,7 @@ class FileRunStore(RunStore):
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
             self.signatures, self.parts = signature_table(pipeline.dag)
             # before any store is opened; with the signatures already computed
-            self.notes = _reuse_notes(pipeline, use_cache, (self.signatures, self.parts))
+            self.notes = _reuse_notes(pipeline, use_cache, (self.signatures, self.parts), self.plan)
             with disk_errors(self.run_dir):
                 private_dirs(self.run_dir)
             private_file(self.run_dir / "pipeline.log")  # the log handler appends to it
@@ -106,7 +112,7 @@ class FileRunStore(RunStore):
             predecessors=predecessors,
             fresh=name in self.fresh,
             parts=self.parts[name],
-            keyed=routing_context(dag, name) is not None,
+            keyed=self.plan.region_of[name] is not None,
         )
         store.reuse_note = self.notes.get(name)
         self.stores[name] = store
@@ -140,12 +146,12 @@ class FileRunStore(RunStore):
             lock.release(self._lock)
 
 
-def _reuse_notes(pipeline: Pipeline, use_cache: bool, table: Any) -> dict[str, tuple[str, str]]:
+def _reuse_notes(pipeline: Pipeline, use_cache: bool, table: Any, plan: Any) -> dict[str, tuple[str, str]]:
     """`stillhouse cache explain`'s decision and reason per step, for `StepStore.reuse_note`."""
     from stillhouse.cache.cli import explain
 
     try:
-        rows = explain(pipeline, use_cache, table)
+        rows = explain(pipeline, use_cache, table, plan)
     except Exception:  # a note is not worth failing over: opening the store reports the cause
         logger.debug("No cache decisions to announce", exc_info=True)
         return {}

@@ -145,7 +145,7 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
         pipeline.executor, "from --executor" if args.executor else f"named in {args.config}"
     )
     if args.cache_dir:
-        pipeline._cache_dir = args.cache_dir
+        pipeline.cache_dir = args.cache_dir
     result = pipeline.run(parameters=parameters or None, use_cache=not args.ignore_cache)
     _print_results(pipeline, result)
     if args.repo_id:
@@ -174,8 +174,8 @@ def _print_results(pipeline: Pipeline, result: Any) -> None:
     failed = sum(row.get("failed_batches", 0) for row in pipeline.last_run_summary)
     if failed:
         out.print(f"{failed} batch(es) failed; their rows have None outputs (see pipeline.log).")
-    if pipeline._run_dir:
-        out.print(f"Cache: {pipeline._run_dir}", soft_wrap=True)
+    if pipeline.run_dir:
+        out.print(f"Cache: {pipeline.run_dir}", soft_wrap=True)
 
 
 def _cmd_pipeline_info(args: argparse.Namespace) -> int:

@@ -8,7 +8,8 @@ message that names the step, the field and the fix.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import networkx as nx
@@ -104,22 +105,25 @@ class DAG:
 # -- validation -----------------------------------------------------------------------
 
 
-def validate_dag(dag: DAG) -> None:
-    """Raise a `PipelineValidationError` subclass for the first problem found."""
+def validate_dag(dag: DAG) -> RoutingLayout:
+    """Raise a `PipelineValidationError` subclass for the first problem found; return
+    the routing layout the checks computed (the execution plan is compiled from it)."""
     if len(dag) == 0:
         raise PipelineValidationError(
             "The pipeline has no steps. Create steps inside `with Pipeline(...) as pipeline:`."
         )
     _check_cycles(dag)
-    for name in dag.topological_order():
+    layout = routing_layout(dag)
+    for name in layout.order:
         step = dag.get_step(name)
         _check_connections(dag, step)
         _check_mappings(step)
         _check_resources(step)
-        _check_process_signature(dag, step)
+        _check_process_signature(dag, step, layout)
     _check_inputs(dag)
     _check_overwrites(dag)
-    _check_routing(dag)
+    _check_routing(dag, layout)
+    return layout
 
 
 def _check_cycles(dag: DAG) -> None:
@@ -161,11 +165,11 @@ def _check_resources(step: _Step) -> None:
         )
 
 
-def _check_process_signature(dag: DAG, step: _Step) -> None:
+def _check_process_signature(dag: DAG, step: _Step, layout: RoutingLayout) -> None:
     if step.is_generator:
         return
     preds = dag.predecessors(step.name)
-    if len(preds) <= 1 or _is_convergence_step(dag, step.name):
+    if len(preds) <= 1 or step.name in layout.convergence_steps:
         return
     params = list(inspect.signature(step.process).parameters.values())
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
@@ -231,7 +235,7 @@ def _check_overwrites(dag: DAG) -> None:
             )
 
 
-def _check_routing(dag: DAG) -> None:
+def _check_routing(dag: DAG, layout: RoutingLayout) -> None:
     for source, routing in dag.routing.items():
         branches = dag.successors(source)
         for branch in branches:
@@ -242,16 +246,8 @@ def _check_routing(dag: DAG) -> None:
                     f"{source!r} but is a {'global' if step.is_global else 'generator'} step; "
                     "routed branches must be normal steps."
                 )
-        factory = routing._factory
-        if factory is not None and factory[1] == "sample_n_steps":
-            n = factory[2]["n"]
-            if n > len(branches):
-                raise RoutingError(
-                    f"Step {source!r} routes with sample_n_steps({n}) but has only "
-                    f"{len(branches)} successors {branches!r}. Lower n or add successors."
-                )
-        region = routed_region(dag, source)
-        for member in region:
+        routing.validate(branches)
+        for member in layout.regions[source]:
             if member in dag.routing:
                 raise RoutingError(
                     f"Step {member!r} routes batches inside the branches routed by step "
@@ -262,9 +258,9 @@ def _check_routing(dag: DAG) -> None:
                     f"Global step {member!r} sits inside the branches routed by step "
                     f"{source!r}; converge the branches before a global step."
                 )
-    for name in dag.topological_order():
-        contexts = {routing_context(dag, p) for p in dag.predecessors(name)}
-        if len(contexts) > 1 and name not in {c for c in convergence_steps(dag).values()}:
+    for name in layout.order:
+        contexts = {layout.context[p] for p in dag.predecessors(name)}
+        if len(contexts) > 1 and name not in layout.convergence_steps:
             raise RoutingError(
                 f"Step {name!r} joins routed and unrouted inputs {dag.predecessors(name)!r}. "
                 "Connect all routed branches of one routing function into it, and nothing else."
@@ -274,54 +270,65 @@ def _check_routing(dag: DAG) -> None:
 # -- routing regions ------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RoutingLayout:
+    """Where routing puts every step, computed in one pass over the graph.
+
+    `context[name]`: the routing step whose branches `name` belongs to, or None.
+    `regions[source]`: the steps downstream of `source`'s routing, up to (excluding)
+    its convergence step, in topological order. `convergence[source]`: the step where
+    `source`'s branches rejoin (only for routings whose branches rejoin).
+    """
+
+    order: tuple[str, ...]
+    context: Mapping[str, str | None]
+    regions: Mapping[str, tuple[str, ...]]
+    convergence: Mapping[str, str]
+
+    @property
+    def convergence_steps(self) -> frozenset[str]:
+        return frozenset(self.convergence.values())
+
+
+def routing_layout(dag: DAG) -> RoutingLayout:
+    """The `RoutingLayout` of `dag` as it is now (a pure function: nothing is cached)."""
+    order = tuple(dag.topological_order())
+    context: dict[str, str | None] = {}
+    convergence: dict[str, str] = {}
+    for node in order:
+        preds = dag.predecessors(node)
+        routed_from = [p for p in preds if p in dag.routing]
+        if routed_from:
+            context[node] = routed_from[0]
+            continue
+        inherited = {context[p] for p in preds}
+        if len(preds) > 1 and len(inherited) == 1 and None not in inherited:
+            source = next(iter(inherited))
+            convergence[source] = node
+            context[node] = context[source]  # the convergence step leaves the region
+        elif len(inherited) == 1:
+            context[node] = next(iter(inherited))
+        else:
+            context[node] = None
+    regions = {
+        source: tuple(name for name in order if context[name] == source) for source in dag.routing
+    }
+    return RoutingLayout(order, context, regions, convergence)
+
+
 def routed_region(dag: DAG, source: str) -> list[str]:
     """Steps downstream of `source`'s routing, up to (excluding) the convergence step."""
-    region: list[str] = []
-    for name in dag.topological_order():
-        if routing_context(dag, name) == source:
-            region.append(name)
-    return region
+    return list(routing_layout(dag).regions.get(source, ()))
 
 
 def routing_context(dag: DAG, name: str) -> str | None:
     """The routing step whose branches `name` belongs to, or None."""
-    cache: dict[str, str | None] = dag.__dict__.setdefault("_context_cache", {})
-    if name in cache and cache.get("__n__") == dag.graph.number_of_edges():
-        return cache[name]
-    if cache.get("__n__") != dag.graph.number_of_edges():
-        cache.clear()
-        cache["__n__"] = dag.graph.number_of_edges()
-    for node in dag.topological_order():
-        preds = dag.predecessors(node)
-        routed_from = [p for p in preds if p in dag.routing]
-        if routed_from:
-            cache[node] = routed_from[0]
-            continue
-        inherited = {cache[p] for p in preds}
-        if len(preds) > 1 and len(inherited) == 1 and None not in inherited:
-            cache[node] = cache[next(iter(inherited))]  # the convergence step leaves the region
-        elif len(inherited) == 1:
-            cache[node] = next(iter(inherited))
-        else:
-            cache[node] = None
-    return cache[name]
+    return routing_layout(dag).context[name]
 
 
 def convergence_steps(dag: DAG) -> dict[str, str]:
     """`{routing step: its convergence step}` for the routings whose branches rejoin."""
-    result: dict[str, str] = {}
-    for node in dag.topological_order():
-        preds = dag.predecessors(node)
-        if len(preds) < 2:
-            continue
-        contexts = {routing_context(dag, p) for p in preds}
-        if len(contexts) == 1 and None not in contexts:
-            result[next(iter(contexts))] = node
-    return result
-
-
-def _is_convergence_step(dag: DAG, name: str) -> bool:
-    return name in convergence_steps(dag).values()
+    return dict(routing_layout(dag).convergence)
 
 
 # -- load stages ----------------------------------------------------------------------

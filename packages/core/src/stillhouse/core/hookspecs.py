@@ -1,15 +1,22 @@
 """The plugin hooks core defines; other packages implement them.
 
 A plugin is a module registered under the entry-point group `stillhouse` whose
-functions are decorated with `stillhouse.core.hookimpl`.
+functions are decorated with `stillhouse.core.hookimpl`. One naming scheme:
+`register_*` hooks hand the plugin a `register` callback (every plugin is called);
+`make_*` hooks are factories that get the run's `RunContext` (the first plugin that
+returns something other than None wins). docs/plugins.md documents every hook here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
+    from stillhouse.core.engine.protocol import BatchStorage, OutputWriter, RunStore
 
 PROJECT = "stillhouse"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -32,23 +39,6 @@ def register_steps(register: Callable[[type], None]) -> None:
     without importing an arbitrary module path."""
 
 
-@hookspec(firstresult=True)
-def stillhouse_make_run_store(pipeline: Any, use_cache: bool, fresh_steps: set[str]) -> Any:
-    """Return the `RunStore` that checkpoints this run (stillhouse-cache implements it).
-
-    `fresh_steps` are the steps whose stored outputs must not be reused
-    (`Step(use_cache=False)` and everything after it, or every step when
-    `use_cache=False`). Return None to leave the run to another plugin."""
-
-
-@hookspec(firstresult=True)
-def stillhouse_make_output_writer(pipeline: Any, data_dir: Any) -> Any:
-    """Return the `OutputWriter` that receives leaf rows (stillhouse-distiset implements it).
-
-    `data_dir` is where the run store wants results (`<run dir>/data`), or None when
-    nothing is cached."""
-
-
 @hookspec
 def register_cli(subparsers: Any) -> None:
     """Add command groups to the `stillhouse` CLI.
@@ -59,8 +49,31 @@ def register_cli(subparsers: Any) -> None:
 
 
 @hookspec(firstresult=True)
-def stillhouse_make_batch_storage(pipeline: Any, storage_parameters: dict[str, Any] | None) -> Any:
+def make_run_store(context: RunContext) -> RunStore | None:
+    """Return the `RunStore` that checkpoints this run (stillhouse-cache implements it).
+
+    Called once per run, before anything else: `context.run_dir`, `data_dir`,
+    `log_file` and `batch_storage` are still None (the store decides them).
+    `context.fresh_steps` are the steps whose stored outputs must not be reused
+    (`Step(use_cache=False)` and everything after it, or every step when
+    `context.use_cache` is False). Return None to leave the run to another plugin."""
+
+
+@hookspec(firstresult=True)
+def make_output_writer(context: RunContext) -> OutputWriter | None:
+    """Return the `OutputWriter` that receives leaf rows (stillhouse-distiset implements it).
+
+    `context.data_dir` is where the run store wants results (`<run dir>/data`), or None
+    when nothing is cached; `context.pipeline_file` and `context.log_file` are the
+    run's `pipeline.yaml` and `pipeline.log` (None without a run dir). Return None to
+    leave it to another plugin (core then keeps the rows in memory)."""
+
+
+@hookspec(firstresult=True)
+def make_batch_storage(context: RunContext) -> BatchStorage | None:
     """Return the `BatchStorage` that passes batch data through a filesystem.
 
-    `storage_parameters` is `run(storage_parameters=...)`: `{"path": URL, **fsspec
-    options}`; without a path, a folder inside the run's cache directory."""
+    `context.storage_parameters` is `run(storage_parameters=...)`: `{"path": URL,
+    **fsspec options}`; without a path, a folder inside `context.run_dir` (the run's
+    cache folder). `context.use_fs_to_pass_data` says whether every batch goes through
+    it or only global steps' inputs. Return None to leave it to another plugin."""

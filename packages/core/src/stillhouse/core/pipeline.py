@@ -29,6 +29,8 @@ from stillhouse.core.secrets import describe_validation_error
 from stillhouse.core.step import MAX_NAME_BYTES
 
 if TYPE_CHECKING:
+    from stillhouse.core.engine.context import RunContext
+    from stillhouse.core.engine.plan import ExecutionPlan
     from stillhouse.core.routing import RoutingBatchFunction
     from stillhouse.core.step import _Step
 
@@ -72,7 +74,7 @@ class Pipeline:
         self.dag = DAG()
         self._token: Token[Any] | None = None
         self._stop_requested = 0
-        self._run_dir: str | None = None
+        self._run_context: RunContext | None = None  # set by the engine when a run starts
         self.last_run_summary: list[dict[str, Any]] = []
 
     @property
@@ -112,6 +114,22 @@ class Pipeline:
         chosen = self._cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
         text = str(chosen)
         return text if "://" in text else str(Path(text).expanduser())
+
+    @cache_dir.setter
+    def cache_dir(self, value: str | os.PathLike[str] | None) -> None:
+        """Set the cache root (None: $STILLHOUSE_CACHE_DIR, else the default)."""
+        self._cache_dir = value
+
+    @property
+    def run_context(self) -> RunContext | None:
+        """The `RunContext` of the current or last run, None before the first run."""
+        return self._run_context
+
+    @property
+    def run_dir(self) -> str | None:
+        """The cache folder (a path or URL) of the current or last run; None before a run,
+        and after a dry run or a run without a run store."""
+        return self._run_context.run_dir if self._run_context is not None else None
 
     @property
     def signature(self) -> str:
@@ -233,9 +251,12 @@ class Pipeline:
             for message in messages:
                 warnings.warn(message, UserWarning, stacklevel=3)
 
-    def validate(self) -> None:
-        """Every check that can run before a worker starts (SPEC.md §5)."""
-        validate_dag(self.dag)
+    def validate(self, load_groups: LoadGroups = None) -> ExecutionPlan:
+        """Every check that can run before a worker starts (SPEC.md §5); returns the
+        execution plan the checks compiled (what a run of this pipeline executes)."""
+        from stillhouse.core.engine.plan import compile_plan
+
+        layout = validate_dag(self.dag)
         for name in self.dag.step_names:
             missing = self.dag.get_step(name).missing_runtime_parameters()
             if missing:
@@ -245,6 +266,7 @@ class Pipeline:
                     f"run(parameters={{{name!r}: {{{missing[0]!r}: ...}}}})."
                 )
         self._check_requirements()
+        return compile_plan(self.dag, load_groups, layout)
 
     def _check_requirements(self) -> None:
         missing = self.requirements_to_install()
@@ -322,7 +344,7 @@ class Pipeline:
     def _attach_dataset(self, dataset: Any, batch_size: int = 50) -> None:
         if dataset is None:
             return
-        from stillhouse.core.steps import LoadDataFromDicts
+        from stillhouse.core.steps.generators import LoadDataFromDicts, dataset_rows
 
         generators = [n for n in self.dag.step_names if self.dag.get_step(n).is_generator]
         if generators:
@@ -330,7 +352,7 @@ class Pipeline:
                 f"run(dataset=...) was given, but pipeline {self.name!r} already has generator "
                 f"step(s) {generators!r}. Remove `dataset=` or the generator step."
             )
-        rows = _dataset_rows(dataset)
+        rows = dataset_rows(dataset)
         roots = self.dag.roots
         with self:
             loader = LoadDataFromDicts(name="load_dataset", data=rows, batch_size=batch_size)
@@ -370,19 +392,6 @@ def check_pipeline_name(name: Any) -> None:
             f"Pipeline name {name[:40]!r}... is {len(name.encode())} bytes long; the limit is "
             f"{MAX_NAME_BYTES} bytes because it names a cache folder. Use a shorter name."
         )
-
-
-def _dataset_rows(dataset: Any) -> list[dict[str, Any]]:
-    if isinstance(dataset, list) and all(isinstance(row, dict) for row in dataset):
-        return dataset
-    if hasattr(dataset, "to_list") and hasattr(dataset, "column_names"):  # datasets.Dataset
-        return dataset.to_list()
-    if hasattr(dataset, "to_dict") and hasattr(dataset, "columns"):  # pandas.DataFrame
-        return dataset.to_dict(orient="records")
-    raise DatasetArgumentError(
-        f"run(dataset=...) got a {type(dataset).__name__}; pass a list of dicts, a "
-        "datasets.Dataset or a pandas.DataFrame."
-    )
 
 
 def _valid_requirements(texts: Sequence[str], step: str | None = None) -> list[str]:

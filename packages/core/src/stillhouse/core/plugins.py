@@ -6,6 +6,7 @@ import functools
 import importlib.metadata
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,32 +72,75 @@ def plugin_origins() -> dict[str, str]:
     return dict(_manager(frozenset(_disabled()))[1])
 
 
+REGISTER_HOOKS = ("register_executors", "register_steps")
+"""The hooks whose registrations `registry()` collects."""
+
+
 def registry(manager: pluggy.PluginManager | None = None) -> Registry:
-    """Everything the installed plugins register (recomputed on each call: cheap)."""
+    """Everything the installed plugins register (recomputed on each call: cheap).
+
+    Every register hook is called through the manager's hook caller, one plugin at a
+    time (`subset_hook_caller`), so whatever a plugin registers, and whatever its hook
+    raises, is attributed to it."""
     found = Registry()
     origins = plugin_origins() if manager is None else {}
     manager = manager or plugin_manager()
     for plugin_name, plugin in manager.list_name_plugin():
         origin = origins.get(plugin_name, plugin_name)
-
-        def add_executor(name: str, cls: type, origin: str = origin) -> None:
-            _claim(found, f"executor:{name}", cls, origin)
-            found.executors[name] = cls
-
-        def add_step(cls: type, origin: str = origin) -> None:
-            _claim(found, f"step:{cls.__name__}", cls, origin)
-            found.steps[cls.__name__] = cls
-
-        if hasattr(plugin, "register_executors"):
-            plugin.register_executors(register=add_executor)
-        if hasattr(plugin, "register_steps"):
-            plugin.register_steps(register=add_step)
+        callbacks = {
+            "register_executors": functools.partial(_add_executor, found, origin),
+            "register_steps": functools.partial(_add_step, found, origin),
+        }
+        for hook_name in REGISTER_HOOKS:
+            _call_register(manager, hook_name, plugin_name, plugin, origin, callbacks[hook_name])
     return found
 
 
-def _claim(found: Registry, key: str, cls: type, origin: str) -> None:
+def _call_register(
+    manager: pluggy.PluginManager, hook_name: str, plugin_name: str, plugin: object,
+    origin: str, register: Callable[..., None],
+) -> None:
+    """Call `hook_name` of one plugin only, naming the plugin in whatever goes wrong."""
+    others = [p for p in manager.get_plugins() if p is not plugin]
+    caller = manager.subset_hook_caller(hook_name, remove_plugins=others)
+    if not caller.get_hookimpls():
+        return
+    try:
+        caller(register=register)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"The {hook_name} hook of the stillhouse plugin {plugin_name!r} ({origin}) raised "
+            f"{type(exc).__name__}: {exc}. Fix or update the plugin, or skip it with "
+            f"{DISABLE_ENV}={plugin_name}."
+        ) from exc
+
+
+def _add_executor(found: Registry, origin: str, name: str, cls: type) -> None:
+    if not isinstance(name, str) or not isinstance(cls, type):
+        raise PluginError(
+            f"The stillhouse plugin {origin} called register({name!r}, {cls!r}) in its "
+            "register_executors hook; it takes a name (str) and an executor class: "
+            'register("name", ExecutorClass).'
+        )
+    _claim(found, "executor", name, cls, origin)
+    found.executors[name] = cls
+
+
+def _add_step(found: Registry, origin: str, cls: type) -> None:
+    if not isinstance(cls, type):
+        raise PluginError(
+            f"The stillhouse plugin {origin} called register({cls!r}) in its register_steps "
+            "hook; it takes a step class: register(StepClass)."
+        )
+    _claim(found, "step", cls.__name__, cls, origin)
+    found.steps[cls.__name__] = cls
+
+
+def _claim(found: Registry, kind: str, name: str, cls: type, origin: str) -> None:
     """Two plugins must not silently fight over one name."""
-    kind, name = key.split(":", 1)
+    key = f"{kind}:{name}"
     previous = found.executors.get(name) if kind == "executor" else found.steps.get(name)
     if previous is not None and previous is not cls:
         raise PluginError(

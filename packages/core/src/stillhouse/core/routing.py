@@ -34,9 +34,19 @@ class RoutingBatchFunction(BaseModel):
 
     _step: Any = PrivateAttr(default=None)
     _factory: tuple[str, str, dict[str, Any]] | None = PrivateAttr(default=None)
+    _validator: Callable[[list[str]], str | None] | None = PrivateAttr(default=None)
 
     def __call__(self, steps: list[str]) -> list[str]:
         return list(self.routing_function(steps))
+
+    def validate(self, successors: list[str]) -> None:
+        """Raise `RoutingError` when this function cannot route among `successors` (the
+        steps it is followed by), before the run starts. Pipeline validation calls it;
+        a factory states its own requirement (`sample_n_steps(n)` needs n successors)."""
+        problem = self._validator(list(successors)) if self._validator is not None else None
+        if problem is not None:
+            after = f" after step {self._step.name!r}" if self._step is not None else ""
+            raise RoutingError(f"Routing function {self.name!r}{after}: {problem}")
 
     def _for_upstream(self, step: _Step) -> RoutingBatchFunction:
         """This function, or a copy of it when it already follows another step of the
@@ -46,6 +56,7 @@ class RoutingBatchFunction(BaseModel):
             return self
         copy = self.model_copy()
         copy._factory = self._factory
+        copy._validator = self._validator
         copy._step = None
         return copy
 
@@ -124,6 +135,7 @@ class RoutingBatchFunction(BaseModel):
                 )
             copy = cls(routing_function=target.routing_function, description=target.description)
             copy._factory = target._factory
+            copy._validator = target._validator
             return copy
         if any(target is factory for factory in _FACTORIES):
             return target(**kwargs)
@@ -190,15 +202,21 @@ def sample_n_steps(n: int) -> RoutingBatchFunction:
     if n < 1:
         raise RoutingError(f"sample_n_steps needs n >= 1, got n={n!r}.")
 
+    def too_few(steps: list[str]) -> str | None:
+        if n <= len(steps):
+            return None
+        return (f"sample_n_steps({n}) cannot choose {n} of only {len(steps)} successors "
+                f"{steps!r}. Lower n or add successors.")
+
     def sample(steps: list[str]) -> list[str]:
-        if n > len(steps):
-            raise RoutingError(
-                f"sample_n_steps({n}) cannot choose {n} of only {len(steps)} successors "
-                f"{steps!r}. Lower n or add successors."
-            )
+        problem = too_few(steps)
+        if problem is not None:
+            raise RoutingError(problem)
         return random.sample(steps, n)
 
-    return RoutingBatchFunction(
+    made = RoutingBatchFunction(
         routing_function=sample, description=f"Sample {n} steps from the list of provided steps."
     )
+    made._validator = too_few
+    return made
 

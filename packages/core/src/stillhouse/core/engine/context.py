@@ -4,8 +4,9 @@
 `Executor.start`. Nothing about a run crosses a package boundary any other way: a
 plugin never reads private attributes of the user's `Pipeline`.
 
-The context grows in two steps: before the run store exists it has no `run_dir`;
-`with_store()` returns the copy every later hook and the executor get.
+The context grows in steps, each a copy (`replace`): `make_run_store` gets it
+without a run dir; `make_output_writer` and `make_batch_storage` get it with
+`run_dir`, `data_dir` and `log_file`; the executor gets it with `batch_storage` too.
 This module only describes a run; it does not run anything.
 """
 
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from stillhouse.core.dag import DAG
+    from stillhouse.core.engine.plan import ExecutionPlan
     from stillhouse.core.engine.protocol import BatchStorage
     from stillhouse.core.pipeline import Pipeline
 
@@ -36,8 +38,9 @@ class RunContext:
     pipeline_name: str = ""
     pipeline: Pipeline | None = None
     dag: DAG | None = None
-    plan: Any = None
-    """The compiled execution plan (stages, routing, convergence, step kinds)."""
+    plan: ExecutionPlan | None = None
+    """The compiled execution plan (stages, routing, convergence, step kinds): see
+    `stillhouse.core.engine.plan`. None only in a context made by hand."""
     executor: str = ""
     executor_options: Mapping[str, Any] = field(default_factory=dict)
     cache_dir: str = ""

@@ -103,8 +103,8 @@ def _status(state: StepState, ended: bool, failed_step: str | None) -> str:
     if state.name == failed_step:
         return "failed"
     if ended:
-        return "interrupted" if state.started or stats.batches else "not started"
-    return "running" if state.started or stats.batches else "waiting"
+        return "interrupted" if state.had_workers or stats.batches else "not started"
+    return "running" if state.had_workers or stats.batches else "waiting"
 
 
 def step_figures(
@@ -143,7 +143,7 @@ def step_figures(
             "rows_per_s": rate,
             "eta_s": left / rate if left is not None and rate > 0 else None,
             "status": _status(state, ended, failed_step),
-            "started_worker": state.started,
+            "started_worker": state.had_workers,
         })
     return rows
 
@@ -263,7 +263,7 @@ class Progress:
     def _report_finished(self) -> None:
         """One pipeline.log line per step that finished work in this run."""
         done = [n for n, s in self.states.items()
-                if s.finished and n not in self._reported and (s.started or s.stats.batches)]
+                if s.finished and n not in self._reported and (s.had_workers or s.stats.batches)]
         if not done:
             return
         self._reported.update(done)

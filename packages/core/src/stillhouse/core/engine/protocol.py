@@ -37,7 +37,7 @@ class Payload(ABC):
 class BatchStorage(ABC):
     """Passes batch data through a filesystem (`use_fs_to_pass_data`, global steps).
 
-    Made by the `stillhouse_make_batch_storage` hook (stillhouse-cache implements it)."""
+    Made by the `make_batch_storage` hook (stillhouse-cache implements it)."""
 
     shared_between_processes: bool = True
 
@@ -279,7 +279,7 @@ class StepStore(ABC):
 
 
 class RunStore(ABC):
-    """Everything a run keeps on disk. Made by the `stillhouse_make_run_store` hook."""
+    """Everything a run keeps on disk. Made by the `make_run_store` hook."""
 
     run_dir: Any = None
 
@@ -338,7 +338,7 @@ class NullRunStore(RunStore):
 
 
 class OutputWriter(ABC):
-    """Receives every leaf step's rows, in order. Made by `stillhouse_make_output_writer`."""
+    """Receives every leaf step's rows, in order. Made by the `make_output_writer` hook."""
 
     @abstractmethod
     def is_complete(self, leaf: str, version: str = "") -> bool:

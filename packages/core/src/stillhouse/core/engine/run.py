@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from stillhouse.core import limits, plugins
-from stillhouse.core.dag import iter_ancestors, load_stages
+from stillhouse.core.dag import iter_ancestors
 from stillhouse.core.engine import logs
 from stillhouse.core.engine.context import RunContext
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
@@ -68,26 +68,14 @@ def run_pipeline(
     retry_failed: bool = False,
 ) -> Any:
     pipeline.apply_parameters(parameters)
-    pipeline.validate()
+    plan = pipeline.validate(load_groups)
     executor_cls = plugins.executor_class(pipeline.executor)
-    stages = load_stages(pipeline.dag, load_groups)
     pipeline._stop_requested = 0
-    pipeline._storage = {"parameters": storage_parameters, "use_fs_to_pass_data": use_fs_to_pass_data}
-    if dry_run_rows is not None:
-        store: RunStore = NullRunStore()
-    else:
-        made = plugins.first_result(
-            "stillhouse_make_run_store",
-            pipeline=pipeline,
-            use_cache=use_cache,
-            fresh_steps=fresh_steps(pipeline, use_cache),
-        )
-        store = made or NullRunStore()
-    pipeline._run_dir = str(store.run_dir) if store.run_dir is not None else None
     context = RunContext(
         pipeline_name=pipeline.name,
         pipeline=pipeline,
         dag=pipeline.dag,
+        plan=plan,
         executor=pipeline.executor,
         executor_options=dict(pipeline.executor_options),
         cache_dir=str(pipeline.cache_dir),
@@ -96,22 +84,26 @@ def run_pipeline(
         enable_metadata=pipeline.enable_metadata,
         storage_parameters=storage_parameters,
         use_fs_to_pass_data=use_fs_to_pass_data,
-        run_dir=pipeline._run_dir,
+    )
+    store = _make_run_store(context, dry_run=dry_run_rows is not None)
+    context = context.replace(
+        run_dir=str(store.run_dir) if store.run_dir is not None else None,
         data_dir=store.data_dir(),
         log_file=store.log_file(),
     )
-    _set_artifacts_path(pipeline)
+    pipeline._run_context = context  # `pipeline.run_dir`, `pipeline.run_context`
+    _set_artifacts_path(context)
     completed = False
     try:
-        with _run_logging(store.log_file(), logging_handlers), limits.serve_limits():
-            writer = _make_writer(pipeline, store)
+        with _run_logging(context.log_file, logging_handlers), limits.serve_limits():
+            writer = _make_writer(context)
             stores = {
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
-                for name in pipeline.dag.topological_order()
+                for name in plan.order
             }
             for name, step_store in stores.items():  # before any worker gets the step
                 pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
-            states = build_states(pipeline.dag, stores, writer, retry_failed=retry_failed and use_cache)
+            states = build_states(plan, pipeline.dag, stores, writer, retry_failed=retry_failed and use_cache)
             _announce_resume(pipeline, states)
             error: BaseException | None = None
             view: Progress | None = None
@@ -119,20 +111,17 @@ def run_pipeline(
             try:
                 view = Progress(states, live=progress_enabled(progress), pipeline_name=pipeline.name)
                 executor = executor_cls(**pipeline.executor_options)
-                storage = _batch_storage(pipeline, executor_cls, storage_parameters, use_fs_to_pass_data)
+                storage = _batch_storage(context, executor_cls)
+                context = context.replace(batch_storage=storage)
+                pipeline._run_context = context
                 scheduler = Scheduler(
-                    pipeline.dag,
+                    context,
                     states,
-                    stages,
                     executor,
                     writer,
-                    enable_metadata=pipeline.enable_metadata,
-                    context=context.replace(batch_storage=storage),
                     stop_requested=lambda: pipeline._stop_requested,
                     on_tick=view.tick,
                     dry_run_rows=dry_run_rows,
-                    batch_storage=storage,
-                    use_fs_to_pass_data=use_fs_to_pass_data,
                     wait_for_suspended=wait_for_suspended,
                 )
                 with _signal_handlers(pipeline):
@@ -151,7 +140,7 @@ def run_pipeline(
                 pipeline.last_run_summary = rows
                 store.save_progress({"completed": completed, "steps": rows})
                 logger.info("Run summary of pipeline %r:\n%s", pipeline.name, format_summary(rows))
-                hint = resume_hint(error, use_cache, pipeline._run_dir) if not completed else None
+                hint = resume_hint(error, use_cache, context.run_dir) if not completed else None
                 if hint:
                     logger.warning("%s", hint)
             store.sync()  # pipeline.log and checkpoints are where the results point to
@@ -164,13 +153,19 @@ def run_pipeline(
         store.close(completed=completed)
 
 
-def _set_artifacts_path(pipeline: Pipeline) -> None:
+def _make_run_store(context: RunContext, *, dry_run: bool) -> RunStore:
+    """The run store a plugin makes for this run (nothing is kept for a dry run)."""
+    if dry_run:
+        return NullRunStore()
+    return plugins.first_result("make_run_store", context=context) or NullRunStore()
+
+
+def _set_artifacts_path(context: RunContext) -> None:
     """Tell every step where `save_artifact` writes: `<run dir>/artifacts` (what
     `create_distiset` picks up), or nowhere for a dry run or a remote cache."""
-    run_dir = pipeline._run_dir
-    artifacts = Path(run_dir) / "artifacts" if run_dir and "://" not in run_dir else None
-    for name in pipeline.dag.step_names:
-        pipeline.dag.get_step(name).set_pipeline_artifacts_path(artifacts)
+    artifacts = Path(str(context.run_dir)) / "artifacts" if context.is_local else None
+    for name in context.plan.order:
+        context.dag.get_step(name).set_pipeline_artifacts_path(artifacts)
 
 
 _NO_RESUME = (StepContractError, MisalignedInputsError)
@@ -233,15 +228,11 @@ def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
     executor.shutdown()
 
 
-def _batch_storage(
-    pipeline: Pipeline, executor_cls: Any, parameters: dict[str, Any] | None, use_fs: bool
-) -> BatchStorage | None:
+def _batch_storage(context: RunContext, executor_cls: Any) -> BatchStorage | None:
     """Where batch data goes through a filesystem; refused when workers cannot see it."""
-    storage = plugins.first_result(
-        "stillhouse_make_batch_storage", pipeline=pipeline, storage_parameters=parameters
-    )
+    storage = plugins.first_result("make_batch_storage", context=context)
     if storage is None:
-        if use_fs or parameters:
+        if context.use_fs_to_pass_data or context.storage_parameters:
             raise MissingPluginError(
                 "use_fs_to_pass_data/storage_parameters need stillhouse-cache. Install it "
                 "(`pip install stillhouse-cache`)."
@@ -250,15 +241,14 @@ def _batch_storage(
     if not storage.shared_between_processes and not getattr(executor_cls, "in_process", False):
         raise PipelineValidationError(
             f"storage_parameters path {storage.url!r} is only visible inside this process, but "
-            f"executor {pipeline.executor!r} runs steps in other processes. Use a path every "
+            f"executor {context.executor!r} runs steps in other processes. Use a path every "
             "worker can reach (a local folder, s3://...) or the 'threaded'/'sync' executor."
         )
     return storage
 
 
-def _make_writer(pipeline: Pipeline, store: RunStore) -> OutputWriter:
-    made = plugins.first_result("stillhouse_make_output_writer", pipeline=pipeline, data_dir=store.data_dir())
-    return made or MemoryOutputWriter()
+def _make_writer(context: RunContext) -> OutputWriter:
+    return plugins.first_result("make_output_writer", context=context) or MemoryOutputWriter()
 
 
 @contextlib.contextmanager

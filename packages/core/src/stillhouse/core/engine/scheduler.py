@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from stillhouse.core.dag import DAG, convergence_steps, routed_region
 from stillhouse.core.engine.context import RunContext
 from stillhouse.core.engine.guards import guard_storage
+from stillhouse.core.engine.plan import ExecutionPlan
 from stillhouse.core.engine.protocol import (
     BatchRecord,
-    BatchStorage,
     Died,
     Event,
     Executor,
@@ -30,7 +29,7 @@ from stillhouse.core.engine.protocol import (
     OutputWriter,
     Task,
 )
-from stillhouse.core.engine.state import Lineage, Span, StepState
+from stillhouse.core.engine.state import Lineage, Span, StepState, StepStatus
 from stillhouse.core.errors import (
     EngineError,
     MisalignedInputsError,
@@ -63,42 +62,41 @@ DEFAULT_RETRY_AFTER = 5.0
 
 
 class Scheduler:
-    """Runs the steps of `states` stage by stage until every step has finished."""
+    """Runs the steps of `states` stage by stage until every step has finished.
+
+    Everything about the run's shape comes from `context.plan` (an `ExecutionPlan`):
+    the stages, the order, the routing and where routed branches rejoin. Batch storage
+    and `use_fs_to_pass_data` come from the context too."""
 
     def __init__(
         self,
-        dag: DAG,
+        context: RunContext,
         states: dict[str, StepState],
-        stages: list[list[str]],
         executor: Executor,
         writer: OutputWriter,
         *,
-        enable_metadata: bool = False,
-        context: RunContext | None = None,
         stop_requested: Callable[[], int] = lambda: 0,
         on_tick: Callable[[], None] = lambda: None,
         dry_run_rows: int | None = None,
-        batch_storage: BatchStorage | None = None,
-        use_fs_to_pass_data: bool = False,
         wait_for_suspended: bool = False,
     ) -> None:
-        self.dag = dag
+        if not isinstance(context.plan, ExecutionPlan):
+            raise EngineError(
+                "The scheduler needs the run's execution plan in context.plan (got "
+                f"{context.plan!r}): build it with Pipeline.validate() or compile_plan(dag)."
+            )
+        self.plan: ExecutionPlan = context.plan
         self.states = states
-        self.stages = stages
         self.executor = executor
         self.writer = writer
-        self.enable_metadata = enable_metadata
-        self.context = context or RunContext(enable_metadata=enable_metadata)
+        self.context = context
         self.stop_requested = stop_requested
         self.on_tick = on_tick
         self.dry_run_rows = dry_run_rows
-        self.batch_storage = batch_storage
-        self.use_fs_to_pass_data = use_fs_to_pass_data
+        self.batch_storage = context.batch_storage
+        self.use_fs_to_pass_data = context.use_fs_to_pass_data
         self.payloads: dict[tuple[str, tuple[int, int]], Any] = {}
-        self.order = dag.topological_order()
         self.active: list[StepState] = []
-        self.region_members = {r: routed_region(dag, r) for r in dag.routing}
-        self.convergence = convergence_steps(dag)
         self.buffer_cap = _MIN_BUFFERED_ROWS
         self.wait_for_suspended = wait_for_suspended
         self.tasks: dict[tuple[str, tuple[int, int]], Task] = {}  # kept to re-send suspended batches
@@ -112,15 +110,15 @@ class Scheduler:
         guard_storage(self)
         for state in self.states.values():
             if state.mode == "skip":
-                state.finished = True
+                state.move(StepStatus.SKIPPED)
             elif state.is_leaf:
                 self.writer.begin(state.name, state.store.version)
-        for stage in self.stages:
+        for stage in self.plan.stages:
             if all(self.states[name].finished for name in stage):
                 continue
             self._run_stage(stage)
 
-    def _run_stage(self, stage: list[str]) -> None:
+    def _run_stage(self, stage: tuple[str, ...]) -> None:
         """Run one load stage to its end.
 
         1. Start the stage's steps that have work (finished or replayed steps need no worker).
@@ -133,8 +131,8 @@ class Scheduler:
         3. Stop the stage's workers (`unload()`), so the next stage can load.
         """
         stage_set = set(stage) | {s.name for s in self.active}
-        self.active = [self.states[n] for n in self.order if n in stage_set]
-        self._start([self.states[n] for n in self.order if n in stage])
+        self.active = [self.states[n] for n in self.plan.order if n in stage_set]
+        self._start([self.states[n] for n in self.plan.order if n in stage])
         while not all(self.states[name].finished for name in stage):
             if self.stop_requested():
                 self._drain_and_interrupt()
@@ -148,7 +146,7 @@ class Scheduler:
                 self._handle(event)
             self._watch_stalls()
             self.on_tick()
-        started = [n for n in stage if self.states[n].started]
+        started = [n for n in stage if self.states[n].had_workers]
         if started:
             self.executor.stop_steps(started)
 
@@ -165,7 +163,7 @@ class Scheduler:
         self.buffer_cap = max(_MIN_BUFFERED_ROWS, 2 * replicas_ibs)
         now = time.monotonic()
         for state in to_start:
-            state.started = True
+            state.move(StepStatus.RUNNING)
             state.stats.started_at = now
         self.executor.start([s.step for s in to_start], self.context)
 
@@ -197,7 +195,7 @@ class Scheduler:
             self.tasks.pop((state.name, result.key), None)
             rows, last = result.rows, result.last
             if state.step.is_generator:
-                state.pulling = False
+                state.move(StepStatus.RUNNING)  # its pull is answered
                 if self.dry_run_rows is not None:
                     rows, last = rows[: self.dry_run_rows], True
             record = BatchRecord(result.key, rows, last, result.error)
@@ -239,14 +237,15 @@ class Scheduler:
     def _advance_source(self, state: StepState) -> bool:
         progressed = False
         for _ in range(_REPLAY_CHUNK):
-            if state.pulling or state.source_done or not self._can_pull():
+            if state.status is StepStatus.PULLING or state.exhausted or not self._can_pull():
                 break
             if state.mode == "source":
                 if state.replay is None:
+                    state.move(StepStatus.RUNNING)  # replays its store, without workers
                     state.replay = state.store.records()
                 record = next(state.replay, None)  # type: ignore[call-overload]
                 if record is None:
-                    state.source_done = True
+                    state.move(StepStatus.EXHAUSTED)
                     return True
                 state.dispatched.append(record.key)
                 self._accept(state, record, cached=True)
@@ -262,7 +261,7 @@ class Scheduler:
                 self._accept(state, record, cached=True)
                 continue
             state.replay = iter(())  # from here on the worker produces every batch
-            state.pulling = True
+            state.move(StepStatus.PULLING)
             self._send(state, Task(state.name, key, None, state.offset))
         return progressed
 
@@ -489,11 +488,11 @@ class Scheduler:
             rows = _Fresh(rows)  # in-process executors must not let consumers share dicts
         if state.step.is_generator or state.mode == "source":
             if record.last or (state.step.is_generator and self.dry_run_rows is not None):
-                state.source_done = True
+                state.move(StepStatus.EXHAUSTED)
         elif record.key[0] in state.lineages:
             state.lineages[record.key[0]].outstanding -= 1
         span = self._span_of(state, record)
-        if state.name in self.dag.routing:
+        if state.name in self.plan.routing:
             self._route(state, rows, span)
         else:
             lineage_id = record.key[0] if state.region is not None else 0
@@ -535,9 +534,7 @@ class Scheduler:
             chosen = list(dict.fromkeys(chosen))
             state.store.put_route(ordinal, chosen)
         reached = set(chosen)
-        members = self.region_members[state.name]
-        convergence = self.convergence.get(state.name)
-        for name in members + ([convergence] if convergence else []):
+        for name in self.plan.routed_to(state.name):
             target = self.states[name]
             if name not in reached and any(p in reached for p in target.preds):
                 reached.add(name)
@@ -551,7 +548,7 @@ class Scheduler:
             lineage.closed.add(state.name)
 
     def _call_routing(self, state: StepState) -> list[str]:
-        function = self.dag.routing[state.name]
+        function = self.plan.routing[state.name]
         try:
             return function(list(state.succs))
         except Exception as exc:
@@ -574,12 +571,11 @@ class Scheduler:
         if state.finished or state.inflight or state.dispatched:
             return False
         if state.step.is_generator or state.mode == "source":
-            if not state.source_done:
+            if not state.exhausted:
                 return False
         elif state.lineages or len(state.finished_preds) < len(state.preds):
             return False
-        state.finished = True
-        state.stats.ended_at = time.monotonic()
+        state.move(StepStatus.FINISHED)
         if state.mode == "compute":
             state.store.mark_finished()
         if state.is_leaf:

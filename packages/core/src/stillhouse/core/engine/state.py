@@ -11,12 +11,16 @@ resumed run cuts exactly the same batches and can look each one up in the cache.
 from __future__ import annotations
 
 import bisect
+import enum
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from stillhouse.core.dag import DAG, convergence_steps, routing_context
+from stillhouse.core.dag import DAG
+from stillhouse.core.engine.plan import ExecutionPlan
 from stillhouse.core.engine.protocol import BatchKey, BatchRecord, OutputWriter, StepStore
+from stillhouse.core.errors import EngineError
 from stillhouse.core.step import _Step
 from stillhouse.core.typing import Row
 
@@ -211,6 +215,28 @@ class StepStats:
     ended_at: float | None = None
 
 
+class StepStatus(enum.Enum):
+    """Where a step is in this run; `StepState.move` is the only place that changes it."""
+
+    WAITING = "waiting"  # nothing sent, nothing released yet
+    RUNNING = "running"  # its workers are started, or it replays or cuts batches
+    PULLING = "pulling"  # a generator waits for the batch it asked its worker for
+    EXHAUSTED = "exhausted"  # a generator or a replay gave its last batch; releases remain
+    FINISHED = "finished"  # every batch released and its successors told
+    SKIPPED = "skipped"  # nothing after it needs its rows: it does nothing in this run
+
+
+_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
+    StepStatus.WAITING: frozenset(StepStatus) - {StepStatus.WAITING},
+    StepStatus.RUNNING: frozenset({StepStatus.PULLING, StepStatus.EXHAUSTED, StepStatus.FINISHED}),
+    StepStatus.PULLING: frozenset({StepStatus.RUNNING}),
+    StepStatus.EXHAUSTED: frozenset({StepStatus.FINISHED}),
+    StepStatus.FINISHED: frozenset(),
+    StepStatus.SKIPPED: frozenset(),
+}
+"""The moves a status may make; any other is an engine bug."""
+
+
 @dataclass
 class StepState:
     name: str
@@ -229,13 +255,10 @@ class StepState:
     origin_rows: int = 0  # rows so far of a root (generator, join of generators): next position
     inflight: int = 0
     finished_preds: set[str] = field(default_factory=set)
-    finished: bool = False
-    started: bool = False
+    status: StepStatus = StepStatus.WAITING
     released: int = 0
     stats: StepStats = field(default_factory=StepStats)
     # generators and "source" replays
-    pulling: bool = False
-    source_done: bool = False
     next_index: int = 0
     offset: int = 0
     replay: object | None = None  # an iterator of stored records
@@ -248,6 +271,35 @@ class StepState:
     suspended: set[BatchKey] = field(default_factory=set)  # suspended: wait for the next run
     last_activity: float = 0.0
     stall_warned_at: float = 0.0
+
+    def move(self, status: StepStatus) -> None:
+        """Change the status (the only place it changes): refuses a move `_MOVES` does not
+        allow, and records when the step started its workers or finished."""
+        if status is self.status:
+            return
+        if status not in _MOVES[self.status]:
+            raise EngineError(
+                f"Step {self.name!r} cannot go from {self.status.value} to {status.value}. "
+                "This is an engine bug: please report it."
+            )
+        if status is StepStatus.FINISHED:
+            self.stats.ended_at = time.monotonic()
+        self.status = status
+
+    @property
+    def finished(self) -> bool:
+        """Done for this run: finished, or skipped."""
+        return self.status in (StepStatus.FINISHED, StepStatus.SKIPPED)
+
+    @property
+    def exhausted(self) -> bool:
+        """A generator or a replay has nothing more to produce (or is done)."""
+        return self.status is StepStatus.EXHAUSTED or self.finished
+
+    @property
+    def had_workers(self) -> bool:
+        """Workers were started for this step in this run."""
+        return self.stats.started_at is not None
 
     @property
     def max_inflight(self) -> int:
@@ -269,39 +321,43 @@ class StepState:
 
 
 def build_states(
-    dag: DAG, stores: dict[str, StepStore], writer: OutputWriter, *, retry_failed: bool = False
+    plan: ExecutionPlan,
+    dag: DAG,
+    stores: dict[str, StepStore],
+    writer: OutputWriter,
+    *,
+    retry_failed: bool = False,
 ) -> dict[str, StepState]:
-    """One `StepState` per step, with its mode decided from what is already stored.
+    """One `StepState` per step of `plan` (steps from `dag`), with its mode decided from
+    what is already stored.
 
     `retry_failed`: steps whose stored batches recorded a failure recompute those batches,
     and every step after them recomputes all of its batches (their inputs change); each
     keeps its store, so its durable folder (a call record) is kept too."""
-    convergence = set(convergence_steps(dag).values())
     states: dict[str, StepState] = {}
-    for name in dag.topological_order():
-        region = routing_context(dag, name)
+    for name in plan.order:
         state = StepState(
             name=name,
             step=dag.get_step(name),
-            preds=dag.predecessors(name),
-            succs=dag.successors(name),
+            preds=list(plan.predecessors[name]),
+            succs=list(plan.successors[name]),
             store=stores[name],
-            region=region,
-            lineaged=region is not None or name in convergence,
-            is_leaf=not dag.successors(name),
+            region=plan.region_of[name],
+            lineaged=plan.lineaged(name),
+            is_leaf=not plan.successors[name],
         )
         if not state.lineaged and not state.step.is_generator:
             state.lineages[0] = Lineage.for_preds(state.preds)
         states[name] = state
     if retry_failed:
-        _mark_retries(dag, states)
-    _decide_modes(dag, states, writer)
+        _mark_retries(plan, states)
+    _decide_modes(plan, states, writer)
     return states
 
 
-def _mark_retries(dag: DAG, states: dict[str, StepState]) -> None:
+def _mark_retries(plan: ExecutionPlan, states: dict[str, StepState]) -> None:
     """`retry = "failed"` on steps whose stores hold failed batches, `"all"` after them."""
-    for name in dag.topological_order():
+    for name in plan.order:
         state = states[name]
         if any(states[p].retry is not None for p in state.preds):
             state.retry = "all"
@@ -309,10 +365,10 @@ def _mark_retries(dag: DAG, states: dict[str, StepState]) -> None:
             state.retry = "failed"
 
 
-def _decide_modes(dag: DAG, states: dict[str, StepState], writer: OutputWriter) -> None:
+def _decide_modes(plan: ExecutionPlan, states: dict[str, StepState], writer: OutputWriter) -> None:
     """Walk backwards: a step runs only if something after it needs its rows."""
     needs_inputs: dict[str, bool] = {}
-    for name in reversed(dag.topological_order()):
+    for name in reversed(plan.order):
         state = states[name]
         finished = state.store.finished and state.retry is None
         complete = state.retry is None and writer.is_complete(name, state.store.version)

@@ -7,7 +7,7 @@ from stillhouse.core.steps.columns import (
     KeepColumns,
     MergeColumns,
 )
-from stillhouse.core.steps.generators import LoadDataFromDicts, make_generator_step
+from stillhouse.core.steps.generators import LoadDataFromDicts, dataset_rows, make_generator_step
 
 __all__ = [
     "CombineOutputs",
@@ -16,5 +16,6 @@ __all__ = [
     "KeepColumns",
     "LoadDataFromDicts",
     "MergeColumns",
+    "dataset_rows",
     "make_generator_step",
 ]

@@ -1,4 +1,5 @@
-"""Steps that produce rows from data the user already has."""
+"""Steps that produce rows from data the user already has, and `dataset_rows`, which
+turns that data (a list of dicts, a `datasets.Dataset`, a pandas DataFrame) into rows."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
+from stillhouse.core.errors import DatasetArgumentError
 from stillhouse.core.step import GeneratorStep, StepResources
 from stillhouse.core.typing import GeneratorStepOutput, Row
 
@@ -57,10 +59,8 @@ def make_generator_step(
     compatibility and unused (distilabel falls back to loading it from the Hub; here
     the rows always come from `dataset`).
     """
-    from stillhouse.core.pipeline import _dataset_rows
-
     kwargs: dict[str, Any] = {
-        "data": _dataset_rows(dataset),
+        "data": dataset_rows(dataset),
         "batch_size": batch_size,
         "input_mappings": input_mappings or {},
         "output_mappings": output_mappings or {},
@@ -70,3 +70,19 @@ def make_generator_step(
     if pipeline is not None:
         kwargs["pipeline"] = pipeline
     return LoadDataFromDicts(**kwargs)
+
+
+def dataset_rows(dataset: Any) -> list[dict[str, Any]]:
+    """The rows of `dataset`: a list of dicts (returned as is), a `datasets.Dataset` or a
+    pandas DataFrame (one dict per row). What `run(dataset=...)` and
+    `make_generator_step` accept; anything else raises `DatasetArgumentError`."""
+    if isinstance(dataset, list) and all(isinstance(row, dict) for row in dataset):
+        return dataset
+    if hasattr(dataset, "to_list") and hasattr(dataset, "column_names"):  # datasets.Dataset
+        return dataset.to_list()
+    if hasattr(dataset, "to_dict") and hasattr(dataset, "columns"):  # pandas.DataFrame
+        return dataset.to_dict(orient="records")
+    raise DatasetArgumentError(
+        f"run(dataset=...) got a {type(dataset).__name__}; pass a list of dicts, a "
+        "datasets.Dataset or a pandas.DataFrame."
+    )
