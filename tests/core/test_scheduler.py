@@ -97,20 +97,14 @@ class MemoryRunStore(RunStore):
 @contextlib.contextmanager
 def run_store(store: RunStore) -> Iterator[RunStore]:
     """Runs inside the block use `store` (a throwaway plugin; with stillhouse-cache
-    installed too, the last registered plugin answers first). The hook is implemented
-    under its current name and under the `make_run_store(context)` spelling it is being
-    renamed to, so the test holds on both sides of that rename."""
-
-    @hookimpl
-    def stillhouse_make_run_store() -> RunStore:
-        return store
+    installed too, the last registered plugin answers first)."""
 
     @hookimpl
     def make_run_store() -> RunStore:
         return store
 
-    plugin = types.SimpleNamespace(stillhouse_make_run_store=stillhouse_make_run_store,
-                                   make_run_store=make_run_store)
+    plugin = types.ModuleType("test-scheduler-run-store")  # pluggy keeps plugins in sets
+    plugin.make_run_store = make_run_store
     manager = plugin_manager()
     manager.register(plugin, name="test-scheduler-run-store")
     try:

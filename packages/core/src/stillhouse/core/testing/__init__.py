@@ -82,7 +82,9 @@ def registered_executor(cls: type[Executor], name: str | None = None) -> Iterato
 
     manager = plugins.plugin_manager()
     plugin_name = f"stillhouse-testing-executor-{name}-{next(_plugin_ids)}"
-    manager.register(types.SimpleNamespace(register_executors=register_executors), name=plugin_name)
+    plugin = types.ModuleType(plugin_name)  # pluggy keeps plugins in sets: hashable
+    plugin.register_executors = register_executors  # type: ignore[attr-defined]
+    manager.register(plugin, name=plugin_name)
     try:
         yield name
     finally:
