@@ -279,3 +279,23 @@ def test_the_make_hooks_get_the_run_context(tmp_path) -> None:
         assert after.run_dir == pipeline.run_dir and after.log_file is not None, hook
         assert after.plan is before.plan and after.fresh_steps == before.fresh_steps
     assert pipeline.run_context.run_dir == pipeline.run_dir
+
+
+def test_an_error_in_a_make_hook_keeps_its_type_and_names_the_plugin(tmp_path) -> None:
+    module = types.ModuleType("leaky")
+
+    def make_run_store(context):
+        raise PermissionError(f"cannot create {context.cache_dir}")
+
+    module.make_run_store = hookimpl(make_run_store)
+    manager = plugin_manager()
+    manager.register(module, name="leaky-store")
+    try:
+        with Pipeline(name="leaky", executor="sync", cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(name="data", data=[{"text": "a"}]) >> Shout(name="shout")
+        with pytest.raises(PermissionError, match="cannot create") as info:
+            pipeline.run(progress=False)
+    finally:
+        manager.unregister(module)
+    assert any("make_run_store hook of the stillhouse plugin 'leaky-store'" in note
+               for note in info.value.__notes__)

@@ -165,7 +165,24 @@ def executor_class(name: str) -> type:
 
 
 def first_result(hook: str, **kwargs: Any) -> Any:
-    return getattr(plugin_manager().hook, hook)(**kwargs)
+    """Call a `make_*` hook (firstresult): the first plugin's answer that is not None.
+
+    Each plugin is called through its own subset hook caller, in pluggy's order, so an
+    exception escaping a plugin keeps its type (a `CacheError` stays one) and gains a
+    note naming the hook and the plugin."""
+    manager = plugin_manager()
+    origins = plugin_origins()
+    for impl in reversed(getattr(manager.hook, hook).get_hookimpls()):  # pluggy calls the last first
+        others = [p for p in manager.get_plugins() if p is not impl.plugin]
+        try:
+            result = manager.subset_hook_caller(hook, remove_plugins=others)(**kwargs)
+        except Exception as exc:
+            origin = origins.get(impl.plugin_name, impl.plugin_name)
+            exc.add_note(f"Raised by the {hook} hook of the stillhouse plugin {impl.plugin_name!r} ({origin}).")
+            raise
+        if result is not None:
+            return result
+    return None
 
 
 def require(value: Any, what: str, distribution: str) -> Any:
