@@ -27,21 +27,26 @@ def _store(tmp_path: Path) -> FileStepStore:
 
 
 def test_appends_are_fsynced_off_the_callers_thread(tmp_path, monkeypatch):
-    fsyncs: list[str] = []
+    appended = 0
+    fsyncs: list[tuple[str, int]] = []  # (thread, appends begun when the fsync ran)
     real_fsync = os.fsync
 
     def recording_fsync(fd: int) -> None:
-        fsyncs.append(threading.current_thread().name)
+        fsyncs.append((threading.current_thread().name, appended))
         real_fsync(fd)
 
     monkeypatch.setattr(records, "SYNC_EVERY", 0.0)  # every append asks for a group commit
     monkeypatch.setattr(os, "fsync", recording_fsync)
     log = RecordLog(tmp_path / "batches.log")
     for index in range(20):
+        appended += 1  # counted before: an fsync seeing 20 ran after the last append began
         log.append(BATCH, 0, index, b"payload %d" % index, rows=1)
-    assert threading.current_thread().name not in fsyncs  # the caller never waited for the disk
+    caller = threading.current_thread().name
+    assert all(thread != caller for thread, _ in fsyncs)  # the caller never waited for the disk
     log.close()  # waits for a background fsync in progress, then fsyncs what is left
-    assert fsyncs[-1] == threading.current_thread().name
+    # Whoever ran it (the background thread may have got there first), an fsync began
+    # after the last append did (one during it leaves the log dirty, so close fsyncs).
+    assert fsyncs and fsyncs[-1][1] == 20 and not log.dirty
     assert [h.b for h in iter_headers(tmp_path / "batches.log")] == list(range(20))
 
 
