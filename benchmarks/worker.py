@@ -49,6 +49,8 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
         import cProfile
 
         profiler = cProfile.Profile()
+        if spec["engine"] == "stillhouse":
+            _profile_workers(profile_path)
     run_started = time.perf_counter()
     cpu_started = time.thread_time()  # the driver's main thread: the engine loop
     if profiler is not None:
@@ -74,6 +76,31 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     if summary:
         result["cached_batches"] = sum(int(row.get("cached_batches", 0) or 0) for row in summary)
     return result
+
+
+def _profile_workers(driver_path: str) -> None:
+    """Also profile every replica ("mp" processes, "threaded" threads) into
+    `<driver_path minus .prof>-<step>-<replica>.prof`: cProfile sees one thread only."""
+    import cProfile
+    import functools
+
+    from stillhouse.executors import mp, threaded
+
+    def profiled(name: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any) -> Any:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            try:
+                return function(*args)
+            finally:
+                profiler.disable()
+                profiler.dump_stats(driver_path.removesuffix(".prof") + f"-{name(*args)}.prof")
+        return wrapper
+
+    mp.worker_main = profiled(lambda step, replica, *_: f"{step.name}-{replica}", mp.worker_main)
+    threaded.ThreadedExecutor._run_replica = profiled(
+        lambda self, runner, *_: f"{runner.step.name}-{runner.replica}", threaded.ThreadedExecutor._run_replica)
 
 
 def run_plain(spec: dict[str, Any]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import BaseStep
 from stillhouse.executors._common import STOP, check_options, queue_task
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
-from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, worker_main
+from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, widen, worker_main
 
 logger = logging.getLogger("stillhouse.executors.mp")
 
@@ -104,7 +104,7 @@ class MultiprocessingExecutor(Executor):
             atexit.register(self._at_exit)
         log_levels = _log_levels()
         for step in steps:
-            tasks = self._ctx.Queue()
+            tasks = widen(self._ctx.Queue())  # a task carries its batch's rows
             tasks._ignore_epipe = True  # see _close_queue
             self._tasks[step.name] = tasks
             for index in range(step.resources.replicas):
