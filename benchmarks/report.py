@@ -42,7 +42,7 @@ def _stats(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     stats: dict[str, Any] = {"n": len(results), "median": statistics.median(seconds),
                              "min": min(seconds), "max": max(seconds), "all": seconds}
     for key in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes", "killed_after_batches",
-                "leaf_batches_after_kill", "rows",
+                "leaf_batches_after_kill", "rows", "driver_cpu_seconds",
                 "wall_seconds", "import_seconds", "processes"):
         values = [r[key] for r in results if key in r]
         if values:
@@ -302,8 +302,23 @@ def markdown(report: dict[str, Any]) -> str:
                 rss, pss, disk = (stats.get(k) for k in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes"))
                 cells.append("n/a" if rss is None else f"{rss / MB:.0f} / {(pss or 0) / MB:.0f}; disk {(disk or 0) / MB:.0f}")
             lines.append(f"| {case['case']['label']} | " + " | ".join(cells) + " |")
+    lines += _cpu_lines(cases, [c for c in columns if base(c) in OURS])
     lines += ["", *_derived_lines(report["derived"]), "", *_target_lines(report["targets"])]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_lines(cases: dict[str, Any], columns: list[str]) -> list[str]:
+    """CPU seconds of the driver's main thread in `run()` (median): less sensitive than
+    wall time to other processes on the machine, so a change shows through the load."""
+    if not columns:
+        return []
+    lines = ["", "Driver CPU: seconds of the driver's main thread in `run()` (median; it waits for workers "
+             "without using CPU, so this is the engine's own work on the driver).", "",
+             "| workload | case | " + " | ".join(_name(c) for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for case in cases.values():
+        cells = [_fmt(median(case, c, "driver_cpu_seconds")) for c in columns]
+        lines.append(f"| {case['case']['workload']} | {case['case']['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
