@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import weakref
 from multiprocessing import get_context
 
 import pytest
@@ -12,6 +13,12 @@ from stillhouse.executors import _mp_worker
 from stillhouse.executors._mp_worker import PIPE_BUDGET, PIPE_BYTES, ResultsQueue, widen
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="F_SETPIPE_SZ is Linux's")
+
+
+@pytest.fixture(autouse=True)
+def fresh_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Queues other tests left alive (until the garbage collector runs) hold the budget."""
+    monkeypatch.setattr(_mp_worker, "_widened", weakref.WeakSet())
 
 
 def _size(queue) -> int:
@@ -38,8 +45,7 @@ def test_results_and_task_queues_get_a_1_mb_pipe() -> None:
 
 def test_widening_stops_at_the_budget_and_resumes_when_queues_are_gone() -> None:
     ctx = get_context("fork")
-    gc.collect()
-    held = [widen(ctx.Queue()) for _ in range(PIPE_BUDGET - len(_mp_worker._widened))]
+    held = [widen(ctx.Queue()) for _ in range(PIPE_BUDGET)]
     extra = widen(ctx.Queue())
     try:
         assert _size(extra) < PIPE_BYTES  # over budget: the default pipe
