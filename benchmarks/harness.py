@@ -41,6 +41,8 @@ class Column:
     engine: str  # "stillhouse", "distilabel", "plain"
     python: str
     executor: str | None = None
+    paths: tuple[str, ...] = ()  # first on PYTHONPATH: another revision's sources
+    env: tuple[tuple[str, str], ...] = ()  # extra environment of its workers
 
 
 class MeasurementError(RuntimeError):
@@ -124,13 +126,13 @@ class TreeSampler(threading.Thread):
 # -- running workers ----------------------------------------------------------------------
 
 
-def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def worker_env(extra: dict[str, str] | None = None, paths: tuple[str, ...] = ()) -> dict[str, str]:
     env = dict(os.environ)
     # Bytecode caching is on for users; without it every import compiles from source.
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     for name in ("VIRTUAL_ENV", "PYTHONHOME"):
         env.pop(name, None)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in [str(ROOT), env.get("PYTHONPATH", "")] if p)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [*paths, str(ROOT), env.get("PYTHONPATH", "")] if p)
     env["STILLHOUSE_PROGRESS"] = "0"
     env["DISTILABEL_LOG_LEVEL"] = "WARNING"  # its per-batch INFO lines cost it time
     env["HF_HUB_OFFLINE"] = "1"
@@ -160,7 +162,7 @@ def run_worker(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Run one worker to completion; its JSON result plus the tree's peak memory."""
-    process = _start(column, spec, log, env or worker_env())
+    process = _start(column, spec, log, env or column_env(column))
     sampler = TreeSampler(process.pid, pss=pss)
     sampler.start()
     started = time.perf_counter()
@@ -207,6 +209,11 @@ def kill_half_way(
     return done
 
 
+def column_env(column: Column, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of a worker of `column` (with another revision's sources first)."""
+    return worker_env({**dict(column.env), **(extra or {})}, column.paths)
+
+
 def _tail(log: Path, chars: int = 1200) -> str:
     """The end of a worker's stderr, kept in the results (its folder is removed)."""
     try:
@@ -239,21 +246,21 @@ def measure(
     pss = case.get("pss", False)
     try:
         if case["kind"] == "cached":
-            run_worker(column, {**spec, "mode": "prime"}, log, timeout=timeout, env=worker_env(extra))
+            run_worker(column, {**spec, "mode": "prime"}, log, timeout=timeout, env=column_env(column, extra))
         if case["kind"] == "resume" and column.engine != "plain":
             progress = work_dir / "progress"
             extra[PROGRESS_ENV] = str(progress)
             batches = -(-case["params"]["rows"] // case["params"]["batch"])
             killed_at = kill_half_way(
                 column, {**spec, "mode": "resume-first"}, log, progress, batches,
-                timeout=timeout, env=worker_env(extra),
+                timeout=timeout, env=column_env(column, extra),
             )
         if profile is not None and column.engine == "stillhouse":
             profile.mkdir(parents=True, exist_ok=True)
             extra["BENCH_PROFILE"] = str(profile / f"{case['id']}-{column.key}-{time.time_ns()}.prof")
         mode = {"cached": "cached", "resume": "resume"}.get(case["kind"], "fresh")
         try:
-            result = run_worker(column, {**spec, "mode": mode}, log, timeout=timeout, pss=pss, env=worker_env(extra))
+            result = run_worker(column, {**spec, "mode": mode}, log, timeout=timeout, pss=pss, env=column_env(column, extra))
         except MeasurementError as exc:
             if case["kind"] != "resume" or column.engine == "plain":
                 raise

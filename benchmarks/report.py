@@ -1,7 +1,10 @@
 """Medians, ranges, ratios, derived figures and the targets, as JSON and markdown.
 
 Ratios are ours / theirs (below 1 is faster). Every figure is computed from the
-medians of one invocation, so the columns were measured side by side.
+medians of one invocation, so the columns were measured side by side. With
+`--compare REF` a stillhouse column `stillhouse-mp@COMMIT` runs REF's code: its
+ratio `stillhouse-mp/stillhouse-mp@COMMIT` is the workspace against REF (below 1:
+the workspace is faster), and every target is also evaluated on REF's columns.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def _stats(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     stats: dict[str, Any] = {"n": len(results), "median": statistics.median(seconds),
                              "min": min(seconds), "max": max(seconds), "all": seconds}
     for key in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes", "killed_after_batches",
-                "leaf_batches_after_kill", "rows",
+                "leaf_batches_after_kill", "rows", "driver_cpu_seconds",
                 "wall_seconds", "import_seconds", "processes"):
         values = [r[key] for r in results if key in r]
         if values:
@@ -54,15 +57,43 @@ def median(case: dict[str, Any] | None, column: str, key: str = "median") -> flo
     return None if stats is None else stats.get(key)
 
 
+def base(column: str) -> str:
+    """`stillhouse-mp@52e2a12` -> `stillhouse-mp`."""
+    return column.partition("@")[0]
+
+
+def revisions(columns: list[str] | dict[str, Any]) -> list[str]:
+    """The compared revisions' suffixes (`@52e2a12`) among `columns`, in order."""
+    found: list[str] = []
+    for column in columns:
+        suffix = column[len(base(column)):]
+        if suffix and suffix not in found:
+            found.append(suffix)
+    return found
+
+
 def _ratios(columns: dict[str, Any]) -> dict[str, float]:
+    revs = revisions(columns)
+    pairs = [(ours + rev, theirs) for ours in OURS for rev in ["", *revs] for theirs in ("distilabel", "plain")]
+    pairs += [(ours, ours + rev) for ours in OURS for rev in revs]
     ratios = {}
-    for ours in OURS:
-        for theirs in ("distilabel", "plain"):
-            a = (columns.get(ours) or {}).get("stats")
-            b = (columns.get(theirs) or {}).get("stats")
-            if a and b and b["median"] > 0:
-                ratios[f"{ours}/{theirs}"] = a["median"] / b["median"]
+    for mine, theirs in pairs:
+        a = (columns.get(mine) or {}).get("stats")
+        b = (columns.get(theirs) or {}).get("stats")
+        if a and b and b["median"] > 0:
+            ratios[f"{mine}/{theirs}"] = a["median"] / b["median"]
     return ratios
+
+
+def as_revision(cases: dict[str, Any], suffix: str) -> dict[str, Any]:
+    """`cases` with the columns of revision `suffix` under the workspace's names (and
+    the workspace's own stillhouse columns left out), to derive REF's targets."""
+    renamed = {}
+    for case_id, case in cases.items():
+        columns = {base(k): v for k, v in case["columns"].items()
+                   if k.endswith(suffix) or base(k) not in OURS}
+        renamed[case_id] = {**case, "columns": columns, "ratios": _ratios(columns)}
+    return renamed
 
 
 # -- derived figures and targets ---------------------------------------------------------
@@ -89,20 +120,27 @@ def derive(cases: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]
     startup = _by_role(cases, "startup").get("startup")
     for column in OURS:
         if startup is not None:
-            target(f"startup in run() ({column})", median(startup, column), 1.0, unit="s")
+            target(f"startup in run() ({column})", median(startup, column), 0.2, unit="s")
 
     overhead = _by_role(cases, "overhead")
     if {"probe", "small", "large"} <= set(overhead):
         for column in (*OURS, "distilabel", "plain"):
             derived.setdefault("overhead", {})[column] = _per_batch(overhead, column)
-        for role in ("small", "large"):
+        for role, limit in (("small", 0.1), ("large", 0.07)):
             ratio = overhead[role]["ratios"].get("stillhouse-mp/distilabel")
-            target(f"overhead {overhead[role]['case']['label']} (mp / distilabel)", ratio, 0.1, unit="x")
+            target(f"overhead {overhead[role]['case']['label']} (mp / distilabel)", ratio, limit, unit="x")
 
     memory = _by_role(cases, "memory")
     if "large" in memory:
-        ratio = memory["large"]["ratios"].get("stillhouse-threaded/plain")
-        target(f"threaded {memory['large']['case']['label']} vs plain loop", ratio, 3.0, unit="x")
+        large = memory["large"]
+        for column, limit in (("stillhouse-threaded", 3.0), ("stillhouse-mp", 5.0)):
+            ratio = large["ratios"].get(f"{column}/plain")
+            target(f"{column.removeprefix('stillhouse-')} {large['case']['label']} vs plain loop", ratio, limit, unit="x")
+        plain_disk = median(large, "plain", "cache_bytes")
+        for column in OURS:
+            disk = median(large, column, "cache_bytes")
+            target(f"cache on disk {large['case']['label']} vs the plain loop's Parquet ({column})",
+                   disk / plain_disk if disk and plain_disk else None, 2.0, unit="x")
         for column in OURS:
             peak = median(memory["large"], column, "peak_rss_bytes")
             target(f"peak RSS {memory['large']['case']['label']} ({column})",
@@ -121,7 +159,9 @@ def derive(cases: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]
             speedup = one / two if one and two else None
             derived.setdefault("replica_speedup", {})[column] = speedup
             if column == "stillhouse-mp":
-                target("2 replicas vs 1 (mp speed-up)", speedup, 1.7, below=False, unit="x")
+                target("2 replicas vs 1 (mp speed-up, medians)", speedup, 1.8, below=False, unit="x")
+                target("2 replicas vs 1 (mp speed-up, worst repeat)", _worst_speedup(replicas, column),
+                       1.8, below=False, unit="x")
 
     scaling = _by_role(cases, "scaling")
     sizes = [c for role, c in sorted(scaling.items()) if role != "probe"]
@@ -156,8 +196,20 @@ def derive(cases: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]
     cached = _by_role(cases, "cached").get("cached")
     if cached is not None:
         for column in OURS:
-            target(f"cached re-run {cached['case']['label']} ({column})", median(cached, column), 1.5, unit="s")
+            ratio = cached["ratios"].get(f"{column}/distilabel")
+            if ratio is not None:
+                target(f"cached re-run {cached['case']['label']} ({column} / distilabel)", ratio, 1.0, unit="x")
+            else:
+                target(f"cached re-run {cached['case']['label']} ({column})", median(cached, column), 1.5, unit="s")
     return derived, targets
+
+
+def _worst_speedup(replicas: dict[str, dict[str, Any]], column: str) -> float | None:
+    """The smallest speed-up of repeat i of 2 replicas over repeat i of 1: "stable"."""
+    one, two = ((replicas[r]["columns"].get(column) or {}).get("stats") for r in ("one", "two"))
+    if not one or not two:
+        return None
+    return min(a / b for a, b in zip(one["all"], two["all"], strict=False))
 
 
 def _slope(a: dict[str, Any], b: dict[str, Any], column: str) -> float | None:
@@ -196,15 +248,40 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+NAMES = {"stillhouse-mp": "stillhouse mp", "stillhouse-threaded": "stillhouse threaded",
+         "distilabel": "distilabel 1.5.3", "plain": "plain loop"}
+
+
+def evaluate(cases: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """`derive`, plus each target's value on every compared revision (`before`)."""
+    derived, targets = derive(cases)
+    for suffix in revisions([c for case in cases.values() for c in case["columns"]]):
+        theirs = {t["target"]: t for t in derive(as_revision(cases, suffix))[1]}
+        for t in targets:
+            if t["target"] in theirs:
+                t.setdefault("before", {})[suffix] = {k: theirs[t["target"]][k] for k in ("value", "met")}
+    return derived, targets
+
+
+def load_text(machine: dict[str, Any]) -> str:
+    """The load averages of a run, as one phrase for the markdown."""
+    text = f"load average before {machine['load_before'][0]:.2f}"
+    during = machine.get("load_during")
+    if during:
+        text += f", during {during['median']:.2f} (median; max {during['max']:.2f})"
+    return text + f", after {machine['load_after'][0]:.2f}"
+
+
+def _name(column: str) -> str:
+    suffix = column[len(base(column)):]
+    return NAMES[base(column)] + (f" {suffix}" if suffix else "")
+
+
 def markdown(report: dict[str, Any]) -> str:
     cases, columns = report["cases"], report["columns"]
-    names = {"stillhouse-mp": "stillhouse mp", "stillhouse-threaded": "stillhouse threaded",
-             "distilabel": "distilabel 1.5.3", "plain": "plain loop"}
-    ratio_keys = [k for k in ("stillhouse-mp/distilabel", "stillhouse-threaded/distilabel",
-                              "stillhouse-mp/plain", "stillhouse-threaded/plain")
-                  if any(k in c["ratios"] for c in cases.values())]
+    ratio_keys = list(dict.fromkeys(k for c in cases.values() for k in c["ratios"]))
     lines = ["Seconds in `run()`: median (min-max) over the repeats; ratios are ours / theirs.", "",
-             "| workload | case | n | " + " | ".join(names[c] for c in columns) + " | "
+             "| workload | case | n | " + " | ".join(_name(c) for c in columns) + " | "
              + " | ".join(k.replace("stillhouse-", "") for k in ratio_keys) + " |",
              "|---|---|---|" + "---:|" * (len(columns) + len(ratio_keys))]
     for case in cases.values():
@@ -217,7 +294,7 @@ def markdown(report: dict[str, Any]) -> str:
     memory = [c for c in cases.values() if c["case"].get("pss")]
     if memory:
         lines += ["", "Memory: peak summed over the run's processes, RSS / PSS in MiB; cache on disk in MiB.", "",
-                  "| case | " + " | ".join(names[c] for c in columns) + " |", "|---|" + "---:|" * len(columns)]
+                  "| case | " + " | ".join(_name(c) for c in columns) + " |", "|---|" + "---:|" * len(columns)]
         for case in memory:
             cells = []
             for column in columns:
@@ -225,11 +302,39 @@ def markdown(report: dict[str, Any]) -> str:
                 rss, pss, disk = (stats.get(k) for k in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes"))
                 cells.append("n/a" if rss is None else f"{rss / MB:.0f} / {(pss or 0) / MB:.0f}; disk {(disk or 0) / MB:.0f}")
             lines.append(f"| {case['case']['label']} | " + " | ".join(cells) + " |")
-    lines += ["", *_derived_lines(report["derived"]), "", "| target | measured | limit | met |", "|---|---:|---:|---|"]
-    for t in report["targets"]:
-        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
-        lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']} | {t['op']} {t['limit']} {t['unit']} | {met} |")
+    lines += _cpu_lines(cases, [c for c in columns if base(c) in OURS])
+    lines += ["", *_derived_lines(report["derived"]), "", *_target_lines(report["targets"])]
     return "\n".join(lines) + "\n"
+
+
+def _cpu_lines(cases: dict[str, Any], columns: list[str]) -> list[str]:
+    """CPU seconds of the driver's main thread in `run()` (median): less sensitive than
+    wall time to other processes on the machine, so a change shows through the load."""
+    if not columns:
+        return []
+    lines = ["", "Driver CPU: seconds of the driver's main thread in `run()` (median; it waits for workers "
+             "without using CPU, so this is the engine's own work on the driver).", "",
+             "| workload | case | " + " | ".join(_name(c) for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for case in cases.values():
+        cells = [_fmt(median(case, c, "driver_cpu_seconds")) for c in columns]
+        lines.append(f"| {case['case']['workload']} | {case['case']['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
+    """The targets table; with `--compare`, each revision's value and verdict first."""
+    revs = list(dict.fromkeys(rev for t in targets for rev in t.get("before", {})))
+    verdict = {True: "yes", False: "**no**", None: "not measured"}
+    lines = ["| target | " + "".join(f"{rev.lstrip('@')} | met |" for rev in revs) + " measured | limit | met |",
+             "|---|" + "---:|---|" * len(revs) + "---:|---:|---|"]
+    for t in targets:
+        before = ""
+        for rev in revs:
+            old = t.get("before", {}).get(rev, {"value": None, "met": None})
+            before += f" {_fmt(old['value'])} {t['unit']} | {verdict[old['met']]} |"
+        lines.append(f"| {t['target']} |{before} {_fmt(t['value'])} {t['unit']} | {t['op']} {t['limit']} {t['unit']} "
+                     f"| {verdict[t['met']]} |")
+    return lines
 
 
 def _derived_lines(derived: dict[str, Any]) -> list[str]:
@@ -265,7 +370,7 @@ def main(argv: list[str] | None = None) -> None:
         if "batches_redone" in run.get("result", {}):
             run["result"]["leaf_batches_after_kill"] = run["result"].pop("batches_redone")
     result["cases"] = summarise(result["runs"])
-    result["derived"], result["targets"] = derive(result["cases"])
+    result["derived"], result["targets"] = evaluate(result["cases"])
     print(markdown(result))
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import harness, report, venv, work
+from benchmarks import harness, report, revision, venv, work
 from benchmarks.workloads import BY_NAME, cases
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,6 +40,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="write a cProfile of each stillhouse run() here")
     parser.add_argument("--timeout", type=float, help="seconds per worker process (default 900, 120 with --quick)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the uncounted first run per column")
+    parser.add_argument("--compare", metavar="REF",
+                        help="also run every stillhouse column at git revision REF, side by side "
+                             "(columns 'stillhouse-mp@COMMIT', ...; ratios workspace / REF)")
     args = parser.parse_args(argv)
     names = [n.strip() for item in args.only for n in item.split(",") if n.strip()] or list(BY_NAME)
     unknown = [n for n in names if n not in BY_NAME]
@@ -55,7 +58,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def make_columns(keys: list[str], notes: list[str]) -> list[harness.Column]:
+def make_columns(keys: list[str], notes: list[str], compare: revision.Revision | None = None) -> list[harness.Column]:
     python = harness.default_python()
     columns = []
     for key in keys:
@@ -69,7 +72,11 @@ def make_columns(keys: list[str], notes: list[str]) -> list[harness.Column]:
         elif key == "plain":
             columns.append(harness.Column(key, "plain", python))
         else:
-            columns.append(harness.Column(key, "stillhouse", python, key.removeprefix("stillhouse-")))
+            executor = key.removeprefix("stillhouse-")
+            columns.append(harness.Column(key, "stillhouse", python, executor))
+            if compare is not None:  # right after: the rotation alternates the two revisions
+                columns.append(harness.Column(f"{key}@{compare.commit}", "stillhouse", python, executor,
+                                              paths=compare.paths, env=compare.env))
     return columns
 
 
@@ -85,7 +92,19 @@ def machine(columns: list[harness.Column]) -> dict[str, Any]:
         memory = 0
     return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(), "git": _git(),
             "memory_gib": round(memory / 1024**3, 1), "python": platform.python_version(),
-            "versions": {c.key: harness.engine_version(c) for c in columns}}
+            "versions": {c.key: harness.engine_version(c) + (f" at {c.key.partition('@')[2]}" if c.paths else "")
+                         for c in columns}}
+
+
+def _export(ref: str, scratch: Path, notes: list[str]) -> revision.Revision:
+    try:
+        compare = revision.export(ref, scratch / "compare")
+    except revision.RevisionError as exc:
+        raise SystemExit(f"--compare: {exc}") from None
+    note = f"compared with {ref} ({compare.commit}): its packages/ exported to {scratch / 'compare'}"
+    notes.append(note)
+    print(note, flush=True)
+    return compare
 
 
 def _git() -> str:
@@ -101,8 +120,17 @@ def _git() -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    scratch = Path(tempfile.mkdtemp(prefix="stillhouse-bench-"))
+    try:
+        return _run(args, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
     notes: list[str] = []
-    columns = make_columns(args.column_keys, notes)
+    compare = _export(args.compare, scratch, notes) if args.compare else None
+    columns = make_columns(args.column_keys, notes, compare)
     iterations = work.calibrate_burn() if "replicas" in args.workloads else 0
     chosen = cases(args.workloads, quick=args.quick, iterations=iterations)
     if args.repeat:
@@ -112,37 +140,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"warning: load average {load_before[0]:.1f} before the run: other processes compete "
               "for the cores and the figures will be slower and noisier", flush=True)
     info = machine(columns)  # before the run: the commit measured is the one at the start
-    scratch = Path(tempfile.mkdtemp(prefix="stillhouse-bench-"))
+    if compare is not None:
+        info["compare"] = {"ref": compare.ref, "commit": compare.commit}
     runs: list[dict[str, Any]] = []
     started = time.monotonic()
-    try:
-        if not args.no_warmup:  # write bytecode caches and warm the page cache, uncounted
-            warm = {**cases(["startup"], quick=True, iterations=0)[0], "id": "warmup"}
-            for column in columns:
-                try:
-                    harness.measure(column, warm, scratch, timeout=args.timeout)
-                except harness.MeasurementError as exc:
-                    print(f"warm-up of {column.key} failed: {exc}", flush=True)
-        for index, case in enumerate(chosen):
-            applicable = [c for c in columns if c.key not in case.get("skip", ())]
-            failed: set[str] = set()  # a column that failed a case is not tried again on it
-            for rep in range(case["repeat"]):
-                shift = (rep + index) % len(applicable) if applicable else 0
-                for column in applicable[shift:] + applicable[:shift]:
-                    if column.key in failed:
-                        continue
-                    runs.append(_one(column, case, rep, scratch, args))
-                    if "error" in runs[-1]:
-                        failed.add(column.key)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    if not args.no_warmup:  # write bytecode caches and warm the page cache, uncounted
+        warm = {**cases(["startup"], quick=True, iterations=0)[0], "id": "warmup"}
+        for column in columns:
+            try:
+                harness.measure(column, warm, scratch, timeout=args.timeout)
+            except harness.MeasurementError as exc:
+                print(f"warm-up of {column.key} failed: {exc}", flush=True)
+    for index, case in enumerate(chosen):
+        applicable = [c for c in columns if c.key not in case.get("skip", ())]
+        failed: set[str] = set()  # a column that failed a case is not tried again on it
+        for rep in range(case["repeat"]):
+            shift = (rep + index) % len(applicable) if applicable else 0
+            for column in applicable[shift:] + applicable[:shift]:
+                if column.key in failed:
+                    continue
+                runs.append(_one(column, case, rep, scratch, args))
+                if "error" in runs[-1]:
+                    failed.add(column.key)
     summary = report.summarise(runs)
-    derived, targets = report.derive(summary)
+    derived, targets = report.evaluate(summary)
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarks.run " + " ".join(sys.argv[1:]),
         "quick": args.quick,
-        "machine": {**info, "load_before": load_before, "load_after": os.getloadavg()},
+        "machine": {**info, "load_before": load_before, "load_after": os.getloadavg(),
+                    "load_during": _load_during(runs)},
         "notes": notes + ([f"burn: {iterations} iterations per row (~5 ms)"] if iterations else []),
         "columns": [c.key for c in columns],
         "duration_s": round(time.monotonic() - started, 1),
@@ -163,9 +190,18 @@ def _one(column: harness.Column, case: dict[str, Any], rep: int, scratch: Path, 
         print(f"{label} FAILED: {str(exc).splitlines()[0]}", flush=True)
         return entry
     entry["result"] = result
+    entry["load"] = os.getloadavg()[0]  # 1-minute load average right after the measurement
     extra = f"  peak {result['peak_rss_bytes'] / 1024**2:.0f} MiB" if case.get("pss") else ""
     print(f"{label} {result['seconds']:8.2f} s{extra}", flush=True)
     return entry
+
+
+def _load_during(runs: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Median and max of the 1-minute load average sampled after each measurement."""
+    loads = sorted(r["load"] for r in runs if "load" in r)
+    if not loads:
+        return None
+    return {"median": loads[len(loads) // 2], "max": loads[-1]}
 
 
 def write(result: dict[str, Any], directory: Path) -> tuple[Path, Path]:
@@ -176,8 +212,7 @@ def write(result: dict[str, Any], directory: Path) -> tuple[Path, Path]:
     head = (f"# Benchmarks {result['date']}\n\n`{result['command']}` on {result['machine']['cpu']}, "
             f"{result['machine']['cores']} cores, {result['machine']['memory_gib']} GiB, commit "
             f"{result['machine']['git']}; versions {result['machine']['versions']}; "
-            f"{result['duration_s']} s; load average before / after "
-            f"{result['machine']['load_before'][0]:.2f} / {result['machine']['load_after'][0]:.2f}.\n\n")
+            f"{result['duration_s']} s; {report.load_text(result['machine'])}.\n\n")
     if result["quick"]:
         head += "Quick sizes: too small for the targets, which are shown for the harness's sake only.\n\n"
     md_path.write_text(head + report.markdown(result), encoding="utf-8")

@@ -4,7 +4,9 @@ Run by the harness with the interpreter of the engine under test (the workspace'
 for stillhouse and the plain loop, the throwaway venv's for distilabel). It builds
 the pipeline, times `run()` from the call to the returned Distiset, and prints one
 line `BENCH_RESULT {json}` on stdout. Set `BENCH_PROFILE=path` to write a cProfile
-of `run()` there.
+of `run()` there. With `BENCH_HIDE_SOURCES=folder` (another revision's columns, see
+`revision.py`), `sys.path` entries under that folder are dropped before anything of
+stillhouse is imported.
 
 Modes: "fresh" (use_cache=False), "prime" (fill the cache; the harness ignores the
 time), "cached" (use_cache=True over a primed cache), "resume-first" (use_cache=True;
@@ -47,6 +49,8 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
         import cProfile
 
         profiler = cProfile.Profile()
+        if spec["engine"] == "stillhouse":
+            _profile_workers(profile_path)
     run_started = time.perf_counter()
     cpu_started = time.thread_time()  # the driver's main thread: the engine loop
     if profiler is not None:
@@ -65,10 +69,38 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
         "rows": _rows(distiset),
         "driver_cpu_seconds": driver_cpu,
     }
+    engine = sys.modules.get(f"{spec['engine']}.core") or sys.modules.get(spec["engine"])
+    if engine is not None:  # which sources ran: the workspace's or a compared revision's
+        result["source"] = str(Path(engine.__file__ or ".").parent)
     summary = getattr(pipeline, "last_run_summary", None)
     if summary:
         result["cached_batches"] = sum(int(row.get("cached_batches", 0) or 0) for row in summary)
     return result
+
+
+def _profile_workers(driver_path: str) -> None:
+    """Also profile every replica ("mp" processes, "threaded" threads) into
+    `<driver_path minus .prof>-<step>-<replica>.prof`: cProfile sees one thread only."""
+    import cProfile
+    import functools
+
+    from stillhouse.executors import mp, threaded
+
+    def profiled(name: str, function: Any) -> Any:
+        @functools.wraps(function)
+        def wrapper(*args: Any) -> Any:
+            profiler = cProfile.Profile()
+            profiler.enable()
+            try:
+                return function(*args)
+            finally:
+                profiler.disable()
+                profiler.dump_stats(driver_path.removesuffix(".prof") + f"-{name(*args)}.prof")
+        return wrapper
+
+    mp.worker_main = profiled(lambda step, replica, *_: f"{step.name}-{replica}", mp.worker_main)
+    threaded.ThreadedExecutor._run_replica = profiled(
+        lambda self, runner, *_: f"{runner.step.name}-{runner.replica}", threaded.ThreadedExecutor._run_replica)
 
 
 def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
@@ -82,7 +114,14 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - started, "rows": rows}
 
 
+def _hide_sources() -> None:
+    hidden = os.environ.get("BENCH_HIDE_SOURCES")
+    if hidden:
+        sys.path[:] = [p for p in sys.path if not os.path.abspath(p or ".").startswith(hidden + os.sep)]
+
+
 def main() -> None:
+    _hide_sources()
     spec = json.loads(sys.argv[1])
     result = run_plain(spec) if spec["engine"] == "plain" else run_engine(spec)
     sys.stdout.write(MARKER + json.dumps(result) + "\n")

@@ -43,3 +43,28 @@ def test_quick_startup_writes_results(tmp_path: Path) -> None:
     assert all(t["met"] in (True, False) for t in result["targets"])
     assert len(result["runs"]) == len(COLUMNS)
     assert (tmp_path / "latest.md").read_text(encoding="utf-8").startswith("# Benchmarks")
+
+
+@pytest.mark.timeout(120)
+def test_compare_runs_another_revision_beside_the_workspace(tmp_path: Path) -> None:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True, check=True, timeout=30).stdout.strip()
+    command = [
+        sys.executable, "-m", "benchmarks.run", "--quick", "--only", "startup", "--no-warmup",
+        "--columns", "stillhouse-threaded", "--compare", "HEAD", "--results-dir", str(tmp_path),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    result = json.loads((tmp_path / "latest.json").read_text(encoding="utf-8"))
+    theirs = f"stillhouse-threaded@{commit}"
+    assert result["columns"] == ["stillhouse-threaded", theirs]
+    assert result["machine"]["compare"] == {"ref": "HEAD", "commit": commit}
+    sources = {run["column"]: run["result"]["source"] for run in result["runs"]}
+    assert sources["stillhouse-threaded"] == str(ROOT / "packages" / "core" / "src" / "stillhouse" / "core")
+    assert not sources[theirs].startswith(str(ROOT)), "the compared revision ran the workspace's code"
+    case = result["cases"]["startup-startup"]
+    assert set(case["ratios"]) == {f"stillhouse-threaded/{theirs}"}
+    startup = [t for t in result["targets"] if t["target"] == "startup in run() (stillhouse-threaded)"]
+    assert startup[0]["before"][f"@{commit}"]["value"] == case["columns"][theirs]["stats"]["median"]
+    assert f"stillhouse threaded @{commit}" in (tmp_path / "latest.md").read_text(encoding="utf-8")

@@ -1,9 +1,11 @@
 """The "mp" executor: one OS process per step replica.
 
 Data path: each step has one task queue shared by its replicas, and every worker
-writes its events and log records to one results queue that the driver reads.
-`events()` waits on that queue and on every worker's sentinel together, so a
-killed worker is noticed at once. The worker side lives in `_mp_worker.py`;
+writes its events and log records to one results queue that the driver reads on a
+receiver thread (`_mp_receiver.py`: the blocking reads and the unpickling of 1 MB
+batches stay off the main thread). Every pipe is widened to 1 MB where Linux allows
+(`_mp_worker.widen`). `events()` waits on the receiver and on every worker's
+sentinel together, so a killed worker is noticed at once. The worker side lives in `_mp_worker.py`;
 scheduling decisions belong to the engine, never here.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import signal
 import sys
 import time
@@ -39,7 +40,8 @@ from stillhouse.core.errors import EngineError, PipelineValidationError, StepRun
 from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import BaseStep
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
-from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, worker_main
+from stillhouse.executors._mp_receiver import Receiver
+from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, widen, worker_main
 
 logger = logging.getLogger("stillhouse.executors.mp")
 
@@ -92,6 +94,7 @@ class MultiprocessingExecutor(Executor):
         self._gpu_count = parse_gpu_count(options.get("gpu_count", os.environ.get(GPU_COUNT_ENV)))
         self._join_timeout = float(options.get("join_timeout", DEFAULT_JOIN_TIMEOUT))
         self._results: ResultsQueue | None = None
+        self._receiver: Receiver | None = None  # reads `_results` off the main thread
         self._tasks: dict[str, Queue] = {}
         self._replicas: dict[tuple[str, int], _Replica] = {}
         self._pending: list[Event] = []
@@ -107,12 +110,14 @@ class MultiprocessingExecutor(Executor):
         placement = place_gpus(steps, self._gpu_count, taken)  # raises before any process
         if self._results is None:
             self._results = ResultsQueue(ctx=self._ctx)
+            self._receiver = Receiver(self._results)
+            self._receiver.start()
             # Workers are not daemonic (steps may start processes of their own, as vLLM
             # does), so multiprocessing's exit hook would wait for them forever.
             atexit.register(self._at_exit)
         levels = log_levels()
         for step in steps:
-            tasks = self._ctx.Queue()
+            tasks = widen(self._ctx.Queue())  # a task carries its batch's rows
             tasks._ignore_epipe = True  # see _close_queue
             self._tasks[step.name] = tasks
             for index in range(step.resources.replicas):
@@ -179,11 +184,14 @@ class MultiprocessingExecutor(Executor):
                 _close_queue(tasks)
             self._tasks.clear()
             if self._results is not None:
-                # Only this process reads it and every writer is gone: close both ends now
-                # rather than leave the descriptors to the garbage collector.
-                self._results._reader.close()
-                self._results._writer.close()
-                self._results = None
+                assert self._receiver is not None
+                self._receiver.stop()
+                if not self._receiver.is_alive():
+                    # Only this process reads it and every writer is gone: close both ends
+                    # now rather than leave the descriptors to the garbage collector.
+                    self._results._reader.close()
+                    self._results._writer.close()
+                self._results = self._receiver = None
             self._pending.clear()
             atexit.unregister(self._at_exit)
 
@@ -199,14 +207,16 @@ class MultiprocessingExecutor(Executor):
 
     def _poll(self, timeout: float, out: list[Event]) -> None:
         """Wait up to `timeout` for a message or a worker's end; collect what came."""
-        if self._results is None:
+        if self._receiver is None:
             return
         by_sentinel = {r.process.sentinel: r for r in self._replicas.values()}
-        ready = connection.wait([self._results._reader, *by_sentinel], timeout)
+        ready = connection.wait([self._receiver.wake, *by_sentinel], timeout)
         if not ready:
             return
         # Drain first: a worker flushes everything it sent before it exits, so a clean
         # exit's goodbye is always read before its sentinel is judged.
+        if any(handle in by_sentinel for handle in ready):
+            self._receiver.settle()
         self._drain(out)
         for handle in ready:
             replica = by_sentinel.get(handle)
@@ -214,15 +224,8 @@ class MultiprocessingExecutor(Executor):
                 self._reap(replica, out)
 
     def _drain(self, out: list[Event]) -> None:
-        assert self._results is not None
-        while True:
-            try:
-                item = self._results.get_nowait()
-            except (queue.Empty, EOFError, OSError):
-                return
-            except Exception:
-                logger.exception("A message from a worker could not be unpickled; it is lost.")
-                continue
+        assert self._receiver is not None
+        for item in self._receiver.take():
             if isinstance(item, logging.LogRecord):
                 reemit(item)  # the user's loggers, and pipeline.log for a step's records
             elif isinstance(item, Exited | Replaced):
