@@ -259,11 +259,11 @@ class ContextSpy:
 
 
 @pytest.mark.timeout(120)
-def test_the_make_hooks_get_the_run_context(tmp_path) -> None:
+def test_the_make_hooks_get_the_run_context(tmp_path, inprocess) -> None:
     spy, manager = ContextSpy(), plugin_manager()
     manager.register(spy, name="context-spy")
     try:
-        with Pipeline(name="context", executor="sync", cache_dir=tmp_path) as pipeline:
+        with Pipeline(name="context", executor=inprocess, cache_dir=tmp_path) as pipeline:
             LoadDataFromDicts(name="data", data=[{"text": "a"}]) >> Shout(name="shout")
         pipeline.run(progress=False)
     finally:
@@ -281,7 +281,7 @@ def test_the_make_hooks_get_the_run_context(tmp_path) -> None:
     assert pipeline.run_context.run_dir == pipeline.run_dir
 
 
-def test_an_error_in_a_make_hook_keeps_its_type_and_names_the_plugin(tmp_path) -> None:
+def test_an_error_in_a_make_hook_keeps_its_type_and_names_the_plugin(tmp_path, inprocess) -> None:
     module = types.ModuleType("leaky")
 
     def make_run_store(context):
@@ -291,7 +291,7 @@ def test_an_error_in_a_make_hook_keeps_its_type_and_names_the_plugin(tmp_path) -
     manager = plugin_manager()
     manager.register(module, name="leaky-store")
     try:
-        with Pipeline(name="leaky", executor="sync", cache_dir=tmp_path) as pipeline:
+        with Pipeline(name="leaky", executor=inprocess, cache_dir=tmp_path) as pipeline:
             LoadDataFromDicts(name="data", data=[{"text": "a"}]) >> Shout(name="shout")
         with pytest.raises(PermissionError, match="cannot create") as info:
             pipeline.run(progress=False)

@@ -61,10 +61,11 @@ def test_a_move_the_engine_never_makes_is_refused(path, bad) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_after_a_run_every_step_is_finished_or_skipped(tmp_path) -> None:
+def test_after_a_run_every_step_is_finished_or_skipped(tmp_path, inprocess) -> None:
     """The summary reads the statuses: a first run computes, a rerun reuses everything."""
+    pytest.importorskip("stillhouse.cache", reason="a rerun reuses only what stillhouse-cache kept")
     def build():
-        with Pipeline(name="status-run", executor="sync", cache_dir=tmp_path) as pipeline:
+        with Pipeline(name="status-run", executor=inprocess, cache_dir=tmp_path) as pipeline:
             LoadDataFromDicts(name="load", data=[{"x": i} for i in range(5)], batch_size=2) >> Work(name="work")
         return pipeline
 
