@@ -23,10 +23,11 @@ from stillhouse.executors._mp_worker import ResultsQueue
 
 logger = logging.getLogger("stillhouse.executors.mp")
 
-SETTLE_TIMEOUT = 1.0
+SETTLE_TIMEOUT = 5.0
 """Seconds `settle()` waits for the messages already in the pipe: a worker that ended
-flushed all it sent, so they are complete; a partly written one (a killed worker) is
-not waited for longer."""
+flushed all it sent, so they are complete, and only the receiver's unpickling (slow on
+a loaded machine) is waited for; a partly written one (a killed worker) is not waited
+for longer."""
 
 
 class _Stop:
