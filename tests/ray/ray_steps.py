@@ -56,6 +56,42 @@ def NodeId(inputs: StepInput, sleep: float = 0.0) -> StepOutput:
     yield inputs
 
 
+class NodeMarker(Step):
+    """Writes `<marker_dir>/<node id>-<pid>` in load(); each batch waits (up to a minute)
+    until `replicas` markers exist, so the run cannot end before every replica loaded,
+    however slowly a worker starts on a loaded machine. Rows get the node they ran on."""
+
+    marker_dir: str
+    replicas: int = 2
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["node"]
+
+    def load(self) -> None:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        Path(self.marker_dir, f"{node}-{os.getpid()}").write_text(node)
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        import ray
+
+        deadline = time.monotonic() + 60
+        while len(os.listdir(self.marker_dir)) < self.replicas:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {os.listdir(self.marker_dir)} of {self.replicas} replicas loaded")
+            time.sleep(0.05)
+        node = ray.get_runtime_context().get_node_id()
+        for row in inputs:
+            row["node"] = node
+        yield inputs
+
+
 class SeesStorage(Step):
     """Records how many batch files its storage holds while it processes a batch."""
 

@@ -13,7 +13,7 @@ from stillhouse.core import Pipeline
 from stillhouse.core.errors import PipelineValidationError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.ray.conftest import wait_for_no_actors
-from tests.ray.ray_steps import NodeId
+from tests.ray.ray_steps import NodeId, NodeMarker
 from tests.support.results import rows_of
 from tests.support.steps import Count
 
@@ -81,9 +81,16 @@ def test_replicas_run_on_both_nodes_with_s3_batch_data_and_a_local_cache(two_nod
 
 
 def test_each_replica_lands_on_its_own_node(two_nodes, tmp_path):
+    """Where each replica loaded, not which rows each got: how tasks split between the
+    replicas depends on how fast each worker starts, which a loaded machine decides."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
     with Pipeline(name="two-nodes", executor="ray", cache_dir=tmp_path / "cache") as pipeline:
         loader = LoadDataFromDicts(data=[{"x": i} for i in range(24)], batch_size=4)
-        loader >> NodeId(name="spread", sleep=0.2, input_batch_size=2, resources={"replicas": 2, "cpus": 1})
+        loader >> NodeMarker(name="spread", marker_dir=str(markers), input_batch_size=2,
+                             resources={"replicas": 2, "cpus": 1})
     rows = rows_of(pipeline.run(use_cache=False, progress=False))
     assert [r["x"] for r in rows] == list(range(24))
-    assert len({r["node"] for r in rows}) == 2
+    nodes = [marker.read_text() for marker in markers.iterdir()]
+    assert len(nodes) == 2 and len(set(nodes)) == 2  # two replicas, one per node
+    assert {r["node"] for r in rows} <= set(nodes)
