@@ -1,7 +1,10 @@
 """Rows as data: the on-disk encoding of batches (checkpoints, batch data, remote objects).
 
 A batch of rows is one Arrow IPC stream holding one record batch, compressed with
-zstd as a whole (from `COMPRESS_FROM` bytes), after an 8-byte size. A column whose values Arrow types exactly (one of bool, int, float,
+zstd as a whole (from `COMPRESS_FROM` bytes), after an 8-byte size. A step store may
+take its large columns out first (`split_columns`): each is then a `Blob`, stored once
+per content under its xxh3-128 digest, and the batch names it by position and digest
+(`join_columns` puts it back, checking the digest). A column whose values Arrow types exactly (one of bool, int, float,
 str, bytes, naive datetime, date, or a list of one of the first four, with None
 allowed, and present in every row) is a native Arrow column. Any other column is a
 string column of per-row JSON text in a typed encoding (`to_json`): tuples, bytes,
@@ -24,8 +27,9 @@ import json
 import struct
 import uuid
 from array import array as c_array
+from collections.abc import Callable
 from operator import itemgetter, methodcaller
-from typing import Any
+from typing import Any, NamedTuple
 
 from stillhouse.core.errors import CacheError, CorruptCacheError
 
@@ -39,6 +43,11 @@ COMPRESS_FROM = 32 * 1024
 """Streams smaller than this are stored as they are: Arrow's zstd costs ~35 us per call
 whatever the size, more than the rest of the encoding of a small batch, and saves a
 few KB; from this size on it costs less than writing the bytes it saves."""
+BLOB_FROM = 64 * 1024
+"""A column this large (Arrow bytes) is stored apart, once per content (`split_columns`):
+a column a step passes through unchanged (the text it classified, the prompt it
+answered) is not stored again by every step after the one that made it."""
+REFS_KEY = b"stillhouse.refs"
 _MISSING = object()
 _SCALARS = (bool, int, float, str)
 _NATIVE = {bool, int, float, str, bytes, dt.datetime, dt.date, type(None)}
@@ -235,12 +244,14 @@ def buffered_array(values: list[Any], kind: type, *, large: bool = False) -> Any
             arrow_type = pa.int64() if kind is int else pa.float64()
             return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
         if kind is str:
-            encoded = [value.encode() for value in values]
-            offsets = c_array("q" if large else "i", itertools.accumulate(map(len, encoded), initial=0))
+            if all(map(str.isascii, values)):  # one character, one byte: encode them all at once
+                data, lengths = "".join(values).encode("ascii"), map(len, values)
+            else:
+                encoded = [value.encode() for value in values]
+                data, lengths = b"".join(encoded), map(len, encoded)
+            offsets = c_array("q" if large else "i", itertools.accumulate(lengths, initial=0))
             arrow_type = pa.large_string() if large else pa.string()
-            return pa.Array.from_buffers(
-                arrow_type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
-            )
+            return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(offsets), pa.py_buffer(data)])
     except (OverflowError, UnicodeEncodeError):
         return None
     return None
@@ -257,8 +268,8 @@ def _arrow_type(kinds: set[type]) -> Any:
     return _types.get(next(iter(kinds))) if len(kinds) == 1 else None
 
 
-def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> bytes:
-    """`rows` as a compressed Arrow IPC stream (see the module docstring)."""
+def encode_batch(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> Any:
+    """`rows` as one Arrow record batch (see the module docstring), not yet serialized."""
     import pyarrow as pa
 
     first = rows[0].keys() if rows else {}.keys()
@@ -299,24 +310,49 @@ def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: 
     if error is not None:
         metadata[ERROR_KEY] = error.encode("utf-8", "surrogatepass")
     schema = pa.schema(fields, metadata=metadata)
-    batch = pa.RecordBatch.from_arrays(arrays, schema=schema)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def pack(batch: Any) -> bytes:
+    """A record batch as the bytes of a (compressed) Arrow IPC stream."""
     # The bytes `pa.ipc.new_stream` writes (schema, batch, end of stream), without the
     # cost of a stream writer per batch.
-    raw = b"".join((schema.serialize().to_pybytes(), batch.serialize().to_pybytes(), _END_OF_STREAM))
+    raw = b"".join((batch.schema.serialize().to_pybytes(), batch.serialize().to_pybytes(), _END_OF_STREAM))
     if len(raw) < COMPRESS_FROM:
         return _SIZE.pack(0) + raw
     return _SIZE.pack(len(raw)) + _zstd().compress(raw, asbytes=True)
 
 
-def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, Any]], str | None]:
-    """`(rows, error)` from `encode_rows`' bytes; `CorruptCacheError` naming `where` if bad."""
+def encode_rows(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> bytes:
+    """`rows` as a compressed Arrow IPC stream (see the module docstring)."""
+    return pack(encode_batch(rows, error=error, where=where))
+
+
+def unpack(data: bytes, where: str = "the cache") -> Any:
+    """The Arrow table of `pack`'s bytes; `CorruptCacheError` naming `where` if bad."""
     import pyarrow as pa
 
     try:
         (size,) = _SIZE.unpack_from(data)
         body = memoryview(data)[_SIZE.size:]
         raw = body if size == 0 else _zstd().decompress(body, decompressed_size=size)
-        table = pa.ipc.open_stream(raw).read_all()
+        return pa.ipc.open_stream(raw).read_all()
+    except (pa.ArrowException, OSError, MemoryError, ValueError, TypeError, struct.error) as exc:
+        raise _undecodable(where, exc) from exc
+
+
+def _undecodable(where: str, exc: BaseException) -> CorruptCacheError:
+    return CorruptCacheError(
+        f"{where} holds a batch that cannot be decoded ({exc}). Delete it or run with "
+        "use_cache=False to recompute this step."
+    )
+
+
+def table_rows(table: Any, where: str = "the cache") -> tuple[list[dict[str, Any]], str | None]:
+    """`(rows, error)` of a table `unpack` (and `join_columns`) made."""
+    import pyarrow as pa
+
+    try:
         metadata = table.schema.metadata or {}
         count = int(metadata[b"rows"])
         error = metadata.get(ERROR_KEY)
@@ -328,11 +364,8 @@ def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, A
                 values = [_MISSING if t is None else from_json(json.loads(t)) for t in values]
                 missing = missing or any(v is _MISSING for v in values)
             columns.append(values)
-    except (pa.ArrowException, OSError, MemoryError, ValueError, KeyError, TypeError, struct.error) as exc:
-        raise CorruptCacheError(
-            f"{where} holds a batch that cannot be decoded ({exc}). Delete it or run with "
-            "use_cache=False to recompute this step."
-        ) from exc
+    except (pa.ArrowException, OSError, MemoryError, ValueError, KeyError, TypeError) as exc:
+        raise _undecodable(where, exc) from exc
     names = table.schema.names
     if not names:
         rows: list[dict[str, Any]] = [{} for _ in range(count)]
@@ -341,6 +374,105 @@ def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, A
         if missing:
             rows = [{k: v for k, v in row.items() if v is not _MISSING} for row in rows]
     return rows, None if error is None else error.decode("utf-8", "surrogatepass")
+
+
+def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, Any]], str | None]:
+    """`(rows, error)` from `encode_rows`' bytes; `CorruptCacheError` naming `where` if bad."""
+    return table_rows(unpack(data, where), where)
+
+
+# -- large columns, stored once per content -------------------------------------------
+
+
+class Blob(NamedTuple):
+    """One column of a batch on its own: a one-field Arrow schema and the record batch
+    message of that column, named by the xxh3-128 `digest` of both."""
+
+    digest: bytes
+    schema: bytes
+    body: Any  # pa.Buffer
+
+    def parts(self) -> list[Any]:
+        """The stored payload, in pieces (no copy of the body): sizes, schema, body."""
+        body = self.body
+        size = 0
+        if body.size >= COMPRESS_FROM:
+            size, body = body.size, _zstd().compress(body)
+        return [_SIZE.pack(len(self.schema)) + self.schema + _SIZE.pack(size), body]
+
+
+def _digest(schema: bytes, body: Any) -> bytes:
+    import xxhash
+
+    hasher = xxhash.xxh3_128(schema)
+    hasher.update(body)
+    return hasher.digest()
+
+
+def split_columns(batch: Any, store: Callable[[Blob], None]) -> Any:
+    """`batch` without its columns of `BLOB_FROM` bytes or more, each handed to `store`
+    as a `Blob`; the batch's schema metadata names them (`REFS_KEY`: position, digest)
+    for `join_columns`. Equal columns make equal blobs, whatever step made them."""
+    import pyarrow as pa
+
+    keep, refs = [], []
+    for position, (field, column) in enumerate(zip(batch.schema, batch.columns, strict=True)):
+        if column.nbytes < BLOB_FROM:
+            keep.append(position)
+            continue
+        schema = pa.schema([field])
+        body = pa.RecordBatch.from_arrays([column], schema=schema).serialize()
+        schema_bytes = schema.serialize().to_pybytes()
+        blob = Blob(_digest(schema_bytes, body), schema_bytes, body)
+        store(blob)
+        refs.append([position, blob.digest.hex()])
+    if not refs:
+        return batch
+    metadata = {**(batch.schema.metadata or {}), REFS_KEY: json.dumps(refs).encode()}
+    return batch.select(keep).replace_schema_metadata(metadata)
+
+
+def decode_blob(data: bytes, digest: bytes, where: str) -> tuple[Any, Any]:
+    """The `(field, array)` of a stored `Blob`, checked against its digest."""
+    import pyarrow as pa
+
+    try:
+        view = memoryview(data)
+        (length,) = _SIZE.unpack_from(view)
+        schema = bytes(view[_SIZE.size : _SIZE.size + length])
+        (size,) = _SIZE.unpack_from(view, _SIZE.size + length)
+        body = view[2 * _SIZE.size + length :]
+        raw = pa.py_buffer(body) if size == 0 else _zstd().decompress(body, decompressed_size=size)
+        if _digest(schema, raw) != digest:
+            raise ValueError("its checksum differs from the one it is stored under")
+        read_schema = pa.ipc.read_schema(pa.py_buffer(schema))
+        column = pa.ipc.read_record_batch(raw, read_schema).column(0)
+    except (pa.ArrowException, OSError, MemoryError, ValueError, IndexError, struct.error) as exc:
+        raise _undecodable(where, exc) from exc
+    return read_schema.field(0), column
+
+
+def join_columns(table: Any, fetch: Callable[[bytes], tuple[Any, Any]], where: str) -> Any:
+    """The whole table of a batch `split_columns` stored: its columns back in place."""
+    import pyarrow as pa
+
+    metadata = dict(table.schema.metadata or {})
+    refs = metadata.pop(REFS_KEY, None)
+    if refs is None:
+        return table
+    try:
+        positions = json.loads(refs)
+        count = int(metadata[b"rows"])
+        fields, columns = list(table.schema), list(table.columns)
+        for position, digest in sorted(positions):
+            field, column = fetch(bytes.fromhex(digest))
+            if len(column) != count:
+                raise ValueError(f"column {field.name!r} holds {len(column)} rows, not {count}")
+            fields.insert(position, field)
+            columns.insert(position, pa.chunked_array([column], type=field.type))
+        return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=metadata))
+    except (pa.ArrowException, ValueError, KeyError, TypeError) as exc:
+        raise _undecodable(where, exc) from exc
 
 
 def encode_json(value: Any) -> bytes:

@@ -28,7 +28,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from stillhouse.cache.atomic import disk_errors
 from stillhouse.core.errors import CorruptCacheError
@@ -41,6 +41,7 @@ HEADER_SIZE = _HEADER.size
 SYNC_EVERY = 1.0
 BATCH = 1
 ROUTE = 2
+BLOB = 3  # a column stored once per content (codec.Blob); `a` and `b` hold its digest
 LAST = 1  # flags: the generator said this was its last batch
 FILE_MODE = 0o600
 
@@ -168,13 +169,24 @@ class RecordLog:
         self._sync_queued = False
         self._sync_error: OSError | None = None
 
-    def append(self, kind: int, a: int, b: int, payload: bytes, *, rows: int = 0, flags: int = 0) -> Header:
+    def append(
+        self, kind: int, a: int, b: int, payload: bytes | list[Any], *, rows: int = 0, flags: int = 0
+    ) -> Header:
+        """Append one record; `payload` may come in pieces (buffers), written without
+        joining them."""
         self._raise_sync_error()
         offset = self._append.tell()
-        header, record = frame(kind, a, b, payload, rows=rows, flags=flags)
-        self._append.write(record)
+        parts = [payload] if isinstance(payload, bytes) else payload
+        length = sum(memoryview(part).nbytes for part in parts)
+        head = _HEADER.pack(MAGIC, kind, flags, a, b, rows, length, 0)[:_CHECKED]
+        crc = zlib.crc32(head)
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        self._append.write(head + struct.pack("<I", crc))
+        for part in parts:
+            self._append.write(part)
         self._append.flush()  # in the OS now: survives the death of this process
-        header = header._replace(offset=offset)
+        header = Header(kind, flags, a, b, rows, offset, length, crc)
         self.index.append(header)
         self.dirty = True
         if not self._sync_queued and time.monotonic() - self._synced_at > SYNC_EVERY:

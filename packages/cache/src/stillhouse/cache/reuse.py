@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-FORMAT = 2
+FORMAT = 3
 """Version of the step-store layout (`meta.json`, `batches.log`). Stores of an older
-version are recomputed, never read."""
+version are recomputed, never read. 3: large columns are blobs shared along the graph."""
 
 Action = Literal["reuse", "resume", "recompute"]
 

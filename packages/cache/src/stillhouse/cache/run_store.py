@@ -13,7 +13,8 @@
     steps/<step>-<signature>/   a step's outputs, shared by every shape that has the step
         meta.json               signature (and its parts), generation, batch size, finished,
                                 and once finished its batch and row counts (store.py)
-        batches.log             append-only output batches and routing decisions (records.py)
+        batches.log             append-only output batches, routing decisions and large
+                                columns, each stored once per content (records.py, codec.py)
         durable/                the step's own state across runs (`Step.cache_path`)
 ```
 
@@ -115,6 +116,9 @@ class FileRunStore(RunStore):
             keyed=self.plan.region_of[name] is not None,
         )
         store.reuse_note = self.notes.get(name)
+        # The stores upstream, whose blobs this one may refer to (`FileStepStore`).
+        upstream = [self.stores[p] for p in dag.predecessors(name)]
+        store.ancestors = list({id(s): s for p in upstream for s in (p, *p.ancestors)}.values())
         self.stores[name] = store
         return store
 

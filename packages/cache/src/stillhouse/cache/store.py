@@ -12,15 +12,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import struct
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from stillhouse.cache.atomic import atomic_write_json, disk_errors, private_dirs
-from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode_rows
+from stillhouse.cache.codec import (
+    Blob,
+    decode_blob,
+    decode_json,
+    encode_batch,
+    encode_json,
+    join_columns,
+    pack,
+    split_columns,
+    table_rows,
+    unpack,
+)
 from stillhouse.cache.durable import local_durable_dir
-from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, RecordLog, iter_headers
+from stillhouse.cache.records import BATCH, BLOB, LAST, ROUTE, Header, RecordLog, iter_headers
 from stillhouse.cache.reuse import FORMAT, Decision, Holdings, decide
 from stillhouse.core.engine import BatchKey, BatchRecord, StepStore
 from stillhouse.core.errors import CorruptCacheError
@@ -29,6 +41,7 @@ logger = logging.getLogger("stillhouse.cache")
 
 META = "meta.json"
 LOG = "batches.log"
+_BLOB_ID = struct.Struct("<qq")  # a blob's 16-byte digest as the header's `a` and `b`
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -97,7 +110,14 @@ class FileStepStore(StepStore):
     """Batches are looked up by key through an in-memory index of the log's headers.
 
     The log is opened lazily: a step whose finished outputs nobody needs costs one
-    small JSON read and a walk over the log's headers."""
+    small JSON read and a walk over the log's headers.
+
+    Large columns are stored once per content (`codec.split_columns`): a batch refers to
+    a blob in its own log or in the log of one of its `ancestors`, the stores of the
+    steps upstream of it. Those can only change with a new generation, which makes
+    this store's outputs unusable too (`reuse.decide`), so a reference never outlives
+    the blob; a blob that was lost anyway (power loss before an fsync) fails its digest
+    check and the batch is reported damaged, never read."""
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         self.directory = directory
@@ -108,7 +128,9 @@ class FileStepStore(StepStore):
         self._log: RecordLog | None = None
         self._batches: dict[BatchKey, Header] = {}
         self._routes: dict[int, Header] = {}
+        self._blobs: dict[bytes, Header] = {}
         self._suspended: set[str] | None = None
+        self.ancestors: list[FileStepStore] = []
 
     @classmethod
     def open(
@@ -191,15 +213,19 @@ class FileStepStore(StepStore):
             self._batches[(header.a, header.b)] = header
         elif header.kind == ROUTE:
             self._routes[header.a] = header
+        elif header.kind == BLOB:
+            self._blobs[_BLOB_ID.pack(header.a, header.b)] = header
 
     def _where(self, header: Header) -> str:
         return f"The cache file {self.log.path} (record at byte {header.offset})"
 
     def _record(self, key: BatchKey, header: Header) -> BatchRecord:
-        rows, error = decode_rows(self.log.read(header), self._where(header))
+        where = self._where(header)
+        table = join_columns(unpack(self.log.read(header), where), self._fetch_blob, where)
+        rows, error = table_rows(table, where)
         if len(rows) != header.rows:
             raise CorruptCacheError(
-                f"{self._where(header)} holds {len(rows)} rows, its header says {header.rows}. "
+                f"{where} holds {len(rows)} rows, its header says {header.rows}. "
                 f"Delete {self.directory} or run with use_cache=False to recompute this step."
             )
         return BatchRecord(key, rows, bool(header.flags & LAST), error)
@@ -209,13 +235,37 @@ class FileStepStore(StepStore):
         return None if header is None else self._record(key, header)
 
     def put(self, record: BatchRecord) -> None:
-        payload = encode_rows(record.rows, error=record.error, where=f"an output batch of step {self.step_name!r}")
+        batch = encode_batch(record.rows, error=record.error, where=f"an output batch of step {self.step_name!r}")
         with disk_errors(self.directory / LOG):
+            payload = pack(split_columns(batch, self._put_blob))
             header = self.log.append(
                 BATCH, record.key[0], record.key[1], payload,
                 rows=len(record.rows), flags=LAST if record.last else 0,
             )
         self._index(header)
+
+    def _put_blob(self, blob: Blob) -> None:
+        if self._find_blob(blob.digest) is None:
+            header = self.log.append(BLOB, *_BLOB_ID.unpack(blob.digest), blob.parts())
+            self._index(header)
+
+    def _find_blob(self, digest: bytes) -> tuple[FileStepStore, Header] | None:
+        for store in (self, *self.ancestors):
+            header = store._indexed()._blobs.get(digest)
+            if header is not None:
+                return store, header
+        return None
+
+    def _fetch_blob(self, digest: bytes) -> tuple[Any, Any]:
+        found = self._find_blob(digest)
+        if found is None:
+            raise CorruptCacheError(
+                f"A batch in the cache file {self.log.path} refers to a column (digest "
+                f"{digest.hex()}) that neither it nor the logs of the steps upstream hold. "
+                f"Delete {self.directory} or run with use_cache=False to recompute this step."
+            )
+        store, header = found
+        return decode_blob(store.log.read(header), digest, store._where(header))
 
     def get_route(self, ordinal: int) -> list[str] | None:
         log = self.log

@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import os
 import posixpath
+import queue
 import shutil
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -211,6 +213,44 @@ def file_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
         while chunk := handle.read(8 * 1024 * 1024):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+class _Writeback:
+    """One background thread that fsyncs result files as they are written, so the disk
+    writes them while the run goes on, and `make_durable` at the leaf's end finds little
+    left to wait for. It guarantees nothing: `make_durable` still fsyncs every file (and
+    reports what fails); a file already deleted is skipped."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, path: str) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():  # also in a forked child
+                self._thread = threading.Thread(target=self._serve, name="stillhouse-writeback", daemon=True)
+                self._thread.start()
+        self._queue.put(path)
+
+    def _serve(self) -> None:
+        while True:
+            path = self._queue.get()
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+
+_WRITEBACK = _Writeback()
+
+
+def start_writeback(fs: fsspec.AbstractFileSystem, path: str) -> None:
+    """Have the disk start writing a file written with `durable=False` (local files only)."""
+    if is_local(fs):
+        _WRITEBACK.submit(path)
 
 
 def make_durable(fs: fsspec.AbstractFileSystem, paths: list[str]) -> None:

@@ -24,6 +24,7 @@ import weakref
 from array import array as c_array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -42,6 +43,7 @@ from stillhouse.distiset._storage import (
     make_dirs,
     make_durable,
     resolve,
+    start_writeback,
 )
 from stillhouse.distiset.layout import COMPLETE_MARKER, FILE_ID_KEY, PARQUET_SUFFIX, parquet_name
 from stillhouse.distiset.reader import build_distiset
@@ -282,6 +284,7 @@ class ParquetOutputWriter(OutputWriter):
             pq.write_table(table, HashingWriter(handle, digest), write_page_checksum=True)
 
         atomic_write(self._fs, path, write, durable=False)
+        start_writeback(self._fs, path)
         buffer.paths.append(path)
         buffer.sizes[posixpath.basename(path)] = self._fs.size(path)
         buffer.digests[posixpath.basename(path)] = digest.hexdigest()
@@ -293,10 +296,13 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     """An Arrow table of `rows`; a key missing from some rows is None there."""
     import pyarrow as pa
 
-    names = dict.fromkeys(key for row in rows for key in row)
+    first = rows[0].keys() if rows else {}.keys()
+    # The usual case, one set of keys, checked without a Python frame per row.
+    uniform = all(map(first.__eq__, map(methodcaller("keys"), rows)))
+    names = dict.fromkeys(first) if uniform else dict.fromkeys(key for row in rows for key in row)
     columns: dict[str, pa.Array] = {}
     for name in names:
-        values = [row.get(name) for row in rows]
+        values = list(map(itemgetter(name), rows)) if uniform else [row.get(name) for row in rows]
         kinds = set(map(type, values))
         plain = _plain_array(values, kinds.pop()) if len(kinds) == 1 else None
         if plain is not None:
@@ -330,9 +336,13 @@ def _plain_array(values: list[Any], kind: type) -> pa.Array | None:
             arrow_type = pa.int64() if kind is int else pa.float64()
             return pa.Array.from_buffers(arrow_type, len(values), [None, pa.py_buffer(data)])
         if kind is str:
-            encoded = [value.encode() for value in values]
-            offsets = c_array("i", itertools.accumulate(map(len, encoded), initial=0))
-            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))]
+            if all(map(str.isascii, values)):  # one character, one byte: encode them all at once
+                data, lengths = "".join(values).encode("ascii"), map(len, values)
+            else:
+                encoded = [value.encode() for value in values]
+                data, lengths = b"".join(encoded), map(len, encoded)
+            offsets = c_array("i", itertools.accumulate(lengths, initial=0))
+            buffers = [None, pa.py_buffer(offsets), pa.py_buffer(data)]
             return pa.Array.from_buffers(pa.string(), len(values), buffers)
     except (OverflowError, UnicodeEncodeError):
         return None
