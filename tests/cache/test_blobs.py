@@ -16,6 +16,7 @@ import pytest
 from stillhouse.cache.codec import (
     BLOB_FROM,
     Blob,
+    ColumnMemo,
     decode_blob,
     encode_batch,
     join_columns,
@@ -133,10 +134,18 @@ def test_a_damaged_log_gives_the_reference_rows_or_an_error_naming_it(tmp_path, 
 # -- the codec -------------------------------------------------------------------------
 
 
-def split(rows: list[dict[str, Any]]) -> tuple[Any, dict[bytes, Blob]]:
-    blobs: dict[bytes, Blob] = {}
-    batch = split_columns(encode_batch(rows), lambda blob: blobs.setdefault(blob.digest, blob))
-    return batch, blobs
+class Sink(dict):
+    def has(self, digest: bytes) -> bool:
+        return digest in self
+
+    def add(self, blob: Blob) -> None:
+        assert blob.digest not in self
+        self[blob.digest] = blob
+
+
+def split(rows: list[dict[str, Any]], memo: ColumnMemo | None = None, sink: Sink | None = None) -> tuple[Any, Sink]:
+    sink = Sink() if sink is None else sink
+    return split_columns(encode_batch(rows, memo=memo), sink, memo), sink
 
 
 def stored(blob: Blob) -> bytes:
@@ -184,3 +193,40 @@ def test_a_blob_whose_bytes_changed_is_refused_even_with_a_good_frame():
     other = struct.pack("<qq", 1, 2)
     with pytest.raises(CorruptCacheError, match="checksum"):
         decode_blob(stored(blob), other, "here")
+
+
+def test_a_column_passed_through_is_encoded_once_and_gives_the_same_blob():
+    memo = ColumnMemo()
+    rows = [{"x": i, "text": "t" * 1000 + str(i)} for i in range(100)]
+    first, sink = split(rows, memo)
+    copied = [{"text": str(row["text"]), "y": 1} for row in rows]  # equal, not the same objects
+    second, _ = split(copied, memo, sink)  # the sink asserts nothing is added twice
+    assert len(sink) == 1
+    assert first.schema.metadata[b"stillhouse.refs"] == b"[[1, \"%s\"]]" % next(iter(sink)).hex().encode()
+    assert second.schema.metadata[b"stillhouse.refs"] == b"[[0, \"%s\"]]" % next(iter(sink)).hex().encode()
+
+
+def test_the_memo_never_answers_for_values_that_differ_or_are_not_plain_strings():
+    memo = ColumnMemo()
+    rows = [{"text": "t" * 1000 + str(i)} for i in range(100)]
+    _, sink = split(rows, memo)
+    changed = [dict(row) for row in rows]
+    changed[-1]["text"] = "changed"
+    split(changed, memo, sink)
+    assert len(sink) == 2
+
+    class Text(str):
+        pass
+
+    subclassed = [{"text": Text(row["text"])} for row in rows]  # equal, but stored as JSON
+    _, sink = split(subclassed, memo, Sink())
+    (digest,) = sink
+    field, _ = decode_blob(stored(sink[digest]), digest, "here")
+    assert field.metadata == {b"stillhouse.json": b"1"}
+
+
+def test_the_memo_holds_at_most_its_limit():
+    memo = ColumnMemo(limit=300_000)
+    for batch in range(10):
+        split([{"text": f"{batch}-{i}" + "m" * 1000} for i in range(100)], memo)
+    assert memo._bytes <= 300_000

@@ -20,6 +20,7 @@ row that has them, and a value of a type not listed in `to_json` is refused with
 from __future__ import annotations
 
 import base64
+import collections
 import datetime as dt
 import decimal
 import itertools
@@ -29,7 +30,7 @@ import uuid
 from array import array as c_array
 from collections.abc import Callable
 from operator import itemgetter, methodcaller
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from stillhouse.core.errors import CacheError, CorruptCacheError
 
@@ -268,8 +269,11 @@ def _arrow_type(kinds: set[type]) -> Any:
     return _types.get(next(iter(kinds))) if len(kinds) == 1 else None
 
 
-def encode_batch(rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch") -> Any:
-    """`rows` as one Arrow record batch (see the module docstring), not yet serialized."""
+def encode_batch(
+    rows: list[dict[str, Any]], *, error: str | None = None, where: str = "a batch", memo: ColumnMemo | None = None
+) -> Any:
+    """`rows` as one Arrow record batch (see the module docstring), not yet serialized;
+    a large text column equal to one `memo` holds is not encoded again."""
     import pyarrow as pa
 
     first = rows[0].keys() if rows else {}.keys()
@@ -289,7 +293,11 @@ def encode_batch(rows: list[dict[str, Any]], *, error: str | None = None, where:
     for name in names:
         if uniform:
             values = list(map(itemgetter(name), rows))
-            array = _native(values)
+            array = None if memo is None else memo.array(name, values)
+            if array is None:
+                array = _native(values)
+                if memo is not None and array is not None:
+                    memo.remember(name, values, array)
         else:
             values = [row.get(name, _MISSING) for row in rows]
             array = None if any(v is _MISSING for v in values) else _native(values)
@@ -409,10 +417,19 @@ def _digest(schema: bytes, body: Any) -> bytes:
     return hasher.digest()
 
 
-def split_columns(batch: Any, store: Callable[[Blob], None]) -> Any:
-    """`batch` without its columns of `BLOB_FROM` bytes or more, each handed to `store`
-    as a `Blob`; the batch's schema metadata names them (`REFS_KEY`: position, digest)
-    for `join_columns`. Equal columns make equal blobs, whatever step made them."""
+class BlobSink(Protocol):
+    def has(self, digest: bytes) -> bool:
+        """Whether a blob of this digest is stored where the batch may refer to it."""
+
+    def add(self, blob: Blob) -> None:
+        """Store a blob it does not have."""
+
+
+def split_columns(batch: Any, sink: BlobSink, memo: ColumnMemo | None = None) -> Any:
+    """`batch` without its columns of `BLOB_FROM` bytes or more, each a `Blob` stored in
+    `sink` unless it has it; the batch's schema metadata names them (`REFS_KEY`:
+    position, digest) for `join_columns`. Equal columns make equal blobs, whatever step
+    made them. A column `memo` knows the digest of is not serialized and hashed again."""
     import pyarrow as pa
 
     keep, refs = [], []
@@ -421,15 +438,90 @@ def split_columns(batch: Any, store: Callable[[Blob], None]) -> Any:
             keep.append(position)
             continue
         schema = pa.schema([field])
-        body = pa.RecordBatch.from_arrays([column], schema=schema).serialize()
         schema_bytes = schema.serialize().to_pybytes()
-        blob = Blob(_digest(schema_bytes, body), schema_bytes, body)
-        store(blob)
-        refs.append([position, blob.digest.hex()])
+        digest = None if memo is None else memo.digest(schema_bytes, column)
+        if digest is None or not sink.has(digest):
+            body = pa.RecordBatch.from_arrays([column], schema=schema).serialize()
+            digest = _digest(schema_bytes, body)
+            if not sink.has(digest):
+                sink.add(Blob(digest, schema_bytes, body))
+            if memo is not None:
+                memo.remember_digest(schema_bytes, column, digest)
+        refs.append([position, digest.hex()])
     if not refs:
         return batch
     metadata = {**(batch.schema.metadata or {}), REFS_KEY: json.dumps(refs).encode()}
     return batch.select(keep).replace_schema_metadata(metadata)
+
+
+class ColumnMemo:
+    """Large text columns encoded lately, so that a step passing one through (the text
+    it labelled, the prompt it answered) costs neither its encoding nor its blob's
+    serialization and hash again.
+
+    `array(name, values)` is the array of an earlier column of that name with equal
+    values: str values only, for which equal values make identical Arrow arrays.
+    `digest(schema, column)` is the blob digest of an array this memo handed out or
+    was told of, found by its buffers' addresses (the memo keeps the array alive, so an
+    address is never reused while it is known). At most `limit` bytes of arrays are
+    kept, the least recently used going first."""
+
+    def __init__(self, limit: int = 64 * 1024 * 1024) -> None:
+        self.limit = limit
+        self._by_values: collections.OrderedDict[tuple[str, int, str], _Memo] = collections.OrderedDict()
+        self._by_buffers: dict[tuple[Any, ...], _Memo] = {}
+        self._bytes = 0
+
+    def array(self, name: str, values: list[Any]) -> Any | None:
+        if not values or type(values[0]) is not str:
+            return None
+        key = (name, len(values), values[0])
+        entry = self._by_values.get(key)
+        if entry is None or not (entry.values is values or entry.values == values):
+            return None
+        if set(map(type, values)) != {str}:  # equal, but a str subclass is stored another way
+            return None
+        self._by_values.move_to_end(key)
+        return entry.array
+
+    def remember(self, name: str, values: list[Any], array: Any) -> None:
+        if array.nbytes < BLOB_FROM or array.nbytes > self.limit or not values or type(values[0]) is not str:
+            return
+        key = (name, len(values), values[0])
+        if key in self._by_values:
+            self._forget(key)
+        entry = _Memo(values, array, _buffers(array), {})
+        self._by_values[key] = entry
+        self._by_buffers[entry.buffers] = entry
+        self._bytes += array.nbytes
+        while self._bytes > self.limit:
+            self._forget(next(iter(self._by_values)))
+
+    def digest(self, schema: bytes, column: Any) -> bytes | None:
+        entry = self._by_buffers.get(_buffers(column))
+        return entry.digests.get(schema) if entry is not None else None
+
+    def remember_digest(self, schema: bytes, column: Any, digest: bytes) -> None:
+        entry = self._by_buffers.get(_buffers(column))
+        if entry is not None:
+            entry.digests[schema] = digest
+
+    def _forget(self, key: tuple[str, int, str]) -> None:
+        entry = self._by_values.pop(key)
+        self._by_buffers.pop(entry.buffers, None)
+        self._bytes -= entry.array.nbytes
+
+
+class _Memo(NamedTuple):
+    values: list[Any]
+    array: Any
+    buffers: tuple[Any, ...]
+    digests: dict[bytes, bytes]  # by the blob's one-field schema
+
+
+def _buffers(array: Any) -> tuple[Any, ...]:
+    """What makes an Arrow array the same array: type, length, offset, buffer addresses."""
+    return (str(array.type), len(array), array.offset, *(b.address if b is not None else 0 for b in array.buffers()))
 
 
 def decode_blob(data: bytes, digest: bytes, where: str) -> tuple[Any, Any]:

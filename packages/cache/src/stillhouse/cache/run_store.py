@@ -35,6 +35,7 @@ from stillhouse.cache.atomic import (
     private_dirs,
     private_file,
 )
+from stillhouse.cache.codec import ColumnMemo
 from stillhouse.cache.signature import signature_table
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core._references import relativize_files
@@ -75,6 +76,7 @@ class FileRunStore(RunStore):
         self.base = pipeline_dir(pipeline)
         self.run_dir = self.base / pipeline.signature
         self.stores: dict[str, FileStepStore] = {}
+        self.memo = ColumnMemo()  # columns the steps pass through are encoded once
         self._lock = lock.acquire(
             self.base,
             f"Another run of pipeline {pipeline.name!r} is using the cache {self.base} (pid {{pid}}). "
@@ -119,6 +121,7 @@ class FileRunStore(RunStore):
         # The stores upstream, whose blobs this one may refer to (`FileStepStore`).
         upstream = [self.stores[p] for p in dag.predecessors(name)]
         store.ancestors = list({id(s): s for p in upstream for s in (p, *p.ancestors)}.values())
+        store.memo = self.memo
         self.stores[name] = store
         return store
 

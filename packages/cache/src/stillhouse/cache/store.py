@@ -21,6 +21,7 @@ from typing import Any
 from stillhouse.cache.atomic import atomic_write_json, disk_errors, private_dirs
 from stillhouse.cache.codec import (
     Blob,
+    ColumnMemo,
     decode_blob,
     decode_json,
     encode_batch,
@@ -131,6 +132,7 @@ class FileStepStore(StepStore):
         self._blobs: dict[bytes, Header] = {}
         self._suspended: set[str] | None = None
         self.ancestors: list[FileStepStore] = []
+        self.memo: ColumnMemo | None = None  # shared by the stores of a run (`FileRunStore`)
 
     @classmethod
     def open(
@@ -235,19 +237,23 @@ class FileStepStore(StepStore):
         return None if header is None else self._record(key, header)
 
     def put(self, record: BatchRecord) -> None:
-        batch = encode_batch(record.rows, error=record.error, where=f"an output batch of step {self.step_name!r}")
+        where = f"an output batch of step {self.step_name!r}"
+        batch = encode_batch(record.rows, error=record.error, where=where, memo=self.memo)
         with disk_errors(self.directory / LOG):
-            payload = pack(split_columns(batch, self._put_blob))
+            payload = pack(split_columns(batch, self, self.memo))
             header = self.log.append(
                 BATCH, record.key[0], record.key[1], payload,
                 rows=len(record.rows), flags=LAST if record.last else 0,
             )
         self._index(header)
 
-    def _put_blob(self, blob: Blob) -> None:
-        if self._find_blob(blob.digest) is None:
-            header = self.log.append(BLOB, *_BLOB_ID.unpack(blob.digest), blob.parts())
-            self._index(header)
+    def has(self, digest: bytes) -> bool:
+        """Whether this store or one upstream holds the blob (`codec.BlobSink`)."""
+        return self._find_blob(digest) is not None
+
+    def add(self, blob: Blob) -> None:
+        header = self.log.append(BLOB, *_BLOB_ID.unpack(blob.digest), blob.parts())
+        self._index(header)
 
     def _find_blob(self, digest: bytes) -> tuple[FileStepStore, Header] | None:
         for store in (self, *self.ancestors):

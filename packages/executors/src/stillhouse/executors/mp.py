@@ -32,6 +32,7 @@ from stillhouse.core.engine import (
     Loaded,
     RunContext,
     Task,
+    for_pipe,
     log_levels,
     queue_task,
     reemit,
@@ -149,7 +150,7 @@ class MultiprocessingExecutor(Executor):
         self._replicas[replica.step_name, replica.index] = replica
 
     def send(self, task: Task) -> None:
-        queue_task(self._tasks, task)
+        queue_task(self._tasks, for_pipe(task))
 
     def events(self, timeout: float) -> list[Event]:
         events, self._pending = self._pending, []
