@@ -19,9 +19,7 @@ from stillhouse.core.engine import (
     LogBuffer,
     StepRunner,
     Task,
-    TaskResult,
     failed_event,
-    for_pipe,
     log_levels,
     portable,
     serve,
@@ -139,28 +137,3 @@ def test_the_metadata_column_is_defined_once():
     from stillhouse.core.steps import columns
 
     assert worker.METADATA_COLUMN is columns.METADATA_COLUMN is METADATA_COLUMN == "stillhouse_metadata"
-
-
-# -- rows through a pipe ----------------------------------------------------------------
-
-
-def test_rows_for_a_pipe_unpickle_as_the_same_task_and_result():
-    from multiprocessing.reduction import ForkingPickler
-
-    rows = [{"x": i, "text": "t" * 50, "tags": [i, (i, None)], "when": None} for i in range(200)]
-    task = Task("s", (0, 3), [rows, rows[:10]], offset=0)
-    back = pickle.loads(ForkingPickler.dumps(for_pipe(task)))
-    assert back == task and type(back.inputs[0]) is list
-    result = Finished(TaskResult("s", (0, 3), rows, last=True, seconds=1.5))
-    assert pickle.loads(ForkingPickler.dumps(for_pipe(result))) == result
-    assert for_pipe(None) is None and for_pipe(task.inputs) is task.inputs
-
-
-def test_rows_with_a_cycle_or_an_unpicklable_value_pickle_the_usual_way():
-    rows = [{"x": i} for i in range(100)]
-    rows[0]["self"] = rows[0]  # fast pickling refuses cycles
-    back = pickle.loads(pickle.dumps(for_pipe(Task("s", (0, 0), [rows]))))
-    assert back.inputs[0][0]["self"] is back.inputs[0][0]
-    rows[0]["self"] = lambda: None  # what the usual pickling refuses, it still refuses
-    with pytest.raises((pickle.PicklingError, AttributeError, TypeError)):
-        pickle.dumps(for_pipe(Task("s", (0, 0), [rows])))

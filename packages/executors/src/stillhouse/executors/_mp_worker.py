@@ -30,7 +30,6 @@ from stillhouse.core.engine import (
     Failed,
     Finished,
     StepRunner,
-    for_pipe,
     portable,
     route_logs,
     serve,
@@ -127,7 +126,7 @@ def worker_main(
     pickling_support.install()
     _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
-    outcome = serve(runner, tasks.get, lambda event: results.put(for_pipe(portable(event))), replace=lambda _: None)
+    outcome = serve(runner, tasks.get, lambda event: results.put(portable(event)), replace=lambda _: None)
     if outcome == REPLACED:
         results.put(Replaced(step.name, replica))
         results.close()

@@ -32,7 +32,6 @@ from stillhouse.core.engine import (
     Loaded,
     RunContext,
     Task,
-    for_pipe,
     log_levels,
     queue_task,
     reemit,
@@ -150,7 +149,7 @@ class MultiprocessingExecutor(Executor):
         self._replicas[replica.step_name, replica.index] = replica
 
     def send(self, task: Task) -> None:
-        queue_task(self._tasks, for_pipe(task))
+        queue_task(self._tasks, task)
 
     def events(self, timeout: float) -> list[Event]:
         events, self._pending = self._pending, []

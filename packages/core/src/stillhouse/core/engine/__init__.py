@@ -12,7 +12,6 @@ from stillhouse.core.engine.kit import (
     STOP,
     LogBuffer,
     failed_event,
-    for_pipe,
     log_levels,
     outcome_event,
     portable,
@@ -50,6 +49,6 @@ __all__ = [
     "Finished", "Loaded", "MemoryOutputWriter", "NullRunStore", "NullStepStore",
     "OutputWriter", "RunStore", "StepRunner", "StepStore", "Task", "TaskResult", "Outcome",
     "InProcessExecutor",
-    "REPLACED", "STOP", "LogBuffer", "failed_event", "for_pipe", "log_levels", "outcome_event", "portable",
+    "REPLACED", "STOP", "LogBuffer", "failed_event", "log_levels", "outcome_event", "portable",
     "queue_task", "reemit", "replace_in_process", "route_logs", "serve",
 ]

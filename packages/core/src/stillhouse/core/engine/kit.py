@@ -12,17 +12,13 @@ what is the same under all of them, so that no executor copies another:
 - `LogBuffer`, `route_logs` and `log_levels`: a worker's log records, sent to the
   driver (which re-emits them with `stillhouse.core.engine.logs.reemit`) at the
   driver's levels;
-- `queue_task`: put a task on its step's queue, naming the step when it is not running;
-- `for_pipe`: a task or an event whose rows pickle several times faster, for executors
-  that pickle them to other processes.
+- `queue_task`: put a task on its step's queue, naming the step when it is not running.
 
 docs/executors.md walks through writing an executor with it.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import logging
 import os
 import pickle
@@ -50,9 +46,6 @@ REPLACED = "replaced"
 Replace = Callable[[StepRunner], "StepRunner | None"]
 """What `serve` calls when a batch timed out and its runner is `abandoned`: a new,
 loaded runner to go on with, or None to end the replica (the executor restarts it)."""
-
-FAST_PICKLE_FROM = 64
-"""Rows from which a list of rows is pickled without pickle's memo (`PickledRows`)."""
 
 MAX_BUFFERED_LOG_RECORDS = 10_000
 """Log records a `LogBuffer` keeps until they are taken: a step that logs in a loop
@@ -286,51 +279,3 @@ def log_levels(skip: Iterable[str] = ()) -> dict[str, int]:
 
 def _named(name: str, prefixes: tuple[str, ...]) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
-# -- rows through a pipe ----------------------------------------------------------------
-
-
-class PickledRows:
-    """A list of rows that pickles as the bytes of a memo-less ("fast") pickle of it, and
-    unpickles as the list itself.
-
-    Pickle's memo (a dict entry for every dict and string pickled, so shared objects
-    stay shared) is most of the cost of pickling rows: without it, 1,000 rows of 1 KB
-    pickle about 7 times faster (0.13 ms against 0.92 ms). Rows lose nothing but the
-    sharing of one object between rows, which no checkpoint keeps either. A list that
-    fast pickling refuses (a cycle, a value only the caller's pickler can reduce)
-    pickles the usual way, with the caller's pickler."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, rows: list[Any]) -> None:
-        self.rows = rows
-
-    def __reduce__(self) -> tuple[Any, tuple[Any]]:
-        buffer = io.BytesIO()
-        pickler = pickle.Pickler(buffer, pickle.HIGHEST_PROTOCOL)
-        pickler.fast = True  # no memo
-        try:
-            pickler.dump(self.rows)
-        except Exception:  # a cycle (fast mode refuses them), an unpicklable value, ...
-            return _same, (self.rows,)  # ... the usual way, which raises what it raises
-        return pickle.loads, (buffer.getvalue(),)
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-def _packed(rows: Any) -> Any:
-    return PickledRows(rows) if isinstance(rows, list) and len(rows) >= FAST_PICKLE_FROM else rows
-
-
-def for_pipe(item: Any) -> Any:
-    """`item` (a `Task`, a `Finished` event, anything else) with its rows wrapped in
-    `PickledRows`: the other side unpickles the very same task or event."""
-    if isinstance(item, Task) and isinstance(item.inputs, list):
-        return dataclasses.replace(item, inputs=[_packed(rows) for rows in item.inputs])
-    if isinstance(item, Finished):
-        return Finished(dataclasses.replace(item.result, rows=_packed(item.result.rows)))
-    return item
