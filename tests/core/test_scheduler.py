@@ -280,3 +280,70 @@ def test_a_run_that_cannot_progress_raises_with_its_state(tmp_path):
     text = str(info.value)
     assert "cannot make progress" in text
     assert "'double'" in text and "(0, 1)" in text  # the step, and the batch it waits for
+
+
+# -- generators asked ahead ------------------------------------------------------------
+
+
+class Ahead(InProcessExecutor):
+    """The in-process executor, recording how many pulls each generator had in flight."""
+
+    name: ClassVar[str] = "ahead"
+    most: ClassVar[dict[str, int]] = {}
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.out: dict[str, int] = {}
+
+    def send(self, task: Task) -> None:
+        if task.inputs is None:
+            self.out[task.step_name] = self.out.get(task.step_name, 0) + 1
+            Ahead.most[task.step_name] = max(Ahead.most.get(task.step_name, 0), self.out[task.step_name])
+        super().send(task)
+
+    def events(self, timeout: float) -> list[Event]:
+        events = super().events(timeout)
+        for event in events:
+            if isinstance(event, Finished) and event.result.key[0] == 0 and event.result.step_name in self.out:
+                self.out[event.result.step_name] -= 1
+        return events
+
+
+class Unordered(Ahead):
+    name: ClassVar[str] = "unordered"
+    runs_in_order: ClassVar[bool] = False
+
+
+def _numbers(count: int, *, more_after_last: bool) -> Any:
+    from stillhouse.core import GeneratorStep
+
+    class Numbers(GeneratorStep):
+        @property
+        def outputs(self) -> list[str]:
+            return ["x"]
+
+        def process(self, offset: int = 0) -> Any:
+            for start in range(offset, count, 5):
+                yield [{"x": i} for i in range(start, min(start + 5, count))], start + 5 >= count
+            if more_after_last:  # never asked for with one pull in flight: never kept
+                yield [{"x": -1}], True
+
+    return Numbers
+
+
+@pytest.mark.parametrize("more_after_last", [False, True])
+def test_a_generator_is_asked_ahead_where_tasks_run_in_order_and_keeps_exactly_its_rows(tmp_path, more_after_last):
+    numbers = _numbers(23, more_after_last=more_after_last)
+    results = {}
+    for executor in (Ahead, Unordered):
+        Ahead.most.clear()
+        store = MemoryRunStore()
+        with registered_executor(executor) as name, run_store(store):
+            with Pipeline(name=f"ahead-{name}", executor=name, cache_dir=tmp_path) as pipeline:
+                numbers(name="numbers") >> Double(name="double", input_batch_size=4)
+            results[name] = pairs(pipeline.run(use_cache=False, progress=False))
+            summary = {row["step"]: row for row in pipeline.last_run_summary}
+        assert summary["numbers"]["batches"] == 5 and summary["numbers"]["rows_out"] == 23
+        assert Ahead.most["numbers"] == (2 if executor is Ahead else 1)
+        assert sorted(store.steps["numbers"].batches) == [(0, i) for i in range(5)]
+    assert results["ahead"] == results["unordered"] == doubled(23)

@@ -85,6 +85,7 @@ class MultiprocessingExecutor(Executor):
     """
 
     name: ClassVar[str] = "mp"
+    runs_in_order: ClassVar[bool] = True  # a FIFO queue per step
     known_options: ClassVar[tuple[str, ...]] = ("start_method", "gpu_count", "join_timeout")
 
     def __init__(self, **options: Any) -> None:

@@ -50,6 +50,7 @@ class ThreadedExecutor(Executor):
 
     name: ClassVar[str] = "threaded"
     in_process: ClassVar[bool] = True
+    runs_in_order: ClassVar[bool] = True  # a FIFO queue per step
     known_options: ClassVar[tuple[str, ...]] = ("join_timeout",)
 
     def __init__(self, **options: Any) -> None:

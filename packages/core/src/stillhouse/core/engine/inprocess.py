@@ -38,6 +38,7 @@ class InProcessExecutor(Executor):
 
     name: ClassVar[str] = "inprocess"
     in_process: ClassVar[bool] = True
+    runs_in_order: ClassVar[bool] = True  # a FIFO queue per step
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)

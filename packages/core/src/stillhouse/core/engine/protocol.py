@@ -153,7 +153,8 @@ class Executor(ABC):
     of its replicas; results may come back in any order (the engine reorders them).
     A replica of an async step works on up to `StepRunner.concurrency` tasks at once
     (`StepRunner.submit`); the engine sends such a step up to `replicas x (concurrency
-    + 1)` tasks, other normal steps two per replica, generator and global steps one.
+    + 1)` tasks, other normal steps two per replica, global steps one, generators one
+    (two when `runs_in_order`).
 
     The engine calls every method from the thread that runs the pipeline, one at a
     time. Workers are built from the kit (`stillhouse.core.engine.kit`: `serve`,
@@ -169,6 +170,12 @@ class Executor(ABC):
     known_options: ClassVar[tuple[str, ...]] = ()
     """The options (`Pipeline(executor=..., **options)`) this executor accepts; any other
     is refused by `__init__`, so a misspelt one fails before anything runs."""
+    runs_in_order: ClassVar[bool] = False
+    """True when a replica runs its tasks in the order they were sent (a queue per step,
+    served first in, first out). The engine then asks a (sync) generator for its next
+    batch before the last one came back, so it makes it while the driver stores and
+    passes on the last; an executor that may run a replica's tasks in another order
+    keeps False, and a generator gets one pull at a time."""
 
     def __init__(self, **options: Any) -> None:
         unknown = sorted(set(options) - set(self.known_options))

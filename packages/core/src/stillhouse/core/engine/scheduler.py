@@ -49,6 +49,10 @@ _MIN_BUFFERED_ROWS = 10_000
 # why a pipeline waits; off by default because it is one log line per batch.
 TRACE = os.environ.get("STILLHOUSE_TRACE_SCHEDULING") == "1"
 _REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being served
+PULLS_AHEAD = 2
+"""Pulls a generator has in flight on an executor that `runs_in_order`: it makes its next
+batch while the driver stores and passes on the one before. A pull answered after the generator's last batch is dropped
+(its rows were never asked for with one pull in flight), so the results do not change."""
 # A step with batches in flight and no result for this many seconds is named in a
 # warning (a hung endpoint, a deadlock): without `batch_timeout` nothing else would say
 # why the run does not move. Long enough not to fire on slow but healthy batches.
@@ -195,7 +199,11 @@ class Scheduler:
             self.tasks.pop((state.name, result.key), None)
             rows, last = result.rows, result.last
             if state.step.is_generator:
-                state.move(StepStatus.RUNNING)  # its pull is answered
+                if state.exhausted:  # a pull sent ahead of the last batch: nothing to keep
+                    state.dispatched.remove(result.key)
+                    return
+                if state.status is StepStatus.PULLING:
+                    state.move(StepStatus.RUNNING)  # a pull is answered
                 if self.dry_run_rows is not None:
                     rows, last = rows[: self.dry_run_rows], True
             record = BatchRecord(result.key, rows, last, result.error)
@@ -237,7 +245,7 @@ class Scheduler:
     def _advance_source(self, state: StepState) -> bool:
         progressed = False
         for _ in range(_REPLAY_CHUNK):
-            if state.status is StepStatus.PULLING or state.exhausted or not self._can_pull():
+            if state.inflight >= self._pulls_ahead(state) or state.exhausted or not self._can_pull():
                 break
             if state.mode == "source":
                 if state.replay is None:
@@ -261,9 +269,18 @@ class Scheduler:
                 self._accept(state, record, cached=True)
                 continue
             state.replay = iter(())  # from here on the worker produces every batch
-            state.move(StepStatus.PULLING)
+            if state.status is not StepStatus.PULLING:
+                state.move(StepStatus.PULLING)
             self._send(state, Task(state.name, key, None, state.offset))
         return progressed
+
+    def _pulls_ahead(self, state: StepState) -> int:
+        """Pulls a generator may have in flight: one where the executor may run a
+        replica's tasks out of order, or for an async generator (its replica would run
+        two pulls at once on one async generator)."""
+        if state.step.is_async or not self.executor.runs_in_order:
+            return 1
+        return PULLS_AHEAD
 
     def _can_pull(self) -> bool:
         buffered = sum(s.buffered() + len(s.results) for s in self.active if not s.finished)
@@ -644,3 +661,4 @@ class _Fresh(list):
     @staticmethod
     def again(rows: list[Any]) -> list[Any]:
         return _Fresh(rows) if isinstance(rows, _Fresh) else rows
+
