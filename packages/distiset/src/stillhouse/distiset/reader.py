@@ -278,9 +278,25 @@ def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
 
     try:
         with fs.open(path, "rb") as source:
-            return pq.read_table(source, page_checksum_verification=True)
+            data = source.read()
+        return pq.read_table(pa.BufferReader(_arrow_owned(data)), page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise _damaged(fs, path, exc) from exc
+
+
+def _arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of `data` in Arrow's memory, for pyarrow to read on its own threads.
+
+    Given a Python file (or a Python `bytes`), pyarrow reads it on its IO threads and may
+    drop its last reference there after `read_table` returned; when that thread waits for
+    the GIL as the interpreter finalizes, Python ends it inside a C++ destructor and the
+    process aborts at exit ("terminate called without an active exception"). An Arrow
+    buffer holds no Python object."""
+    import pyarrow as pa
+
+    buffer = pa.allocate_buffer(len(data))
+    memoryview(buffer).cast("B")[:] = data
+    return buffer
 
 
 def _damaged(fs: fsspec.AbstractFileSystem, path: str, exc: Exception) -> CorruptCacheError:
