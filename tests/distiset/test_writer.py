@@ -246,3 +246,41 @@ def test_a_damaged_unified_file_is_rebuilt_and_a_damaged_parquet_file_is_named(t
     with pytest.raises(CorruptCacheError, match=r"00000\.parquet") as info:
         create_distiset(tmp_path)
     assert "Run the pipeline again" in str(info.value)
+
+
+def _big_rows(start: int, count: int) -> list[dict]:
+    return [{"i": i, "text": f"{i:08d}" + "b" * 6000} for i in range(start, start + count)]
+
+
+def test_large_files_are_written_beside_the_run_and_all_there_at_finish(tmp_path):
+    from stillhouse.distiset.writer import BACKGROUND_FROM
+
+    writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=1000)
+    writer.begin("leaf")
+    for start in range(0, 3500, 500):  # 1,000 rows of 6 KB: each file is written in the background
+        writer.write("leaf", _big_rows(start, 500))
+    assert BACKGROUND_FROM <= 1000 * 6000
+    writer.finish("leaf")
+    names = _files(tmp_path / "leaf")
+    assert names == [f"{n:05d}.parquet" for n in range(4)] + [COMPLETE_MARKER]
+    marker = json.loads((tmp_path / "leaf" / COMPLETE_MARKER).read_bytes())
+    assert marker["rows"] == 3500 and sorted(marker["sizes"]) == names[:-1]
+    assert all(marker["sizes"][n] == os.path.getsize(tmp_path / "leaf" / n) for n in names[:-1])
+    assert writer.result()["default"]["train"]["i"] == list(range(3500))
+
+
+def test_a_background_write_that_fails_is_raised_by_the_writer(tmp_path, monkeypatch):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=1000)
+    writer.begin("leaf")
+
+    def explode(table, where, **kwargs):
+        where.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pq, "write_table", explode)
+    with pytest.raises(OSError, match="disk full"):
+        for start in range(0, 5000, 500):
+            writer.write("leaf", _big_rows(start, 500))
+        writer.finish("leaf")
+    assert not any(name.endswith((".parquet", ".tmp")) for name in os.listdir(tmp_path / "leaf"))
+    assert COMPLETE_MARKER not in os.listdir(tmp_path / "leaf")

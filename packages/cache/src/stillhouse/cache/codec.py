@@ -485,7 +485,7 @@ class ColumnMemo:
         return entry.array
 
     def remember(self, name: str, values: list[Any], array: Any) -> None:
-        if array.nbytes < BLOB_FROM or array.nbytes > self.limit or not values or type(values[0]) is not str:
+        if not values or type(values[0]) is not str or not BLOB_FROM <= array.nbytes <= self.limit:
             return
         key = (name, len(values), values[0])
         if key in self._by_values:

@@ -13,6 +13,7 @@ here.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import logging
@@ -23,6 +24,7 @@ import uuid
 import weakref
 from array import array as c_array
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter, methodcaller
 from typing import TYPE_CHECKING, Any
@@ -38,6 +40,7 @@ from stillhouse.distiset._storage import (
     atomic_write,
     exists,
     file_digest,
+    is_local,
     join,
     list_entries,
     make_dirs,
@@ -57,6 +60,10 @@ DEFAULT_ROWS_PER_FILE = 10_000
 # Rows are flushed early past this many bytes so a leaf with huge rows (long texts,
 # embeddings, images) cannot hold hundreds of MB waiting for `rows_per_file` rows.
 DEFAULT_MAX_BUFFER_BYTES = 32 * 1024 * 1024
+BACKGROUND_FROM = 4 * 1024 * 1024
+"""Files from this size (Arrow bytes) are written by a background thread."""
+MAX_FILES_IN_FLIGHT = 2
+"""Files the background thread may have waiting: bounds the memory they hold."""
 
 
 class _OwnedDir:
@@ -124,6 +131,8 @@ class ParquetOutputWriter(OutputWriter):
         self.storage_options = storage_options
         self._fs, self._root = resolve(data_dir, storage_options)
         self._buffers: dict[str, _LeafBuffer] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: collections.deque[Future[None]] = collections.deque()
 
     # -- OutputWriter ---------------------------------------------------------------
 
@@ -169,6 +178,7 @@ class ParquetOutputWriter(OutputWriter):
         return True
 
     def begin(self, leaf: str, version: str = "") -> None:
+        self._settle()  # no file of an earlier `begin` may land after the cleanup
         directory = self._leaf_dir(leaf)
         marker = join(directory, COMPLETE_MARKER)
         # The marker goes first: a crash half-way through the cleanup must not leave a
@@ -198,6 +208,7 @@ class ParquetOutputWriter(OutputWriter):
     def finish(self, leaf: str) -> None:
         buffer = self._buffer(leaf)
         self._drain(leaf, buffer, everything=True)
+        self._settle()
         make_durable(self._fs, buffer.paths)
         summary = {
             "rows": buffer.written_rows,
@@ -215,10 +226,12 @@ class ParquetOutputWriter(OutputWriter):
     def flush(self) -> None:
         for leaf, buffer in self._buffers.items():
             self._drain(leaf, buffer, everything=True)
+        self._settle()
 
     def result(self) -> Any:
         """The `Distiset` of everything written so far; its leaves are read on first use."""
         self.flush()
+        self.close()
         distiset = build_distiset(
             self.data_dir,
             leaves=self.leaves or None,
@@ -272,9 +285,27 @@ class ParquetOutputWriter(OutputWriter):
         buffer.nbytes = rest.nbytes if rest.num_rows else 0
 
     def _write_file(self, leaf: str, buffer: _LeafBuffer, table: pa.Table) -> None:
+        """Write one numbered file. A large one (`BACKGROUND_FROM` bytes) on a local disk
+        is written by a background thread (at most `MAX_FILES_IN_FLIGHT` waiting), so
+        encoding and writing it, which free the GIL, go on beside the run; `_settle` waits
+        for them and raises what failed. Results need no durability before `finish` (an
+        unfinished leaf is rebuilt from the checkpoints), so nothing else waits."""
         path = join(self._leaf_dir(leaf), parquet_name(buffer.next_file))
         metadata = {**(table.schema.metadata or {}), FILE_ID_KEY: uuid.uuid4().hex.encode()}
         table = table.replace_schema_metadata(metadata)
+        buffer.paths.append(path)
+        buffer.next_file += 1
+        buffer.written_rows += table.num_rows
+        if not is_local(self._fs) or table.nbytes < BACKGROUND_FROM:
+            self._write_now(path, table, buffer)  # small: a thread hand-off costs more
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stillhouse-results")
+        while len(self._in_flight) >= MAX_FILES_IN_FLIGHT:
+            self._in_flight.popleft().result()
+        self._in_flight.append(self._pool.submit(self._write_now, path, table, buffer))
+
+    def _write_now(self, path: str, table: pa.Table, buffer: _LeafBuffer) -> None:
         # Durable only before the leaf is marked complete: an unfinished leaf is rewritten
         # from the checkpoints on resume anyway, so one fsync per file would buy nothing.
         digest = xxhash.xxh3_64()
@@ -285,11 +316,22 @@ class ParquetOutputWriter(OutputWriter):
 
         atomic_write(self._fs, path, write, durable=False)
         start_writeback(self._fs, path)
-        buffer.paths.append(path)
         buffer.sizes[posixpath.basename(path)] = self._fs.size(path)
         buffer.digests[posixpath.basename(path)] = digest.hexdigest()
-        buffer.next_file += 1
-        buffer.written_rows += table.num_rows
+
+    def _settle(self) -> None:
+        """Wait for every file in flight; raise the first failure."""
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
+    def close(self) -> None:
+        """Wait for the files in flight and end the background thread."""
+        try:
+            self._settle()
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
 
 
 def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
