@@ -66,15 +66,16 @@ def test_no_temporary_files_are_left_and_the_marker_is_written(tmp_path):
     assert sorted(marker["sizes"]) == ["00000.parquet", "00001.parquet", "00002.parquet"]
 
 
+def _explode(table, where, **kwargs):
+    """A `pq.write_table` that writes half a file, then finds the disk full."""
+    where.write(b"PAR1 half a file")
+    raise OSError("disk full")
+
+
 def test_a_failed_write_leaves_neither_the_file_nor_its_temporary(tmp_path, monkeypatch):
     writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=2)
     writer.begin("leaf")
-
-    def explode(table, where, **kwargs):
-        where.write(b"PAR1 half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pq, "write_table", explode)
+    monkeypatch.setattr(pq, "write_table", _explode)
     with pytest.raises(OSError, match="disk full"):
         writer.write("leaf", [{"i": 1}, {"i": 2}])
     assert _files(tmp_path / "leaf") == []
@@ -272,12 +273,7 @@ def test_large_files_are_written_beside_the_run_and_all_there_at_finish(tmp_path
 def test_a_background_write_that_fails_is_raised_by_the_writer(tmp_path, monkeypatch):
     writer = ParquetOutputWriter(tmp_path, ["leaf"], rows_per_file=1000)
     writer.begin("leaf")
-
-    def explode(table, where, **kwargs):
-        where.write(b"PAR1 half a file")
-        raise OSError("disk full")
-
-    monkeypatch.setattr(pq, "write_table", explode)
+    monkeypatch.setattr(pq, "write_table", _explode)
     with pytest.raises(OSError, match="disk full"):
         for start in range(0, 5000, 500):
             writer.write("leaf", _big_rows(start, 500))
