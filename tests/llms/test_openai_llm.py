@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 
 import pytest
 from pydantic import BaseModel
@@ -17,7 +18,11 @@ HI = [{"role": "user", "content": "hi"}]
 
 
 def _llm(server: FakeOpenAIServer, **fields: object) -> OpenAILLM:
-    return OpenAILLM(model="fake-model", base_url=server.base_url, api_key=API_KEY, **fields)
+    # A model name per server: outside a run an endpoint's limits live as long as the
+    # process and the first definition wins, and a later test's server may get an
+    # earlier one's port (the same endpoint, other limits).
+    model = server.__dict__.setdefault("test_model", f"fake-model-{uuid.uuid4().hex[:8]}")
+    return OpenAILLM(model=model, base_url=server.base_url, api_key=API_KEY, **fields)
 
 
 def test_generate_returns_distilabel_generate_output(server: FakeOpenAIServer) -> None:

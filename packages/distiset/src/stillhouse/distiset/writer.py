@@ -301,8 +301,7 @@ class ParquetOutputWriter(OutputWriter):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stillhouse-results")
-        while len(self._in_flight) >= MAX_FILES_IN_FLIGHT:
-            self._in_flight.popleft().result()
+        self._settle(leave=MAX_FILES_IN_FLIGHT - 1)
         self._in_flight.append(self._pool.submit(self._write_now, path, table, buffer))
 
     def _write_now(self, path: str, table: pa.Table, buffer: _LeafBuffer) -> None:
@@ -319,10 +318,15 @@ class ParquetOutputWriter(OutputWriter):
         buffer.sizes[posixpath.basename(path)] = self._fs.size(path)
         buffer.digests[posixpath.basename(path)] = digest.hexdigest()
 
-    def _settle(self) -> None:
-        """Wait for every file in flight; raise the first failure."""
-        while self._in_flight:
-            self._in_flight.popleft().result()
+    def _settle(self, leave: int = 0) -> None:
+        """Wait until at most `leave` files are in flight. A failure is raised once every
+        file in flight has ended, so that nothing is still being written behind it."""
+        while len(self._in_flight) > leave:
+            failure = self._in_flight.popleft().exception()
+            if failure is not None:
+                while self._in_flight:
+                    self._in_flight.popleft().exception()
+                raise failure
 
     def close(self) -> None:
         """Wait for the files in flight and end the background thread."""
