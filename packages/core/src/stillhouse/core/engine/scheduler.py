@@ -51,8 +51,12 @@ TRACE = os.environ.get("STILLHOUSE_TRACE_SCHEDULING") == "1"
 _REPLAY_CHUNK = 64  # stored batches replayed per pass, so events keep being served
 PULLS_AHEAD = 2
 """Pulls a generator has in flight on an executor that `runs_in_order`: it makes its next
-batch while the driver stores and passes on the one before. A pull answered after the generator's last batch is dropped
-(its rows were never asked for with one pull in flight), so the results do not change."""
+batch while the driver stores and passes on the one before. A pull answered after the
+generator's last batch is dropped (its rows were never asked for with one pull in
+flight), so the results do not change. What does change: `next()` is called once more
+after the last batch, so code after the generator's last `yield` runs (with one pull
+it never did), and a generator that still computes after yielding `last=True` makes
+one batch that is dropped."""
 # A step with batches in flight and no result for this many seconds is named in a
 # warning (a hung endpoint, a deadlock): without `batch_timeout` nothing else would say
 # why the run does not move. Long enough not to fire on slow but healthy batches.
@@ -661,4 +665,3 @@ class _Fresh(list):
     @staticmethod
     def again(rows: list[Any]) -> list[Any]:
         return _Fresh(rows) if isinstance(rows, _Fresh) else rows
-
