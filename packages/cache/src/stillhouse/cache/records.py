@@ -101,11 +101,21 @@ def _crc(header: bytes, payload: bytes) -> int:
     return zlib.crc32(payload, zlib.crc32(header[:_CHECKED]))
 
 
+def _head(kind: int, a: int, b: int, parts: list[Any], rows: int, flags: int) -> tuple[Header, bytes]:
+    """The `Header` (at offset 0) and header bytes of a record whose payload is `parts`
+    (buffers, not joined), its checksum covering header and payload."""
+    length = sum(memoryview(part).nbytes for part in parts)
+    head = _HEADER.pack(MAGIC, kind, flags, a, b, rows, length, 0)[:_CHECKED]
+    crc = zlib.crc32(head)
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return Header(kind, flags, a, b, rows, 0, length, crc), head + struct.pack("<I", crc)
+
+
 def frame(kind: int, a: int, b: int, payload: bytes, *, rows: int = 0, flags: int = 0) -> tuple[Header, bytes]:
     """A record (`Header`, bytes) for `payload`, its checksum covering header and payload."""
-    head = _HEADER.pack(MAGIC, kind, flags, a, b, rows, len(payload), 0)[:_CHECKED]
-    crc = _crc(head, payload)
-    return Header(kind, flags, a, b, rows, 0, len(payload), crc), head + struct.pack("<I", crc) + payload
+    header, head = _head(kind, a, b, [payload], rows, flags)
+    return header, head + payload
 
 
 def unframe(blob: bytes, where: str) -> tuple[Header, bytes]:
@@ -177,16 +187,12 @@ class RecordLog:
         self._raise_sync_error()
         offset = self._append.tell()
         parts = [payload] if isinstance(payload, bytes) else payload
-        length = sum(memoryview(part).nbytes for part in parts)
-        head = _HEADER.pack(MAGIC, kind, flags, a, b, rows, length, 0)[:_CHECKED]
-        crc = zlib.crc32(head)
-        for part in parts:
-            crc = zlib.crc32(part, crc)
-        self._append.write(head + struct.pack("<I", crc))
+        header, head = _head(kind, a, b, parts, rows, flags)
+        self._append.write(head)
         for part in parts:
             self._append.write(part)
         self._append.flush()  # in the OS now: survives the death of this process
-        header = Header(kind, flags, a, b, rows, offset, length, crc)
+        header = header._replace(offset=offset)
         self.index.append(header)
         self.dirty = True
         if not self._sync_queued and time.monotonic() - self._synced_at > SYNC_EVERY:
