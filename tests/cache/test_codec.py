@@ -22,6 +22,7 @@ BATCHES = {
     "rows without keys": [{}, {}],
     "scalars and None": [{"x": 1, "t": "a", "f": 0.5, "b": True}, {"x": None, "t": "b", "f": None, "b": False}],
     "missing keys": [{"x": 1}, {"y": 2}, {"x": 3, "y": None}],
+    "other keys, same number": [{"x": 1, "y": 2}, {"x": 3, "z": 4}],
     "nested dicts": [{"a": {"k": 1, "l": {"m": [1, None]}}}, {"a": {"j": [1, 2.0, None]}}],
     "mixed-type column": [{"m": 1}, {"m": "s"}, {"m": 1.5}, {"m": None}, {"m": True}, {"m": [1]}],
     "bytes": [{"b": b"\x00\xff"}, {"b": None}, {"b": b""}],

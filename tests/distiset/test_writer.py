@@ -142,6 +142,19 @@ def test_write_before_begin_is_an_engine_error(tmp_path):
         writer.write("leaf", [{"i": 1}])
 
 
+def test_rows_with_other_keys_fill_the_missing_values_with_none(tmp_path):
+    writer = ParquetOutputWriter(tmp_path, ["leaf"])
+    writer.begin("leaf")
+    # One row lacks a key another has: as many keys each, and with one key fewer.
+    writer.write("leaf", [{"x": 1, "y": "a"}, {"x": 2, "z": "b"}, {"x": 3}])
+    writer.finish("leaf")
+    train = writer.result()["default"]["train"]
+    assert train.column_names == ["x", "y", "z"]
+    assert train.to_list() == [
+        {"x": 1, "y": "a", "z": None}, {"x": 2, "y": None, "z": "b"}, {"x": 3, "y": None, "z": None},
+    ]
+
+
 def test_mixed_types_in_a_column_name_the_leaf_and_column(tmp_path):
     writer = ParquetOutputWriter(tmp_path, ["leaf"])
     writer.begin("leaf")

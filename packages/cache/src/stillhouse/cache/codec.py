@@ -29,7 +29,7 @@ import struct
 import uuid
 from array import array as c_array
 from collections.abc import Callable
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 from stillhouse.core.errors import CacheError, CorruptCacheError
@@ -276,11 +276,9 @@ def encode_batch(
     a large text column equal to one `memo` holds is not encoded again."""
     import pyarrow as pa
 
-    first = rows[0].keys() if rows else {}.keys()
-    # The usual case, one set of keys, checked without a Python frame per row.
-    uniform = all(map(first.__eq__, map(methodcaller("keys"), rows)))
-    names: dict[str, None] = dict.fromkeys(first)
-    if not uniform:
+    uniform = uniform_columns(rows)
+    names: dict[str, None] = dict.fromkeys(uniform or ())
+    if uniform is None:
         for row in rows:
             names.update(dict.fromkeys(row))
     for key in names:
@@ -291,8 +289,8 @@ def encode_batch(
             )
     arrays, fields = [], []
     for name in names:
-        if uniform:
-            values = list(map(itemgetter(name), rows))
+        if uniform is not None:
+            values = uniform[name]
             array = None if memo is None else memo.array(name, values)
             if array is None:
                 array = _native(values)
@@ -319,6 +317,20 @@ def encode_batch(
         metadata[ERROR_KEY] = error.encode("utf-8", "surrogatepass")
     schema = pa.schema(fields, metadata=metadata)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def uniform_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
+    """`{name: values}` of `rows` when they all have the same keys (the usual case), in
+    the first row's order; None when they do not. Rows of one length that all have the
+    first row's keys have the same keys: checked without a Python frame per row."""
+    if not rows:
+        return {}
+    if len(set(map(len, rows))) != 1:
+        return None
+    try:
+        return {name: list(map(itemgetter(name), rows)) for name in rows[0]}
+    except KeyError:
+        return None
 
 
 def pack(batch: Any) -> bytes:

@@ -26,7 +26,7 @@ from array import array as c_array
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import itemgetter, methodcaller
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import xxhash
@@ -342,13 +342,11 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     """An Arrow table of `rows`; a key missing from some rows is None there."""
     import pyarrow as pa
 
-    first = rows[0].keys() if rows else {}.keys()
-    # The usual case, one set of keys, checked without a Python frame per row.
-    uniform = all(map(first.__eq__, map(methodcaller("keys"), rows)))
-    names = dict.fromkeys(first) if uniform else dict.fromkeys(key for row in rows for key in row)
+    uniform = _uniform_columns(rows)
+    names = uniform or dict.fromkeys(key for row in rows for key in row)
     columns: dict[str, pa.Array] = {}
     for name in names:
-        values = list(map(itemgetter(name), rows)) if uniform else [row.get(name) for row in rows]
+        values = uniform[name] if uniform is not None else [row.get(name) for row in rows]
         kinds = set(map(type, values))
         plain = _plain_array(values, kinds.pop()) if len(kinds) == 1 else None
         if plain is not None:
@@ -364,6 +362,21 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
                 "convert the values in the step, for example with `json.dumps`."
             ) from exc
     return pa.table(columns)
+
+
+def _uniform_columns(rows: list[Row]) -> dict[str, list[Any]] | None:
+    """`{name: values}` of `rows` when they all have the same keys (the usual case), in
+    the first row's order; None when they do not. Rows of one length that all have the
+    first row's keys have the same keys: checked without a Python frame per row. (The
+    cache's codec has the same: `stillhouse.cache.codec.uniform_columns`.)"""
+    if not rows:
+        return {}
+    if len(set(map(len, rows))) != 1:
+        return None
+    try:
+        return {name: list(map(itemgetter(name), rows)) for name in rows[0]}
+    except KeyError:
+        return None
 
 
 def _plain_array(values: list[Any], kind: type) -> pa.Array | None:
