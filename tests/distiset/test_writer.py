@@ -262,6 +262,19 @@ def test_a_damaged_unified_file_is_rebuilt_and_a_damaged_parquet_file_is_named(t
     assert "Run the pipeline again" in str(info.value)
 
 
+def test_a_result_file_replaced_after_its_leaf_finished_is_named_and_not_read(tmp_path):
+    from stillhouse.core.errors import CorruptCacheError
+    from stillhouse.distiset import create_distiset
+
+    _finished(tmp_path)
+    leaf = tmp_path / "leaf"
+    # A valid Parquet file (its page checksums hold) with other rows than _COMPLETE recorded.
+    (leaf / "00000.parquet").write_bytes((leaf / "00001.parquet").read_bytes())
+    with pytest.raises(CorruptCacheError, match=r"00000\.parquet.*recorded in _COMPLETE"):
+        create_distiset(tmp_path)
+    assert sorted(p.name for p in leaf.iterdir() if p.name.startswith(".")) == []  # no unified file, no temporary
+
+
 def _big_rows(start: int, count: int) -> list[dict]:
     return [{"i": i, "text": f"{i:08d}" + "b" * 6000} for i in range(start, start + count)]
 

@@ -17,14 +17,17 @@ import logging
 import os
 import posixpath
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import fsspec
+import xxhash
 
 from stillhouse.core.engine.worker import METADATA_COLUMN
 from stillhouse.core.errors import CorruptCacheError, LeafSchemaError
 from stillhouse.distiset._storage import (
+    HashingWriter,
     PathLike,
     atomic_write,
     file_digest,
@@ -187,10 +190,17 @@ def unified_file(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) ->
             os.unlink(path)
         logger.debug("Unifying %d files of leaf %r into %s.", len(entries), leaf, path)
         local = fsspec.filesystem("file")
-        atomic_write(local, path, lambda handle: _write_unified(fs, entries, schema, handle))
-        _check_digests(fs, directory, entries)
-        check = {"rows": rows, "bytes": os.path.getsize(path), "xxh3": _digest(path)}
-        atomic_write(local, path + CHECK_SUFFIX, lambda handle: handle.write(json.dumps(check).encode()))
+        recorded = _recorded_digests(fs, directory)
+        digest = xxhash.xxh3_64()  # of the unified file, as it is written
+        # Derived data, checked against its check file on every read and rebuilt when they
+        # disagree, so neither is fsynced: on ext4 that fsync would also wait for all the
+        # run's own writes still on their way to the disk (seconds, for a large run).
+        atomic_write(
+            local, path, lambda handle: _write_unified(fs, entries, schema, HashingWriter(handle, digest), recorded),
+            durable=False,
+        )
+        check = {"rows": rows, "bytes": os.path.getsize(path), "xxh3": digest.hexdigest()}
+        atomic_write(local, path + CHECK_SUFFIX, lambda handle: handle.write(json.dumps(check).encode()), durable=False)
     return path
 
 
@@ -223,31 +233,47 @@ def _digest(path: str) -> str:
     return file_digest(fsspec.filesystem("file"), path)
 
 
-def _check_digests(fs: fsspec.AbstractFileSystem, directory: str, entries: list[dict[str, Any]]) -> None:
-    """The files' checksums against those the `_COMPLETE` marker recorded (if it did)."""
+def _recorded_digests(fs: fsspec.AbstractFileSystem, directory: str) -> dict[str, str]:
+    """The files' checksums the `_COMPLETE` marker recorded, by file name (none without
+    a marker: an unfinished leaf, or a damaged marker, which the next run rebuilds)."""
     try:
         recorded = json.loads(fs.cat_file(join(directory, COMPLETE_MARKER))).get("xxh3") or {}
     except (OSError, ValueError, AttributeError):
-        return  # no marker (an unfinished leaf) or a damaged one: the run rebuilds it
-    for entry in entries:
-        expected = recorded.get(posixpath.basename(entry["name"]))
-        if expected is not None and file_digest(fs, entry["name"]) != expected:
-            raise _damaged(fs, entry["name"], ValueError("its checksum differs from the one recorded in _COMPLETE"))
+        return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
-def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle) -> None:
+def _write_unified(fs, entries: list[dict[str, Any]], schema: pa.Schema, handle, recorded: dict[str, str]) -> None:
+    """The leaf's files, one after the other, as one Arrow stream. A file's bytes are
+    read on this thread (the only one that touches a result file); they are checked
+    and decoded on another while the file before them is written."""
     import pyarrow as pa
 
-    with pa.ipc.new_stream(handle, schema) as stream:
-        for entry in entries:
-            table = _read_table(fs, entry["name"]).replace_schema_metadata(None)
-            # Concatenating after an empty table of the unified schema adds missing
-            # columns as nulls and promotes types (null -> string, struct fields, ...).
-            table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
-            if not table.schema.equals(schema):
-                # Only when needed: pyarrow 26 corrupts a list<null> column cast to itself.
-                table = table.select(schema.names).cast(schema)
-            stream.write_table(table)
+    with ThreadPoolExecutor(1, thread_name_prefix="stillhouse-unify") as pool, pa.ipc.new_stream(handle, schema) as stream:
+        decoding: Future[pa.Table] | None = None
+        for entry in [*entries, None]:
+            ahead = None
+            if entry is not None:
+                path = entry["name"]
+                expected = recorded.get(posixpath.basename(path))
+                ahead = pool.submit(_decode_table, fs, path, _read_bytes(fs, path), expected)
+            if decoding is not None:
+                stream.write_table(_conformed(decoding.result(), schema))
+            decoding = ahead
+
+
+def _conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` in the unified `schema`."""
+    import pyarrow as pa
+
+    table = table.replace_schema_metadata(None)
+    # Concatenating after an empty table of the unified schema adds missing
+    # columns as nulls and promotes types (null -> string, struct fields, ...).
+    table = pa.concat_tables([schema.empty_table(), table], promote_options="permissive")
+    if not table.schema.equals(schema):
+        # Only when needed: pyarrow 26 corrupts a list<null> column cast to itself.
+        table = table.select(schema.names).cast(schema)
+    return table
 
 
 def _unified_path(fs: fsspec.AbstractFileSystem, directory: str, leaf: str, key: str) -> str:
@@ -272,14 +298,25 @@ def _read_metadata(fs: fsspec.AbstractFileSystem, path: str) -> pq.FileMetaData:
         raise _damaged(fs, path, exc) from exc
 
 
-def _read_table(fs: fsspec.AbstractFileSystem, path: str) -> pa.Table:
+def _read_bytes(fs: fsspec.AbstractFileSystem, path: str) -> pa.Buffer:
+    """A result file's bytes, in Arrow's memory (`_arrow_owned`)."""
+    try:
+        with fs.open(path, "rb") as source:
+            return _arrow_owned(source.read())
+    except OSError as exc:
+        raise _damaged(fs, path, exc) from exc
+
+
+def _decode_table(fs: fsspec.AbstractFileSystem, path: str, data: pa.Buffer, expected: str | None) -> pa.Table:
+    """The table of a result file's bytes, checked against the `expected` xxh3 if given
+    and against the pages' checksums."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    if expected is not None and xxhash.xxh3_64(data).hexdigest() != expected:
+        raise _damaged(fs, path, ValueError("its checksum differs from the one recorded in _COMPLETE"))
     try:
-        with fs.open(path, "rb") as source:
-            data = source.read()
-        return pq.read_table(pa.BufferReader(_arrow_owned(data)), page_checksum_verification=True)
+        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise _damaged(fs, path, exc) from exc
 
