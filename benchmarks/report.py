@@ -42,7 +42,7 @@ def _stats(results: list[dict[str, Any]]) -> dict[str, Any] | None:
     stats: dict[str, Any] = {"n": len(results), "median": statistics.median(seconds),
                              "min": min(seconds), "max": max(seconds), "all": seconds}
     for key in ("peak_rss_bytes", "peak_pss_bytes", "cache_bytes", "killed_after_batches",
-                "leaf_batches_after_kill", "rows", "driver_cpu_seconds",
+                "leaf_batches_after_kill", "rows", "driver_cpu_seconds", "read_seconds",
                 "wall_seconds", "import_seconds", "processes"):
         values = [r[key] for r in results if key in r]
         if values:
@@ -303,6 +303,7 @@ def markdown(report: dict[str, Any]) -> str:
                 cells.append("n/a" if rss is None else f"{rss / MB:.0f} / {(pss or 0) / MB:.0f}; disk {(disk or 0) / MB:.0f}")
             lines.append(f"| {case['case']['label']} | " + " | ".join(cells) + " |")
     lines += _cpu_lines(cases, [c for c in columns if base(c) in OURS])
+    lines += _read_lines(cases, columns)
     lines += ["", *_derived_lines(report["derived"]), "", *_target_lines(report["targets"])]
     return "\n".join(lines) + "\n"
 
@@ -317,6 +318,21 @@ def _cpu_lines(cases: dict[str, Any], columns: list[str]) -> list[str]:
              "| workload | case | " + " | ".join(_name(c) for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
     for case in cases.values():
         cells = [_fmt(median(case, c, "driver_cpu_seconds")) for c in columns]
+        lines.append(f"| {case['case']['workload']} | {case['case']['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _read_lines(cases: dict[str, Any], columns: list[str]) -> list[str]:
+    """Seconds of the first use of the returned Distiset (counting its rows), median:
+    what reading the results costs after `run()` (distilabel reads them inside it)."""
+    cases = {k: c for k, c in cases.items() if any(median(c, col, "read_seconds") is not None for col in columns)}
+    if not cases:
+        return []
+    lines = ["", "First read: seconds of the first use of the returned Distiset after `run()` (counting its "
+             "rows; median). A stillhouse Distiset reads its results then; distilabel's already did in `run()`.", "",
+             "| workload | case | " + " | ".join(_name(c) for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    for case in cases.values():
+        cells = [_fmt(median(case, c, "read_seconds")) for c in columns]
         lines.append(f"| {case['case']['workload']} | {case['case']['label']} | " + " | ".join(cells) + " |")
     return lines
 

@@ -62,11 +62,13 @@ def run_engine(spec: dict[str, Any]) -> dict[str, Any]:
     driver_cpu = time.thread_time() - cpu_started
     if profiler is not None:
         profiler.dump_stats(profile_path)
+    rows = _rows(distiset)  # the first use of the results: a Distiset may read them only now
     result: dict[str, Any] = {
         "seconds": finished - run_started,
         "import_seconds": imported - started,
         "build_seconds": built - imported,
-        "rows": _rows(distiset),
+        "rows": rows,
+        "read_seconds": time.perf_counter() - finished,
         "driver_cpu_seconds": driver_cpu,
     }
     engine = sys.modules.get(f"{spec['engine']}.core") or sys.modules.get(spec["engine"])
