@@ -55,6 +55,19 @@ def test_a_rate_starts_with_one_second_of_budget_then_refills_continuously():
     assert limit.grant(1.55)[0] == []
 
 
+def test_new_settings_keep_held_slots_and_unchanged_rates():
+    limit = _Limit(1, {"requests": 600}, now=0.0)
+    limit.waiting[1, 1] = limit.waiting[1, 2] = None
+    assert keys(limit.grant(0.0)[0]) == [1]
+    requests = limit.buckets["requests"]
+    limit.define(2, {"requests": 600, "tokens": 60}, now=0.0)
+    assert limit.buckets["requests"] is requests  # its budget so far is kept
+    assert limit.held == {(1, 1)} and keys(limit.grant(0.0)[0]) == [2]
+    limit.define(2, {"requests": 1200}, now=0.0)
+    assert limit.buckets["requests"] is not requests and set(limit.buckets) == {"requests"}
+    assert limit.defined == {"max_concurrency": 2, "per_minute": {"requests": 1200}}
+
+
 def test_costs_take_from_each_unit_and_unmetered_units_are_free():
     limit = _Limit(None, {"requests": 6000, "tokens": 1200}, now=0.0)  # 20 tokens a second
     for request in range(5):
@@ -187,6 +200,48 @@ def test_the_first_definition_wins_and_a_different_one_is_logged(caplog):
                 client.close()
     assert answer["max_concurrency"] == 3
     assert "first defined in this run with max_concurrency=3" in caplog.text
+
+
+def test_outside_a_run_the_latest_definition_wins_and_lets_a_waiter_go():
+    assert ADDRESS_ENV not in os.environ
+    narrow = shared_limit("redefined", max_concurrency=1)
+    held, waiter_in = threading.Event(), threading.Event()
+    release = threading.Event()
+
+    def hold() -> None:
+        with narrow.slot_sync():
+            held.set()
+            release.wait(60)
+
+    def wait() -> None:
+        with narrow.slot_sync():
+            waiter_in.set()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(30)
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        assert not waiter_in.wait(0.2)  # one slot, and it is held
+        wide = shared_limit("redefined", max_concurrency=2)  # a notebook makes its step again
+        assert wide.max_concurrency == 2
+        assert waiter_in.wait(30)  # the second slot is there at once, for the one waiting
+        waiter.join(30)
+    finally:
+        release.set()
+        holder.join(30)
+    assert narrow.max_concurrency == 2  # the same limit: the old handle follows it
+
+
+def test_in_a_run_a_handle_with_other_settings_keeps_the_first_and_warns_once(caplog):
+    with serve_limits():
+        assert shared_limit("kept", max_concurrency=3).max_concurrency == 3
+        other = shared_limit("kept", max_concurrency=9)
+        with caplog.at_level(logging.WARNING, logger="stillhouse.limits"):
+            assert other.max_concurrency == 3
+            assert other.max_concurrency == 3
+    assert caplog.text.count("first defined in this run with max_concurrency=3") == 1
 
 
 def test_a_handle_pickles_by_name_and_settings():

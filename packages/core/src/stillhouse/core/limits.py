@@ -14,7 +14,8 @@ executors that start processes some other way pass `worker_environment()` to the
 A request for a slot is queued in the server and answered when the slot is free
 (first come, first served; nobody sleeps and polls); a connection that closes, as
 when its process dies, gives back every slot it held. Outside a run the same server
-runs inside this process, for this process only.
+runs inside this process, for this process only; there, with no run to scope a
+definition, a name takes the settings it was last defined with.
 
 Rates are token buckets per unit, refilled continuously at `amount / 60` a second
 and holding at most `BURST_SECONDS` of refill, so a limit of 600 a minute starts at
@@ -89,11 +90,25 @@ class _Limit:
     """One named limit: who holds a slot, who waits (in order), and the rate buckets."""
 
     def __init__(self, max_concurrency: int | None, per_minute: Costs | None, now: float) -> None:
-        self.defined = {"max_concurrency": max_concurrency, "per_minute": dict(per_minute or {}) or None}
-        self.max_concurrency = max_concurrency
-        self.buckets = {unit: _Bucket(amount, now) for unit, amount in (per_minute or {}).items()}
         self.held: set[_Key] = set()
         self.waiting: dict[_Key, Costs | None] = {}  # insertion order is arrival order
+        self.buckets: dict[str, _Bucket] = {}
+        self.define(max_concurrency, per_minute, now)
+
+    def define(self, max_concurrency: int | None, per_minute: Costs | None, now: float) -> None:
+        """Take these settings. Slots held and requests waiting stay; a rate that did not
+        change keeps its bucket, a new or changed one starts full."""
+        self.defined = self.settings(max_concurrency, per_minute)
+        self.max_concurrency = max_concurrency
+        old = self.buckets
+        self.buckets = {
+            unit: old[unit] if unit in old and old[unit].rate == amount / 60.0 else _Bucket(amount, now)
+            for unit, amount in (per_minute or {}).items()
+        }
+
+    @staticmethod
+    def settings(max_concurrency: int | None, per_minute: Costs | None) -> dict[str, Any]:
+        return {"max_concurrency": max_concurrency, "per_minute": dict(per_minute or {}) or None}
 
     def grant(self, now: float) -> tuple[list[_Key], float | None]:
         """Grant waiting requests in order while slots and rates allow.
@@ -151,13 +166,15 @@ class LimitServer:
     """Serves every shared limit of one run from a thread of the driver.
 
     The protocol is one JSON object per line. Requests: `define` (name,
-    max_concurrency, per_minute; answered with the first definition), `acquire`
+    max_concurrency, per_minute; answered with the settings in force: the first
+    definition, or with `latest_wins` this one), `acquire`
     (name, costs; answered when granted), `release` (name, of), `set_max` (name,
     value), `get` (name; answered with the current settings). Answers carry the
     request's `id`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, latest_wins: bool = False) -> None:
+        self.latest_wins = latest_wins
         self._dir = tempfile.mkdtemp(prefix="stillhouse-limits-")
         path = os.path.join(self._dir, "socket")
         if hasattr(socket, "AF_UNIX") and len(path.encode()) < 100:  # else 127.0.0.1
@@ -266,11 +283,13 @@ class LimitServer:
     def _handle(self, connection: _Connection, message: dict[str, Any]) -> None:
         op, name = message["op"], message["name"]
         if op == "define":
+            settings = (message.get("max_concurrency"), message.get("per_minute"), time.monotonic())
             limit = self._limits.get(name)
             if limit is None:
-                limit = self._limits[name] = _Limit(
-                    message.get("max_concurrency"), message.get("per_minute"), time.monotonic()
-                )
+                limit = self._limits[name] = _Limit(*settings)
+            elif self.latest_wins and limit.defined != _Limit.settings(*settings[:2]):
+                limit.define(*settings)
+                self._pump(name)  # more slots or a faster rate may let waiters go now
             self._send(connection, {"id": message["id"], **limit.defined})
             return
         limit = self._limits[name]
@@ -369,7 +388,7 @@ class _Client:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, Callable[[dict[str, Any]], None]] = {}
-        self._defined: dict[str, dict[str, Any]] = {}
+        self._defined: set[tuple[str, str]] = set()  # (name, settings) sent to the server
         self._reader = threading.Thread(target=self._read, name="stillhouse-limits-client", daemon=True)
         self._reader.start()
 
@@ -422,12 +441,13 @@ class _Client:
         return _checked(box, message["name"])
 
     def define(self, limit: SharedLimit) -> None:
-        if limit.name in self._defined:
-            return
         asked = {"max_concurrency": limit._max_concurrency, "per_minute": limit._per_minute}
+        sent = (limit.name, json.dumps(asked, sort_keys=True))
+        if sent in self._defined:
+            return
         answer = self.call({"op": "define", "name": limit.name, **asked})
         first = {"max_concurrency": answer.get("max_concurrency"), "per_minute": answer.get("per_minute")}
-        self._defined[limit.name] = first
+        self._defined.add(sent)
         if first != asked:
             logger.warning(
                 "shared_limit(%r) was first defined in this run with max_concurrency=%r, "
@@ -509,7 +529,8 @@ def _client() -> _Client:
         address = os.environ.get(ADDRESS_ENV)
         if not address:
             if _local is None:
-                _local = LimitServer()
+                # No run to scope a definition: a limit takes the settings it was given last.
+                _local = LimitServer(latest_wins=True)
                 atexit.register(_local.close)
             address = _local.address
         client = _clients.get(address)
@@ -629,7 +650,9 @@ def shared_limit(
             `{"requests": 500, "tokens": 30_000}` (any unit names).
 
     The first definition of a name in a run wins; a later one with other settings is
-    logged and ignored. Outside a run the limit is shared by this process only.
+    logged and ignored. Outside a run the limit is shared by this process only, and a
+    definition with other settings replaces the one before (slots held stay held), so
+    a notebook that makes a step again with new limits gets them.
     """
     if not isinstance(name, str) or not name:
         raise InvalidLimitError(f"shared_limit name {name!r}: pass a non-empty string.")
