@@ -29,10 +29,10 @@ import struct
 import uuid
 from array import array as c_array
 from collections.abc import Callable
-from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 from stillhouse.core.errors import CacheError, CorruptCacheError
+from stillhouse.core.rows import uniform_columns
 
 TAG = "\u0000sh"
 """Key of a tagged JSON value (`{TAG: kind, "v": ...}`). A user dict holding this key
@@ -317,20 +317,6 @@ def encode_batch(
         metadata[ERROR_KEY] = error.encode("utf-8", "surrogatepass")
     schema = pa.schema(fields, metadata=metadata)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def uniform_columns(rows: list[dict[str, Any]]) -> dict[str, list[Any]] | None:
-    """`{name: values}` of `rows` when they all have the same keys (the usual case), in
-    the first row's order; None when they do not. Rows of one length that all have the
-    first row's keys have the same keys: checked without a Python frame per row."""
-    if not rows:
-        return {}
-    if len(set(map(len, rows))) != 1:
-        return None
-    try:
-        return {name: list(map(itemgetter(name), rows)) for name in rows[0]}
-    except KeyError:
-        return None
 
 
 def pack(batch: Any) -> bytes:

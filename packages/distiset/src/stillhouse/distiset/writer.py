@@ -26,13 +26,13 @@ from array import array as c_array
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from stillhouse.core.engine.protocol import OutputWriter
 from stillhouse.core.errors import CorruptCacheError, EngineError, LeafSchemaError
+from stillhouse.core.rows import uniform_columns
 from stillhouse.core.typing import Row
 from stillhouse.distiset._storage import (
     HashingWriter,
@@ -342,7 +342,7 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
     """An Arrow table of `rows`; a key missing from some rows is None there."""
     import pyarrow as pa
 
-    uniform = _uniform_columns(rows)
+    uniform = uniform_columns(rows)
     names = uniform or dict.fromkeys(key for row in rows for key in row)
     columns: dict[str, pa.Array] = {}
     for name in names:
@@ -362,21 +362,6 @@ def rows_to_table(leaf: str, rows: list[Row]) -> pa.Table:
                 "convert the values in the step, for example with `json.dumps`."
             ) from exc
     return pa.table(columns)
-
-
-def _uniform_columns(rows: list[Row]) -> dict[str, list[Any]] | None:
-    """`{name: values}` of `rows` when they all have the same keys (the usual case), in
-    the first row's order; None when they do not. Rows of one length that all have the
-    first row's keys have the same keys: checked without a Python frame per row. (The
-    cache's codec has the same: `stillhouse.cache.codec.uniform_columns`.)"""
-    if not rows:
-        return {}
-    if len(set(map(len, rows))) != 1:
-        return None
-    try:
-        return {name: list(map(itemgetter(name), rows)) for name in rows[0]}
-    except KeyError:
-        return None
 
 
 def _plain_array(values: list[Any], kind: type) -> pa.Array | None:
