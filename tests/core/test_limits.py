@@ -202,7 +202,7 @@ def test_the_first_definition_wins_and_a_different_one_is_logged(caplog):
     assert "first defined in this run with max_concurrency=3" in caplog.text
 
 
-def test_outside_a_run_the_latest_definition_wins_and_lets_a_waiter_go():
+def test_outside_a_run_the_handle_used_last_sets_the_limit_and_lets_a_waiter_go():
     assert ADDRESS_ENV not in os.environ
     narrow = shared_limit("redefined", max_concurrency=1)
     held, waiter_in = threading.Event(), threading.Event()
@@ -231,7 +231,8 @@ def test_outside_a_run_the_latest_definition_wins_and_lets_a_waiter_go():
     finally:
         release.set()
         holder.join(30)
-    assert narrow.max_concurrency == 2  # the same limit: the old handle follows it
+    assert wide.max_concurrency == 2
+    assert narrow.max_concurrency == 1  # the notebook's first cell run again
 
 
 def test_in_a_run_a_handle_with_other_settings_keeps_the_first_and_warns_once(caplog):

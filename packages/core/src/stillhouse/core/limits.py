@@ -15,7 +15,7 @@ A request for a slot is queued in the server and answered when the slot is free
 (first come, first served; nobody sleeps and polls); a connection that closes, as
 when its process dies, gives back every slot it held. Outside a run the same server
 runs inside this process, for this process only; there, with no run to scope a
-definition, a name takes the settings it was last defined with.
+definition, a name takes the settings of the handle that used it last.
 
 Rates are token buckets per unit, refilled continuously at `amount / 60` a second
 and holding at most `BURST_SECONDS` of refill, so a limit of 600 a minute starts at
@@ -388,7 +388,8 @@ class _Client:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._waiting: dict[int, Callable[[dict[str, Any]], None]] = {}
-        self._defined: set[tuple[str, str]] = set()  # (name, settings) sent to the server
+        self._sent: dict[str, str] = {}  # name -> the settings this client defined it with last
+        self._warned: set[tuple[str, str]] = set()
         self._reader = threading.Thread(target=self._read, name="stillhouse-limits-client", daemon=True)
         self._reader.start()
 
@@ -442,13 +443,14 @@ class _Client:
 
     def define(self, limit: SharedLimit) -> None:
         asked = {"max_concurrency": limit._max_concurrency, "per_minute": limit._per_minute}
-        sent = (limit.name, json.dumps(asked, sort_keys=True))
-        if sent in self._defined:
+        settings = json.dumps(asked, sort_keys=True)
+        if self._sent.get(limit.name) == settings:
             return
         answer = self.call({"op": "define", "name": limit.name, **asked})
+        self._sent[limit.name] = settings
         first = {"max_concurrency": answer.get("max_concurrency"), "per_minute": answer.get("per_minute")}
-        self._defined.add(sent)
-        if first != asked:
+        if first != asked and (limit.name, settings) not in self._warned:
+            self._warned.add((limit.name, settings))
             logger.warning(
                 "shared_limit(%r) was first defined in this run with max_concurrency=%r, "
                 "per_minute=%r; this call's max_concurrency=%r, per_minute=%r are ignored. Give "
@@ -529,7 +531,7 @@ def _client() -> _Client:
         address = os.environ.get(ADDRESS_ENV)
         if not address:
             if _local is None:
-                # No run to scope a definition: a limit takes the settings it was given last.
+                # No run to scope a definition: a limit takes the settings of the handle used last.
                 _local = LimitServer(latest_wins=True)
                 atexit.register(_local.close)
             address = _local.address
@@ -650,9 +652,9 @@ def shared_limit(
             `{"requests": 500, "tokens": 30_000}` (any unit names).
 
     The first definition of a name in a run wins; a later one with other settings is
-    logged and ignored. Outside a run the limit is shared by this process only, and a
-    definition with other settings replaces the one before (slots held stay held), so
-    a notebook that makes a step again with new limits gets them.
+    logged and ignored. Outside a run the limit is shared by this process only and has
+    the settings of the handle that used it last (slots held stay held), so a notebook
+    that makes a step again with new limits gets them.
     """
     if not isinstance(name, str) or not name:
         raise InvalidLimitError(f"shared_limit name {name!r}: pass a non-empty string.")
