@@ -1,4 +1,8 @@
-"""Helpers for batches of rows, for step packages that turn rows into columns."""
+"""Helpers for batches of rows, for step packages that turn rows into columns (the
+cache's codec, the result writer).
+
+Pure Python on `Row`s only: how columns are stored (Arrow, Parquet, JSON) belongs to
+the package that stores them."""
 
 from __future__ import annotations
 
