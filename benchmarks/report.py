@@ -311,28 +311,33 @@ def markdown(report: dict[str, Any]) -> str:
 def _cpu_lines(cases: dict[str, Any], columns: list[str]) -> list[str]:
     """CPU seconds of the driver's main thread in `run()` (median): less sensitive than
     wall time to other processes on the machine, so a change shows through the load."""
-    if not columns:
-        return []
-    lines = ["", "Driver CPU: seconds of the driver's main thread in `run()` (median; it waits for workers "
-             "without using CPU, so this is the engine's own work on the driver).", "",
-             "| workload | case | " + " | ".join(_name(c) for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
-    for case in cases.values():
-        cells = [_fmt(median(case, c, "driver_cpu_seconds")) for c in columns]
-        lines.append(f"| {case['case']['workload']} | {case['case']['label']} | " + " | ".join(cells) + " |")
-    return lines
+    return _median_table(
+        cases, columns, "driver_cpu_seconds",
+        "Driver CPU: seconds of the driver's main thread in `run()` (median; it waits for workers "
+        "without using CPU, so this is the engine's own work on the driver).",
+    )
 
 
 def _read_lines(cases: dict[str, Any], columns: list[str]) -> list[str]:
     """Seconds of the first use of the returned Distiset (counting its rows), median:
     what reading the results costs after `run()` (distilabel reads them inside it)."""
-    cases = {k: c for k, c in cases.items() if any(median(c, col, "read_seconds") is not None for col in columns)}
-    if not cases:
+    return _median_table(
+        cases, columns, "read_seconds",
+        "First read: seconds of the first use of the returned Distiset after `run()` (counting its "
+        "rows; median). A stillhouse Distiset reads its results then; distilabel's already did in `run()`.",
+    )
+
+
+def _median_table(cases: dict[str, Any], columns: list[str], key: str, caption: str) -> list[str]:
+    """A table of the median `key` per case (rows) and column, under `caption`; only the
+    cases where some column measured it, nothing when none did."""
+    cases = {k: c for k, c in cases.items() if any(median(c, col, key) is not None for col in columns)}
+    if not columns or not cases:
         return []
-    lines = ["", "First read: seconds of the first use of the returned Distiset after `run()` (counting its "
-             "rows; median). A stillhouse Distiset reads its results then; distilabel's already did in `run()`.", "",
-             "| workload | case | " + " | ".join(_name(c) for c in columns) + " |", "|---|---|" + "---:|" * len(columns)]
+    lines = ["", caption, "", "| workload | case | " + " | ".join(_name(c) for c in columns) + " |",
+             "|---|---|" + "---:|" * len(columns)]
     for case in cases.values():
-        cells = [_fmt(median(case, c, "read_seconds")) for c in columns]
+        cells = [_fmt(median(case, c, key)) for c in columns]
         lines.append(f"| {case['case']['workload']} | {case['case']['label']} | " + " | ".join(cells) + " |")
     return lines
 
