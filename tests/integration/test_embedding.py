@@ -46,11 +46,31 @@ def test_run_from_a_non_main_thread(tmp_path):
 def test_stop_from_another_thread_then_resume(tmp_path):
     with Pipeline(name="stoppable", cache_dir=tmp_path, executor="threaded") as pipeline:
         LoadDataFromDicts(data=[{"x": i} for i in range(40)], batch_size=5) >> Slow(sleep=0.1, input_batch_size=2)
-    timer = threading.Timer(0.5, pipeline.stop)
-    timer.start()
+    # The third batch waits until the other thread has stopped the run: a stop midway,
+    # not on a timer that a loaded machine could outrun (stopping before any batch).
+    step = pipeline.dag.get_step("slow_0")
+    original, seen = step.process, {"batches": 0}
+    held, stopped = threading.Event(), threading.Event()
+
+    def held_on_the_third(*inputs):
+        seen["batches"] += 1
+        if seen["batches"] == 3:
+            held.set()
+            stopped.wait(60)
+        yield from original(*inputs)
+
+    object.__setattr__(step, "process", held_on_the_third)
+
+    def stop_midway() -> None:
+        held.wait(60)
+        pipeline.stop()
+        stopped.set()
+
+    stopper = threading.Thread(target=stop_midway, daemon=True)
+    stopper.start()
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(progress=False)
-    timer.cancel()
+    stopper.join(30)
     done = next(row for row in pipeline.last_run_summary if row["step"] == "slow_0")
     assert 0 < done["batches"] < 20
     rows = rows_of(pipeline.run(progress=False))

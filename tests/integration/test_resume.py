@@ -44,7 +44,7 @@ def kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def group_is_gone(pgid: int, timeout: float = 10) -> bool:
+def group_is_gone(pgid: int, timeout: float = 30) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -110,7 +110,8 @@ def kill_until_done(
             process.wait(timeout=rng.uniform(0.0, 1.0))
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL) if target == "driver" else kill_group(process)
-            process.communicate(timeout=10)
+            # EOF once every worker is gone too: orphans look for their driver every second.
+            process.communicate(timeout=30)
             kills += 1
             assert group_is_gone(process.pid), "workers outlived their driver"
             continue

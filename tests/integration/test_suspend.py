@@ -89,10 +89,23 @@ def test_a_stop_while_waiting_for_suspended_batches_keeps_their_state(tmp_path):
 
     calls = tmp_path / "calls.txt"
     pipeline = build("threaded", tmp_path, calls, retry_after=60)
-    threading.Timer(1.5, pipeline.stop).start()
+
+    def stop_once_all_four_wait() -> None:
+        # Once every batch saved its state, not on a timer that a loaded machine could
+        # outrun: a batch not suspended yet would suspend afresh in the next run.
+        deadline = time.monotonic() + 60
+        while len(list(tmp_path.glob("suspend/steps/waits-*/suspended-*.json"))) < 4:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        pipeline.stop()
+
+    stopper = threading.Thread(target=stop_once_all_four_wait, daemon=True)
+    stopper.start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(progress=False, wait_for_suspended=True)
+    stopper.join(30)
     assert time.monotonic() - started < 30  # not the 60 s retry_after
     again = build("threaded", tmp_path, calls, retry_after=60)  # the same step: same store
     rows = rows_of(again.run(progress=False), "after")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
 
 import httpx
 import pytest
@@ -93,7 +92,9 @@ def test_json_schema_answers_are_valid() -> None:
 def test_batches_files_roundtrip() -> None:
     import openai
 
-    with FakeOpenAIServer(batch_seconds=0.3) as server:
+    # A job longer than any delay between two calls, then "done" (batch_seconds is read
+    # on every look): a short job could end before a loaded machine first asks.
+    with FakeOpenAIServer(batch_seconds=600) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="k", max_retries=0)
         line = {"custom_id": "0", "method": "POST", "url": "/v1/chat/completions",
                 "body": {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}]}}
@@ -101,7 +102,7 @@ def test_batches_files_roundtrip() -> None:
         batch = client.batches.create(input_file_id=upload.id, endpoint="/v1/chat/completions",
                                       completion_window="24h")
         assert client.batches.retrieve(batch.id).status == "in_progress"
-        time.sleep(0.4)
+        server.batch_seconds = 0.0
         done = client.batches.retrieve(batch.id)
         assert done.status == "completed"
         out = json.loads(client.files.content(done.output_file_id).text.splitlines()[0])

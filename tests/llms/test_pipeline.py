@@ -132,7 +132,9 @@ def test_one_limit_per_endpoint_across_steps_replicas_and_processes(executor, tm
 def test_offline_batch_generation_suspends_then_resumes(server, executor, tmp_path) -> None:
     from stillhouse.core.errors import StepsSuspendedError
 
-    server.batch_seconds = 0.5
+    # The jobs run until the test says they are done: a short job could end before a
+    # loaded machine's run first asks about it, and then nothing would suspend.
+    server.batch_seconds = 600
 
     def build() -> Pipeline:
         with Pipeline(name="offline", executor=executor, cache_dir=tmp_path) as pipeline:
@@ -145,7 +147,7 @@ def test_offline_batch_generation_suspends_then_resumes(server, executor, tmp_pa
         build().run(progress=False)
     assert server.chat_requests() == []
     assert len([r for r in server.requests if r["path"].endswith("/batches")]) == 2  # one job per batch
-    time.sleep(0.6)
+    server.batch_seconds = 0.0  # the jobs are done now
     rows = rows_of(build().run(progress=False))
     assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(7) for _ in range(2)]
     assert len([r for r in server.requests if r["path"].endswith("/batches")]) == 2  # none created again

@@ -16,7 +16,7 @@ from stillhouse.core.errors import InvalidResourcesError, StepRuntimeError, Work
 from stillhouse.core.steps import LoadDataFromDicts
 from stillhouse.ray import RayExecutor
 from tests.ray.conftest import live_actors
-from tests.ray.ray_steps import Chatty, PidFile, SeesStorage, Unpicklable
+from tests.ray.ray_steps import Chatty, NodeMarker, PidFile, SeesStorage, Unpicklable
 from tests.support.results import rows_of
 from tests.support.steps import AlwaysFail, BrokenLoad, Count, Double, Pid, Recorder, Slow
 
@@ -84,8 +84,10 @@ def test_a_killed_actor_is_reported_dead_within_seconds(executor):
     executor.send(Task("slow", (0, 0), [data(2)]))
     os.kill(pid, signal.SIGKILL)
     started = time.monotonic()
-    (event,) = [e for e in collect(executor, 1, (Died,), timeout=20) if isinstance(e, Died)]
-    assert time.monotonic() - started < 10
+    (event,) = [e for e in collect(executor, 1, (Died,)) if isinstance(e, Died)]
+    # Noticed on its own (nothing else is sent that could reveal it) and promptly; the
+    # bound leaves room for Ray on a loaded 2-core machine.
+    assert time.monotonic() - started < 30
     assert (event.step_name, event.replica) == ("slow", 0)
     assert "actor" in event.detail
 
@@ -157,7 +159,7 @@ def test_killing_an_actor_fails_the_run_naming_the_step(tmp_path):
     killer.start()
     with pytest.raises(WorkerDiedError, match="'victim'") as info:
         pipeline.run(use_cache=False, progress=False)
-    assert time.monotonic() - killed_at[0] < 10
+    assert time.monotonic() - killed_at[0] < 30  # Ray's notice and the run's end, on a loaded machine
     assert info.value.step_name == "victim"
     killer.join(5)
 
@@ -215,16 +217,21 @@ def test_steps_that_cannot_be_placed_together_fail_fast(tmp_path):
 
 
 def test_cpus_and_custom_resources_are_held_per_replica(tmp_path):
+    """Both replicas, each holding a CPU and a slot, run at once: each batch waits until
+    both loaded. Where they loaded, not which rows each got: how tasks split between
+    them depends on how fast each worker starts, which a loaded machine decides."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
     with Pipeline(name="ray-held", executor="ray", cache_dir=tmp_path) as pipeline:
         loader = LoadDataFromDicts(data=data(40), batch_size=4)
-        held = Pid(
-            name="held", sleep=0.3, input_batch_size=2,
+        held = NodeMarker(
+            name="held", marker_dir=str(markers), input_batch_size=2,
             resources={"replicas": 2, "cpus": 1, "resources": {"slot": 1}},
         )
         loader >> held >> Slow(name="plain", sleep=0.0, resources={"replicas": 2})
     rows = rows_of(pipeline.run(use_cache=False, progress=False))
     assert [r["x"] for r in rows] == list(range(40))
-    assert len({r["pid"] for r in rows}) == 2
+    assert len(list(markers.iterdir())) == 2  # one marker per replica's process
 
 
 # -- storage ------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def workers_gone(sid: int, timeout: float = 15) -> bool:
+def workers_gone(sid: int, timeout: float = 30) -> bool:
     """No step worker (a Ray actor or an "mp" process) of the run is left.
 
     Ray's node helpers (dashboard and runtime-env agents) notice their raylet is gone

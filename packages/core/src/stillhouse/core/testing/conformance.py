@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import importlib.util
 from collections.abc import Iterator
-from typing import ClassVar
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
@@ -94,6 +95,14 @@ class ExecutorConformance:
         with registered_executor(self.executor_class, self.executor_name or None) as name:
             yield name
 
+    def _meet(self, tmp_path: Path) -> dict[str, Any]:
+        """Where replicas in processes of their own wait for each other (`Pid`): which
+        replica takes which batch is up to how fast each starts, and a loaded machine
+        could let one take them all before the other loaded."""
+        if not self.replicas_in_own_processes:
+            return {}
+        return {"meet": 2, "meet_dir": str(tmp_path / "meet")}
+
     def test_linear_pipeline_keeps_every_row_in_order(self, executor, tmp_path):
         with Pipeline(name="linear", executor=executor, cache_dir=tmp_path) as pipeline:
             LoadDataFromDicts(data=data(37), batch_size=5) >> Double(input_batch_size=4)
@@ -104,7 +113,7 @@ class ExecutorConformance:
     def test_replicas_split_batches_and_keep_input_order(self, executor, tmp_path):
         with Pipeline(name="replicas", executor=executor, cache_dir=tmp_path) as pipeline:
             loader = LoadDataFromDicts(data=data(60), batch_size=7)
-            loader >> Pid(input_batch_size=3, sleep=0.02, resources={"replicas": 2})
+            loader >> Pid(input_batch_size=3, sleep=0.02, resources={"replicas": 2}, **self._meet(tmp_path))
         rows = rows_of(pipeline.run(use_cache=False, progress=False))
         assert [r["x"] for r in rows] == list(range(60))
         if self.replicas_in_own_processes:
@@ -279,7 +288,9 @@ class ExecutorConformance:
     def test_async_replicas_split_batches_and_keep_input_order(self, executor, tmp_path):
         with Pipeline(name="async-replicas", executor=executor, cache_dir=tmp_path) as pipeline:
             loader = LoadDataFromDicts(data=data(60), batch_size=7)
-            loader >> AsyncPid(input_batch_size=3, sleep=0.03, concurrency=4, resources={"replicas": 2})
+            loader >> AsyncPid(
+                input_batch_size=3, sleep=0.03, concurrency=4, resources={"replicas": 2}, **self._meet(tmp_path)
+            )
         rows = rows_of(pipeline.run(use_cache=False, progress=False))
         assert [r["x"] for r in rows] == list(range(60))
         if self.replicas_in_own_processes:

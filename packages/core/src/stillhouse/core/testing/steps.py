@@ -34,8 +34,32 @@ def Tag(inputs: StepInput, tag: str = "a", sleep: float = 0.0) -> StepOutput:
     yield inputs
 
 
+MEET_SECONDS = 60.0
+"""How long a replica of `Pid` or `AsyncPid` waits for the others to meet it."""
+
+
+def _arrived(meet_dir: str, count: int) -> bool:
+    """Mark this process in `meet_dir`; whether `count` processes have marked it."""
+    os.makedirs(meet_dir, exist_ok=True)
+    with open(os.path.join(meet_dir, str(os.getpid())), "w"):
+        pass
+    return len(os.listdir(meet_dir)) >= count
+
+
+def _missed(meet_dir: str, count: int) -> RuntimeError:
+    return RuntimeError(f"only {len(os.listdir(meet_dir))} of {count} replica processes met in {MEET_SECONDS:.0f} s")
+
+
 @step(inputs=["x"], outputs=["pid"])
-def Pid(inputs: StepInput, sleep: float = 0.0) -> StepOutput:
+def Pid(inputs: StepInput, sleep: float = 0.0, meet: int = 0, meet_dir: str = "") -> StepOutput:
+    """Rows get the pid of the process that ran them. With `meet`, each batch first waits
+    until `meet` processes ran one (marked in `meet_dir`): however late a replica starts
+    on a loaded machine, every replica then runs some of the rows."""
+    deadline = time.monotonic() + MEET_SECONDS
+    while meet and not _arrived(meet_dir, meet):
+        if time.monotonic() > deadline:
+            raise _missed(meet_dir, meet)
+        time.sleep(0.02)
     time.sleep(random.random() * sleep)
     for row in inputs:
         row["pid"] = os.getpid()
@@ -135,7 +159,15 @@ async def AsyncTag(inputs: StepInput, tag: str = "a", sleep: float = 0.0) -> Asy
 
 
 @step(inputs=["x"], outputs=["pid"])
-async def AsyncPid(inputs: StepInput, sleep: float = 0.0) -> AsyncIterator[list[dict]]:
+async def AsyncPid(
+    inputs: StepInput, sleep: float = 0.0, meet: int = 0, meet_dir: str = ""
+) -> AsyncIterator[list[dict]]:
+    """`Pid`, async: the batches of a replica wait side by side."""
+    deadline = time.monotonic() + MEET_SECONDS
+    while meet and not _arrived(meet_dir, meet):
+        if time.monotonic() > deadline:
+            raise _missed(meet_dir, meet)
+        await asyncio.sleep(0.02)
     await asyncio.sleep(random.random() * sleep)
     for row in inputs:
         row["pid"] = os.getpid()
