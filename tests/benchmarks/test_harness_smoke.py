@@ -68,3 +68,14 @@ def test_compare_runs_another_revision_beside_the_workspace(tmp_path: Path) -> N
     startup = [t for t in result["targets"] if t["target"] == "startup in run() (stillhouse-threaded)"]
     assert startup[0]["before"][f"@{commit}"]["value"] == case["columns"][theirs]["stats"]["median"]
     assert f"stillhouse threaded @{commit}" in (tmp_path / "latest.md").read_text(encoding="utf-8")
+
+
+@pytest.mark.timeout(120)
+def test_replicas_timeline_splits_each_run() -> None:
+    command = [sys.executable, "-m", "benchmarks.replicas_timeline", "--rows", "40", "--pairs", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    one, two, speedup, summary = done.stdout.splitlines()
+    assert one.startswith("1 replica:  run ") and "[4 batches busy " in one  # 40 rows in batches of 10
+    assert two.startswith("2 replicas: run ") and " + end " in two
+    assert speedup.startswith("speed-up ") and summary.endswith("over 1 pairs")
