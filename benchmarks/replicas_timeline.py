@@ -6,9 +6,9 @@ Runs the replicas workload ("mp", a generator >> ~5 ms of pure Python per row in
 batches of 10) with 1 and then 2 replicas, `--pairs` times, each run in a fresh
 process as the harness runs it. The step records when each batch started and ended in
 its worker, so every run splits into: the start (from calling `run()` to the first
-batch of the CPU-bound step), the replicas' busy time (and per batch, which shows how
-much slower a batch is when both cores burn), and the end (from the last batch to
-`run()` returning). The speed-up of 2 replicas over 1 is the harness's figure; the
+batch of the CPU-bound step), the replicas' busy time (per batch: wall time, the
+replica's own CPU time, and how often another process took its core), and the end
+(from the last batch to `run()` returning). The speed-up of 2 replicas over 1 is the harness's figure; the
 split says what limits it.
 """
 
@@ -31,7 +31,9 @@ from stillhouse.core import Pipeline, Step, StepInput
 
 
 class TimedBurn(Step):
-    """`work.burn`, appending `[pid, started, ended]` (wall clock) per batch to `log`."""
+    """`work.burn`, appending `[pid, started, ended, cpu, preempted]` per batch to `log`:
+    wall clock, this thread's CPU seconds, and the process's involuntary context switches
+    (another process took the core)."""
 
     iterations: int
     log: str
@@ -45,11 +47,24 @@ class TimedBurn(Step):
         return ["burn"]
 
     def process(self, inputs: StepInput) -> Any:
-        started = time.time()
+        started, cpu, preempted = time.time(), time.thread_time(), _preemptions()
         rows = work.burn(inputs, self.iterations)
+        record = [os.getpid(), started, time.time(), time.thread_time() - cpu, _preemptions() - preempted]
         with open(self.log, "a") as handle:
-            handle.write(json.dumps([os.getpid(), started, time.time()]) + "\n")
+            handle.write(json.dumps(record) + "\n")
         yield rows
+
+
+def _preemptions() -> int:
+    """This process's involuntary context switches so far (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    return int(line.split(":")[1])
+    except OSError:
+        pass
+    return 0
 
 
 def child(replicas: int, rows: int, iterations: int, out: str) -> None:
@@ -67,8 +82,12 @@ def child(replicas: int, rows: int, iterations: int, out: str) -> None:
     per_replica = {}
     for pid in sorted({b[0] for b in batches}):
         mine = [b for b in batches if b[0] == pid]
-        busy = sum(end - start for _, start, end in mine)
-        per_replica[pid] = {"batches": len(mine), "busy": busy, "ms_per_batch": 1000 * busy / len(mine)}
+        busy = sum(end - start for _, start, end, _, _ in mine)
+        per_replica[pid] = {
+            "batches": len(mine), "busy": busy, "ms_per_batch": 1000 * busy / len(mine),
+            "cpu_ms_per_batch": 1000 * sum(b[3] for b in mine) / len(mine),
+            "preempted_per_batch": sum(b[4] for b in mine) / len(mine),
+        }
     split = {
         "run": returned - called,
         "start": min(b[1] for b in batches) - called,
@@ -91,7 +110,9 @@ def _run(replicas: int, rows: int, iterations: int) -> dict[str, Any]:
 
 def _describe(split: dict[str, Any]) -> str:
     replicas = ", ".join(
-        f"{r['batches']} batches busy {r['busy']:.2f} s ({r['ms_per_batch']:.1f} ms each)" for r in split["replicas"]
+        f"{r['batches']} batches busy {r['busy']:.2f} s ({r['ms_per_batch']:.1f} ms each, "
+        f"{r['cpu_ms_per_batch']:.1f} ms CPU, preempted {r['preempted_per_batch']:.1f}x)"
+        for r in split["replicas"]
     )
     return f"run {split['run']:.2f} s = start {split['start']:.2f} s + [{replicas}] + end {split['end']:.2f} s"
 
