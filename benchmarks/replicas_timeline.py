@@ -26,25 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import work
-from benchmarks.pipelines import Rows
-from stillhouse.core import Pipeline, Step, StepInput
+from benchmarks.pipelines import Burn, Rows
+from stillhouse.core import Pipeline, StepInput
 
 
-class TimedBurn(Step):
-    """`work.burn`, appending `[pid, started, ended, cpu, preempted]` per batch to `log`:
+class TimedBurn(Burn):
+    """`Burn`, appending `[pid, started, ended, cpu, preempted]` per batch to `log`:
     wall clock, this thread's CPU seconds, and the process's involuntary context switches
     (another process took the core)."""
 
-    iterations: int
     log: str
-
-    @property
-    def inputs(self) -> list[str]:
-        return ["x"]
-
-    @property
-    def outputs(self) -> list[str]:
-        return ["burn"]
 
     def process(self, inputs: StepInput) -> Any:
         started, cpu, preempted = time.time(), time.thread_time(), _preemptions()
