@@ -59,8 +59,9 @@ def _preemptions() -> int:
 
 
 def child(replicas: int, rows: int, iterations: int, out: str) -> None:
-    """One run in this process; its split written to `out` as JSON."""
-    scratch = Path(tempfile.mkdtemp(prefix="stillhouse-timeline-"))
+    """One run in this process; its split written to `out` as JSON, its cache and batch
+    log beside `out` (in the caller's temporary folder, removed with it)."""
+    scratch = Path(out).parent
     log = scratch / "batches.jsonl"
     with Pipeline(name="replicas-timeline", cache_dir=str(scratch / "cache"), executor="mp") as pipeline:
         Rows(rows=rows, batch_size=10) >> TimedBurn(
