@@ -35,6 +35,7 @@ from stillhouse.core.engine import (
     serve,
 )
 from stillhouse.core.step import BaseStep
+from stillhouse.executors._malloc import keep_freed_memory
 
 PIPE_BYTES = 1 << 20
 """Kernel buffer of a queue's pipe (Linux): a 1 MB batch (1,000 rows of 1 KB) then
@@ -124,6 +125,7 @@ def worker_main(
     os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
     route_logs(QueueHandler(results), log_levels, (str(step.name), replica))
     pickling_support.install()
+    keep_freed_memory()
     _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
     outcome = serve(runner, tasks.get, lambda event: results.put(portable(event)), replace=lambda _: None)
