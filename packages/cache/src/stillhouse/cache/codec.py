@@ -50,6 +50,7 @@ a column a step passes through unchanged (the text it classified, the prompt it
 answered) is not stored again by every step after the one that made it."""
 REFS_KEY = b"stillhouse.refs"
 _MISSING = object()
+_SCHEMAS: dict[tuple[Any, ...], bytes] = {}  # a blob's one-field schema, serialized, by field
 _SCALARS = (bool, int, float, str)
 _NATIVE = {bool, int, float, str, bytes, dt.datetime, dt.date, type(None)}
 
@@ -390,6 +391,30 @@ def decode_rows(data: bytes, where: str = "the cache") -> tuple[list[dict[str, A
 # -- large columns, stored once per content -------------------------------------------
 
 
+def arrow_bytes(array: Any) -> int:
+    """The bytes of `array`'s buffers: its size for the arrays built here (never slices).
+
+    Not `array.nbytes`, which walks a string array's offsets (49 us for 1,000 texts) and
+    frees the GIL to do it: with another thread running Python, getting it back took
+    0.87 ms a call (docs/benchmarks.md, "Issue 20, fifth pass")."""
+    return array.get_total_buffer_size()
+
+
+def _field_schema(field: Any) -> bytes:
+    """The serialized one-field schema of a blob of `field` (serializing frees the GIL:
+    0.5 ms a call beside a busy thread), made once per distinct field."""
+    metadata = field.metadata
+    key = (field.name, str(field.type), field.nullable, tuple(sorted(metadata.items())) if metadata else ())
+    found = _SCHEMAS.get(key)
+    if found is None:
+        import pyarrow as pa
+
+        found = pa.schema([field]).serialize().to_pybytes()
+        if len(_SCHEMAS) < 1024:  # column names come from user data: keep it bounded
+            _SCHEMAS[key] = found
+    return found
+
+
 class Blob(NamedTuple):
     """One column of a batch on its own: a one-field Arrow schema and the record batch
     message of that column, named by the xxh3-128 `digest` of both."""
@@ -432,14 +457,13 @@ def split_columns(batch: Any, sink: BlobSink, memo: ColumnMemo | None = None) ->
 
     keep, refs = [], []
     for position, (field, column) in enumerate(zip(batch.schema, batch.columns, strict=True)):
-        if column.nbytes < BLOB_FROM:
+        if arrow_bytes(column) < BLOB_FROM:
             keep.append(position)
             continue
-        schema = pa.schema([field])
-        schema_bytes = schema.serialize().to_pybytes()
+        schema_bytes = _field_schema(field)
         digest = None if memo is None else memo.digest(schema_bytes, column)
         if digest is None or not sink.has(digest):
-            body = pa.RecordBatch.from_arrays([column], schema=schema).serialize()
+            body = pa.RecordBatch.from_arrays([column], schema=pa.schema([field])).serialize()
             digest = _digest(schema_bytes, body)
             if not sink.has(digest):
                 sink.add(Blob(digest, schema_bytes, body))
@@ -483,7 +507,7 @@ class ColumnMemo:
         return entry.array
 
     def remember(self, name: str, values: list[Any], array: Any) -> None:
-        if not values or type(values[0]) is not str or not BLOB_FROM <= array.nbytes <= self.limit:
+        if not values or type(values[0]) is not str or not BLOB_FROM <= arrow_bytes(array) <= self.limit:
             return
         key = (name, len(values), values[0])
         if key in self._by_values:
@@ -491,7 +515,7 @@ class ColumnMemo:
         entry = _Memo(values, array, _buffers(array), {})
         self._by_values[key] = entry
         self._by_buffers[entry.buffers] = entry
-        self._bytes += array.nbytes
+        self._bytes += arrow_bytes(array)
         while self._bytes > self.limit:
             self._forget(next(iter(self._by_values)))
 
@@ -507,7 +531,7 @@ class ColumnMemo:
     def _forget(self, key: tuple[str, int, str]) -> None:
         entry = self._by_values.pop(key)
         self._by_buffers.pop(entry.buffers, None)
-        self._bytes -= entry.array.nbytes
+        self._bytes -= arrow_bytes(entry.array)
 
 
 class _Memo(NamedTuple):

@@ -199,7 +199,8 @@ class ParquetOutputWriter(OutputWriter):
         buffer.schema = unify_schema(leaf, buffer.schema, table.schema)
         buffer.tables.append(table)
         buffer.rows += table.num_rows
-        buffer.nbytes += table.nbytes
+        buffer.nbytes += table.get_total_buffer_size()  # a new table: its size, and
+        # unlike `nbytes` it neither walks the offsets nor frees the GIL (codec.arrow_bytes)
         if buffer.nbytes >= self.max_buffer_bytes:
             self._drain(leaf, buffer, everything=True)
         elif buffer.rows >= self.rows_per_file:
