@@ -306,3 +306,26 @@ def test_a_background_write_that_fails_is_raised_by_the_writer(tmp_path, monkeyp
         writer.finish("leaf")
     assert not any(name.endswith((".parquet", ".tmp")) for name in os.listdir(tmp_path / "leaf"))
     assert COMPLETE_MARKER not in os.listdir(tmp_path / "leaf")
+
+
+def test_result_files_are_written_in_pieces_and_hashed_whole():
+    import xxhash
+
+    from stillhouse.distiset._storage import WRITE_PIECE, HashingWriter
+
+    class Recording:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+            self.data = bytearray()
+
+        def write(self, data) -> int:
+            self.sizes.append(memoryview(data).nbytes)
+            self.data += data
+            return memoryview(data).nbytes
+
+    payload = os.urandom(WRITE_PIECE * 2 + 10)
+    handle, digest = Recording(), xxhash.xxh3_64()
+    assert HashingWriter(handle, digest).write(payload) == len(payload)
+    assert handle.sizes == [WRITE_PIECE, WRITE_PIECE, 10]
+    assert bytes(handle.data) == payload
+    assert digest.hexdigest() == xxhash.xxh3_64(payload).hexdigest()

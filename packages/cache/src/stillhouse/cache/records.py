@@ -39,6 +39,11 @@ _CHECKED = _HEADER.size - 4  # the header bytes the checksum covers
 HEADER_SIZE = _HEADER.size
 
 SYNC_EVERY = 1.0
+WRITE_PIECE = 256 * 1024
+"""Larger payloads are written in pieces of this size: one `write` of 1 MB makes the
+kernel take large page-cache folios, which cost this machine (Linux 6.18 in a VM) 0.9-1.1 s
+per GB written against 0.17-0.26 s in 256 KB writes (docs/benchmarks.md, "Issue 20,
+fifth pass"); elsewhere the pieces cost a few system calls per MB."""
 BATCH = 1
 ROUTE = 2
 BLOB = 3  # a column stored once per content (codec.Blob); `a` and `b` hold its digest
@@ -131,6 +136,16 @@ def unframe(blob: bytes, where: str) -> tuple[Header, bytes]:
     )
 
 
+def write_in_pieces(handle: Any, data: Any) -> None:
+    """`handle.write(data)`, in writes of at most `WRITE_PIECE` bytes."""
+    view = memoryview(data).cast("B")
+    if view.nbytes <= WRITE_PIECE:
+        handle.write(view)
+        return
+    for start in range(0, view.nbytes, WRITE_PIECE):
+        handle.write(view[start : start + WRITE_PIECE])
+
+
 class _Syncer:
     """One background thread per process that fsyncs the logs `append` hands it."""
 
@@ -190,7 +205,7 @@ class RecordLog:
         header, head = _head(kind, a, b, parts, rows, flags)
         self._append.write(head)
         for part in parts:
-            self._append.write(part)
+            write_in_pieces(self._append, part)
         self._append.flush()  # in the OS now: survives the death of this process
         header = header._replace(offset=offset)
         self.index.append(header)
