@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -36,7 +35,9 @@ def keep_freed_memory() -> bool:
     if not sys.platform.startswith("linux"):
         return False
     with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        # The process's own symbols, libc's among them (`ctypes.util.find_library` would
+        # run `ldconfig` in a subprocess at every worker's start).
+        libc = ctypes.CDLL(None)
         if not hasattr(libc, "gnu_get_libc_version"):
             return False  # musl and others: mallopt is absent or does nothing
         # mallopt returns 1 on success; both must hold, or glibc's defaults are better
