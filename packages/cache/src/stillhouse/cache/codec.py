@@ -404,7 +404,7 @@ def _field_schema(field: Any) -> bytes:
     """The serialized one-field schema of a blob of `field` (serializing frees the GIL:
     0.5 ms a call beside a busy thread), made once per distinct field."""
     metadata = field.metadata
-    key = (field.name, str(field.type), field.nullable, tuple(sorted(metadata.items())) if metadata else ())
+    key = (field.name, field.type, field.nullable, tuple(sorted(metadata.items())) if metadata else ())
     found = _SCHEMAS.get(key)
     if found is None:
         import pyarrow as pa
