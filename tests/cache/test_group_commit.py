@@ -16,6 +16,7 @@ from stillhouse.cache.records import BATCH, RecordLog, iter_headers
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core.engine import BatchRecord
 from stillhouse.core.errors import CacheDiskError
+from stillhouse.core.files import WRITE_PIECE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -99,33 +100,11 @@ def _reopen(tmp_path: Path) -> FileStepStore:
     )
 
 
-class _Recording:
-    def __init__(self) -> None:
-        self.sizes: list[int] = []
-        self.data = bytearray()
-
-    def write(self, data) -> int:
-        view = memoryview(data)
-        self.sizes.append(view.nbytes)
-        self.data += view
-        return view.nbytes
-
-
-def test_large_payloads_are_written_in_pieces_small_writes_whole():
-    payload = os.urandom(records.WRITE_PIECE * 3 + 1234)
-    handle = _Recording()
-    records.write_in_pieces(handle, payload)
-    assert handle.sizes == [records.WRITE_PIECE] * 3 + [1234]
-    assert bytes(handle.data) == payload
-    small = _Recording()
-    records.write_in_pieces(small, b"abc")
-    assert small.sizes == [3]
-
 
 def test_a_record_written_in_pieces_reads_back_whole(tmp_path):
     import pyarrow as pa
 
-    body = os.urandom(records.WRITE_PIECE * 2 + 77)
+    body = os.urandom(WRITE_PIECE * 2 + 77)
     log = RecordLog(tmp_path / "batches.log")
     header = log.append(BATCH, 0, 1, [b"prefix", pa.py_buffer(body)], rows=3)
     assert log.read(header) == b"prefix" + body

@@ -311,7 +311,8 @@ def test_a_background_write_that_fails_is_raised_by_the_writer(tmp_path, monkeyp
 def test_result_files_are_written_in_pieces_and_hashed_whole():
     import xxhash
 
-    from stillhouse.distiset._storage import WRITE_PIECE, HashingWriter
+    from stillhouse.core.files import WRITE_PIECE
+    from stillhouse.distiset._storage import HashingWriter
 
     class Recording:
         def __init__(self) -> None:

@@ -32,6 +32,7 @@ from typing import Any, NamedTuple
 
 from stillhouse.cache.atomic import disk_errors
 from stillhouse.core.errors import CorruptCacheError
+from stillhouse.core.files import write_in_pieces
 
 MAGIC = b"S2"
 _HEADER = struct.Struct("<2sBBqqIII")
@@ -39,11 +40,6 @@ _CHECKED = _HEADER.size - 4  # the header bytes the checksum covers
 HEADER_SIZE = _HEADER.size
 
 SYNC_EVERY = 1.0
-WRITE_PIECE = 256 * 1024
-"""Larger payloads are written in pieces of this size: one `write` of 1 MB makes the
-kernel take large page-cache folios, which cost this machine (Linux 6.18 in a VM) 0.9-1.1 s
-per GB written against 0.17-0.26 s in 256 KB writes (docs/benchmarks.md, "Issue 20,
-fifth pass"); elsewhere the pieces cost a few system calls per MB."""
 BATCH = 1
 ROUTE = 2
 BLOB = 3  # a column stored once per content (codec.Blob); `a` and `b` hold its digest
@@ -134,16 +130,6 @@ def unframe(blob: bytes, where: str) -> tuple[Header, bytes]:
         f"The cache object {where} is damaged. Delete its step folder or run with "
         "use_cache=False to recompute this step."
     )
-
-
-def write_in_pieces(handle: Any, data: Any) -> None:
-    """`handle.write(data)`, in writes of at most `WRITE_PIECE` bytes."""
-    view = memoryview(data).cast("B")
-    if view.nbytes <= WRITE_PIECE:
-        handle.write(view)
-        return
-    for start in range(0, view.nbytes, WRITE_PIECE):
-        handle.write(view[start : start + WRITE_PIECE])
 
 
 class _Syncer:

@@ -26,16 +26,12 @@ from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
 from stillhouse.core.errors import CacheDiskError
+from stillhouse.core.files import write_in_pieces
 
 PathLike = str | os.PathLike[str]
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 """Results are private to the user, like the rest of a run's cache."""
-WRITE_PIECE = 256 * 1024
-"""Result files are written in pieces of at most this size: one `write` of 1-2 MB makes
-the kernel take large page-cache folios, which cost this machine (Linux 6.18 in a VM)
-0.9-2.6 s per GB written against 0.17-0.26 s in 256 KB writes (docs/benchmarks.md,
-"Issue 20, fifth pass"); elsewhere the pieces cost a few system calls per MB."""
 
 
 def resolve(
@@ -205,10 +201,7 @@ class HashingWriter:
 
     def write(self, data: Any) -> int:
         self.digest.update(data)
-        view = memoryview(data).cast("B")
-        for start in range(0, view.nbytes, WRITE_PIECE):
-            self.handle.write(view[start : start + WRITE_PIECE])
-        return view.nbytes
+        return write_in_pieces(self.handle, data)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.handle, name)
