@@ -79,3 +79,27 @@ def test_replicas_timeline_splits_each_run() -> None:
     assert one.startswith("1 replica:  run ") and "[4 batches busy " in one  # 40 rows in batches of 10
     assert two.startswith("2 replicas: run ") and " + end " in two
     assert speedup.startswith("speed-up ") and summary.endswith("over 1 pairs")
+
+
+@pytest.mark.timeout(120)
+def test_cpu_split_names_the_threads_and_workers_of_each_run() -> None:
+    command = [sys.executable, "-m", "benchmarks.cpu_split", "--rows", "4000", "--bound", "none,checkpoints"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = [line for line in done.stdout.splitlines() if not line.startswith(" ")]
+    assert [line.split(":")[0] for line in runs] == [
+        "mp, bound none", "mp, bound checkpoints", "threaded, bound none", "threaded, bound checkpoints",
+    ]
+    mp, threaded = done.stdout.split("threaded, bound none")[0], done.stdout.split("threaded, bound none")[1]
+    assert mp.count("    workers: ") == 2 and all(
+        len(line.split(", ")) == 3 for line in mp.splitlines() if line.startswith("    workers: ")
+    ), "mp runs three worker processes here: the generator and two steps"
+    assert "workers 0.00 s" in threaded and "    workers: " not in threaded  # threads, no processes
+
+
+@pytest.mark.timeout(60)
+def test_cpu_split_refuses_an_unknown_bound() -> None:
+    command = [sys.executable, "-m", "benchmarks.cpu_split", "--bound", "zstd"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "unknown --bound zstd; choose from none, compression, checkpoints" in done.stderr
