@@ -7,8 +7,9 @@ Runs the memory workload's chain (a generator of 1 KB texts >> two trivial steps
 batches of 1,000, one replica each) in a fresh process per run, as the harness runs
 it. A sampling thread reads, 20 times a second, the CPU time of every thread of the
 driver (`/proc/self/task`) and of every worker process (`/proc/<pid>`), and keeps the
-last reading of each (less what a thread had used before `run()`). The run prints its wall time, the driver's CPU thread by thread
-and each worker's CPU: on "threaded" the driver's main thread is the chain every batch
+last reading of each (less what a thread had used before `run()`). The run prints
+its wall time, the driver's CPU thread by thread (threads of one name summed) and each
+worker's CPU: on "threaded" the driver's main thread is the chain every batch
 goes through, and on "mp" the driver's threads share one GIL.
 
 `--bound` asks what a run would take if part of the checkpoint work cost nothing, by
@@ -37,6 +38,9 @@ from typing import Any
 from benchmarks import pipelines
 
 BOUNDS = ("none", "compression", "checkpoints")
+NATIVE = "(threads Python does not know)"
+"""Threads in `/proc` but not in `threading.enumerate()`: the native threads of libraries
+(importing pyarrow starts two)."""
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
 
@@ -66,7 +70,7 @@ class _Sampler(threading.Thread):
                 cpu = _cpu(Path(f"/proc/self/task/{tid}/stat").read_text())
             except OSError:
                 continue  # the thread ended between listing and reading
-            name = names.get(int(tid)) or self.threads.get(int(tid), ("unnamed",))[0]
+            name = names.get(int(tid)) or self.threads.get(int(tid), (NATIVE,))[0]
             self.threads[int(tid)] = (name, cpu)
         try:
             children = Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()
