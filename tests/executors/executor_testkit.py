@@ -121,17 +121,6 @@ class Unsendable(Step):
         yield [{"value": lambda: None} for _ in inputs]
 
 
-class PageFaults(Step):
-    """Passes its rows through, each batch stamped with the page faults its process
-    had taken when the batch was done (Linux: `ru_minflt`)."""
-
-    def process(self, inputs: StepInput) -> StepOutput:
-        import resource
-
-        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        yield [{**row, "faults": faults} for row in inputs]
-
-
 class WhoAmI(Step):
     def process(self, inputs: StepInput) -> StepOutput:
         time.sleep(0.2)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import platform
+import resource
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,7 +21,16 @@ from stillhouse.ray import RayExecutor
 from tests.ray.conftest import live_actors
 from tests.ray.ray_steps import Chatty, NodeMarker, PidFile, SeesStorage, Unpicklable
 from tests.support.results import rows_of
-from tests.support.steps import AlwaysFail, BrokenLoad, Count, Double, Pid, Recorder, Slow
+from tests.support.steps import (
+    AlwaysFail,
+    BrokenLoad,
+    Count,
+    Double,
+    PageFaults,
+    Pid,
+    Recorder,
+    Slow,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(120), pytest.mark.usefixtures("no_actors_left")]
 
@@ -62,6 +74,52 @@ def test_replicas_each_load_and_share_the_tasks(executor):
     pids = {row["pid"] for e in events if isinstance(e, Finished) for row in e.result.rows}
     assert pids == set(executor.worker_pids()["pid"]) and len(pids) == 2
     assert os.getpid() not in pids
+
+
+TEXT = "".join(chr(97 + i * 7 % 26) for i in range(4096))
+
+
+def one_mb_batch(index: int) -> list[dict]:
+    """1,000 rows of 1 KB, every batch new strings (as a generator's would be)."""
+    return [{"x": i, "text": f"{index:06d}{i:06d}" + TEXT[i % 3000 :][:1012]} for i in range(1000)]
+
+
+def faults_per_batch(run_one: object) -> float:
+    """Mean page faults per batch of the process `run_one(index)` reports, batches 10-29."""
+    stamps = [run_one(index) for index in range(30)]  # type: ignore[operator]
+    return (stamps[-1] - stamps[9]) / 20
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="the thresholds are glibc's mallopt",
+)
+def test_an_actor_keeps_the_memory_it_frees(executor):
+    import ray
+
+    with Pipeline(name="unit"):
+        step = PageFaults(name="faults")
+    executor.start([step], RunContext())
+
+    def ours(index: int) -> int:  # one batch at a time: each is freed before the next comes
+        executor.send(Task("faults", (0, index), [one_mb_batch(index)]))
+        (finished,) = [e for e in collect(executor, 1, (Finished,)) if isinstance(e, Finished)]
+        return finished.result.rows[0]["faults"]
+
+    @ray.remote
+    class Bare:  # the same batches in and out of a Ray actor of glibc's defaults
+        def run(self, rows: list[dict]) -> list[dict]:
+            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            return [{**row, "faults": faults} for row in rows]
+
+    bare = Bare.remote()
+    try:
+        theirs = faults_per_batch(lambda index: ray.get(bare.run.remote(one_mb_batch(index)), timeout=60)[0]["faults"])
+    finally:
+        ray.kill(bare)
+    # Measured: about 275 faults per batch in our actor, 750 in the bare one (and 755 in
+    # ours before it kept its memory: Ray's own buffers make the rest).
+    assert faults_per_batch(ours) < theirs / 2
 
 
 def test_a_failing_load_is_failed_with_the_steps_own_exception(executor):

@@ -4,6 +4,8 @@ placement checks and the storage check (Ray's calls are faked where needed)."""
 from __future__ import annotations
 
 import os
+import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -29,7 +31,6 @@ def test_registered_as_a_plugin_without_importing_ray():
     assert plugins.executor_class("ray") is RayExecutor
     # Having the plugin installed must cost runs on other executors nothing.
     code = "import sys, stillhouse.ray.plugin; assert 'ray' not in sys.modules"
-    import subprocess
 
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
@@ -214,3 +215,20 @@ def test_local_batch_storage_is_refused_on_several_nodes(storage, with_global, r
         return
     with pytest.raises(PipelineValidationError, match=r"3 nodes.*storage_parameters=\{'path': 's3://"):
         _runtime.check_storage(steps, context, 3)
+
+
+@pytest.mark.parametrize(("driver", "keeps"), [("driver_process()", "False"), ("('elsewhere', 1)", "True")])
+def test_an_actor_inside_the_driver_leaves_its_memory_alone(driver, keeps):
+    # Ray's local mode runs actors in the driver: the user's process is never tuned. In a
+    # fresh interpreter, so that this one's malloc stays as it was.
+    if keeps == "True" and (not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc"):
+        pytest.skip("the thresholds are glibc's mallopt")
+    code = (
+        "from stillhouse.ray._actor import StepActor, driver_process\n"
+        "from tests.support.steps import Count\n"
+        f"actor = StepActor(Count(name='count'), 0, False, {{}}, {driver})\n"
+        "print(actor.keeps_freed_memory)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == keeps

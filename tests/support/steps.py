@@ -184,3 +184,14 @@ def FailsWhileMarked(inputs: StepInput, marker: str = "", log: str = "") -> Step
     if os.path.exists(marker) and any(row["x"] == 3 for row in inputs):
         raise RuntimeError("the endpoint is down")
     yield [{**row, "y": row["x"] * 2} for row in inputs]
+
+
+class PageFaults(Step):
+    """Passes its rows through, each batch stamped with the page faults its process
+    had taken when the batch was done (Linux: `ru_minflt`)."""
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        import resource
+
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        yield [{**row, "faults": faults} for row in inputs]

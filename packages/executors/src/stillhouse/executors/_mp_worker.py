@@ -34,8 +34,8 @@ from stillhouse.core.engine import (
     route_logs,
     serve,
 )
+from stillhouse.core.memory import keep_freed_memory
 from stillhouse.core.step import BaseStep
-from stillhouse.executors._malloc import keep_freed_memory
 
 PIPE_BYTES = 1 << 20
 """Kernel buffer of a queue's pipe (Linux): a 1 MB batch (1,000 rows of 1 KB) then

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import threading
 from dataclasses import dataclass, field
 
@@ -27,6 +28,7 @@ from stillhouse.core.engine import (
     replace_in_process,
     route_logs,
 )
+from stillhouse.core.memory import keep_freed_memory
 from stillhouse.core.step import BaseStep
 
 RAY_LOGGERS = ("ray",)
@@ -50,14 +52,22 @@ class StepActor:
     an `unload()` sent after the last task runs after it. The actor of an async step is
     a threaded actor (`max_concurrency`): its `run` calls wait on the runner's event loop
     side by side, up to the step's `concurrency`; the engine unloads only once none is
-    in flight.
+    in flight. In a process of its own (not the `driver`'s, as in Ray's local mode) the
+    actor keeps the memory it frees (`stillhouse.core.memory`).
     """
 
     def __init__(
-        self, step: BaseStep, replica: int, enable_metadata: bool, log_levels: dict[str, int]
+        self,
+        step: BaseStep,
+        replica: int,
+        enable_metadata: bool,
+        log_levels: dict[str, int],
+        driver: tuple[str, int],
     ) -> None:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
+        # An actor's process is the executor's to tune; the driver's never (local mode).
+        self.keeps_freed_memory = driver != driver_process() and keep_freed_memory()
         pickling_support.install()
         self._logs = LogBuffer()
         route_logs(self._logs, log_levels, (str(step.name), replica), keep=RAY_LOGGERS)
@@ -100,3 +110,9 @@ class StepActor:
 
     def _reply(self, event: Event | None) -> Reply:
         return Reply(portable(event), self._logs.take())
+
+
+def driver_process() -> tuple[str, int]:
+    """This process, as the driver names itself to its actors: an actor that finds the
+    same name runs inside the driver (Ray's local mode) and leaves its memory alone."""
+    return socket.gethostname(), os.getpid()

@@ -97,7 +97,7 @@ class RayExecutor(Executor):
     def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
         enable_metadata = context.enable_metadata
         from stillhouse.ray import _runtime
-        from stillhouse.ray._actor import RAY_LOGGERS
+        from stillhouse.ray._actor import RAY_LOGGERS, driver_process
 
         for step in steps:
             if step.name in self._actors:
@@ -119,7 +119,7 @@ class RayExecutor(Executor):
             self._backlog[step.name] = deque()
             for index in range(step.resources.replicas):
                 handle = self._actor_class.options(**options[step.name]).remote(
-                    step, index, enable_metadata, levels
+                    step, index, enable_metadata, levels, driver_process()
                 )
                 actor = _Actor(step.name, index, handle)
                 actors.append(actor)
