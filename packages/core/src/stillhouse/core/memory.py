@@ -7,8 +7,8 @@ buffer is returned to the kernel when freed (mapped apart, or trimmed off the to
 the heap), and the next batch faults the same number of pages in again. Measured on
 "mp", 1M rows x 1 KB: 1.67 million page faults in the workers, 14 thousand with the
 thresholds below; the run 13.9 -> 11.5 s (docs/benchmarks.md, "Issue 20, fifth pass").
-In a "ray" actor, 200 batches of 1 MB: 535 faults and 3.9 ms of CPU per batch, 73 and
-2.6 ms with them (docs/executors.md).
+In a "ray" actor, 200 batches of 1,000 rows x 1 KB: 520-538 page faults and 3.4-3.8 ms
+of CPU per batch, 72-79 and 2.7-2.8 ms with them (docs/executors/ray.md).
 
 The cost is memory the worker holds on to: at most `TRIM_THRESHOLD` of freed heap,
 and blocks below `MMAP_THRESHOLD` come from the heap. Call it only in processes the
