@@ -25,4 +25,3 @@ def _in_a_fresh_interpreter(code: str) -> str:
 )
 def test_keep_freed_memory_reports_that_it_applied_on_glibc() -> None:
     assert _in_a_fresh_interpreter("from stillhouse.core.memory import keep_freed_memory; print(keep_freed_memory())") == "True"
-

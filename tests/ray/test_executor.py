@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -84,9 +85,9 @@ def one_mb_batch(index: int) -> list[dict]:
     return [{"x": i, "text": f"{index:06d}{i:06d}" + TEXT[i % 3000 :][:1012]} for i in range(1000)]
 
 
-def faults_per_batch(run_one: object) -> float:
+def faults_per_batch(run_one: Callable[[int], int]) -> float:
     """Mean page faults per batch of the process `run_one(index)` reports, batches 10-29."""
-    stamps = [run_one(index) for index in range(30)]  # type: ignore[operator]
+    stamps = [run_one(index) for index in range(30)]
     return (stamps[-1] - stamps[9]) / 20
 
 
