@@ -14,11 +14,17 @@ VM) 0.9-2.6 s per GB written against 0.17-0.26 s in 256 KB writes (docs/benchmar
 
 
 def write_in_pieces(handle: Any, data: Any) -> int:
-    """`handle.write(data)` in writes of at most `WRITE_PIECE` bytes; the bytes written."""
+    """`handle.write(data)` in writes of at most `WRITE_PIECE` bytes; the bytes written.
+
+    A write that takes fewer bytes than it was given (a raw, unbuffered handle may) is
+    followed by one for the rest; a handle whose `write` returns None (some file-likes
+    do) is taken to have written all it was given."""
     view = memoryview(data).cast("B")
-    if view.nbytes <= WRITE_PIECE:
-        handle.write(view)
-    else:
-        for start in range(0, view.nbytes, WRITE_PIECE):
-            handle.write(view[start : start + WRITE_PIECE])
+    start = 0
+    while start < view.nbytes:
+        piece = view[start : start + WRITE_PIECE]
+        written = handle.write(piece)
+        if written == 0:
+            raise OSError(f"{handle!r} took none of {piece.nbytes} bytes")
+        start += piece.nbytes if written is None else written
     return view.nbytes
