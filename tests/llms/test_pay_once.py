@@ -30,10 +30,11 @@ ROWS = 120
 MAX_CONCURRENCY = 8  # tests/llms/llm_pipeline.py
 
 
-def _start(cache: Path, executor: str, base_url: str, out: Path) -> subprocess.Popen:
+def _start(cache: Path, executor: str, base_url: str, out: Path, **llm_fields: object) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0", "OPENAI_API_KEY": API_KEY}
+    args = [str(cache), executor, base_url, str(ROWS), str(out), json.dumps(llm_fields)]
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.llms.llm_pipeline", str(cache), executor, base_url, str(ROWS), str(out)],
+        [sys.executable, "-m", "tests.llms.llm_pipeline", *args],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )
 
@@ -43,34 +44,55 @@ def _kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+def _kill_after_a_quarter(server: FakeOpenAIServer, cache: Path, executor: str, out: Path) -> int:
+    """Start the pipeline, SIGKILL it once a quarter of the rows were answered; the
+    requests answered by then."""
+    process = _start(cache, executor, server.base_url, out)
+    try:
+        deadline = time.monotonic() + 120
+        while len(server.chat_requests(200)) < ROWS // 4:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the run never got going"
+            time.sleep(0.01)
+        _kill_group(process)
+        process.communicate(timeout=30)
+    finally:
+        _kill_group(process)
+    before = len(server.chat_requests(200))
+    assert before < ROWS, "the run finished before the kill: nothing was tested"
+    return before
+
+
+def _rerun_sends_only_the_rest(server: FakeOpenAIServer, cache: Path, executor: str, out: Path, before: int,
+                               **llm_fields: object) -> None:
+    rerun = _start(cache, executor, server.base_url, out, **llm_fields)
+    try:
+        _, err = rerun.communicate(timeout=180)
+    finally:
+        _kill_group(rerun)
+    assert rerun.returncode == 0, err
+    rows = json.loads(out.read_text())
+    assert sorted(r["instruction"] for r in rows) == sorted(f"question {i}" for i in range(ROWS))
+    assert all(r["generation"] == f"echo: {r['instruction']}" for r in rows)
+    sent = server.chat_requests(200)
+    assert len(sent) <= ROWS + MAX_CONCURRENCY, f"{len(sent)} answered requests for {ROWS} rows"
+    assert len(sent) - before < ROWS  # the rerun sent only what was not recorded
+    assert API_KEY not in "".join(p.read_text("utf-8", "replace") for p in cache.rglob("*") if p.is_file())
+
+
 @pytest.mark.parametrize("executor", ["threaded", "mp"])
 def test_sigkill_then_rerun_sends_each_request_once(tmp_path, executor) -> None:
     with FakeOpenAIServer(latency=0.1, api_key=API_KEY) as server:
         cache, out = tmp_path / "cache", tmp_path / "out.json"
-        process = _start(cache, executor, server.base_url, out)
-        try:
-            deadline = time.monotonic() + 120
-            while len(server.chat_requests(200)) < ROWS // 4:
-                assert process.poll() is None, process.communicate()[1]
-                assert time.monotonic() < deadline, "the run never got going"
-                time.sleep(0.01)
-            _kill_group(process)
-            process.communicate(timeout=30)
-        finally:
-            _kill_group(process)
-        before = len(server.chat_requests(200))
-        assert before < ROWS, "the run finished before the kill: nothing was tested"
+        before = _kill_after_a_quarter(server, cache, executor, out)
+        _rerun_sends_only_the_rest(server, cache, executor, out, before)
 
-        rerun = _start(cache, executor, server.base_url, out)
-        try:
-            _, err = rerun.communicate(timeout=180)
-        finally:
-            _kill_group(rerun)
-        assert rerun.returncode == 0, err
-        rows = json.loads(out.read_text())
-        assert sorted(r["instruction"] for r in rows) == sorted(f"question {i}" for i in range(ROWS))
-        assert all(r["generation"] == f"echo: {r['instruction']}" for r in rows)
-        sent = server.chat_requests(200)
-        assert len(sent) <= ROWS + MAX_CONCURRENCY, f"{len(sent)} answered requests for {ROWS} rows"
-        assert len(sent) - before < ROWS  # the rerun sent only what was not recorded
-        assert API_KEY not in "".join(p.read_text("utf-8", "replace") for p in cache.rglob("*") if p.is_file())
+
+def test_a_rerun_with_a_longer_timeout_and_other_limits_still_pays_once(tmp_path) -> None:
+    # What a user changes after a killed or flaky run: how calls are made, not what is
+    # asked. The step's cache and its call record must survive it.
+    with FakeOpenAIServer(latency=0.1, api_key=API_KEY) as server:
+        cache, out = tmp_path / "cache", tmp_path / "out.json"
+        before = _kill_after_a_quarter(server, cache, "threaded", out)
+        _rerun_sends_only_the_rest(server, cache, "threaded", out, before,
+                                   timeout=300.0, max_retries=2, max_concurrency=4, requests_per_minute=6000)

@@ -68,6 +68,24 @@ def test_rerun_sends_nothing(server, executor, tmp_path) -> None:
     assert len(server.chat_requests()) == 6
 
 
+def test_timeout_retries_and_limits_are_not_in_the_signature(server, executor, tmp_path) -> None:
+    def build(**fields: object) -> Pipeline:
+        with Pipeline(name="knobs", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=_questions(6)) >> TextGeneration(name="gen", llm=_llm(server, **fields))
+        return pipeline
+
+    first = rows_of(build().run(progress=False))
+    operational = {"timeout": 7.0, "max_retries": 1, "max_concurrency": 3, "requests_per_minute": 600,
+                   "tokens_per_minute": 100_000, "offline_batch_generation_block_until_done": 5.0}
+    assert rows_of(build(**operational).run(progress=False)) == first
+    parameters = {"gen": {"llm": {"timeout": 9.0, "max_retries": 2, "max_concurrency": 4}}}
+    assert rows_of(build().run(parameters=parameters, progress=False)) == first
+    assert len(server.chat_requests()) == 6  # answered from the cache each time
+
+    build(generation_kwargs={"temperature": 0.3}).run(progress=False)
+    assert len(server.chat_requests()) == 12  # what is sent changed: the step ran again
+
+
 def test_failed_rows_get_none_and_their_error_the_run_goes_on(server, executor, tmp_path) -> None:
     data = _questions(6)
     data[2]["instruction"] = "broken [[status=400]]"

@@ -16,9 +16,8 @@ from typing import Any
 from stillhouse.core._references import class_module
 from stillhouse.core.dag import DAG
 from stillhouse.core.secrets import dump_without_secrets
+from stillhouse.core.signatures import result_affecting
 from stillhouse.core.step import BaseStep
-
-NOT_RESULT_AFFECTING = {"pipeline", "input_batch_size", "batch_size", "resources", "use_cache", "concurrency", "batch_timeout"}
 
 
 def _hash(payload: Any) -> str:
@@ -29,8 +28,11 @@ def _hash(payload: Any) -> str:
 def step_fields(step: BaseStep) -> dict[str, Any]:
     # `signature_extra()` adds what a step depends on beyond its fields (a dataset's commit,
     # files' mtimes) and replaces fields by name (inline rows by their hash).
+    # Left out: the step's `exclude_from_signature` (batch sizes, resources, ...) and
+    # that of every model in its fields (an LLM's timeout and limits), and secrets.
     extra = step.signature_extra()
-    return {**dump_without_secrets(step, exclude=NOT_RESULT_AFFECTING | set(extra)), **extra}
+    dumped = dump_without_secrets(step, exclude={"pipeline", *extra})
+    return {**result_affecting(dumped, step), **extra}
 
 
 def step_code(step: BaseStep) -> str:

@@ -37,6 +37,7 @@ from stillhouse.core.runtime import (
     RuntimeParametersMixin,
 )
 from stillhouse.core.secrets import redact_validation_error
+from stillhouse.core.signatures import result_affecting
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
 if TYPE_CHECKING:
@@ -133,7 +134,8 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         "type_info", "runtime_parameters_info", "input_batch_size", "batch_size", "resources",
         "use_cache", "concurrency", "batch_timeout",
     }
-    """`dump()` keys that do not change what the step computes, so not in `signature`."""
+    """`dump()` keys that do not change what the step computes, so not in `signature` nor in
+    the cache's signature. A model held in a field (an LLM) may name its own the same way."""
 
     def __init__(self, **data: Any) -> None:
         self._validating(super().__init__, **data)
@@ -317,9 +319,10 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
     def signature(self) -> str:
         """A hash of what the step computes: its class and result-affecting fields.
 
-        Fields in `exclude_from_signature` (batch sizes, resources, ...) and secrets are
-        left out. The cache's own signature adds the step's code and its predecessors."""
-        dumped = {k: v for k, v in self.dump().items() if k not in self.exclude_from_signature}
+        Fields in `exclude_from_signature` (batch sizes, resources, ...), those a model in
+        a field names in its own `exclude_from_signature` (an LLM's timeout), and secrets
+        are left out. The cache's own signature adds the step's code and its predecessors."""
+        dumped = result_affecting(self.dump(), self)
         encoded = json.dumps(dumped, sort_keys=True, default=repr).encode()
         return hashlib.sha1(encoded).hexdigest()
 

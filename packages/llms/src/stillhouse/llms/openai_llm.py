@@ -21,7 +21,7 @@ import threading
 import weakref
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, get_args
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, get_args
 
 from pydantic import (
     BaseModel,
@@ -99,6 +99,14 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
+
+    exclude_from_signature: ClassVar[set[str]] = {
+        "timeout", "max_retries", "max_concurrency", "requests_per_minute", "tokens_per_minute",
+        "offline_batch_generation_block_until_done",
+    }
+    """How answers arrive, not what they are: changing one keeps the step's cache and
+    its call record (core leaves a field's model's `exclude_from_signature` out of the
+    step's signature)."""
 
     model: str
     # None: env OPENAI_BASE_URL (read when the LLM is created, so it is part of the
