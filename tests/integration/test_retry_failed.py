@@ -11,7 +11,12 @@ import pytest
 from stillhouse.core import Pipeline
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
-from tests.support.steps import FailsWhileMarked, Tag
+from tests.support.steps import (
+    AsyncRecordsFailuresWhileMarked,
+    FailsWhileMarked,
+    RecordsFailuresWhileMarked,
+    Tag,
+)
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -56,3 +61,33 @@ def test_retry_failed_recomputes_only_the_failed_batch_and_what_follows_it(tmp_p
     # The retried result is what the cache now holds.
     assert rows_of(build(tmp_path, executor).run(progress=False)) == rows
     assert computed_batches(tmp_path) == []
+
+
+@pytest.mark.parametrize(("executor", "step_class"), [
+    ("sync", RecordsFailuresWhileMarked), ("threaded", RecordsFailuresWhileMarked),
+    ("mp", AsyncRecordsFailuresWhileMarked), ("threaded", AsyncRecordsFailuresWhileMarked),
+])
+def test_a_failure_the_step_records_keeps_its_rows_and_is_retried(tmp_path, executor, step_class):
+    # An LLM task keeps the rows whose calls succeeded and records the rest as failures.
+    (tmp_path / "endpoint-down").touch()
+
+    def build() -> Pipeline:
+        with Pipeline(name=f"recorded-{executor}", cache_dir=tmp_path / "cache", executor=executor) as pipeline:
+            load = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(10)], batch_size=2)
+            load >> step_class(name="double", input_batch_size=2, concurrency=4,
+                               marker=str(tmp_path / "endpoint-down"), log=str(tmp_path / "double.log"))
+        return pipeline
+
+    first = build()
+    rows = rows_of(first.run(progress=False))
+    assert [row["y"] for row in rows] == [0, 2, 4, None, 8, 10, 12, 14, 16, 18]  # x == 2 kept
+    summary = {row["step"]: row for row in first.last_run_summary}
+    assert summary["double"]["failed_batches"] == 1
+    assert len(computed_batches(tmp_path)) == 5
+
+    (tmp_path / "endpoint-down").unlink()
+    assert rows_of(build().run(progress=False)) == rows  # a plain rerun: what the first run returned
+    assert computed_batches(tmp_path) == []
+    retried = rows_of(build().run(progress=False, retry_failed=True))
+    assert retried == [{"x": i, "y": 2 * i} for i in range(10)]
+    assert computed_batches(tmp_path) == ["[2, 3]"]

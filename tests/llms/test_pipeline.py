@@ -99,6 +99,27 @@ def test_failed_rows_get_none_and_their_error_the_run_goes_on(server, executor, 
     assert rows[0]["stillhouse_metadata"].get("error_gen") is None  # (Parquet gives every row the key)
 
 
+def test_retry_failed_sends_only_the_failed_rows_again(server, executor, tmp_path) -> None:
+    def build() -> Pipeline:
+        with Pipeline(name="gaps", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+            LoadDataFromDicts(data=_questions(8), batch_size=4) >> TextGeneration(
+                name="gen", llm=_llm(server, max_retries=0), input_batch_size=4)
+        return pipeline
+
+    server.fail_next(503, times=2)  # the first two requests fail for good (no retries)
+    first = build()
+    rows = rows_of(first.run(progress=False))
+    assert sum(r["generation"] is None for r in rows) == 2
+    assert {row["step"]: row for row in first.last_run_summary}["gen"]["failed_batches"] >= 1
+    assert rows_of(build().run(progress=False)) == rows  # a plain rerun returns the gaps
+    sent = len(server.chat_requests())
+
+    retried = rows_of(build().run(progress=False, retry_failed=True))
+    assert [r["generation"] for r in retried] == [f"echo: question {i}" for i in range(8)]
+    assert len(server.chat_requests()) - sent == 2  # the answered calls came from the record
+    assert all(r["stillhouse_metadata"].get("error_gen") is None for r in retried)
+
+
 def test_401_fails_the_run_at_once_naming_step_and_endpoint(server, executor, tmp_path) -> None:
     wrong = "sk-wrong-KEY-0123456789abcdef"
     with Pipeline(name="auth", executor=executor, cache_dir=tmp_path) as pipeline:

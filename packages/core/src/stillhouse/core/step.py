@@ -64,6 +64,10 @@ _resume_state: ContextVar[dict[str, Any] | None] = ContextVar("stillhouse_resume
 worker around each call of `process`; a contextvar, so concurrent async batches each
 see their own)."""
 
+_batch_failures: ContextVar[list[str] | None] = ContextVar("stillhouse_batch_failures", default=None)
+"""What `record_failure` was told during the batch being processed (a list the worker
+sets around each call of `process`, read when the batch ends)."""
+
 
 # `Optional[RuntimeParameter[...]]` is how distilabel (and so our users) spell an optional
 # runtime parameter; pydantic >= 2.12 warns about the Field() inside the union, harmlessly.
@@ -259,6 +263,17 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         """Inside `process`: the state this step saved for this batch with `SuspendStep`
         in an earlier run (or an earlier try of this run), else None."""
         return _resume_state.get()
+
+    def record_failure(self, error: str) -> None:
+        """Inside `process`: say that part of this batch failed, although `process` still
+        returns its rows (a row whose remote call never succeeded, kept with None outputs).
+
+        The batch is stored as failed: the run summary counts it, and
+        `run(retry_failed=True)` sends it to the step again (a normal or global step; a
+        generator's batches are not retried). Outside a batch it does nothing."""
+        failures = _batch_failures.get()
+        if failures is not None:
+            failures.append(str(error))
 
     @property
     def inputs(self) -> StepColumns:

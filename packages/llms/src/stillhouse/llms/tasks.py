@@ -6,7 +6,9 @@ A task turns each row into a conversation, asks its `OpenAILLM` for
 paces them) and writes `generation` and `model_name`, plus `raw_output_<step>`,
 `raw_input_<step>` and `statistics_<step>` in `stillhouse_metadata`. A row whose
 call fails for good gets None outputs and `error_<step>` in its metadata; the
-other rows of the batch are unaffected. Transport, retries and the call record are
+other rows of the batch are unaffected, and the batch is stored as failed
+(`record_failure`), so `run(retry_failed=True)` sends it again, answering the calls
+that succeeded from the record. Transport, retries and the call record are
 the LLM's (`openai_llm.py`).
 """
 
@@ -143,6 +145,7 @@ class Task(Step, ABC):
     def _failed(self, row: Row, messages: ChatType | None, exc: BaseException) -> Row:
         error = f"{type(exc).__name__}: {exc}"
         logger.warning("Step %r: a row failed; its outputs are set to None: %s", self.name, error)
+        self.record_failure(error)  # the batch is stored as failed: run(retry_failed=True) sends it again
         meta = self._metadata(row, messages, None, None)
         meta[f"error_{self.name}"] = error
         nones = dict.fromkeys(self.get_outputs())

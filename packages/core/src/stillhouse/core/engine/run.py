@@ -199,7 +199,11 @@ def _announce_resume(pipeline: Pipeline, states: dict[str, StepState]) -> None:
     notes = {}
     for name, state in states.items():
         note = state.store.reuse_note
-        if note is None and state.mode in ("skip", "source"):
+        if state.retry == "failed":
+            note = ("resume", "run(retry_failed=True): its stored batches that recorded a failure run again")
+        elif state.retry == "all":
+            note = ("recompute", "run(retry_failed=True): a step before it runs failed batches again")
+        elif note is None and state.mode in ("skip", "source"):
             note = ("reuse", "finished with the same signature")
         notes[name] = note
     if not any(note and note[0].startswith(("reuse", "resume")) for note in notes.values()):

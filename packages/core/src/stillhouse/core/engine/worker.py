@@ -32,7 +32,13 @@ from stillhouse.core.errors import (
     StepRuntimeError,
     SuspendStep,
 )
-from stillhouse.core.step import METADATA_COLUMN, BaseStep, GeneratorStep, _resume_state
+from stillhouse.core.step import (
+    METADATA_COLUMN,
+    BaseStep,
+    GeneratorStep,
+    _batch_failures,
+    _resume_state,
+)
 from stillhouse.core.typing import Row
 
 __all__ = ["METADATA_COLUMN", "PREVIEW_CHARS", "FatalStepError", "Outcome", "StepRunner", "preview_rows"]
@@ -42,6 +48,13 @@ logger = logging.getLogger("stillhouse.worker")
 Outcome = TaskResult | Exception
 """What `StepRunner.submit` hands its callback: a result, or a `FatalStepError`."""
 
+
+Computed = tuple[list[Row], bool, list[str]]
+"""A batch's rows, whether it was the step's last, and what the step said failed in it
+(`record_failure`)."""
+
+FAILURES_SHOWN = 3
+"""`record_failure` messages kept in a batch's error (the count says how many there were)."""
 
 PREVIEW_CHARS = 200
 """Characters of a batch's rows shown in a failure message (`preview_rows`)."""
@@ -169,10 +182,10 @@ class StepRunner:
         started = time.perf_counter()
         task = _loaded(task)
         try:
-            rows, last = self._with_timeout(lambda: self._compute(task), task)
+            rows, last, failures = self._with_timeout(lambda: self._compute(task), task)
         except Exception as exc:
             return self._failed(task, exc, started)
-        return TaskResult(task.step_name, task.key, rows, last, None, time.perf_counter() - started)
+        return TaskResult(task.step_name, task.key, rows, last, _failure(failures), time.perf_counter() - started)
 
     async def _arun(self, task: Task) -> TaskResult:
         started = time.perf_counter()
@@ -181,51 +194,57 @@ class StepRunner:
         try:
             try:
                 async with asyncio.timeout(timeout) as deadline:
-                    rows, last = await self._acompute(task)
+                    rows, last, failures = await self._acompute(task)
             except TimeoutError as exc:
                 if deadline.expired():
                     raise self._timeout_error(task) from exc
                 raise
         except Exception as exc:
             return self._failed(task, exc, started)
-        return TaskResult(task.step_name, task.key, rows, last, None, time.perf_counter() - started)
+        return TaskResult(task.step_name, task.key, rows, last, _failure(failures), time.perf_counter() - started)
 
-    def _compute(self, task: Task) -> tuple[list[Row], bool]:
-        token = _resume_state.set(task.resume_state)
+    def _compute(self, task: Task) -> Computed:
+        failures: list[str] = []
+        resume_token = _resume_state.set(task.resume_state)
+        failures_token = _batch_failures.set(failures)
         try:
             if isinstance(self.step, GeneratorStep):
                 if self._generator is None:
                     self._generator = iter(self.step.process_applying_mappings(offset=task.offset))
-                return _next_generated(self._generator)
+                return (*_next_generated(self._generator), failures)
             rows = _collect(self.step.process_applying_mappings(*task.inputs))
             check_outputs(self.step.name, self._required, rows, task.key)
-            return rows, self.step.is_global
+            return rows, self.step.is_global, failures
         finally:
-            _resume_state.reset(token)
+            _batch_failures.reset(failures_token)
+            _resume_state.reset(resume_token)
 
-    async def _acompute(self, task: Task) -> tuple[list[Row], bool]:
-        _resume_state.set(task.resume_state)  # this coroutine runs in its own context
+    async def _acompute(self, task: Task) -> Computed:
+        # This coroutine runs in its own context: what it sets is this batch's alone.
+        failures: list[str] = []
+        _resume_state.set(task.resume_state)
+        _batch_failures.set(failures)
         if isinstance(self.step, GeneratorStep):
             if self._agenerator is None:
                 self._agenerator = self.step.aprocess_applying_mappings(offset=task.offset)
             try:
                 rows, last = await anext(self._agenerator)
             except StopAsyncIteration:
-                return [], True
-            return list(rows), bool(last)
+                return [], True, failures
+            return list(rows), bool(last), failures
         rows: list[Row] = []
         async for batch in self.step.aprocess_applying_mappings(*task.inputs):  # type: ignore[attr-defined]
             rows.extend(batch)
         check_outputs(self.step.name, self._required, rows, task.key)
-        return rows, self.step.is_global
+        return rows, self.step.is_global, failures
 
-    def _with_timeout(self, compute: Callable[[], tuple[list[Row], bool]], task: Task) -> tuple[list[Row], bool]:
+    def _with_timeout(self, compute: Callable[[], Computed], task: Task) -> Computed:
         """Run `compute` here, or, with a `batch_timeout`, in a helper thread that is
         abandoned (and the runner with it) when the batch outlives the timeout."""
         timeout = self.step.batch_timeout
         if timeout is None:
             return compute()
-        future: concurrent.futures.Future[tuple[list[Row], bool]] = concurrent.futures.Future()
+        future: concurrent.futures.Future[Computed] = concurrent.futures.Future()
 
         def target() -> None:
             try:
@@ -331,6 +350,16 @@ class StepRunner:
         thread.join(5)
         if not thread.is_alive():
             loop.close()
+
+
+def _failure(failures: list[str]) -> str | None:
+    """A batch's stored error from what its step recorded with `record_failure`: None
+    when nothing failed, else how many failures and the first few."""
+    if not failures:
+        return None
+    shown = "; ".join(failures[:FAILURES_SHOWN])
+    more = f"; and {len(failures) - FAILURES_SHOWN} more" if len(failures) > FAILURES_SHOWN else ""
+    return f"{len(failures)} failure(s) recorded by the step: {shown}{more}"
 
 
 def _fatal(step_name: str, original: BaseException, key: Any, preview: str | None) -> FatalStepError:
