@@ -192,6 +192,28 @@ def test_offline_batch_generation_suspends_then_resumes(server, executor, tmp_pa
     assert len([r for r in server.requests if r["path"].endswith("/batches")]) == 2  # none created again
 
 
+def test_an_offline_job_records_its_answers_and_a_retry_sends_only_the_failed(server, executor, tmp_path) -> None:
+    def build() -> Pipeline:
+        with Pipeline(name="offline-gaps", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=_questions(6), batch_size=6) >> TextGeneration(
+                name="gen", llm=_llm(server, use_offline_batch_generation=True,
+                                     offline_batch_generation_block_until_done=0.05), input_batch_size=6)
+        return pipeline
+
+    def jobs() -> list[list[str]]:
+        """The user messages of each batch job the server was sent, in order."""
+        return [[body["messages"][-1]["content"] for body in job] for job in server.batch_inputs()]
+
+    server.batch_seconds = 0.0
+    server.fail_next(500, times=2)  # the job's first two requests fail
+    rows = rows_of(build().run(progress=False))
+    assert [r["generation"] for r in rows] == [None, None] + [f"echo: question {i}" for i in range(2, 6)]
+    retried = rows_of(build().run(progress=False, retry_failed=True))
+    assert [r["generation"] for r in retried] == [f"echo: question {i}" for i in range(6)]
+    assert jobs() == [[f"question {i}" for i in range(6)], ["question 0", "question 1"]]
+    assert server.chat_requests() == []
+
+
 def test_offline_batch_generation_blocking_polls_in_the_same_run(server, executor, tmp_path) -> None:
     server.batch_seconds = 0.3
     with Pipeline(name="offline-block", executor=executor, cache_dir=tmp_path) as pipeline:

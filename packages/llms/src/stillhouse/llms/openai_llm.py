@@ -356,15 +356,27 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             output_tokens.append(int(usage.get("completion_tokens") or 0))
         return {"generations": generations, "statistics": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
 
+    def recorded(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any] | None:
+        """The recorded answer to `request` (its `generation`-th), if a run paid for it
+        already; None without a record (no cache) or an answer."""
+        if self._record is None:
+            return None
+        answer = self._record.get(request_key(request, generation))
+        if answer is not None:
+            self._stats["recorded"] += 1
+        return answer
+
+    def record(self, request: dict[str, Any], generation: int, response: dict[str, Any]) -> None:
+        """Keep `response` as the answer to `request` (its `generation`-th), durably."""
+        if self._record is not None:
+            self._record.put(request_key(request, generation), response)
+
     async def call(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any]:
         """One chat completion: from the record if it was answered before, else sent with
         the limit, our retries and AIMD, then recorded."""
-        key = request_key(request, generation)
-        if self._record is not None:
-            recorded = self._record.get(key)
-            if recorded is not None:
-                self._stats["recorded"] += 1
-                return recorded
+        recorded = self.recorded(request, generation)
+        if recorded is not None:
+            return recorded
         if self._auth_failed is not None:
             raise LLMCallError(self._auth_failed, endpoint=self.endpoint, status=401, reason="401", attempts=0)
         policy = RetryPolicy(max_retries=self.max_retries if self.max_retries is not None else 6)
@@ -403,8 +415,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                 continue
             if self._aimd is not None:
                 self._aimd.on_success()
-            if self._record is not None:
-                self._record.put(key, response)
+            self.record(request, generation, response)
             return response
 
     # -- offline batch generation ---------------------------------------------------------

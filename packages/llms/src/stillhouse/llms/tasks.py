@@ -157,37 +157,54 @@ class Task(Step, ABC):
 
     async def _process_offline(self, inputs: list[Row]) -> list[Row]:
         """Send the batch's rows as one `/v1/batches` job; suspend the step until it is
-        done (or poll in this run with `offline_batch_generation_block_until_done`)."""
+        done (or poll in this run with `offline_batch_generation_block_until_done`).
+
+        Answers go to the call record as a job returns them, and a request answered
+        before is not sent again: a batch retried with `run(retry_failed=True)` sends
+        only its rows that failed."""
         messages = [self.format_input(row) for row in inputs]
         count = self.num_generations or 1
         requests = [self.llm.build_request(m) for m in messages for _ in range(count)]
+        answers = [self.llm.recorded(request, i % count) for i, request in enumerate(requests)]
+        missing = [i for i, answer in enumerate(answers) if answer is None]
         state = self.resume_state
-        if not state:
-            state = await self.llm.submit_batch(requests)
-        interval = self.llm.offline_batch_generation_block_until_done
-        while True:
-            responses = await self.llm.poll_batch(state)
-            if responses is not None:
-                break
-            if interval is None:
-                raise SuspendStep(state=state, retry_after=OFFLINE_POLL_SECONDS)
-            await asyncio.sleep(interval)
+        if missing:
+            if not state:
+                state = {**await self.llm.submit_batch([requests[i] for i in missing]), "positions": missing}
+            responses = await self._wait_for_job(state)
+            # A job submitted before jobs kept their positions holds every request.
+            for position, response in zip(state.get("positions", range(len(requests))), responses, strict=True):
+                if response is not None:
+                    self.llm.record(requests[position], position % count, response)
+                    answers[position] = response
         rows: list[Row] = []
         for i, row in enumerate(inputs):
-            answers = responses[i * count:(i + 1) * count]
-            if any(a is None for a in answers):
+            mine = answers[i * count:(i + 1) * count]
+            if any(a is None for a in mine):
                 rows.append(self._failed(row, messages[i], LLMCallError(
-                    f"{self.llm.endpoint}: the offline batch {state['batch_id']} has no answer for this row.",
+                    f"{self.llm.endpoint}: the offline batch {(state or {}).get('batch_id')} has no answer for this row.",
                     endpoint=self.llm.endpoint, status=None, reason="batch_missing", attempts=1,
                 )))
                 continue
             try:
-                output = self.llm.output_from(answers, requests[i * count])  # type: ignore[arg-type]
+                output = self.llm.output_from(mine, requests[i * count])  # type: ignore[arg-type]
             except LLMCallError as exc:
                 rows.append(self._failed(row, messages[i], exc))
                 continue
             rows.extend(self._rows(row, messages[i], output))
         return rows
+
+    async def _wait_for_job(self, state: dict[str, Any]) -> list[dict[str, Any] | None]:
+        """The finished job's responses; suspends the step while it runs, unless
+        `offline_batch_generation_block_until_done` says to poll in this run."""
+        interval = self.llm.offline_batch_generation_block_until_done
+        while True:
+            responses = await self.llm.poll_batch(state)
+            if responses is not None:
+                return responses
+            if interval is None:
+                raise SuspendStep(state=state, retry_after=OFFLINE_POLL_SECONDS)
+            await asyncio.sleep(interval)
 
 
 class TextGeneration(Task):

@@ -155,10 +155,20 @@ class FakeOpenAIServer:
 
     def fail_next(self, status: int | str, times: int = 1, retry_after: float | None = None) -> None:
         """Answer the next `times` chat requests with `status` (an HTTP code, or
-        "timeout" to hang for `retry_after` seconds, default 30, before answering 200)."""
+        "timeout" to hang for `retry_after` seconds, default 30, before answering 200).
+        Requests in a batch job count too, in the job's order, when the job completes: a
+        code other than 200 is that request's `status_code` in the output file, as
+        OpenAI reports a request of a batch that failed ("timeout" answers 200)."""
         with self._lock:
             for _ in range(times):
                 self._forced.append((status, retry_after))
+
+    def batch_inputs(self) -> list[list[dict[str, Any]]]:
+        """The request bodies of every uploaded batch-job input file, in upload order."""
+        with self._lock:
+            files = [f for f in self._files.values() if f["purpose"] == "batch"]
+        return [[json.loads(line)["body"] for line in f["_content"].decode().splitlines() if line.strip()]
+                for f in files]
 
     def chat_requests(self, status: int | None = None) -> list[dict[str, Any]]:
         """Logged `/v1/chat/completions` requests, optionally only those answered `status`."""
@@ -226,21 +236,35 @@ class FakeOpenAIServer:
         return {k: v for k, v in batch.items() if not k.startswith("_")}
 
     def _complete_batch(self, batch: dict[str, Any]) -> None:
-        lines = []
+        lines, failed = [], 0
         for line in self._files[batch["input_file_id"]]["_content"].decode().splitlines():
             if not line.strip():
                 continue
             item = json.loads(line)
+            status = self._batch_item_status(item["body"])
+            failed += status != 200
+            body = completion(item["body"]) if status == 200 else {
+                "error": {"message": f"Injected error {status}.", "type": "injected", "code": "injected", "param": None}
+            }
             lines.append(json.dumps({
                 "id": f"batch_req_{uuid.uuid4().hex[:12]}",
                 "custom_id": item["custom_id"],
-                "response": {"status_code": 200, "request_id": uuid.uuid4().hex,
-                             "body": completion(item["body"])},
+                "response": {"status_code": status, "request_id": uuid.uuid4().hex, "body": body},
                 "error": None,
             }))
         output = self._new_file(("\n".join(lines) + "\n").encode(), "batch_output", "output.jsonl")
         batch.update(status="completed", output_file_id=output["id"], completed_at=int(time.time()),
-                     request_counts={"total": len(lines), "completed": len(lines), "failed": 0})
+                     request_counts={"total": len(lines), "completed": len(lines) - failed, "failed": failed})
+
+    def _batch_item_status(self, body: dict[str, Any]) -> int:
+        """The status of one request of a batch job: a `fail_next` code, else a
+        `[[status=N]]` directive, else 200."""
+        with self._lock:
+            forced = self._forced.popleft() if self._forced else None
+        if forced is not None and forced[0] != "timeout":
+            return int(forced[0])
+        directive = dict(_DIRECTIVE.findall(_all_text(body)))
+        return int(float(directive["status"])) if "status" in directive else 200
 
     def _new_file(self, content: bytes, purpose: str, filename: str) -> dict[str, Any]:
         file_id = f"file-{uuid.uuid4().hex[:24]}"
