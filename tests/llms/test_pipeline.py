@@ -136,6 +136,30 @@ def test_401_fails_the_run_at_once_naming_step_and_endpoint(server, executor, tm
     assert wrong not in _all_files_text(tmp_path)
 
 
+def test_a_401_on_a_call_stops_the_run_and_the_resume_sends_the_rest(server, executor, tmp_path) -> None:
+    # A proxy that lets GET /models through but refuses the chat call: the key check at
+    # load passes, the first call's 401 must still stop the run, not fail every row.
+    def build() -> Pipeline:
+        with Pipeline(name="auth-late", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=_questions(40), batch_size=4) >> TextGeneration(
+                name="gen", llm=_llm(server, max_concurrency=2), input_batch_size=4, concurrency=1)
+        return pipeline
+
+    server.fail_next(200, times=6)  # a few calls answered before the key is refused
+    server.fail_next(401, times=1)
+    with pytest.raises(Exception) as info:
+        build().run(progress=False)
+    message = str(info.value)
+    assert "'gen'" in message and server.base_url in message and "401" in message
+    assert "sk-...cdef" in message and API_KEY not in message
+    sent = len(server.chat_requests())
+    assert sent < 20, f"{sent} requests: the run went on after the 401"
+
+    rows = rows_of(build().run(progress=False))  # the key works again
+    assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(40)]
+    assert len(server.chat_requests(200)) <= 40 + 2  # answered calls came from the record
+
+
 class Verdict(BaseModel):
     score: int
     reason: str

@@ -17,6 +17,7 @@ from stillhouse.core import (
     Step,
     StepInput,
     StepOutput,
+    StopRun,
     SuspendStep,
     step,
 )
@@ -235,3 +236,14 @@ class AsyncRecordsFailuresWhileMarked(RecordsFailuresWhileMarked):
     async def process(self, inputs: StepInput) -> AsyncIterator[list[dict]]:  # type: ignore[override]
         await asyncio.sleep(random.random() * 0.01)
         yield self._double(inputs)
+
+
+@step(inputs=["x"], outputs=["y"])
+def StopsRunWhileMarked(inputs: StepInput, marker: str = "", log: str = "") -> StepOutput:
+    """Doubles `x`; while the file `marker` exists, a batch holding x == 6 raises `StopRun`
+    (as an LLM task does on a refused key). Appends one line per batch it computes to `log`."""
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"{[row['x'] for row in inputs]}\n")
+    if os.path.exists(marker) and any(row["x"] == 6 for row in inputs):
+        raise StopRun("the endpoint refused the key")
+    yield [{**row, "y": row["x"] * 2} for row in inputs]

@@ -3,7 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from stillhouse.core.decorator import step
-from stillhouse.core.errors import SuspendStep
+from stillhouse.core.errors import StopRun, SuspendStep
 from stillhouse.core.hookspecs import hookimpl
 from stillhouse.core.limits import SharedLimit, shared_limit
 from stillhouse.core.pipeline import Pipeline
@@ -30,6 +30,7 @@ __all__ = [
     "StepInput",
     "StepOutput",
     "StepResources",
+    "StopRun",
     "SuspendStep",
     "hookimpl",
     "requirements",

@@ -183,6 +183,14 @@ class HubConnectionError(StillhouseError, ConnectionError):
 # -- control flow a step may raise -------------------------------------------------
 
 
+class StopRun(StepRuntimeError):
+    """Raise inside a normal step's `process` when no batch of the step can succeed (the
+    endpoint refused the API key): the run stops and `run()` raises an error naming the
+    step, instead of this batch's rows going on with None outputs (SPEC §5) and every
+    later batch failing the same way. Finished work stays cached; the batch is not stored.
+    """
+
+
 class SuspendStep(Exception):
     """Raise inside `process` to say "this batch is not finished, come back later".
 

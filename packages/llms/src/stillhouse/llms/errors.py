@@ -5,7 +5,7 @@ Messages name the endpoint and never show the API key (`mask` removes it).
 
 from __future__ import annotations
 
-from stillhouse.core.errors import StepRuntimeError, StillhouseError
+from stillhouse.core.errors import StillhouseError, StopRun
 
 
 class LLMCallError(StillhouseError, RuntimeError):
@@ -33,8 +33,30 @@ def _rebuild(cls: type[LLMCallError], message: str, endpoint: str, status: int |
     return cls(message, endpoint=endpoint, status=status, reason=reason, attempts=attempts)
 
 
-class LLMAuthenticationError(StepRuntimeError):
-    """The endpoint refused the API key (401/403): nothing this run sends can succeed."""
+class LLMAuthenticationError(LLMCallError, StopRun):
+    """The endpoint refused the API key (401/403): nothing this run sends can succeed.
+
+    A call that fails this way, and `GET /models` at load, stop the run (core's
+    `StopRun`); code that calls the LLM directly can catch it as an `LLMCallError`."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        step_name: str | None = None,
+        endpoint: str = "",
+        status: int | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(message, endpoint=endpoint, status=status, reason=str(status or "auth"), attempts=attempts)
+        self.step_name = step_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_auth, (str(self), self.step_name, self.endpoint, self.status, self.attempts))
+
+
+def _rebuild_auth(message: str, step_name: str | None, endpoint: str, status: int | None, attempts: int) -> LLMAuthenticationError:
+    return LLMAuthenticationError(message, step_name=step_name, endpoint=endpoint, status=status, attempts=attempts)
 
 
 def mask(text: str, secret: str | None) -> str:

@@ -136,7 +136,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     _rng: random.Random = PrivateAttr(default_factory=random.Random)
     _schema: dict[str, Any] | None = PrivateAttr(default=None)
     _output_model: type[BaseModel] | None = PrivateAttr(default=None)
-    _auth_failed: str | None = PrivateAttr(default=None)
+    _auth_failed: tuple[int, str] | None = PrivateAttr(default=None)  # a refused key: (status, why)
     _closing: Any = PrivateAttr(default=None)
     _stats: Counter[str] = PrivateAttr(default_factory=Counter)
 
@@ -265,12 +265,13 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         if response.status_code in (401, 403):
             raise self._auth_error(step_name, response.status_code, response.text)
 
-    def _auth_error(self, step_name: str, status: int, detail: str) -> LLMAuthenticationError:
+    def _auth_error(self, step_name: str | None, status: int, detail: str) -> LLMAuthenticationError:
+        who = f"Step {step_name!r}: the" if step_name else "The"
         return LLMAuthenticationError(
-            f"Step {step_name!r}: the endpoint {self.endpoint} refused the API key "
+            f"{who} endpoint {self.endpoint} refused the API key "
             f"{mask_key(self._key())} (HTTP {status}): {self._mask(detail)[:300]}. Set a valid key "
             "with the OPENAI_API_KEY environment variable or the step's `llm.api_key` runtime parameter.",
-            step_name=step_name,
+            step_name=step_name, endpoint=self.endpoint, status=status,
         )
 
     def _client(self) -> openai.AsyncOpenAI:
@@ -377,8 +378,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         recorded = self.recorded(request, generation)
         if recorded is not None:
             return recorded
-        if self._auth_failed is not None:
-            raise LLMCallError(self._auth_failed, endpoint=self.endpoint, status=401, reason="401", attempts=0)
+        if self._auth_failed is not None:  # refused before: sending again cannot help
+            raise self._auth_error(None, *self._auth_failed)
         policy = RetryPolicy(max_retries=self.max_retries if self.max_retries is not None else 6)
         costs = {"requests": 1, "tokens": _estimate_tokens(request)}
         attempt = 0
@@ -398,8 +399,11 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                 if reason is None or attempt > policy.max_retries:
                     why = reason or (str(status) if status else type(exc).__name__)
                     self._stats[f"failed_{why}"] += 1
-                    if status in (401, 403):
-                        self._auth_failed = f"{self.endpoint} refused the API key {mask_key(self._key())}: {message}"
+                    if status in (401, 403):  # no call can succeed: the run stops
+                        self._auth_failed = (status, message)
+                        error = self._auth_error(None, status, message)
+                        error.attempts = attempt
+                        raise error from None
                     verdict = "not retryable" if reason is None else f"still failing after {attempt} attempts"
                     raise LLMCallError(
                         f"{self.endpoint}: {message} ({verdict})",

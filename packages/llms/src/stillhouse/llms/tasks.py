@@ -107,8 +107,11 @@ class Task(Step, ABC):
             output = await self.llm.agenerate(
                 messages, num_generations=self.num_generations or 1, **self.llm.get_generation_kwargs()
             )
-        except LLMAuthenticationError:
-            raise
+        except LLMAuthenticationError as exc:  # a StopRun: the run stops, naming this step
+            raise LLMAuthenticationError(
+                f"Step {self.name!r}: {exc}", step_name=self.name, endpoint=exc.endpoint, status=exc.status,
+                attempts=exc.attempts,
+            ) from None
         except Exception as exc:
             return [self._failed(row, messages, exc)]
         return self._rows(row, messages, output)

@@ -30,6 +30,7 @@ from stillhouse.core.errors import (
     BatchTimeoutError,
     StepContractError,
     StepRuntimeError,
+    StopRun,
     SuspendStep,
 )
 from stillhouse.core.step import (
@@ -278,7 +279,8 @@ class StepRunner:
             if isinstance(suspended, dict):
                 return TaskResult(task.step_name, task.key, [], False, None, seconds, suspended)
             exc = suspended
-        if not self.step.is_normal or isinstance(exc, StepContractError):  # a rerun meets it again
+        # A rerun meets a broken contract again; a StopRun says no batch can succeed.
+        if not self.step.is_normal or isinstance(exc, StepContractError | StopRun):
             raise FatalStepError(
                 self.step.name, exc, key=task.key, preview=preview_rows(_inputs_of(task))
             ) from exc
