@@ -103,3 +103,13 @@ def test_cpu_split_refuses_an_unknown_bound() -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "unknown --bound zstd; choose from none, compression, checkpoints" in done.stderr
+
+
+@pytest.mark.timeout(120)
+def test_llm_quota_runs_both_readings_side_by_side() -> None:
+    command = [sys.executable, "-m", "benchmarks.llm_quota", "--rows", "30", "--concurrency", "4", "--repeat", "1"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 4 |")]
+    assert [row[1] for row in rows] == ["paced", "unpaced"]
+    assert all(row[2].startswith("30 ") and row[3].startswith("0 ") for row in rows)  # 30 answered, none failed

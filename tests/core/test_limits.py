@@ -55,6 +55,15 @@ def test_a_rate_starts_with_one_second_of_budget_then_refills_continuously():
     assert limit.grant(1.55)[0] == []
 
 
+def test_a_pause_grants_nothing_until_it_ends_and_the_later_end_wins():
+    limit = _Limit(None, None, now=0.0)
+    limit.pause(2.0, now=0.0)
+    limit.pause(1.0, now=0.5)  # ends at 1.5: the pause until 2.0 stays
+    limit.waiting[1, 1] = limit.waiting[1, 2] = None
+    assert limit.grant(0.5) == ([], pytest.approx(1.5))
+    assert keys(limit.grant(2.0)[0]) == [1, 2]
+
+
 def test_new_settings_keep_held_slots_and_unchanged_rates():
     limit = _Limit(1, {"requests": 600}, now=0.0)
     limit.waiting[1, 1] = limit.waiting[1, 2] = None
@@ -185,6 +194,19 @@ def test_set_max_concurrency_is_seen_through_every_handle():
     first.set_max_concurrency(2)
     assert shared_limit("aimd", max_concurrency=4).max_concurrency == 2
     assert holders_peak(first, workers=4, per_worker=3) <= 2
+
+
+def test_a_pause_holds_every_waiter_through_the_server_then_lets_them_go():
+    limit = shared_limit("paused", max_concurrency=4)
+    with limit.slot_sync():
+        pass  # the server knows the limit
+    started = time.monotonic()
+    limit.pause(0.3)
+    with limit.slot_sync():  # waits for the pause to end, without polling
+        waited = time.monotonic() - started
+    assert waited >= 0.25
+    with pytest.raises(InvalidLimitError, match="seconds > 0"):
+        limit.pause(0)
 
 
 def test_the_first_definition_wins_and_a_different_one_is_logged(caplog):

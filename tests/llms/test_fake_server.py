@@ -108,3 +108,18 @@ def test_batches_files_roundtrip() -> None:
         out = json.loads(client.files.content(done.output_file_id).text.splitlines()[0])
         assert out["custom_id"] == "0"
         assert out["response"]["body"]["choices"][0]["message"]["content"] == "echo: hi"
+
+
+def test_a_quota_sends_openais_headers_and_429s_what_is_over_it() -> None:
+    with FakeOpenAIServer(quota=(2, 30.0)) as server:  # one window for the whole test
+        first, second, third = (_chat(server.base_url, f"q{i}") for i in range(3))
+        assert [r.status_code for r in (first, second, third)] == [200, 200, 429]
+        assert first.headers["x-ratelimit-limit-requests"] == "2"
+        assert [r.headers["x-ratelimit-remaining-requests"] for r in (first, second, third)] == ["1", "0", "0"]
+        reset = third.headers["x-ratelimit-reset-requests"]
+        assert reset.endswith("ms") and 0 < int(reset[:-2]) <= 30_000
+        assert 0 < float(third.headers["Retry-After"]) <= 30
+        assert [r.get("reason") for r in server.chat_requests()] == [None, None, "quota"]
+    with FakeOpenAIServer() as server:  # no quota: no headers
+        assert "x-ratelimit-remaining-requests" not in _chat(server.base_url, "q").headers
+

@@ -265,3 +265,30 @@ def test_tokens_per_minute_counts_the_estimated_tokens(server: FakeOpenAIServer)
     llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(5)])
     llm.unload()
     assert time.monotonic() - started >= 3.5
+
+
+def test_a_spent_quota_pauses_the_endpoint_until_it_resets() -> None:
+    # 3 requests per 0.6 s window, one request at a time. An answer that says the quota
+    # is spent holds the next request until the window resets, instead of a 429.
+    with FakeOpenAIServer(api_key=API_KEY, quota=(3, 0.6)) as server:
+        llm = _llm(server, max_concurrency=1)
+        outputs = llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(9)])
+        llm.unload()
+        assert [o["generations"] for o in outputs] == [[f"echo: q{i}"] for i in range(9)]
+        assert [r["status"] for r in server.requests if r["path"].endswith("/chat/completions")] == [200] * 9
+        starts = sorted(r["started"] for r in server.chat_requests())
+        assert starts[6] - starts[0] > 0.6  # the quota held: three windows for nine requests
+
+
+def test_quota_headers_are_read_as_openai_sends_them() -> None:
+    from stillhouse.llms.retry import duration_seconds, quota_wait
+
+    assert duration_seconds("6m0s") == 360 and duration_seconds("1.5s") == 1.5
+    assert duration_seconds("20ms") == pytest.approx(0.02) and duration_seconds("1h2m3s") == 3723
+    assert duration_seconds("2") == 2 and duration_seconds("soon") is None and duration_seconds("1s later") is None
+    spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.2s",
+             "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}
+    assert quota_wait(spent) == 360  # the longer of the spent quotas
+    assert quota_wait({**spent, "x-ratelimit-remaining-tokens": "150"}) == 1.2
+    assert quota_wait({"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"}) is None
+    assert quota_wait({"x-ratelimit-remaining-requests": "0"}) is None and quota_wait(None) is None

@@ -93,6 +93,7 @@ class _Limit:
         self.held: set[_Key] = set()
         self.waiting: dict[_Key, Costs | None] = {}  # insertion order is arrival order
         self.buckets: dict[str, _Bucket] = {}
+        self.paused_until = 0.0  # no slot is granted before this (`pause`)
         self.define(max_concurrency, per_minute, now)
 
     def define(self, max_concurrency: int | None, per_minute: Costs | None, now: float) -> None:
@@ -116,6 +117,8 @@ class _Limit:
         Returns the granted keys and, when the first waiter is held back by a rate,
         the seconds until it can go."""
         granted: list[_Key] = []
+        if self.waiting and now < self.paused_until:
+            return granted, self.paused_until - now
         while self.waiting:
             if self.max_concurrency is not None and len(self.held) >= self.max_concurrency:
                 return granted, None
@@ -130,6 +133,10 @@ class _Limit:
             self.held.add(key)
             granted.append(key)
         return granted, None
+
+    def pause(self, seconds: float, now: float) -> None:
+        """Grant nothing for `seconds` from `now` (a later end of an earlier pause stays)."""
+        self.paused_until = max(self.paused_until, now + seconds)
 
     def _charges(self, costs: Costs | None) -> dict[str, float]:
         if costs is None:
@@ -169,8 +176,8 @@ class LimitServer:
     max_concurrency, per_minute; answered with the settings in force: the first
     definition, or with `latest_wins` this one), `acquire`
     (name, costs; answered when granted), `release` (name, of), `set_max` (name,
-    value), `get` (name; answered with the current settings). Answers carry the
-    request's `id`.
+    value), `pause` (name, seconds), `get` (name; answered with the current
+    settings). Answers carry the request's `id`.
     """
 
     def __init__(self, *, latest_wins: bool = False) -> None:
@@ -299,6 +306,8 @@ class LimitServer:
             limit.release((connection.id, message["of"]))
         elif op == "set_max":
             limit.max_concurrency = int(message["value"])
+        elif op == "pause":
+            limit.pause(float(message["seconds"]), time.monotonic())
         elif op == "get":
             self._send(connection, {
                 "id": message["id"], "max_concurrency": limit.max_concurrency,
@@ -625,6 +634,14 @@ class SharedLimit:
                 f"set_max_concurrency({n!r}) on shared limit {self.name!r}: pass a whole number >= 1."
             )
         self._client().send({"op": "set_max", "name": self.name, "value": n})
+
+    def pause(self, seconds: float) -> None:
+        """Grant no slot to anyone for `seconds`, in every process of the run: the
+        service said its budget is spent until then (a quota's reset, a `Retry-After`).
+        Slots held stay held; an earlier pause that ends later is kept."""
+        if not _positive(seconds):
+            raise InvalidLimitError(f"pause({seconds!r}) on shared limit {self.name!r}: pass seconds > 0.")
+        self._client().send({"op": "pause", "name": self.name, "seconds": float(seconds)})
 
     @property
     def max_concurrency(self) -> int | None:

@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import threading
+import time
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -39,7 +40,7 @@ from stillhouse.llms import structured
 from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError, mask, mask_key
 from stillhouse.llms.limits import Aimd, endpoint_limit
 from stillhouse.llms.record import CallRecord, request_key
-from stillhouse.llms.retry import RetryPolicy, retry_after_seconds, transient_reason
+from stillhouse.llms.retry import RetryPolicy, quota_wait, retry_after_seconds, transient_reason
 
 if TYPE_CHECKING:
     # `openai` and `httpx` are imported when a request is made, not with the class:
@@ -49,6 +50,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("stillhouse.llms")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+QUOTA_PAUSE_SLACK = 0.05
+"""Seconds by which a quota's reset must outlast our last pause to pause again."""
+
+LONG_QUOTA_PAUSE = 10.0
+"""A quota pause this long (seconds) or longer is logged as a warning: the run waits on it."""
+
 DEFAULT_MAX_NEW_TOKENS = 128
 """distilabel's default `max_new_tokens`, sent as `max_tokens` when none is given."""
 
@@ -139,6 +146,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     _auth_failed: tuple[int, str] | None = PrivateAttr(default=None)  # a refused key: (status, why)
     _closing: Any = PrivateAttr(default=None)
     _stats: Counter[str] = PrivateAttr(default_factory=Counter)
+    _quota_paused_until: float = PrivateAttr(default=0.0)  # monotonic: when our last pause ends
 
     @field_validator("structured_output")
     @classmethod
@@ -167,7 +175,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         """This instance's private state with nothing tied to a process, thread or loop."""
         return {**(self.__pydantic_private__ or {}), "_clients": weakref.WeakKeyDictionary(),
                 "_clients_lock": threading.Lock(), "_loop": None, "_record": None, "_limit": None,
-                "_aimd": None, "_closing": None, "_auth_failed": None, "_stats": Counter()}
+                "_aimd": None, "_closing": None, "_auth_failed": None, "_stats": Counter(),
+                "_quota_paused_until": 0.0}
 
     def __getstate__(self) -> dict[Any, Any]:
         # Clients, loops, locks and open files stay in the process that made them.
@@ -388,7 +397,14 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             try:
                 async with self._limit.slot(costs=costs):
                     self._stats["sent"] += 1
-                    raw = await self._client().chat.completions.with_raw_response.create(**request)
+                    # The quota is read before the slot is given back: a pause reaches the
+                    # limit before the release that would let the next request go.
+                    try:
+                        raw = await self._client().chat.completions.with_raw_response.create(**request)
+                    except Exception as exc:
+                        self._honour_quota(getattr(getattr(exc, "response", None), "headers", None))
+                        raise
+                    self._honour_quota(raw.headers)
                 response = json.loads(raw.http_response.text)
             except Exception as exc:
                 reason = transient_reason(exc)
@@ -421,6 +437,24 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                 self._aimd.on_success()
             self.record(request, generation, response)
             return response
+
+    def _honour_quota(self, headers: Any) -> None:
+        """When an answer says the endpoint's quota is spent (`x-ratelimit-remaining-*`
+        0), pause the endpoint's shared limit until it resets: every step, replica and
+        process of the run waits, instead of sending requests bound to get 429."""
+        wait = quota_wait(headers)
+        if wait is None:
+            return
+        now = time.monotonic()
+        if now + wait <= self._quota_paused_until + QUOTA_PAUSE_SLACK:
+            return  # the answers of one window all say so: one pause is enough
+        self._quota_paused_until = now + wait
+        self._stats["quota_pauses"] += 1
+        (logger.warning if wait >= LONG_QUOTA_PAUSE else logger.info)(
+            "%s says its quota is spent: no request to it for %.2f s (x-ratelimit headers).",
+            self.endpoint, wait,
+        )
+        self._limit.pause(wait)
 
     # -- offline batch generation ---------------------------------------------------------
 

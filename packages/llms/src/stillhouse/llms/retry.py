@@ -4,14 +4,18 @@ The `openai` client's own retries are off, so every attempt goes through here an
 counted and logged once. Transient: 429, 408, 409, 5xx, timeouts and connection
 errors; a `Retry-After` (or `retry-after-ms`) header wins over the computed backoff.
 Everything else (400, 401, 403, 404, 422, a reply that does not fit the schema)
-will not go away by asking again and is not retried. Nothing here sends requests.
+will not go away by asking again and is not retried. `quota_wait` reads the
+`x-ratelimit-*` headers OpenAI (and vLLM, LiteLLM, Azure) send with every answer,
+to say when a spent quota resets. Nothing here sends requests.
 """
 
 from __future__ import annotations
 
 import email.utils
 import random
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 TRANSIENT_STATUS = frozenset({408, 409, 429})
@@ -54,6 +58,49 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value)
         return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+QUOTA_UNITS = ("requests", "tokens")
+"""The quotas `x-ratelimit-remaining-<unit>` and `x-ratelimit-reset-<unit>` describe."""
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in a reset header: OpenAI's Go-style durations (`6m0s`, `1.5s`, `20ms`,
+    `1h2m3s`) or a bare number of seconds; None if it is neither."""
+    text = text.strip()
+    try:
+        return max(float(text), 0.0)
+    except ValueError:
+        pass
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def quota_wait(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds until the endpoint's spent quota resets, from an answer's headers: the
+    longest `x-ratelimit-reset-<unit>` among the units whose
+    `x-ratelimit-remaining-<unit>` is 0. None when no quota is spent (or unsaid)."""
+    if headers is None:
+        return None
+    waits = []
+    for unit in QUOTA_UNITS:
+        remaining, reset = headers.get(f"x-ratelimit-remaining-{unit}"), headers.get(f"x-ratelimit-reset-{unit}")
+        if remaining is None or reset is None:
+            continue
+        try:
+            if float(remaining) > 0:
+                continue
+        except ValueError:
+            continue
+        seconds = duration_seconds(reset)
+        if seconds:
+            waits.append(seconds)
+    return max(waits) if waits else None
 
 
 @dataclass

@@ -79,6 +79,10 @@ class FakeOpenAIServer:
         api_key: when set, requests without `Authorization: Bearer <api_key>` get 401.
         models: the model names `/v1/models` lists; other models get 404 (None: any).
         batch_seconds: how long a `/v1/batches` job stays "in_progress".
+        quota: `(requests, seconds)`: at most `requests` chat requests per window of
+            `seconds`, as a provider's requests-per-minute quota; every chat answer
+            carries `x-ratelimit-{limit,remaining,reset}-requests` as OpenAI's do, and a
+            request over the quota gets 429 with them and `Retry-After` (None: no quota).
         port: 0 picks a free port.
     """
 
@@ -93,6 +97,7 @@ class FakeOpenAIServer:
         api_key: str | None = None,
         models: list[str] | None = None,
         batch_seconds: float = 0.0,
+        quota: tuple[int, float] | None = None,
         port: int = 0,
     ) -> None:
         self.latency = latency if isinstance(latency, Latency) else Latency.fixed(latency)
@@ -104,6 +109,9 @@ class FakeOpenAIServer:
         self.api_key = api_key
         self.models = models
         self.batch_seconds = batch_seconds
+        self.quota = quota
+        self._quota_started = time.monotonic()
+        self._quota_window, self._quota_used = 0, 0
         self._port = port
         self.requests: list[dict[str, Any]] = []
         """The log: one dict per request (method, path, status, latency, body, started)."""
@@ -223,6 +231,27 @@ class FakeOpenAIServer:
     def _leave(self) -> None:
         with self._lock:
             self.in_flight -= 1
+
+    def _take_quota(self) -> tuple[bool, dict[str, str]]:
+        """Count one chat request against the quota: (whether it is within it, the
+        `x-ratelimit-*` headers to answer with)."""
+        if self.quota is None:
+            return True, {}
+        allowed, seconds = self.quota
+        with self._lock:
+            elapsed = time.monotonic() - self._quota_started
+            window = int(elapsed // seconds)
+            if window != self._quota_window:
+                self._quota_window, self._quota_used = window, 0
+            within = self._quota_used < allowed
+            self._quota_used += within
+            remaining = allowed - self._quota_used
+        reset = (window + 1) * seconds - elapsed
+        return within, {
+            "x-ratelimit-limit-requests": str(allowed),
+            "x-ratelimit-remaining-requests": str(remaining),
+            "x-ratelimit-reset-requests": f"{math.ceil(reset * 1000)}ms",  # never before the reset
+        }
 
     def _log(self, entry: dict[str, Any]) -> None:
         with self._lock:
@@ -344,6 +373,13 @@ class _Handler(BaseHTTPRequestHandler):
             self._entry.update({"status": 404, "body": body})
             self._error(404, f"The model {body.get('model')!r} does not exist.", "model_not_found")
             return {"status": 404, "body": body}
+        within_quota, quota_headers = fake._take_quota()
+        if not within_quota:
+            self._entry.update({"status": 429, "body": body, "reason": "quota"})
+            reset = quota_headers["x-ratelimit-reset-requests"]
+            self._error(429, "Rate limit reached for requests.", "rate_limit_exceeded",
+                        headers={**quota_headers, "Retry-After": _seconds(float(reset[:-2]) / 1000)})
+            return {"status": 429, "body": body, "reason": "quota"}
         if not fake._enter():
             self._entry.update({"status": 429, "body": body, "reason": "concurrency"})
             self._error(429, "Too many concurrent requests.", "rate_limit_exceeded",
@@ -360,7 +396,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 200
         self._entry.update({"status": status, "body": body, "latency": latency})
         if status == 200:
-            self._json(200, completion(body))
+            self._json(200, completion(body), quota_headers)
         elif status == 429:
             self._error(429, "Rate limit reached.", "rate_limit_exceeded",
                         headers={"Retry-After": _seconds(retry_after or fake.retry_after)})
