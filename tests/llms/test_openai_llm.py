@@ -286,6 +286,7 @@ def test_quota_headers_are_read_as_openai_sends_them() -> None:
     assert duration_seconds("6m0s") == 360 and duration_seconds("1.5s") == 1.5
     assert duration_seconds("20ms") == pytest.approx(0.02) and duration_seconds("1h2m3s") == 3723
     assert duration_seconds("2") == 2 and duration_seconds("soon") is None and duration_seconds("1s later") is None
+    assert duration_seconds("nan") is None and duration_seconds("inf") is None
     spent = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.2s",
              "x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "6m0s"}
     assert quota_wait(spent) == 360  # the longer of the spent quotas

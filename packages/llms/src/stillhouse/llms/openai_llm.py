@@ -50,14 +50,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger("stillhouse.llms")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MAX_NEW_TOKENS = 128
+"""distilabel's default `max_new_tokens`, sent as `max_tokens` when none is given."""
+
 QUOTA_PAUSE_SLACK = 0.05
 """Seconds by which a quota's reset must outlast our last pause to pause again."""
 
 LONG_QUOTA_PAUSE = 10.0
 """A quota pause this long (seconds) or longer is logged as a warning: the run waits on it."""
-
-DEFAULT_MAX_NEW_TOKENS = 128
-"""distilabel's default `max_new_tokens`, sent as `max_tokens` when none is given."""
 
 _GENERATION_ARGS = {
     "max_new_tokens": "max_tokens",

@@ -12,6 +12,7 @@ to say when a spent quota resets. Nothing here sends requests.
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import re
 import time
@@ -72,9 +73,11 @@ def duration_seconds(text: str) -> float | None:
     `1h2m3s`) or a bare number of seconds; None if it is neither."""
     text = text.strip()
     try:
-        return max(float(text), 0.0)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
         return None
