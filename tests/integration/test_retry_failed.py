@@ -16,6 +16,7 @@ from tests.support.steps import (
     FailsWhileMarked,
     RecordsFailuresWhileMarked,
     Tag,
+    batches_logged,
 )
 
 pytestmark = pytest.mark.timeout(240)
@@ -33,10 +34,7 @@ def build(tmp_path: Path, executor: str) -> Pipeline:
 
 
 def computed_batches(tmp_path: Path) -> list[str]:
-    log = tmp_path / "double.log"
-    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
-    log.unlink(missing_ok=True)
-    return lines
+    return batches_logged(tmp_path / "double.log")
 
 
 @pytest.mark.parametrize("executor", ["sync", "threaded", "mp"])

@@ -11,7 +11,7 @@ from stillhouse.core import Pipeline
 from stillhouse.core.errors import StepRuntimeError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
-from tests.support.steps import StopsRunWhileMarked
+from tests.support.steps import StopsRunWhileMarked, batches_logged
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -25,10 +25,7 @@ def build(tmp_path: Path, executor: str) -> Pipeline:
 
 
 def computed_batches(tmp_path: Path) -> list[str]:
-    log = tmp_path / "double.log"
-    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
-    log.unlink(missing_ok=True)
-    return lines
+    return batches_logged(tmp_path / "double.log")
 
 
 @pytest.mark.parametrize("executor", ["sync", "threaded", "mp"])

@@ -11,6 +11,7 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from stillhouse.core import (
     RuntimeParameter,
@@ -174,6 +175,14 @@ def HangPid(inputs: StepInput, hang_on: int = -1) -> StepOutput:
 def ForgetsItsOutput(inputs: StepInput) -> StepOutput:
     """Declares output `y` and never sets it (breaks the step contract)."""
     yield [dict(row) for row in inputs]
+
+
+def batches_logged(log: Path) -> list[str]:
+    """The batches a step appended to `log` (one line each) since the last call; the
+    file is removed, so the next call sees only what came after."""
+    lines = log.read_text(encoding="utf-8").splitlines() if log.exists() else []
+    log.unlink(missing_ok=True)
+    return lines
 
 
 @step(inputs=["x"], outputs=["y"])
