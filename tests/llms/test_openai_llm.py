@@ -293,3 +293,16 @@ def test_quota_headers_are_read_as_openai_sends_them() -> None:
     assert quota_wait({**spent, "x-ratelimit-remaining-tokens": "150"}) == 1.2
     assert quota_wait({"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"}) is None
     assert quota_wait({"x-ratelimit-remaining-requests": "0"}) is None and quota_wait(None) is None
+
+
+def test_default_headers_are_sent_and_kept_secret(server: FakeOpenAIServer) -> None:
+    # distilabel's `default_headers`: a gateway's key travels in a header, so it is a secret.
+    gateway_key = "gw-SECRET-0123456789"
+    llm = _llm(server, default_headers={"X-Gateway-Key": gateway_key, "X-Title": "stillhouse"})
+    llm.generate([HI])
+    llm.unload()
+    sent = [r["headers"] for r in server.requests]
+    assert all(h.get("x-gateway-key") == gateway_key and h.get("x-title") == "stillhouse" for h in sent)
+    assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}
+    assert "default_headers" not in llm.model_dump() and gateway_key not in repr(llm)
+    assert gateway_key not in llm._mask(f"the server said: {gateway_key}")

@@ -57,6 +57,18 @@ def test_text_generation_rows_metadata_and_no_secret_on_disk(server, executor, t
     assert API_KEY not in _all_files_text(tmp_path)
 
 
+def test_default_headers_reach_the_server_and_no_file(server, executor, tmp_path) -> None:
+    gateway_key = "gw-SECRET-0123456789"
+    with Pipeline(name="headers", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=_questions(3)) >> TextGeneration(name="gen", llm=_llm(server))
+    parameters = {"gen": {"llm": {"default_headers": {"X-Gateway-Key": gateway_key}}}}
+    rows = rows_of(pipeline.run(parameters=parameters, progress=False))
+    assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(3)]
+    assert {r["path"] for r in server.requests} == {"/v1/models", "/v1/chat/completions"}
+    assert all(r["headers"].get("x-gateway-key") == gateway_key for r in server.requests)  # the key check too
+    assert gateway_key not in _all_files_text(tmp_path)
+
+
 def test_rerun_sends_nothing(server, executor, tmp_path) -> None:
     def build() -> Pipeline:
         with Pipeline(name="again", executor=executor, cache_dir=tmp_path) as pipeline:

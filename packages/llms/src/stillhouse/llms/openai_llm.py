@@ -94,6 +94,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         model: The model name the server knows (`gpt-4o-mini`, `meta-llama/...`, `llama3`).
         base_url: The server's `/v1` URL; default env `OPENAI_BASE_URL`, else OpenAI's.
         api_key: The API key; default env `OPENAI_API_KEY`. Never written or logged.
+        default_headers: HTTP headers sent with every request (a gateway's key, an
+            organisation); secrets like `api_key`: never written or logged.
         timeout: Seconds one request may take before it counts as a timeout (and is retried).
         max_retries: Retries of a transient failure (429, 5xx, timeout, connection) per call.
         generation_kwargs: temperature, max_new_tokens, top_p, stop, seed, ... for every call.
@@ -122,6 +124,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     # exclude=True: never in pipeline.yaml, signatures or logs; env OPENAI_API_KEY is
     # read when a request needs it, in the worker.
     api_key: _optional(SecretStr) = Field(default=None, exclude=True)
+    # Headers often carry credentials (Azure's `api-key`, a gateway's key): secrets too.
+    default_headers: _optional(dict[str, SecretStr]) = Field(default=None, exclude=True)
     timeout: RuntimeParameter[float] = Field(default=120.0)
     max_retries: RuntimeParameter[int] = Field(default=6)
     generation_kwargs: RuntimeParameter[dict[str, Any]] = Field(default={})
@@ -159,6 +163,13 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     @classmethod
     def _secret(cls, value: Any) -> Any:
         return SecretStr(value) if isinstance(value, str) else value
+
+    @field_validator("default_headers", mode="before")
+    @classmethod
+    def _secret_headers(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {name: SecretStr(v) if isinstance(v, str) else v for name, v in value.items()}
+        return value
 
     @field_serializer("structured_output")
     def _dump_structured_output(self, value: Any) -> Any:
@@ -215,8 +226,13 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             return self.api_key.get_secret_value()
         return os.environ.get("OPENAI_API_KEY")
 
+    def _headers(self) -> dict[str, str]:
+        return {name: value.get_secret_value() for name, value in (self.default_headers or {}).items()}
+
     def _mask(self, text: str) -> str:
-        return mask(text, self._key())
+        for secret in (self._key(), *self._headers().values()):
+            text = mask(text, secret)
+        return text
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -266,7 +282,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         try:
             response = httpx.get(
                 f"{self.base_url.rstrip('/')}/models",
-                headers={"Authorization": f"Bearer {key}"} if key else {},
+                headers={**self._headers(), **({"Authorization": f"Bearer {key}"} if key else {})},
                 timeout=min(self.timeout, 10.0),
             )
         except httpx.HTTPError:
@@ -293,6 +309,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                 client = openai.AsyncOpenAI(
                     base_url=self.base_url,
                     api_key=self._key() or "no-key",
+                    default_headers=self._headers() or None,
                     timeout=self.timeout,
                     max_retries=0,  # our retry policy, not the client's
                 )

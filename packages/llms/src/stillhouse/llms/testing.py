@@ -114,7 +114,8 @@ class FakeOpenAIServer:
         self._quota_window, self._quota_used = 0, 0
         self._port = port
         self.requests: list[dict[str, Any]] = []
-        """The log: one dict per request (method, path, status, latency, body, started)."""
+        """The log: one dict per request (method, path, status, latency, body, started,
+        headers but `Authorization`)."""
         self.in_flight = 0
         self.max_in_flight = 0
         """The most chat requests ever served at the same time."""
@@ -335,7 +336,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
         path = self.path.split("?")[0].rstrip("/")
-        entry: dict[str, Any] = {"method": method, "path": path, "started": started, "latency": 0.0}
+        entry: dict[str, Any] = {
+            "method": method, "path": path, "started": started, "latency": 0.0,
+            # What the client sent besides its key, for tests of headers.
+            "headers": {k.lower(): v for k, v in self.headers.items() if k.lower() != "authorization"},
+        }
         self._entry, self._logged = entry, False
         try:
             if self.fake.api_key is not None and self.headers.get("Authorization") != f"Bearer {self.fake.api_key}":
