@@ -306,3 +306,34 @@ def test_default_headers_are_sent_and_kept_secret(server: FakeOpenAIServer) -> N
     assert {r["path"] for r in server.requests} == {"/v1/chat/completions"}
     assert "default_headers" not in llm.model_dump() and gateway_key not in repr(llm)
     assert gateway_key not in llm._mask(f"the server said: {gateway_key}")
+
+
+DISTILABEL_FIELDS = {
+    # The fields of distilabel 1.5.3's classes (`model_fields`, read from its sdist), so
+    # that its scripts and the dicts of its pipeline files port by changing imports. Not
+    # listed: `exclude_from_signature`, a class attribute here (docs/migrating.md).
+    "OpenAILLM": ["api_key", "base_url", "default_headers", "generation_kwargs", "jobs_ids", "max_retries",
+                  "model", "offline_batch_generation_block_until_done", "structured_output", "timeout",
+                  "use_offline_batch_generation"],
+    "TextGeneration": ["add_raw_input", "add_raw_output", "columns", "group_generations", "input_batch_size",
+                       "input_mappings", "llm", "name", "num_generations", "output_mappings", "pipeline",
+                       "resources", "system_prompt", "template", "use_cache", "use_default_structured_output",
+                       "use_system_prompt"],
+    "ChatGeneration": ["add_raw_input", "add_raw_output", "group_generations", "input_batch_size",
+                       "input_mappings", "llm", "name", "num_generations", "output_mappings", "pipeline",
+                       "resources", "use_cache", "use_default_structured_output"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DISTILABEL_FIELDS))
+def test_every_field_of_distilabels_class_is_accepted(name: str) -> None:
+    import stillhouse.llms
+
+    missing = set(DISTILABEL_FIELDS[name]) - set(getattr(stillhouse.llms, name).model_fields)
+    assert not missing, f"{name} lacks distilabel's {sorted(missing)}"
+
+
+def test_distilabels_jobs_ids_are_accepted_and_said_not_to_be_polled(server: FakeOpenAIServer, caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="stillhouse.llms"):
+        llm = _llm(server, jobs_ids=("batch_abc",))
+    assert "not polled" in caplog.text and llm.jobs_ids == ("batch_abc",)

@@ -191,6 +191,28 @@ def test_chat_generation_with_structured_output(server, executor, tmp_path) -> N
                    for g in row["generation"])
 
 
+class Judge(ChatGeneration):
+    """A task with a schema of its own, as a judging task has."""
+
+    def get_structured_output(self) -> dict:
+        return Verdict.model_json_schema()
+
+
+@pytest.mark.parametrize("use_default", [True, False])
+def test_use_default_structured_output_applies_the_tasks_own_schema(server, tmp_path, use_default) -> None:
+    conversations = [{"messages": [{"role": "user", "content": f"judge {i}"}]} for i in range(3)]
+    with Pipeline(name="default-schema", executor="threaded", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=conversations) >> Judge(
+            name="judge", llm=_llm(server), use_default_structured_output=use_default)
+    rows = rows_of(pipeline.run(progress=False))
+    if use_default:
+        assert all(Verdict.model_validate_json(r["generation"]).reason.endswith(r["messages"][0]["content"])
+                   for r in rows)
+        assert all(r["body"]["response_format"]["type"] == "json_schema" for r in server.chat_requests())
+    else:
+        assert [r["generation"] for r in rows] == [f"echo: judge {i}" for i in range(3)]
+
+
 def test_one_limit_per_endpoint_across_steps_replicas_and_processes(executor, tmp_path) -> None:
     with FakeOpenAIServer(latency=0.1, api_key=API_KEY) as server:
         with Pipeline(name="limit", executor=executor, cache_dir=tmp_path) as pipeline:

@@ -105,13 +105,16 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         tokens_per_minute: Estimated tokens per minute to this endpoint, across the whole run.
         use_offline_batch_generation: Send a step's rows through /v1/files + /v1/batches.
         offline_batch_generation_block_until_done: Poll a batch job every this many seconds in the same run instead of suspending.
+        jobs_ids: distilabel's record of offline batch jobs, accepted so its scripts and
+            files load; stillhouse keeps each batch's job in the step's cache instead, so
+            ids given here are not polled (a warning says so).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=True, extra="forbid")
 
     exclude_from_signature: ClassVar[set[str]] = {
         "timeout", "max_retries", "max_concurrency", "requests_per_minute", "tokens_per_minute",
-        "offline_batch_generation_block_until_done",
+        "offline_batch_generation_block_until_done", "jobs_ids",
     }
     """How answers arrive, not what they are: changing one keeps the step's cache and
     its call record (core leaves a field's model's `exclude_from_signature` out of the
@@ -135,6 +138,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     tokens_per_minute: _optional(int) = None
     use_offline_batch_generation: bool = False
     offline_batch_generation_block_until_done: _optional(float) = None
+    jobs_ids: tuple[str, ...] | None = None
 
     _clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = PrivateAttr(
         default_factory=weakref.WeakKeyDictionary
@@ -181,6 +185,17 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             self.base_url = os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
         if self.structured_output is not None:
             self._schema, self._output_model = structured.normalize(self.structured_output)
+        if self.jobs_ids:
+            logger.warning(
+                "OpenAILLM(jobs_ids=%r): stillhouse keeps each batch's offline job in the step's "
+                "cache and resumes it when the pipeline runs again; these ids are not polled.",
+                self.jobs_ids,
+            )
+
+    def use_structured_output(self, schema: dict[str, Any] | type[BaseModel]) -> None:
+        """Answer in `schema` from now on (a task's default structured output)."""
+        self.structured_output = schema
+        self._schema, self._output_model = structured.normalize(schema)
 
     def _fresh_private(self) -> dict[str, Any]:
         """This instance's private state with nothing tied to a process, thread or loop."""

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import re
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
 
@@ -49,6 +49,9 @@ class Task(Step, ABC):
         group_generations: One row holding a list of `num_generations` answers (True), or one row per answer (False).
         add_raw_output: Keep the LLM's raw answer in `stillhouse_metadata["raw_output_<step>"]`.
         add_raw_input: Keep the conversation sent in `stillhouse_metadata["raw_input_<step>"]`.
+        use_default_structured_output: Answer in the task's own schema
+            (`get_structured_output()`) when the LLM has none (distilabel's field; the
+            tasks here have no schema of their own).
         concurrency: Batches one replica keeps in flight (core's default is 16). A batch
             waits for its slowest row, so with long-tailed latencies many batches must be
             open to keep the endpoint's `max_concurrency` requests in flight; the endpoint
@@ -61,6 +64,12 @@ class Task(Step, ABC):
     group_generations: bool = False
     add_raw_output: RuntimeParameter[bool] = Field(default=True)
     add_raw_input: RuntimeParameter[bool] = Field(default=True)
+    use_default_structured_output: bool = False
+
+    def get_structured_output(self) -> dict[str, Any] | None:
+        """The JSON schema this task's answers follow by default, if it has one (a task
+        that judges or extracts); None here. Used with `use_default_structured_output`."""
+        return None
 
     @abstractmethod
     def format_input(self, input: Row) -> ChatType:
@@ -79,6 +88,9 @@ class Task(Step, ABC):
     def load(self) -> None:
         super().load()
         self.llm = self.llm.replica()  # replicas in one process must not share clients or records
+        schema = self.get_structured_output()
+        if self.use_default_structured_output and schema and self.llm.structured_output is None:
+            self.llm.use_structured_output(schema)
         self.llm.load(record_dir=self._record_dir())
         self.llm.check_auth(self.name or type(self).__name__)
 
@@ -222,6 +234,11 @@ class TextGeneration(Task):
     template: str = "{{ instruction }}"
     columns: str | list[str] = Field(default_factory=lambda: ["instruction"])
     system_prompt: str | None = None
+    use_system_prompt: bool = True
+    """distilabel's deprecated field, accepted so its scripts port; it does nothing there
+    either (a row's own `system_prompt` column is always used)."""
+
+    exclude_from_signature: ClassVar[set[str]] = Task.exclude_from_signature | {"use_system_prompt"}
 
     _template: Template | None = PrivateAttr(default=None)
 
