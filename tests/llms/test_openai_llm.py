@@ -337,3 +337,17 @@ def test_distilabels_jobs_ids_are_accepted_and_said_not_to_be_polled(server: Fak
     with caplog.at_level(logging.WARNING, logger="stillhouse.llms"):
         llm = _llm(server, jobs_ids=("batch_abc",))
     assert "not polled" in caplog.text and llm.jobs_ids == ("batch_abc",)
+
+
+def test_logprobs_come_back_as_distilabel_returns_them(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, generation_kwargs={"logprobs": True, "top_logprobs": 2})
+    [output] = llm.generate([HI], num_generations=2)
+    llm.unload()
+    assert output["generations"] == ["echo: hi", "echo: hi"]
+    assert output["logprobs"] == [[
+        [{"token": "echo:", "logprob": pytest.approx(-0.1)}, {"token": "echo:~1", "logprob": pytest.approx(-1.1)}],
+        [{"token": "hi", "logprob": pytest.approx(-0.2)}, {"token": "hi~1", "logprob": pytest.approx(-1.2)}],
+    ]] * 2
+    plain = _llm(server)
+    assert "logprobs" not in plain.generate([HI])[0]
+    plain.unload()

@@ -76,7 +76,8 @@ _GENERATION_ARGS = {
 """Generation arguments we accept (distilabel's names) -> the request's field names."""
 
 GenerateOutput = dict[str, Any]
-"""distilabel's `{"generations": [...], "statistics": {"input_tokens": [...], "output_tokens": [...]}}`."""
+"""distilabel's `{"generations": [...], "statistics": {"input_tokens": [...], "output_tokens": [...]}}`,
+with `"logprobs"` (per generation, per token, the top alternatives) when they were asked for."""
 
 
 def _optional(kind: Any) -> Any:
@@ -379,8 +380,11 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         generations: list[str | None] = []
         input_tokens: list[int] = []
         output_tokens: list[int] = []
+        logprobs: list[Any] = []
         for response in responses:
             choice = (response.get("choices") or [{}])[0]
+            if (token_logprobs := _top_logprobs(choice)) is not None:
+                logprobs.append(token_logprobs)
             text = (choice.get("message") or {}).get("content")
             if text is None:
                 logger.warning("No content from %s (finish reason %r)", self.endpoint, choice.get("finish_reason"))
@@ -396,7 +400,12 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             generations.append(text)
             input_tokens.append(int(usage.get("prompt_tokens") or 0))
             output_tokens.append(int(usage.get("completion_tokens") or 0))
-        return {"generations": generations, "statistics": {"input_tokens": input_tokens, "output_tokens": output_tokens}}
+        output: GenerateOutput = {
+            "generations": generations, "statistics": {"input_tokens": input_tokens, "output_tokens": output_tokens},
+        }
+        if logprobs:  # asked for with `logprobs` / `top_logprobs`, as distilabel returns them
+            output["logprobs"] = logprobs
+        return output
 
     def recorded(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any] | None:
         """The recorded answer to `request` (its `generation`-th), if a run paid for it
@@ -530,6 +539,18 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             if response.get("status_code") == 200:
                 results[int(item["custom_id"])] = response["body"]
         return results
+
+
+def _top_logprobs(choice: dict[str, Any]) -> list[list[dict[str, Any]]] | None:
+    """distilabel's logprobs of one answer: per token, its `top_logprobs` as
+    `{"token", "logprob"}`; None when the answer has none."""
+    content = (choice.get("logprobs") or {}).get("content")
+    if content is None:
+        return None
+    return [
+        [{"token": top["token"], "logprob": top["logprob"]} for top in token.get("top_logprobs") or []]
+        for token in content
+    ]
 
 
 def _estimate_tokens(request: dict[str, Any]) -> int:

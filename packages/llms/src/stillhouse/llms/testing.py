@@ -531,7 +531,7 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
             words = f"echo: {prompt}".split()
             content = " ".join(words[:max_tokens] if max_tokens else words)
         choices.append({"index": index, "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop", "logprobs": None})
+                        "finish_reason": "stop", "logprobs": _logprobs(content, body)})
     prompt_tokens = _tokens(_all_text(body))
     completion_tokens = sum(_tokens(c["message"]["content"]) for c in choices)
     return {
@@ -543,6 +543,21 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
     }
+
+
+def _logprobs(content: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """OpenAI's `choice.logprobs` when the request asks for them: one entry per word of
+    `content`, each with `top_logprobs` alternatives (the word first), fixed values."""
+    if not body.get("logprobs"):
+        return None
+    top = int(body.get("top_logprobs") or 0)
+    entries = []
+    for position, word in enumerate(content.split()):
+        logprob = -0.1 * (position + 1)
+        alternatives = [{"token": word, "logprob": logprob, "bytes": None}]
+        alternatives += [{"token": f"{word}~{k}", "logprob": logprob - k, "bytes": None} for k in range(1, top)]
+        entries.append({"token": word, "logprob": logprob, "bytes": None, "top_logprobs": alternatives[:top]})
+    return {"content": entries, "refusal": None}
 
 
 def instance_for(schema: dict[str, Any], text: str, root: dict[str, Any], name: str = "") -> Any:
