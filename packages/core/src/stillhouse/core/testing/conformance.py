@@ -40,6 +40,8 @@ from stillhouse.core.testing.steps import (
     AsyncHang,
     AsyncNumbers,
     AsyncPid,
+    AsyncRecordsFailure,
+    AsyncStopsRun,
     AsyncTag,
     AsyncZip,
     BrokenGenerator,
@@ -53,6 +55,8 @@ from stillhouse.core.testing.steps import (
     HangingGlobal,
     Ok,
     Pid,
+    RecordsFailure,
+    StopsRun,
     SyncHang,
     Tag,
     Zip,
@@ -193,6 +197,22 @@ class ExecutorConformance:
         assert all("this step always fails" in r["stillhouse_metadata"]["error_bad"] for r in rows)
         assert {row["step"]: row for row in pipeline.last_run_summary}["bad"]["failed_batches"] == 2
 
+
+    @pytest.mark.parametrize("make", [RecordsFailure, AsyncRecordsFailure], ids=["sync", "async"])
+    def test_a_recorded_failure_keeps_the_rows_and_counts_the_batch_failed(self, executor, tmp_path, make):
+        with Pipeline(name="recorded", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=data(6), batch_size=2) >> make(name="gaps", input_batch_size=2)
+        rows = rows_of(pipeline.run(use_cache=False, progress=False))
+        assert [r["y"] for r in rows] == [0, 2, 4, None, 8, 10]
+        assert {row["step"]: row for row in pipeline.last_run_summary}["gaps"]["failed_batches"] == 1
+
+    @pytest.mark.parametrize("make", [StopsRun, AsyncStopsRun], ids=["sync", "async"])
+    def test_stop_run_from_a_normal_step_stops_the_run_naming_it(self, executor, tmp_path, make):
+        with Pipeline(name="stop", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=data(6), batch_size=2) >> make(name="stops", input_batch_size=2)
+        with pytest.raises(StepRuntimeError, match="the key was refused") as info:
+            pipeline.run(use_cache=False, progress=False)
+        assert info.value.step_name == "stops"
 
     @pytest.mark.parametrize(
         ("make", "message"),

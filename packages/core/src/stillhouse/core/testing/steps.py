@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 from stillhouse.core.decorator import step
+from stillhouse.core.errors import StopRun
 from stillhouse.core.step import GlobalStep, Step
 from stillhouse.core.typing import StepInput, StepOutput
 
@@ -227,3 +228,53 @@ class AsyncZip(Step):
 async def HangingGlobal(inputs: StepInput) -> AsyncIterator[list[dict]]:
     await asyncio.sleep(3600)
     yield inputs  # pragma: no cover
+
+
+class RecordsFailure(Step):
+    """Doubles `x` into `y`, but the row with x == 3 gets `y` None and a recorded failure
+    (`record_failure`): the batch keeps its rows, as an LLM task keeps the rows whose
+    calls succeeded."""
+
+    @property
+    def inputs(self) -> list[str]:
+        return ["x"]
+
+    @property
+    def outputs(self) -> list[str]:
+        return ["y"]
+
+    def _rows(self, inputs: StepInput) -> list[dict]:
+        rows = []
+        for row in inputs:
+            if row["x"] == 3:
+                self.record_failure("x == 3 was not answered")
+            rows.append({**row, "y": None if row["x"] == 3 else row["x"] * 2})
+        return rows
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield self._rows(inputs)
+
+
+class AsyncRecordsFailure(RecordsFailure):
+    """`RecordsFailure` as an async step."""
+
+    async def process(self, inputs: StepInput) -> AsyncIterator[list[dict]]:  # type: ignore[override]
+        await asyncio.sleep(0)
+        yield self._rows(inputs)
+
+
+@step(inputs=["x"], outputs=["y"])
+def StopsRun(inputs: StepInput) -> StepOutput:
+    """Raises `StopRun` on the batch holding x == 3 (a refused key); doubles the others."""
+    if any(row["x"] == 3 for row in inputs):
+        raise StopRun("the key was refused")
+    yield [{**row, "y": row["x"] * 2} for row in inputs]
+
+
+@step(inputs=["x"], outputs=["y"])
+async def AsyncStopsRun(inputs: StepInput) -> AsyncIterator[list[dict]]:
+    """`StopsRun` as an async step."""
+    await asyncio.sleep(0)
+    if any(row["x"] == 3 for row in inputs):
+        raise StopRun("the key was refused")
+    yield [{**row, "y": row["x"] * 2} for row in inputs]
