@@ -113,3 +113,13 @@ def test_llm_quota_runs_both_readings_side_by_side() -> None:
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| 4 |")]
     assert [row[1] for row in rows] == ["paced", "unpaced"]
     assert all(row[2].startswith("30 ") and row[3].startswith("0 ") for row in rows)  # 30 answered, none failed
+
+
+@pytest.mark.timeout(120)
+def test_llm_record_opens_and_answers_every_call() -> None:
+    command = [sys.executable, "-m", "benchmarks.llm_record", "--calls", "500"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("500 calls, ")
+    assert [line.split(" | ")[0] for line in done.stdout.splitlines() if line.startswith("| workspace")] == [
+        "| workspace", "| workspace"]

@@ -351,3 +351,29 @@ def test_logprobs_come_back_as_distilabel_returns_them(server: FakeOpenAIServer)
     plain = _llm(server)
     assert "logprobs" not in plain.generate([HI])[0]
     plain.unload()
+
+
+def test_a_damaged_recorded_answer_is_sent_again_and_the_rest_still_answer(server: FakeOpenAIServer, tmp_path, caplog) -> None:
+    first = _llm(server)
+    first.load(record_dir=tmp_path)
+    first.generate([HI, [{"role": "user", "content": "bye"}]])
+    first.unload()
+    [path] = tmp_path.iterdir()
+    lines = path.read_bytes().splitlines(keepends=True)
+    hi = next(i for i, line in enumerate(lines) if b"echo: hi" in line)
+    lines[hi] = lines[hi].replace(b"echo: hi", b"echo: \xff\xfe hi")  # a line whose bytes no longer parse
+    path.unlink()
+    (tmp_path / "calls-0-first.jsonl").write_bytes(b"".join(lines))  # read before the next writer's file
+    again = _llm(server)
+    again.load(record_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="stillhouse.llms.record"):
+        outputs = again.generate([HI, [{"role": "user", "content": "bye"}]])
+    again.unload()
+    assert [o["generations"] for o in outputs] == [["echo: hi"], ["echo: bye"]]
+    assert "is damaged" in caplog.text
+    assert len(server.chat_requests()) == 3 and again.call_stats["recorded"] == 1  # only "hi" sent again
+    third = _llm(server)  # the damaged line is still there, and so is the answer sent again
+    third.load(record_dir=tmp_path)
+    assert [o["generations"] for o in third.generate([HI])] == [["echo: hi"]]
+    third.unload()
+    assert len(server.chat_requests()) == 3  # never paid for a third time
