@@ -43,6 +43,7 @@ from stillhouse.core.testing.steps import (  # noqa: F401  (re-exported for the 
     HangingGlobal,
     Ok,
     Pid,
+    RecordsFailure,
     SyncHang,
     Tag,
     Zip,
@@ -207,36 +208,20 @@ class PageFaults(Step):
         yield [{**row, "faults": faults} for row in inputs]
 
 
-class RecordsFailuresWhileMarked(Step):
-    """Doubles `x`; while the file `marker` exists, the row with x == 3 gets `y` None and
-    the step calls `record_failure` (the batch's other rows are kept, as an LLM task keeps
-    the rows whose calls succeeded). Appends one line per batch it computes to `log`."""
+class RecordsFailuresWhileMarked(RecordsFailure):
+    """`RecordsFailure` (x == 3 gets `y` None and a recorded failure, the batch keeps its
+    rows) only while the file `marker` exists; appends one line per batch it computes to
+    `log`."""
 
     marker: str
     log: str
 
-    @property
-    def inputs(self) -> list[str]:
-        return ["x"]
-
-    @property
-    def outputs(self) -> list[str]:
-        return ["y"]
-
-    def _double(self, inputs: StepInput) -> list[dict]:
+    def _rows(self, inputs: StepInput) -> list[dict]:
         with open(self.log, "a", encoding="utf-8") as handle:
             handle.write(f"{[row['x'] for row in inputs]}\n")
-        rows = []
-        for row in inputs:
-            if row["x"] == 3 and os.path.exists(self.marker):
-                self.record_failure("x == 3: the endpoint is down")
-                rows.append({**row, "y": None})
-            else:
-                rows.append({**row, "y": row["x"] * 2})
-        return rows
-
-    def process(self, inputs: StepInput) -> StepOutput:
-        yield self._double(inputs)
+        if os.path.exists(self.marker):
+            return super()._rows(inputs)
+        return [{**row, "y": row["x"] * 2} for row in inputs]
 
 
 class AsyncRecordsFailuresWhileMarked(RecordsFailuresWhileMarked):
@@ -244,7 +229,7 @@ class AsyncRecordsFailuresWhileMarked(RecordsFailuresWhileMarked):
 
     async def process(self, inputs: StepInput) -> AsyncIterator[list[dict]]:  # type: ignore[override]
         await asyncio.sleep(random.random() * 0.01)
-        yield self._double(inputs)
+        yield self._rows(inputs)
 
 
 @step(inputs=["x"], outputs=["y"])
