@@ -377,3 +377,65 @@ def test_a_damaged_recorded_answer_is_sent_again_and_the_rest_still_answer(serve
     assert [o["generations"] for o in third.generate([HI])] == [["echo: hi"]]
     third.unload()
     assert len(server.chat_requests()) == 3  # never paid for a third time
+
+
+def _completions(server: FakeOpenAIServer) -> list[dict]:
+    return [r for r in server.requests if r["path"].endswith("/v1/completions")]
+
+
+def test_a_text_input_is_a_text_completion_as_in_distilabel(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, generation_kwargs={"temperature": 0.2, "stop": ["\n"]})
+    [output] = llm.generate(["Once upon a time"], num_generations=2)
+    llm.unload()
+    assert output == {
+        "generations": ["echo: Once upon a time"] * 2,
+        "statistics": {"input_tokens": [4, 4], "output_tokens": [5, 5]},
+    }
+    assert server.chat_requests() == []
+    bodies = [r["body"] for r in _completions(server)]
+    assert len(bodies) == 2  # one call per generation, as for chat
+    assert bodies[0] == {"model": llm.model, "prompt": "Once upon a time", "temperature": 0.2,
+                         "stop": ["\n"], "max_tokens": 128}
+
+
+def test_echo_returns_the_prompt_with_a_text_completion_and_is_left_out_of_chat(server: FakeOpenAIServer) -> None:
+    llm = _llm(server)
+    [text] = llm.generate(["Say"], echo=True)
+    [chat] = llm.generate([HI], echo=True)
+    llm.unload()
+    assert text["generations"] == ["Sayecho: Say"]
+    assert chat["generations"] == ["echo: hi"]
+    assert _completions(server)[0]["body"]["echo"] is True
+    assert "echo" not in server.chat_requests()[0]["body"]  # distilabel: only for text input
+
+
+def test_text_completion_logprobs_come_back_as_distilabel_returns_them(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, generation_kwargs={"logprobs": True, "top_logprobs": 2})
+    [output] = llm.generate(["hi"])
+    llm.unload()
+    assert _completions(server)[0]["body"]["logprobs"] == 2  # a count on /v1/completions
+    assert output["logprobs"] == [[
+        [{"token": "echo:", "logprob": pytest.approx(-0.1)}, {"token": "echo:~1", "logprob": pytest.approx(-1.1)}],
+        [{"token": "hi", "logprob": pytest.approx(-0.2)}, {"token": "hi~1", "logprob": pytest.approx(-1.2)}],
+    ]]
+
+
+def test_a_text_input_with_a_response_format_is_refused_before_sending(server: FakeOpenAIServer) -> None:
+    llm = _llm(server, structured_output=Verdict)
+    with pytest.raises(ValueError, match=r"text input .* cannot take `structured_output`.*conversation"):
+        llm.generate(["rate this"])
+    llm.unload()
+    assert server.requests == []
+
+
+def test_a_recorded_text_completion_is_not_sent_again(server: FakeOpenAIServer, tmp_path) -> None:
+    first = _llm(server)
+    first.load(record_dir=tmp_path)
+    first.generate(["hi", "bye"])
+    first.unload()
+    again = _llm(server)
+    again.load(record_dir=tmp_path)
+    outputs = again.generate(["hi", "bye"])
+    again.unload()
+    assert [o["generations"] for o in outputs] == [["echo: hi"], ["echo: bye"]]
+    assert len(_completions(server)) == 2 and again.call_stats["recorded"] == 2

@@ -280,3 +280,29 @@ def test_offline_batch_generation_blocking_polls_in_the_same_run(server, executo
                                  offline_batch_generation_block_until_done=0.1))
     rows = rows_of(pipeline.run(progress=False))
     assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(3)]
+
+
+class CompleteText(TextGeneration):
+    """A task whose input is a text prompt, as distilabel tasks may format theirs."""
+
+    def format_input(self, input: dict) -> str:  # type: ignore[override]
+        return f"Q: {input['instruction']}\nA:"
+
+
+def test_a_task_formatting_text_gets_text_completions_and_retries_only_its_failures(server, tmp_path) -> None:
+    def build() -> Pipeline:
+        with Pipeline(name="complete", executor="threaded", cache_dir=tmp_path, enable_metadata=True) as pipeline:
+            LoadDataFromDicts(data=_questions(4)) >> CompleteText(name="complete", llm=_llm(server, max_retries=0))
+        return pipeline
+
+    def completions() -> int:
+        return len([r for r in server.requests if r["path"].endswith("/v1/completions")])
+
+    server.fail_next(503)
+    rows = rows_of(build().run(progress=False))
+    assert [r["generation"] is None for r in rows].count(True) == 1
+    assert rows[0]["stillhouse_metadata"]["raw_input_complete"] == "Q: question 0\nA:"
+    assert server.chat_requests() == [] and completions() == 4
+    rows = rows_of(build().run(progress=False, retry_failed=True))
+    assert [r["generation"] for r in rows] == [f"echo: Q: question {i} A:" for i in range(4)]  # words, re-joined
+    assert completions() == 5  # the failed one again; the other three from the record

@@ -1,7 +1,8 @@
 """`OpenAILLM`: one client for every OpenAI-compatible server (OpenAI, vLLM, TGI,
 llama.cpp, Ollama, LiteLLM), on the official async `openai` client.
 
-Each generation is one chat-completion call that goes: call record (answered
+Each generation is one chat-completion call (a text completion when the input is a
+`str`, as distilabel's) that goes: call record (answered
 before? then nothing is sent) -> the endpoint's shared limit (a slot, and the
 requests/tokens it costs per minute) -> the request, with the client's own retries
 off -> our retry policy (`retry.py`) and AIMD on 429 (`limits.py`) -> the record.
@@ -72,8 +73,15 @@ _GENERATION_ARGS = {
     "top_logprobs": "top_logprobs",
     "response_format": "response_format",
     "extra_body": "extra_body",
+    "echo": "echo",
 }
 """Generation arguments we accept (distilabel's names) -> the request's field names."""
+
+_CHAT_ONLY = {"echo"}
+"""Arguments a chat request leaves out (distilabel: `echo` is for text input only)."""
+
+_TEXT_ONLY_REFUSED = {"response_format"}
+"""Arguments the completions API has no field for."""
 
 GenerateOutput = dict[str, Any]
 """distilabel's `{"generations": [...], "statistics": {"input_tokens": [...], "output_tokens": [...]}}`,
@@ -337,8 +345,9 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     def get_generation_kwargs(self) -> dict[str, Any]:
         return dict(self.generation_kwargs or {})
 
-    def build_request(self, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-        """The chat-completion body for `messages` (generation_kwargs, then `kwargs`)."""
+    def build_request(self, input: list[dict[str, Any]] | str, **kwargs: Any) -> dict[str, Any]:
+        """The request body for `input` (generation_kwargs, then `kwargs`): a chat
+        completion for a conversation, a text completion (`/v1/completions`) for a `str`."""
         args = {**self.get_generation_kwargs(), **kwargs}
         unknown = sorted(set(args) - set(_GENERATION_ARGS))
         if unknown:
@@ -346,16 +355,39 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                 f"Unknown generation argument(s) {unknown} for OpenAILLM. "
                 f"Known: {sorted(_GENERATION_ARGS)}."
             )
-        request: dict[str, Any] = {"model": self.model, "messages": messages}
+        if isinstance(input, str):
+            return self._text_request(input, args)
+        request: dict[str, Any] = {"model": self.model, "messages": input}
         for name, value in args.items():
-            if value is not None:
+            if value is not None and name not in _CHAT_ONLY:
                 request[_GENERATION_ARGS[name]] = value
         request.setdefault("max_tokens", DEFAULT_MAX_NEW_TOKENS)
         if self._schema is not None and "response_format" not in request:
             request["response_format"] = structured.response_format(self._schema)
         return request
 
-    def generate(self, inputs: list[list[dict[str, Any]]], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
+    def _text_request(self, prompt: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A text completion's body. Its `logprobs` is a count of alternatives per token:
+        `top_logprobs`, else 1 when `logprobs` is asked for."""
+        refused = sorted(name for name in _TEXT_ONLY_REFUSED if args.get(name) is not None)
+        if refused or self._schema is not None:
+            what = f"generation argument(s) {refused}" if refused else "`structured_output`"
+            raise ValueError(
+                f"OpenAILLM({self.model!r}): a text input (a `str`, sent to /v1/completions) cannot "
+                f"take {what}: the completions API has no response format. Pass the input as a "
+                "conversation ([{'role': 'user', 'content': ...}]) for a chat completion instead."
+            )
+        request: dict[str, Any] = {"model": self.model, "prompt": prompt}
+        for name, value in args.items():
+            if value is not None and name not in ("logprobs", "top_logprobs"):
+                request[_GENERATION_ARGS[name]] = value
+        count = args.get("top_logprobs") or (1 if args.get("logprobs") else None)
+        if count:
+            request["logprobs"] = count
+        request.setdefault("max_tokens", DEFAULT_MAX_NEW_TOKENS)
+        return request
+
+    def generate(self, inputs: list[list[dict[str, Any]]] | list[str], num_generations: int = 1, **kwargs: Any) -> list[GenerateOutput]:
         """`agenerate` for every input, concurrently, from synchronous code."""
         if self._limit is None:
             self.load()
@@ -367,8 +399,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
 
         return self._loop.run_until_complete(run_all())
 
-    async def agenerate(self, input: list[dict[str, Any]], num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
-        """`num_generations` answers to one conversation: one call per generation."""
+    async def agenerate(self, input: list[dict[str, Any]] | str, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
+        """`num_generations` answers to one conversation (or text prompt): one call per generation."""
         if self._limit is None:
             self.load()
         request = self.build_request(input, **kwargs)
@@ -376,7 +408,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         return self.output_from(responses, request)
 
     def output_from(self, responses: list[dict[str, Any]], request: dict[str, Any]) -> GenerateOutput:
-        """distilabel's `GenerateOutput` from chat-completion bodies (one per generation)."""
+        """distilabel's `GenerateOutput` from completion bodies (one per generation)."""
         generations: list[str | None] = []
         input_tokens: list[int] = []
         output_tokens: list[int] = []
@@ -385,7 +417,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             choice = (response.get("choices") or [{}])[0]
             if (token_logprobs := _top_logprobs(choice)) is not None:
                 logprobs.append(token_logprobs)
-            text = (choice.get("message") or {}).get("content")
+            text = choice.get("text") if "prompt" in request else (choice.get("message") or {}).get("content")
             if text is None:
                 logger.warning("No content from %s (finish reason %r)", self.endpoint, choice.get("finish_reason"))
             if self._schema is not None and request.get("response_format", {}).get("type") == "json_schema":
@@ -423,7 +455,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             self._record.put(request_key(request, generation), response)
 
     async def call(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any]:
-        """One chat completion: from the record if it was answered before, else sent with
+        """One chat (or text) completion: from the record if it was answered before, else sent with
         the limit, our retries and AIMD, then recorded."""
         recorded = self.recorded(request, generation)
         if recorded is not None:
@@ -441,7 +473,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                     # The quota is read before the slot is given back: a pause reaches the
                     # limit before the release that would let the next request go.
                     try:
-                        raw = await self._client().chat.completions.with_raw_response.create(**request)
+                        completions = self._client().completions if "prompt" in request else self._client().chat.completions
+                        raw = await completions.with_raw_response.create(**request)
                     except Exception as exc:
                         self._honour_quota(getattr(getattr(exc, "response", None), "headers", None))
                         raise
@@ -502,6 +535,11 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     async def submit_batch(self, requests: list[dict[str, Any]]) -> dict[str, Any]:
         """Upload `requests` (custom ids = their positions) and start a batch job; returns
         the job's state: `{"batch_id", "input_file_id", "count"}`."""
+        if any("prompt" in body for body in requests):
+            raise ValueError(
+                f"OpenAILLM({self.model!r}): offline batch generation sends chat completions; "
+                "text inputs (a `str`) are not supported there. Format the input as a conversation."
+            )
         lines = [
             json.dumps({"custom_id": str(i), "method": "POST", "url": "/v1/chat/completions", "body": body})
             for i, body in enumerate(requests)
@@ -544,6 +582,11 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
 def _top_logprobs(choice: dict[str, Any]) -> list[list[dict[str, Any]]] | None:
     """distilabel's logprobs of one answer: per token, its `top_logprobs` as
     `{"token", "logprob"}`; None when the answer has none."""
+    legacy = (choice.get("logprobs") or {}).get("top_logprobs")
+    if "text" in choice:  # a text completion: per token, {token: logprob}
+        if legacy is None:
+            return None
+        return [None if top is None else [{"token": t, "logprob": v} for t, v in top.items()] for top in legacy]
     content = (choice.get("logprobs") or {}).get("content")
     if content is None:
         return None
@@ -556,7 +599,8 @@ def _top_logprobs(choice: dict[str, Any]) -> list[list[dict[str, Any]]] | None:
 def _estimate_tokens(request: dict[str, Any]) -> int:
     """What a call may cost in tokens, for tokens-per-minute budgets: ~4 characters per
     prompt token plus the most it may generate."""
-    chars = sum(len(json.dumps(m.get("content"))) for m in request.get("messages", []))
+    chars = len(request.get("prompt") or "")
+    chars += sum(len(json.dumps(m.get("content"))) for m in request.get("messages", []))
     return chars // 4 + int(request.get("max_tokens") or DEFAULT_MAX_NEW_TOKENS)
 
 

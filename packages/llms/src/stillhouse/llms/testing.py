@@ -1,8 +1,8 @@
 """`FakeOpenAIServer`: a real OpenAI-compatible HTTP server on 127.0.0.1 for tests,
 docs and benchmarks.
 
-It answers `/v1/chat/completions`, `/v1/models`, `/v1/files` (+ `/content`) and
-`/v1/batches` from a background thread, with seeded latencies, a concurrency cap
+It answers `/v1/chat/completions`, `/v1/completions` (text in, text out),
+`/v1/models`, `/v1/files` (+ `/content`) and `/v1/batches` from a background thread, with seeded latencies, a concurrency cap
 that answers 429 with `Retry-After`, injected errors and a request log. Answers are
 deterministic (an echo of the last user message, or a JSON object valid for the
 requested schema) and carry token counts. Nothing here is used by the steps
@@ -347,7 +347,9 @@ class _Handler(BaseHTTPRequestHandler):
                 self._error(401, "Incorrect API key provided.", "invalid_api_key")
                 entry["status"] = 401
             elif method == "POST" and path.endswith("/chat/completions"):
-                entry.update(self._chat(raw))
+                entry.update(self._chat(raw, completion))
+            elif method == "POST" and path.endswith("/completions"):
+                entry.update(self._chat(raw, text_completion))
             elif method == "GET" and path.endswith("/models"):
                 names = self.fake.models or ["fake-model"]
                 self._json(200, {"object": "list", "data": [
@@ -371,7 +373,8 @@ class _Handler(BaseHTTPRequestHandler):
         if not self._logged:  # no answer went out (the client went away first)
             self.fake._log(entry)
 
-    def _chat(self, raw: bytes) -> dict[str, Any]:
+    def _chat(self, raw: bytes, answer: Any) -> dict[str, Any]:
+        """A chat or text completion: `answer` makes the body of a 200."""
         body = json.loads(raw)
         fake = self.fake
         if fake.models is not None and body.get("model") not in fake.models:
@@ -401,7 +404,7 @@ class _Handler(BaseHTTPRequestHandler):
             status = 200
         self._entry.update({"status": status, "body": body, "latency": latency})
         if status == 200:
-            self._json(200, completion(body), quota_headers)
+            self._json(200, answer(body), quota_headers)
         elif status == 429:
             self._error(429, "Rate limit reached.", "rate_limit_exceeded",
                         headers={"Retry-After": _seconds(retry_after or fake.retry_after)})
@@ -496,6 +499,8 @@ def _seconds(value: float) -> str:
 
 
 def _all_text(body: dict[str, Any]) -> str:
+    if isinstance(body.get("prompt"), str):  # a text completion
+        return body["prompt"]
     parts = []
     for message in body.get("messages") or []:
         content = message.get("content")
@@ -504,6 +509,8 @@ def _all_text(body: dict[str, Any]) -> str:
 
 
 def _last_user_text(body: dict[str, Any]) -> str:
+    if isinstance(body.get("prompt"), str):  # a text completion
+        return body["prompt"]
     for message in reversed(body.get("messages") or []):
         if message.get("role") == "user":
             content = message.get("content")
@@ -542,6 +549,38 @@ def completion(body: dict[str, Any]) -> dict[str, Any]:
         "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens},
+    }
+
+
+def text_completion(body: dict[str, Any]) -> dict[str, Any]:
+    """The deterministic text completion (`/v1/completions`) the fake server answers
+    `body` with: the chat answer's text, after the prompt when `echo` asks for it."""
+    chat = completion(body)
+    choices = []
+    for choice in chat["choices"]:
+        generated = choice["message"]["content"]
+        text = body["prompt"] + generated if body.get("echo") else generated
+        choices.append({"index": choice["index"], "text": text, "finish_reason": "stop",
+                        "logprobs": _legacy_logprobs(generated, body)})
+    return {**chat, "id": "cmpl-" + chat["id"].split("-", 1)[1], "object": "text_completion", "choices": choices}
+
+
+def _legacy_logprobs(content: str, body: dict[str, Any]) -> dict[str, Any] | None:
+    """The completions API's `choice.logprobs` when `logprobs` (a count) asks for them:
+    per word of `content`, a dict of that many alternatives (the word first)."""
+    top = body.get("logprobs")
+    if not top:
+        return None
+    words = content.split()
+    values = [-0.1 * (position + 1) for position in range(len(words))]
+    return {
+        "tokens": words,
+        "token_logprobs": values,
+        "top_logprobs": [
+            {word: value, **{f"{word}~{k}": value - k for k in range(1, int(top))}}
+            for word, value in zip(words, values, strict=True)
+        ],
+        "text_offset": [content.find(word) for word in words],
     }
 
 
