@@ -287,14 +287,14 @@ def explain(pipeline: Any, use_cache: bool = True, table: Any = None, plan: Any 
 
     The decision is `reuse.decide`'s, the rule the stores themselves follow; this only
     adds detail to its reason (which part of a signature changed, which step before).
-    `table`: `signature_table(pipeline.dag)` and `plan`: the run's `ExecutionPlan`, when
+    `table`: `signature_table(pipeline.dag, ...)` and `plan`: the run's `ExecutionPlan`, when
     the caller has them already."""
     from stillhouse.core.engine.plan import compile_plan
     from stillhouse.core.engine.run import fresh_steps
 
     dag, base = pipeline.dag, pipeline_dir(pipeline)
     fresh = fresh_steps(pipeline, use_cache)
-    signatures, all_parts = table or signature_table(dag)
+    signatures, all_parts = table or signature_table(dag, enable_metadata=pipeline.enable_metadata)
     region_of = (plan or compile_plan(dag)).region_of
     generations: dict[str, str | None] = {}  # None: recomputed, so a new generation
     rows = []

@@ -589,6 +589,21 @@ def join_columns(table: Any, fetch: Callable[[bytes], tuple[Any, Any]], where: s
         raise _undecodable(where, exc) from exc
 
 
+def encode_route(successors: list[str], routing: str | None) -> bytes:
+    """A routing decision, with the identity of the routing function that made it."""
+    return encode_json({"to": list(successors), "routing": routing})
+
+
+def decode_route(data: bytes, routing: str | None, where: str) -> list[str] | None:
+    """The successors a stored decision names, if the routing function `routing` made it;
+    None for another function's decision (or one stored before decisions named theirs):
+    the run decides that batch's route again."""
+    value = decode_json(data, where)
+    if isinstance(value, dict) and value.get("routing") == routing and isinstance(value.get("to"), list):
+        return list(value["to"])
+    return None
+
+
 def encode_json(value: Any) -> bytes:
     """Small structured values (routing decisions) as typed JSON."""
     return json.dumps(to_json(value), allow_nan=False).encode("ascii")

@@ -24,11 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import fsspec
 
-from stillhouse.cache.codec import decode_json, decode_rows, encode_json, encode_rows
+from stillhouse.cache.codec import (
+    decode_route,
+    decode_rows,
+    encode_route,
+    encode_rows,
+)
 from stillhouse.cache.durable import remote_durable_dir
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Holdings, decide
-from stillhouse.cache.signature import signature_table
+from stillhouse.cache.signature import routing_identity, signature_table
 from stillhouse.cache.store import (
     _suspended_name,
     new_meta,
@@ -93,6 +98,7 @@ class RemoteStepStore(StepStore):
         self.fs, self.root, self.meta, self.lease = fs, root, meta, lease
         self.finished = bool(meta.get("finished"))
         self.batching = meta.get("batching")
+        self.routing: str | None = None  # the routing function after this step (`routing_identity`)
         self._index: dict[str, set[str]] | None = None
         self._batches: dict[BatchKey, str] | None = None
 
@@ -181,10 +187,10 @@ class RemoteStepStore(StepStore):
         if name not in self.index:
             return None
         _, payload, where = self._get(name)
-        return decode_json(payload, f"The cache object {where}")
+        return decode_route(payload, self.routing, f"The cache object {where}")
 
     def put_route(self, ordinal: int, successors: list[str]) -> None:
-        self._put(f"r-{ordinal:010d}{_SUFFIX}", frame(ROUTE, ordinal, 0, encode_json(list(successors)))[1])
+        self._put(f"r-{ordinal:010d}{_SUFFIX}", frame(ROUTE, ordinal, 0, encode_route(successors, self.routing))[1])
 
     def records(self) -> Iterator[BatchRecord]:
         for key in sorted(self.batches):
@@ -267,7 +273,7 @@ class RemoteRunStore(RunStore):
         self.lease = Lease(self.fs, f"{self.base}/.lock", pipeline.name)
         try:  # whatever fails from here on frees the lease for the next run
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-            self.signatures, self.parts = signature_table(pipeline.dag)
+            self.signatures, self.parts = signature_table(pipeline.dag, enable_metadata=pipeline.enable_metadata)
             self.stores: dict[str, RemoteStepStore] = {}
             self._log = Path(tempfile.mkdtemp(prefix="stillhouse-log-")) / "pipeline.log"
             self._put_text("pipeline.yaml", dumps(pipeline.dump(), "yaml"))
@@ -298,6 +304,7 @@ class RemoteRunStore(RunStore):
             predecessors={p: self.stores[p].generation for p in dag.predecessors(name)},
             parts=self.parts[name],
         )
+        store.routing = routing_identity(dag, name)
         self.stores[name] = store
         return store
 

@@ -36,7 +36,7 @@ from stillhouse.cache.atomic import (
     private_file,
 )
 from stillhouse.cache.codec import ColumnMemo
-from stillhouse.cache.signature import signature_table
+from stillhouse.cache.signature import routing_identity, signature_table
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core._references import relativize_files
 from stillhouse.core.dag import load_stages
@@ -84,7 +84,7 @@ class FileRunStore(RunStore):
         )
         try:  # whatever fails from here on (a field that cannot be dumped, a full disk) frees the lock
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
-            self.signatures, self.parts = signature_table(pipeline.dag)
+            self.signatures, self.parts = signature_table(pipeline.dag, enable_metadata=pipeline.enable_metadata)
             # before any store is opened; with the signatures already computed
             self.notes = _reuse_notes(pipeline, use_cache, (self.signatures, self.parts), self.plan)
             with disk_errors(self.run_dir):
@@ -118,6 +118,7 @@ class FileRunStore(RunStore):
             keyed=self.plan.region_of[name] is not None,
         )
         store.reuse_note = self.notes.get(name)
+        store.routing = routing_identity(dag, name)
         # The stores upstream, whose blobs this one may refer to (`FileStepStore`).
         upstream = [self.stores[p] for p in dag.predecessors(name)]
         store.ancestors = list({id(s): s for p in upstream for s in (p, *p.ancestors)}.values())

@@ -1,9 +1,11 @@
 """Signatures: what a cached result depends on, as stable hashes.
 
 A step's signature covers its class identity, its result-affecting fields (not
-batch sizes, replicas or `use_cache`, never secrets), its code, how batches are
-routed into it, and its predecessors' signatures. Hashes use sha256 over sorted
-JSON, so they do not depend on the process or on `PYTHONHASHSEED`.
+batch sizes, replicas or `use_cache`, never secrets), its code and that of every
+model its fields hold (an LLM), how batches are routed into it (the routing
+function's code too), whether rows carry metadata, and its predecessors'
+signatures. Hashes use sha256 over sorted JSON, so they do not depend on the
+process or on `PYTHONHASHSEED` (a set's items are sorted first).
 """
 
 from __future__ import annotations
@@ -11,7 +13,11 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import types
+from collections.abc import Iterator
 from typing import Any
+
+from pydantic import BaseModel
 
 from stillhouse.core._references import class_module
 from stillhouse.core.dag import DAG
@@ -25,75 +31,152 @@ def _hash(payload: Any) -> str:
     return hashlib.sha256(encoded).hexdigest()
 
 
-def step_fields(step: BaseStep) -> dict[str, Any]:
+def step_fields(step: BaseStep, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The step's result-affecting fields as plain data (`extra`: its `signature_extra()`,
+    when the caller has it already)."""
     # `signature_extra()` adds what a step depends on beyond its fields (a dataset's commit,
     # files' mtimes) and replaces fields by name (inline rows by their hash).
     # Left out: the step's `exclude_from_signature` (batch sizes, resources, ...) and
     # that of every model in its fields (an LLM's timeout and limits), and secrets.
-    extra = step.signature_extra()
-    dumped = dump_without_secrets(step, exclude={"pipeline", *extra})
+    # `serialize_as_any`: a model held in a field is dumped as what it is (a subclass's
+    # own fields too), not as the field's declared type.
+    extra = step.signature_extra() if extra is None else extra
+    dumped = dump_without_secrets(step, exclude={"pipeline", *extra}, serialize_as_any=True)
     return {**result_affecting(dumped, step), **extra}
 
 
-def step_code(step: BaseStep) -> str:
-    """The source of the step's class and of the function `@step` made it from."""
+_ENGINE_MODULES = {"builtins", "abc", "typing", "stillhouse.core.step"}
+"""Modules whose classes are Python's, or the base steps every step derives from: their
+code is the engine's, not the step's. Matched whole, never as a prefix (`abcsteps`)."""
+
+
+def _engine_class(klass: type) -> bool:
+    module = getattr(klass, "__module__", "") or ""
+    return module in _ENGINE_MODULES or module == "pydantic" or module.startswith("pydantic.")
+
+
+def step_code(step: BaseStep, skip_fields: set[str] | frozenset[str] = frozenset()) -> str:
+    """The source of the step's class, of the function `@step` made it from, and of the
+    class of every model its fields hold (an LLM, a config), at any depth; a class is
+    named beside its source, so swapping one class for another changes the code.
+    `skip_fields`: fields not to look into (inline rows, hashed by `signature_extra`)."""
+    classes: list[type] = []
+    for klass in (type(step), *(type(model) for model in _held_models(step, skip_fields))):
+        classes.extend(k for k in klass.__mro__ if k not in classes and not _engine_class(k))
     parts = []
-    for klass in type(step).__mro__:
-        module = getattr(klass, "__module__", "")
-        if module.startswith(("stillhouse.core.step", "pydantic", "abc", "builtins")):
-            continue
-        parts.append(_source(klass))
+    for klass in classes:
+        parts.append(f"# {klass.__module__}.{klass.__qualname__}\n{_source(klass)}")
         function = vars(klass).get("_stillhouse_function")
         if function is not None:
             parts.append(_source(function))
     return "\n".join(parts)
 
 
+def _held_models(model: BaseModel, skip_fields: set[str] | frozenset[str] = frozenset()) -> Iterator[BaseModel]:
+    """Every model `model`'s fields hold, at any depth (in lists, tuples and dicts too)."""
+    stack = [value for name, value in vars(model).items() if name not in skip_fields and name != "pipeline"]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, BaseModel):
+            yield value
+            stack.extend(vars(value).values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+
+
 def _source(obj: Any) -> str:
     try:
         return inspect.getsource(obj)
     except (OSError, TypeError):
-        # Defined where there is no source file (a REPL): fall back to bytecode.
-        code = getattr(obj, "__code__", None) or getattr(getattr(obj, "process", None), "__code__", None)
-        return repr(code.co_code) if code is not None else f"{obj.__module__}.{obj.__qualname__}"
+        # Defined where there is no source file (`python -c`, a REPL): the bytecode of
+        # every function of the class, with its constants and names.
+        functions = [obj] if isinstance(obj, types.FunctionType) else _functions_of(obj)
+        codes = [f"{name}:{_code_text(f.__code__)}" for name, f in functions]
+        return "\n".join(codes) if codes else f"{obj.__module__}.{obj.__qualname__}"
 
 
-def step_signature_parts(dag: DAG, name: str, signatures: dict[str, str]) -> dict[str, Any]:
+def _functions_of(klass: Any) -> list[tuple[str, types.FunctionType]]:
+    """A class's own functions by name: methods, static and class methods, properties."""
+    found = []
+    for name, member in sorted(vars(klass).items()):
+        for candidate in (member, getattr(member, "__func__", None), getattr(member, "fget", None)):
+            if isinstance(candidate, types.FunctionType):
+                found.append((name, candidate))
+                break
+    return found
+
+
+def _code_text(code: types.CodeType) -> str:
+    """A code object as text that changes with its bytecode, constants and names, and
+    is the same in every process (not `marshal`, whose output depends on refcounts)."""
+    consts = [
+        _code_text(c) if isinstance(c, types.CodeType)
+        else repr(sorted(map(repr, c))) if isinstance(c, frozenset)
+        else repr(c)
+        for c in code.co_consts
+    ]
+    return repr((code.co_code.hex(), consts, code.co_names, code.co_varnames))
+
+
+def _routing(routing: Any) -> dict[str, Any]:
+    """What a routing function's dump says, and its code when it is not a stillhouse
+    factory (whose arguments, in the dump, say what it does)."""
+    dumped = {k: v for k, v in routing.dump().items() if k != "description"}
+    if routing.user_function is not None:
+        dumped["code"] = hashlib.sha256(_source(routing.user_function).encode()).hexdigest()
+    return dumped
+
+
+def routing_identity(dag: DAG, name: str) -> str | None:
+    """A short hash of the routing function after step `name` (its dump and code), or
+    None. Routes a step's store recorded are replayed only for the same one: the routing
+    is not in that step's signature (editing it must not recompute the step), but its
+    successors' signatures hold it."""
+    routing = dag.routing.get(name)
+    return None if routing is None else _hash(_routing(routing))[:16]
+
+
+def step_signature_parts(
+    dag: DAG, name: str, signatures: dict[str, str], *, enable_metadata: bool = False
+) -> dict[str, Any]:
     step = dag.get_step(name)
     cls = type(step)
     preds = dag.predecessors(name)
-    return {
+    extra = step.signature_extra()
+    parts = {
         "class": f"{class_module(cls)}.{cls.__qualname__}",  # a script's class: not "__main__"
         "kind": "generator" if step.is_generator else "global" if step.is_global else "normal",
         # One short hash per field: explain can still name the field that changed, and a
         # generator's data (100k rows) does not end up verbatim in every meta.json.
-        "fields": {name: _hash(value)[:16] for name, value in step_fields(step).items()},
-        "code": hashlib.sha256(step_code(step).encode()).hexdigest(),
+        "fields": {name: _hash(value)[:16] for name, value in step_fields(step, extra).items()},
+        "code": hashlib.sha256(step_code(step, set(extra)).encode()).hexdigest(),
         "predecessors": [signatures[p] for p in preds],
-        "routing": [
-            {k: v for k, v in dag.routing[p].dump().items() if k != "description"}
-            for p in preds
-            if p in dag.routing
-        ],
+        "routing": [_routing(dag.routing[p]) for p in preds if p in dag.routing],
     }
+    if enable_metadata:  # rows carry `stillhouse_metadata`; without, the parts are as before
+        parts["metadata"] = True
+    return parts
 
 
-def signature_table(dag: DAG) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+def signature_table(dag: DAG, *, enable_metadata: bool = False) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
     """Every step's signature and the parts it hashes, computed once, in topological order.
 
     Computing a step's parts may be costly (`signature_extra()` asks a Hub for a commit or
-    lists files), so a run computes them here once and hands them around."""
+    lists files), so a run computes them here once and hands them around.
+    `enable_metadata`: the pipeline's; rows stored with metadata are not rows without."""
     signatures: dict[str, str] = {}
     parts: dict[str, dict[str, Any]] = {}
     for name in dag.topological_order():
-        parts[name] = step_signature_parts(dag, name, signatures)
+        parts[name] = step_signature_parts(dag, name, signatures, enable_metadata=enable_metadata)
         signatures[name] = _hash(parts[name])
     return signatures, parts
 
 
-def step_signatures(dag: DAG) -> dict[str, str]:
+def step_signatures(dag: DAG, *, enable_metadata: bool = False) -> dict[str, str]:
     """Every step's signature, computed in topological order."""
-    return signature_table(dag)[0]
+    return signature_table(dag, enable_metadata=enable_metadata)[0]
 
 
 def explain_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
@@ -109,6 +192,8 @@ def explain_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
         reasons.append("its code changed")
     if old.get("routing") != new.get("routing"):
         reasons.append("the routing into it changed")
+    if old.get("metadata") != new.get("metadata"):
+        reasons.append("the pipeline's enable_metadata changed")
     if old.get("predecessors") != new.get("predecessors"):
         reasons.append("a step before it changed")
     return reasons

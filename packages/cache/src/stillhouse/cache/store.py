@@ -23,9 +23,9 @@ from stillhouse.cache.codec import (
     Blob,
     ColumnMemo,
     decode_blob,
-    decode_json,
+    decode_route,
     encode_batch,
-    encode_json,
+    encode_route,
     join_columns,
     pack,
     split_columns,
@@ -133,6 +133,7 @@ class FileStepStore(StepStore):
         self._suspended: set[str] | None = None
         self.ancestors: list[FileStepStore] = []
         self.memo: ColumnMemo | None = None  # shared by the stores of a run (`FileRunStore`)
+        self.routing: str | None = None  # the routing function after this step (`routing_identity`)
 
     @classmethod
     def open(
@@ -276,11 +277,11 @@ class FileStepStore(StepStore):
     def get_route(self, ordinal: int) -> list[str] | None:
         log = self.log
         header = self._routes.get(ordinal)
-        return None if header is None else decode_json(log.read(header), self._where(header))
+        return None if header is None else decode_route(log.read(header), self.routing, self._where(header))
 
     def put_route(self, ordinal: int, successors: list[str]) -> None:
         with disk_errors(self.directory / LOG):
-            header = self.log.append(ROUTE, ordinal, 0, encode_json(list(successors)))
+            header = self.log.append(ROUTE, ordinal, 0, encode_route(successors, self.routing))
         self._index(header)
 
     def records(self) -> Iterator[BatchRecord]:

@@ -86,6 +86,12 @@ class RoutingBatchFunction(BaseModel):
         return other
 
     @property
+    def user_function(self) -> RoutingFunction | None:
+        """The function the user wrote, whose code the cache signs; None for a stillhouse
+        factory (`sample_n_steps`), whose arguments in `dump()` say what it does."""
+        return self.routing_function if self._factory is None else None
+
+    @property
     def name(self) -> str:
         if self._factory is not None:
             return self._factory[1]

@@ -68,11 +68,14 @@ def _nested_exclude(value: Any) -> Any:
     return {key: spec for key, spec in items.items() if spec} or None
 
 
-def dump_without_secrets(model: BaseModel, exclude: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`model.model_dump(mode="json")` without its secrets (at any depth) and `exclude`."""
+def dump_without_secrets(
+    model: BaseModel, exclude: set[str] | frozenset[str] = frozenset(), *, serialize_as_any: bool = False
+) -> dict[str, Any]:
+    """`model.model_dump(mode="json")` without its secrets (at any depth) and `exclude`;
+    `serialize_as_any`: nested models dumped as what they are, not as declared."""
     spec: dict[str, Any] = secrets_exclude(model)
     spec.update(dict.fromkeys(exclude, True))
-    return model.model_dump(mode="json", exclude=spec)
+    return model.model_dump(mode="json", exclude=spec, serialize_as_any=serialize_as_any)
 
 
 # -- validation errors ------------------------------------------------------------------

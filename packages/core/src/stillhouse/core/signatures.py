@@ -5,19 +5,23 @@ A step says which of its fields do not change what it computes in its
 held in one of its fields says the same for its own fields: an LLM's request timeout
 or concurrency limit changes how its answers arrive, not what they are, so editing
 it must not start the step's cache afresh. The cache's step signature and
-`Step.signature` both go through `result_affecting`.
+`Step.signature` both go through `result_affecting`, which also puts the items of
+every set in a stable order (a set dumps in hash order, which `PYTHONHASHSEED`
+changes from one process to the next).
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
 
 
 def result_affecting(dumped: dict[str, Any], model: BaseModel) -> dict[str, Any]:
-    """`dumped` (a dump of `model`) without the keys named in `exclude_from_signature`:
-    the model's own, and those of every model held in its fields, at any depth."""
+    """`dumped` (a JSON dump of `model`) without the keys named in `exclude_from_signature`:
+    the model's own, and those of every model held in its fields, at any depth; sets'
+    items sorted."""
     excluded = getattr(model, "exclude_from_signature", ())
     # `__dict__`, not getattr: a dump key that is no field (`type_info`) may be a property.
     values = vars(model)
@@ -29,6 +33,8 @@ def result_affecting(dumped: dict[str, Any], model: BaseModel) -> dict[str, Any]
 
 
 def _nested(dumped: Any, value: Any) -> Any:
+    if isinstance(value, set | frozenset) and isinstance(dumped, list):
+        return sorted(dumped, key=lambda item: json.dumps(item, sort_keys=True, default=repr))
     if isinstance(value, BaseModel) and isinstance(dumped, dict):
         return result_affecting(dumped, value)
     if isinstance(value, (list, tuple)) and isinstance(dumped, list) and len(value) == len(dumped):
