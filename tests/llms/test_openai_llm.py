@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -94,6 +95,27 @@ def test_retry_after_is_honoured(server: FakeOpenAIServer) -> None:
     assert second["started"] - first["started"] >= 1.0
 
 
+@pytest.mark.parametrize("retry_after", ["1s", "soon", "Tue, 01 Dec 2026 99:00:00 GMT"])
+def test_a_retry_after_that_does_not_parse_falls_back_to_backoff(server: FakeOpenAIServer, retry_after: str) -> None:
+    server.fail_next(429, times=1, retry_after=retry_after)
+    llm = _llm(server)
+    [output] = llm.generate([HI])
+    llm.unload()
+    assert output["generations"] == ["echo: hi"]  # before: a ValueError, not retried
+    assert [r["status"] for r in server.chat_requests()] == [429, 200]
+
+
+def test_a_retry_after_as_an_http_date_is_honoured(server: FakeOpenAIServer) -> None:
+    import email.utils
+
+    server.fail_next(429, times=1, retry_after=email.utils.formatdate(time.time() + 2, usegmt=True))
+    llm = _llm(server)
+    llm.generate([HI])
+    llm.unload()
+    first, second = server.chat_requests()
+    assert second["started"] - first["started"] >= 0.9  # the date has whole seconds
+
+
 @pytest.mark.timeout(60)
 def test_timeouts_are_retried(server: FakeOpenAIServer) -> None:
     server.fail_next("timeout", times=1, retry_after=60.0)  # hangs 60 s; the client gives up at 0.5 s
@@ -183,6 +205,37 @@ def test_answer_not_fitting_the_schema_fails_without_retry(server: FakeOpenAISer
         llm.generate([HI])
     llm.unload()
     assert info.value.reason == "schema" and len(server.chat_requests()) == 1
+
+
+def test_an_answer_not_fitting_the_schema_is_not_recorded_so_a_retry_asks_again(server: FakeOpenAIServer, tmp_path) -> None:
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[0-9]+$"}}, "required": ["id"]}
+    for _ in range(2):  # a run, then its retry
+        llm = _llm(server, structured_output=schema)
+        llm.load(record_dir=tmp_path)
+        with pytest.raises(LLMCallError, match="does not fit the schema"):
+            llm.generate([HI])
+        llm.unload()
+        assert llm.call_stats["recorded"] == 0
+    assert len(server.chat_requests()) == 2  # before: the bad answer came back from the record
+
+
+def test_a_recorded_answer_not_fitting_the_schema_is_asked_again(server: FakeOpenAIServer, tmp_path) -> None:
+    """A record written before answers were checked: its bad answer is skipped for good."""
+    schema = {"type": "object", "properties": {"id": {"type": "string", "pattern": "^[0-9]+$"}}, "required": ["id"]}
+    unchecked = _llm(server)  # the same request, recorded without a schema to check it against
+    unchecked.load(record_dir=tmp_path)
+    request = _llm(server, structured_output=schema).build_request(HI)
+
+    async def call_once() -> None:
+        await unchecked.call(request)
+        await unchecked.aclose()
+
+    asyncio.run(call_once())
+    unchecked.unload()
+    llm = _llm(server, structured_output=schema)
+    llm.load(record_dir=tmp_path)
+    assert llm.recorded(request) is None
+    llm.unload()
 
 
 def test_concurrency_limit_is_respected(server: FakeOpenAIServer) -> None:
@@ -439,3 +492,20 @@ def test_a_recorded_text_completion_is_not_sent_again(server: FakeOpenAIServer, 
     again.unload()
     assert [o["generations"] for o in outputs] == [["echo: hi"], ["echo: bye"]]
     assert len(_completions(server)) == 2 and again.call_stats["recorded"] == 2
+
+
+def test_a_recorded_answer_changed_but_still_json_is_sent_again(server: FakeOpenAIServer, tmp_path, caplog) -> None:
+    first = _llm(server)
+    first.load(record_dir=tmp_path)
+    first.generate([[{"role": "user", "content": "say 0"}]])
+    first.unload()
+    [path] = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes().replace(b"echo: say 0", b"echo: sax 0"))  # one bit, valid JSON
+    again = _llm(server)
+    again.load(record_dir=tmp_path)
+    with caplog.at_level(logging.WARNING, logger="stillhouse.llms.record"):
+        [output] = again.generate([[{"role": "user", "content": "say 0"}]])
+    again.unload()
+    assert output["generations"] == ["echo: say 0"]
+    assert "does not match its checksum" in caplog.text
+    assert len(server.chat_requests()) == 2

@@ -441,18 +441,35 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
 
     def recorded(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any] | None:
         """The recorded answer to `request` (its `generation`-th), if a run paid for it
-        already; None without a record (no cache) or an answer."""
+        already; None without a record (no cache) or a usable answer."""
         if self._record is None:
             return None
-        answer = self._record.get(request_key(request, generation))
+        key = request_key(request, generation)
+        answer = self._record.get(key)
+        while answer is not None and not self._usable(request, answer):
+            self._record.discard(key)  # recorded before answers were checked: ask again
+            answer = self._record.get(key)
         if answer is not None:
             self._stats["recorded"] += 1
         return answer
 
     def record(self, request: dict[str, Any], generation: int, response: dict[str, Any]) -> None:
-        """Keep `response` as the answer to `request` (its `generation`-th), durably."""
-        if self._record is not None:
+        """Keep `response` as the answer to `request` (its `generation`-th), durably; an
+        answer that does not fit the structured output's schema is not kept, so
+        `run(retry_failed=True)` asks again."""
+        if self._record is not None and self._usable(request, response):
             self._record.put(request_key(request, generation), response)
+
+    def _usable(self, request: dict[str, Any], response: dict[str, Any]) -> bool:
+        """Whether `response` is an answer `output_from` accepts (its structured output parses)."""
+        if self._schema is None or request.get("response_format", {}).get("type") != "json_schema":
+            return True
+        for choice in response.get("choices") or [{}]:
+            try:
+                structured.parse((choice.get("message") or {}).get("content"), self._schema, self._output_model)
+            except structured.StructuredOutputError:
+                return False
+        return True
 
     async def call(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any]:
         """One chat (or text) completion: from the record if it was answered before, else sent with

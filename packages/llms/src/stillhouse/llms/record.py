@@ -2,7 +2,8 @@
 stopped, killed or crashed run never pays for the same request twice.
 
 Key: a hash of what was sent (model, messages, generation arguments, the
-structured-output schema, the generation index). Value: the response as JSON. Each
+structured-output schema, the generation index). Value: the response as JSON, after
+a checksum of its bytes (a line whose bytes changed is never answered from). Each
 writer appends to its own `calls-<id>.jsonl` with one `write()` per record (no
 buffering, so a SIGKILL loses at most the call in flight), each record one line.
 
@@ -11,7 +12,8 @@ replica holds about 300 bytes per recorded call instead of the parsed responses
 (100,000 calls of 1 KB: 30 MB instead of 300 MB). An answer is read and parsed when
 asked for. A torn last line (the writer was killed mid-write) is skipped: that call
 will be sent again; so is a line that no longer parses when it is read (a damaged
-file), with a warning. Reading back only parses JSON: nothing is ever executed.
+file, or one whose response no longer matches its checksum), with a warning. Reading
+back only parses JSON: nothing is ever executed.
 Failed calls are not recorded.
 """
 
@@ -31,8 +33,17 @@ logger = logging.getLogger("stillhouse.llms.record")
 RECORD_GLOB = "calls-*.jsonl"
 
 _PREFIX = b'{"key": "'
-"""How every record line starts (`json.dumps` of `{"key": ..., "response": ...}`): the
-key is read from the line without parsing the response."""
+"""How every record line starts: `{"key": "<key>", "check": "<check>", "response": <JSON>}`;
+the key is read from the line without parsing the response."""
+
+_LINE = '{{"key": "{key}", "check": "{check}", "response": '
+"""A line up to its response (`_check` of the response's bytes); the line ends with the
+response's JSON and `}\n`."""
+
+
+def _check(response: bytes) -> str:
+    """The checksum of a response's JSON bytes, as its line holds it."""
+    return hashlib.sha256(response).hexdigest()[:32]
 
 _KEY_CHARS = 64  # a sha256 hex digest
 _HEX = b"0123456789abcdef"
@@ -97,22 +108,25 @@ class CallRecord:
                     fd = self._readers[number] = os.open(self._paths[number], os.O_RDONLY)
             line = os.pread(fd, length, offset)
             try:
-                item = json.loads(line)
-                if item["key"] != key:
-                    raise ValueError("the line holds another key")
-                return item["response"]
+                return _response_of(line, key)
             except (ValueError, KeyError, TypeError) as exc:
                 logger.warning("The recorded answer at byte %d of %s is damaged (%s); it is not used.",
                                offset, self._paths[number], exc)
-            with self._lock:  # try the key's next line, if any; else the call is sent again
-                spare = self._spare.get(key)
-                if spare:
-                    self._where[key] = spare.pop(0)
-                else:
-                    self._where.pop(key, None)
+            self.discard(key)
+
+    def discard(self, key: str) -> None:
+        """Stop answering `key` with the line `get` read (damaged, or an answer the caller
+        cannot use): its next line answers, if any; else the call is sent again."""
+        with self._lock:
+            spare = self._spare.get(key)
+            if spare:
+                self._where[key] = spare.pop(0)
+            else:
+                self._where.pop(key, None)
 
     def put(self, key: str, response: Any) -> None:
-        data = (json.dumps({"key": key, "response": response}, ensure_ascii=False) + "\n").encode()
+        body = json.dumps(response, ensure_ascii=False).encode()
+        data = _LINE.format(key=key, check=_check(body)).encode() + body + b"}\n"
         with self._lock:
             if self._fd is None:
                 self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -131,6 +145,20 @@ class CallRecord:
                     os.close(fd)
             self._fd = None
             self._readers.clear()
+
+
+def _response_of(line: bytes, key: str) -> Any:
+    """The response a record line holds for `key`; ValueError when the line is not one
+    this module wrote for it or its response's bytes no longer match their checksum."""
+    head = _PREFIX + key.encode() + b'", "check": "'
+    middle = b'", "response": '
+    check = line[len(head):len(head) + 32]
+    body = line[len(head) + 32 + len(middle):-2]
+    if not (line.startswith(head) and line[len(head) + 32:].startswith(middle) and line.endswith(b"}\n")):
+        raise ValueError("the line is not a record of this call")
+    if _check(body).encode() != check:
+        raise ValueError("its response does not match its checksum")
+    return json.loads(body)
 
 
 def _key_of(line: bytes) -> str | None:

@@ -11,6 +11,7 @@ to say when a spent quota resets. Nothing here sends requests.
 
 from __future__ import annotations
 
+import datetime
 import email.utils
 import math
 import random
@@ -57,8 +58,14 @@ def retry_after_seconds(exc: BaseException) -> float | None:
     try:
         return max(float(value), 0.0)
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(parsed.timestamp() - time.time(), 0.0) if parsed else None
+    except (TypeError, ValueError):  # neither seconds nor a date ("1s", "soon"): our backoff
+        return None
+    if parsed.tzinfo is None:  # a date without a zone: HTTP dates are GMT
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return max(parsed.timestamp() - time.time(), 0.0)
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

@@ -162,9 +162,10 @@ class FakeOpenAIServer:
 
     # -- test controls ------------------------------------------------------------------
 
-    def fail_next(self, status: int | str, times: int = 1, retry_after: float | None = None) -> None:
+    def fail_next(self, status: int | str, times: int = 1, retry_after: float | str | None = None) -> None:
         """Answer the next `times` chat requests with `status` (an HTTP code, or
-        "timeout" to hang for `retry_after` seconds, default 30, before answering 200).
+        "timeout" to hang for `retry_after` seconds, default 30, before answering 200);
+        a 429's or 5xx's `Retry-After` is `retry_after` (seconds, or text sent as it is).
         Requests in a batch job count too, in the job's order, when the job completes: a
         code other than 200 is that request's `status_code` in the output file, as
         OpenAI reports a request of a batch that failed ("timeout" answers 200)."""
@@ -494,8 +495,9 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-def _seconds(value: float) -> str:
-    return f"{value:g}"
+def _seconds(value: float | str) -> str:
+    """A `Retry-After` value: seconds, or a test's own text (an HTTP date, garbage)."""
+    return value if isinstance(value, str) else f"{value:g}"
 
 
 def _all_text(body: dict[str, Any]) -> str:
