@@ -96,3 +96,34 @@ def test_a_rerun_with_a_longer_timeout_and_other_limits_still_pays_once(tmp_path
         before = _kill_after_a_quarter(server, cache, "threaded", out)
         _rerun_sends_only_the_rest(server, cache, "threaded", out, before,
                                    timeout=300.0, max_retries=2, max_concurrency=4, requests_per_minute=6000)
+
+
+@pytest.mark.parametrize("executor", ["threaded", "mp"])
+def test_sigkill_while_offline_jobs_run_then_rerun_submits_no_job_twice(tmp_path, executor) -> None:
+    """Blocking offline jobs (polled in the run, never suspended): the rerun finds the
+    jobs the killed run submitted and waits for them instead of paying for them again."""
+    offline = {"use_offline_batch_generation": True, "offline_batch_generation_block_until_done": 0.05}
+    jobs = ROWS // 10  # llm_pipeline's input_batch_size
+    with FakeOpenAIServer(api_key=API_KEY, batch_seconds=3.0) as server:
+        cache, out = tmp_path / "cache", tmp_path / "out.json"
+        process = _start(cache, executor, server.base_url, out, **offline)
+        try:
+            deadline = time.monotonic() + 120
+            while len(list(cache.rglob("offline-jobs/*.json"))) < jobs:  # every job submitted and kept
+                assert process.poll() is None, process.communicate()[1]
+                assert time.monotonic() < deadline, "the jobs were never all submitted"
+                time.sleep(0.01)
+            _kill_group(process)
+            process.communicate(timeout=30)
+        finally:
+            _kill_group(process)
+        rerun = _start(cache, executor, server.base_url, out, **offline)
+        try:
+            _, err = rerun.communicate(timeout=180)
+        finally:
+            _kill_group(rerun)
+        assert rerun.returncode == 0, err
+        rows = json.loads(out.read_text())
+        assert sorted(r["generation"] for r in rows) == sorted(f"echo: question {i}" for i in range(ROWS))
+        assert sum(len(job) for job in server.batch_inputs()) == ROWS  # before: 2 x ROWS
+        assert list(cache.rglob("offline-jobs/*.json")) == []  # answered jobs are forgotten

@@ -15,9 +15,13 @@ the LLM's (`openai_llm.py`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
+import os
 import re
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field, PositiveInt, PrivateAttr, field_validator, model_validator
@@ -184,14 +188,23 @@ class Task(Step, ABC):
         missing = [i for i, answer in enumerate(answers) if answer is None]
         state = self.resume_state
         if missing:
+            job = self._job_file([requests[i] for i in missing])
+            if not state:
+                state = _read_job(job, missing)  # submitted by a run stopped or killed while it waited
             if not state:
                 state = {**await self.llm.submit_batch([requests[i] for i in missing]), "positions": missing}
-            responses = await self._wait_for_job(state)
+                _write_job(job, state)  # before any wait: a kill from here on finds the job
+            try:
+                responses = await self._wait_for_job(state)
+            except LLMCallError:  # the job failed or expired: the next attempt submits anew
+                _forget_job(job)
+                raise
             # A job submitted before jobs kept their positions holds every request.
             for position, response in zip(state.get("positions", range(len(requests))), responses, strict=True):
                 if response is not None:
                     self.llm.record(requests[position], position % count, response)
                     answers[position] = response
+            _forget_job(job)  # its answers are in the record now
         rows: list[Row] = []
         for i, row in enumerate(inputs):
             mine = answers[i * count:(i + 1) * count]
@@ -209,6 +222,15 @@ class Task(Step, ABC):
             rows.extend(self._rows(row, messages[i], output))
         return rows
 
+    def _job_file(self, submitted: list[dict[str, Any]]) -> Path | None:
+        """Where the job of these requests is kept while it runs (in the step's durable
+        folder, named by what it asks), or None when the run keeps no cache."""
+        folder = self.cache_path
+        if folder is None:
+            return None
+        digest = hashlib.sha256(json.dumps(submitted, sort_keys=True, default=str).encode()).hexdigest()
+        return Path(folder) / "offline-jobs" / f"{digest[:32]}.json"
+
     async def _wait_for_job(self, state: dict[str, Any]) -> list[dict[str, Any] | None]:
         """The finished job's responses; suspends the step while it runs, unless
         `offline_batch_generation_block_until_done` says to poll in this run."""
@@ -220,6 +242,42 @@ class Task(Step, ABC):
             if interval is None:
                 raise SuspendStep(state=state, retry_after=OFFLINE_POLL_SECONDS)
             await asyncio.sleep(interval)
+
+
+def _read_job(path: Path | None, positions: list[int]) -> dict[str, Any] | None:
+    """The job kept in `path` for requests at `positions`, if one is (a damaged file is
+    no job: the requests are submitted again)."""
+    if path is None:
+        return None
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        logger.warning("The offline job file %s cannot be read (%s); submitting the job again.", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("positions") != positions or not state.get("batch_id"):
+        return None
+    logger.info("Resuming offline batch %s (%s), submitted by an earlier run", state["batch_id"], path)
+    return state
+
+
+def _write_job(path: Path | None, state: dict[str, Any]) -> None:
+    """Keep a submitted job's state in `path`, atomically and durably."""
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    with partial.open("w", encoding="utf-8") as handle:
+        json.dump(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def _forget_job(path: Path | None) -> None:
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 class TextGeneration(Task):
