@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+import time
+from typing import Any, ClassVar
 
 import pytest
 from executor_testkit import (
@@ -24,6 +27,7 @@ from executor_testkit import (
     workers_left,
 )
 
+from stillhouse.core import Step, StepInput
 from stillhouse.core.engine import Executor, Failed, Loaded, RunContext, Task
 from stillhouse.core.errors import EngineError
 
@@ -163,3 +167,30 @@ def test_threaded_replicas_get_their_own_step(make_executor) -> None:
     got = run_tasks(executor, [Task("who", (0, i), batch(i)) for i in range(4)])
     ids = {result.rows[0]["step_id"] for result in got.values()}
     assert len(ids) == 2 and id(original) in ids
+
+
+class Calls(Step):
+    """An async step that makes one "call" every 20 ms per row and counts them."""
+
+    made: ClassVar[list[float]] = []
+
+    async def process(self, inputs: StepInput) -> Any:
+        for _ in inputs:
+            Calls.made.append(time.monotonic())
+            await asyncio.sleep(0.02)
+        yield list(inputs)
+
+
+def test_a_forced_threaded_shutdown_cancels_the_async_batches_it_gives_up(make_executor) -> None:
+    """After Ctrl+C gives up the batches in flight, an async replica must not go on
+    calling out (an LLM step would pay for answers nobody records) until the process exits."""
+    Calls.made.clear()
+    executor = make_executor("threaded")
+    executor.start([Calls(name="calls")], RunContext())
+    executor.send(Task("calls", (0, 0), batch(*range(500))))  # 10 s of calls
+    while len(Calls.made) < 5:
+        time.sleep(0.01)
+    executor.shutdown(force=True)
+    made = len(Calls.made)
+    time.sleep(0.3)  # before: 15 more calls in this time
+    assert len(Calls.made) <= made + 1

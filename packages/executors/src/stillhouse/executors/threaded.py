@@ -59,6 +59,7 @@ class ThreadedExecutor(Executor):
         self._results: queue.Queue[Event] = queue.Queue()
         self._tasks: dict[str, queue.Queue[Task | None]] = {}
         self._threads: dict[str, list[threading.Thread]] = {}
+        self._runners: dict[str, list[StepRunner]] = {}
 
     def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
         enable_metadata = context.enable_metadata
@@ -69,9 +70,11 @@ class ThreadedExecutor(Executor):
             tasks: queue.Queue[Task | None] = queue.Queue()
             self._tasks[step.name] = tasks
             self._threads[step.name] = []
+            self._runners[step.name] = []
             for replica in range(step.resources.replicas):
                 own = step if replica == 0 else step.model_copy()
                 runner = StepRunner(own, replica=replica, enable_metadata=enable_metadata)
+                self._runners[step.name].append(runner)
                 thread = threading.Thread(
                     target=self._run_replica,
                     args=(runner, tasks),
@@ -101,9 +104,11 @@ class ThreadedExecutor(Executor):
 
     def shutdown(self, force: bool = False) -> None:
         names = list(self._tasks)
-        if force:
+        if force:  # what is still in flight is given up: async batches stop calling out
             for name in names:
                 _discard(self._tasks[name])
+                for runner in self._runners[name]:
+                    runner.cancel_pending()
         self._stop(names, FORCE_JOIN_TIMEOUT if force else self._join_timeout)
 
     def _stop(self, names: list[str], timeout: float) -> None:
@@ -120,6 +125,7 @@ class ThreadedExecutor(Executor):
                         "thread (threads cannot be killed).", thread.name, timeout
                     )
             del self._tasks[name]
+            del self._runners[name]
 
     def _run_replica(self, runner: StepRunner, tasks: queue.Queue[Task | None]) -> None:
         try:

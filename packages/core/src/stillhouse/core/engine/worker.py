@@ -153,6 +153,14 @@ class StepRunner:
         finally:
             self._stop_loop()
 
+    def cancel_pending(self) -> None:
+        """Cancel the batches an async replica is still running (the engine gave them up
+        on a stop): what they would do next (a remote call) is not done. Safe from any
+        thread; a sync step's batch cannot be cancelled."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(_cancel_tasks, loop)
+
     def replacement(self) -> StepRunner:
         """A new runner on a copy of the step, for an in-process replica that replaces
         this abandoned one (its caller loads it)."""
@@ -370,6 +378,11 @@ def _fatal(step_name: str, original: BaseException, key: Any, preview: str | Non
 
 def _inputs_of(task: Task) -> list[list[Row]] | None:
     return task.inputs if isinstance(task.inputs, list) else None
+
+
+def _cancel_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    for task in asyncio.all_tasks(loop):
+        task.cancel()
 
 
 def _run_forever(loop: asyncio.AbstractEventLoop) -> None:
