@@ -71,3 +71,63 @@ def test_a_decorated_routing_function_takes_no_arguments_from_the_file() -> None
     data["kwargs"] = {"anything": 1}
     with pytest.raises(SerializationError, match=r"takes no arguments.*\['anything'\]"):
         RoutingBatchFunction.from_dump(data)
+
+
+SIDE_EFFECT = """
+from pathlib import Path
+Path({marker!r}).write_text("the module's top level ran")
+{definition}
+"""
+
+
+def _file_naming(tmp_path: Path, module: str, name: str, file: str | None = None) -> Path:
+    import yaml
+
+    info = {"module": module, "name": name, **({"file": file} if file else {})}
+    data = {"stillhouse": {"format_version": 1}, "pipeline": {
+        "name": "untrusted", "steps": [{"name": "s", "step": {"type_info": info}}], "connections": []}}
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("by_file", [True, False], ids=["script-file", "importable-module"])
+def test_a_module_that_does_not_define_the_name_is_never_imported(tmp_path: Path, monkeypatch, by_file: bool) -> None:
+    """Importing runs a module's top level: a file may not make stillhouse import a
+    module (a script beside it, any installed module) whose source lacks the name."""
+    import sys
+
+    marker, folder = tmp_path / "pwned", tmp_path / "elsewhere"
+    folder.mkdir()
+    (folder / "helpers_untrusted.py").write_text(SIDE_EFFECT.format(marker=str(marker), definition="VALUE = 1"))
+    if not by_file:
+        monkeypatch.syspath_prepend(str(folder))
+    path_before = list(sys.path)
+    config = _file_naming(tmp_path, "helpers_untrusted", "NotAStep",
+                          "elsewhere/helpers_untrusted.py" if by_file else None)
+    with pytest.raises(SerializationError, match=r"refused without importing it: .*helpers_untrusted\.py does "
+                                                 r"not define 'NotAStep' at its top level"):
+        Pipeline.from_yaml(config)
+    assert not marker.exists()
+    assert sys.path == path_before  # the script's folder was not put on sys.path
+    assert "helpers_untrusted" not in sys.modules
+
+
+def test_a_script_that_defines_the_step_is_imported_as_before(tmp_path: Path) -> None:
+    import sys
+
+    marker = tmp_path / "ran"
+    (tmp_path / "my_script_steps.py").write_text(SIDE_EFFECT.format(marker=str(marker), definition=(
+        "from stillhouse.core import Step\n"
+        "if True:\n"
+        "    class MyStep(Step):\n"
+        "        def process(self, inputs):\n"
+        "            yield inputs\n")))
+    try:
+        loaded = Pipeline.from_yaml(_file_naming(tmp_path, "my_script_steps", "MyStep", "my_script_steps.py"))
+        [name] = loaded.dag.step_names
+        assert type(loaded.dag.get_step(name)).__name__ == "MyStep" and marker.exists()
+    finally:
+        sys.modules.pop("my_script_steps", None)
+        if str(tmp_path) in sys.path:
+            sys.path.remove(str(tmp_path))

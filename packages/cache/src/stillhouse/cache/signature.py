@@ -65,7 +65,9 @@ def step_code(step: BaseStep, skip_fields: set[str] | frozenset[str] = frozenset
         classes.extend(k for k in klass.__mro__ if k not in classes and not _engine_class(k))
     parts = []
     for klass in classes:
-        parts.append(f"# {klass.__module__}.{klass.__qualname__}\n{_source(klass)}")
+        # A script's class is named by the script's module name, not "__main__": a run
+        # from the script and from `pipeline run --config` share their signatures.
+        parts.append(f"# {class_module(klass)}.{klass.__qualname__}\n{_source(klass)}")
         function = vars(klass).get("_stillhouse_function")
         if function is not None:
             parts.append(_source(function))

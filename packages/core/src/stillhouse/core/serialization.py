@@ -8,7 +8,9 @@ any depth (see `stillhouse.core.secrets`).
 
 from __future__ import annotations
 
+import ast
 import importlib
+import importlib.machinery
 import json
 import sys
 from pathlib import Path
@@ -177,13 +179,75 @@ def _refused_by_name(module: Any, name: Any) -> str | None:
     return None
 
 
+def _module_source(module: str) -> Path | None:
+    """The source file `import module` would run, found without importing anything (not
+    even its parent packages); None when it is not plain Python source on `sys.path`."""
+    search: list[str] | None = None
+    spec = None
+    for depth, part in enumerate(module.split(".")):
+        spec = importlib.machinery.PathFinder.find_spec(part, search)
+        if spec is None:
+            return None
+        if depth < module.count("."):
+            if spec.submodule_search_locations is None:
+                return None
+            search = list(spec.submodule_search_locations)
+    origin = getattr(spec, "origin", None)
+    return Path(origin) if origin and origin.endswith(".py") else None
+
+
+def _top_level_names(tree: ast.Module) -> set[str] | None:
+    """The names a module binds at its top level (also inside top-level `if`/`try`/`with`
+    blocks); None when it cannot tell (`from x import *`)."""
+    names: set[str] = set()
+    body = list(tree.body)
+    while body:
+        node = body.pop()
+        if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            if any(alias.name == "*" for alias in node.names):
+                return None
+            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
+            body.extend(node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", []))
+            body.extend(stmt for handler in getattr(node, "handlers", []) for stmt in handler.body)
+    return names
+
+
+def _unbound_reason(module: str, name: str, file: Path | None = None) -> str | None:
+    """Why importing `module` (from `file`, or as `import` would find it) to get `name`
+    is refused, or None: its source, read without running it, must bind `name`'s first
+    part at its top level. So a pipeline file cannot make stillhouse import (and run
+    the top level of) a module that does not even define what it names. A module
+    already imported, or one without plain source, cannot be checked (None)."""
+    if module in sys.modules:
+        return None
+    source = file if file is not None else _module_source(module)
+    if source is None or not source.is_file():
+        return None
+    try:
+        tree = ast.parse(source.read_bytes(), filename=str(source))
+    except (SyntaxError, ValueError, OSError) as exc:
+        return f"its source {source} cannot be read as Python ({exc})"
+    names = _top_level_names(tree)
+    first = name.split(".")[0]
+    if names is None or first in names:
+        return None
+    return f"{source} does not define {first!r} at its top level"
+
+
 def import_object(module: Any, name: Any, what: str) -> Any:
     """`module.name`, imported and looked up without calling anything.
 
     The caller must check what it got (a step class, a routing function) before it calls
-    it. Names that cannot be a stillhouse object are refused before the import.
+    it. Names that cannot be a stillhouse object are refused before the import, and so
+    is a module whose source does not define the name (`_unbound_reason`).
     """
-    reason = _refused_by_name(module, name)
+    reason = _refused_by_name(module, name) or _unbound_reason(module, name)
     if reason is not None:
         raise SerializationError(
             f"{what} names {module}.{name}, which was refused without importing it: {reason}. "
@@ -212,7 +276,15 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     if isinstance(name, str) and name in registered and module in (None, registered[name].__module__):
         return registered[name]
     known = ", ".join(sorted(registered)) or "none"
-    if _refused_by_name(module, name) is None:
+    file = type_info.get("file")
+    if _refused_by_name(module, name) is None and isinstance(file, str):
+        reason = _unbound_reason(module, name, Path(file).resolve())
+        if reason is not None:  # checked before its folder goes on sys.path
+            raise SerializationError(
+                f"Step {step_name!r} names {module}.{name} in the script {file}, which was refused "
+                f"without importing it: {reason}. A pipeline file may only name step classes; "
+                "check where the file came from."
+            )
         _references.make_importable(type_info)  # a user's script, named by its file
     try:
         target = import_object(module, name, f"Step {step_name!r}")
