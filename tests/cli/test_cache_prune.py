@@ -82,13 +82,18 @@ def test_keep_last_removes_older_runs_and_the_stores_only_they_used(cli, two_run
 
 
 def test_older_than_keeps_what_is_recent(cli, two_runs):
-    _base, old, new, old_tag = two_runs
+    base, old, new, old_tag = two_runs
+    lasting = sorted((base / "lasting").iterdir())
+    assert [p.name for p in lasting] == ["double", "drop_odd", "keep", "load", "tag"]  # not runs
+    _age(base / "lasting" / "keep", 10)
     kept = cli("cache", "prune", "--older-than", "30d")
     assert kept.returncode == 0, kept.stderr
     assert old.exists() and "Freed 0 B (0 bytes) in 0 folder(s)." in kept.stdout
     done = cli("cache", "prune", "--older-than", "7d")
     assert done.returncode == 0, done.stderr
     assert not old.exists() and not old_tag.exists() and new.exists()
+    assert "removed clidemo/lasting/keep" in done.stdout
+    assert sorted(p.name for p in (base / "lasting").iterdir()) == ["double", "drop_odd", "load", "tag"]
 
 
 def test_prune_skips_a_running_pipeline(cli, two_runs):

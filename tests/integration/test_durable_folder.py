@@ -141,6 +141,66 @@ def test_a_remote_cache_gives_a_local_folder_per_store_generation(tmp_path, monk
     assert not folder.exists(), "the folder of the discarded store generation is left behind"
 
 
+class Lasting(Step):
+    """Counts the files in its lasting folder (`<name>_before`), then adds one per batch."""
+
+    tag: str = "a"
+
+    @property
+    def outputs(self) -> list[str]:
+        return [f"{self.name}_before", f"{self.name}_folder"]
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        folder = self.lasting_path
+        before = len(list(folder.iterdir())) if folder is not None else -1
+        if folder is not None:
+            (folder / f"{self.tag}-{inputs[0]['x']:04d}").write_text(self.tag, encoding="utf-8")
+        yield [{**row, f"{self.name}_before": before, f"{self.name}_folder": str(folder)} for row in inputs]
+
+
+def _lasting_run(cache_dir: Path, executor: str = "threaded", use_cache: bool = True, rows: int = ROWS,
+                 first_use_cache: bool = True, tag: str = "a") -> list[dict]:
+    with Pipeline(name="lasting", cache_dir=str(cache_dir), executor=executor) as pipeline:
+        data = LoadDataFromDicts(data=[{"x": i} for i in range(rows)], batch_size=BATCH)
+        first = Lasting(name="first", input_batch_size=BATCH, tag=tag, use_cache=first_use_cache)
+        data >> first >> Lasting(name="after", input_batch_size=BATCH)
+    return rows_of(pipeline.run(progress=False, use_cache=use_cache))
+
+
+@pytest.mark.parametrize("executor", ["threaded", "mp"])
+def test_the_lasting_folder_outlives_a_changed_signature(tmp_path, executor):
+    """`Step.lasting_path`: one folder per step name, kept when the step or a step before it
+    changes; emptied only when the run or the step itself says use_cache=False."""
+    batches = ROWS // BATCH
+    first = _lasting_run(tmp_path, executor)
+    folder = Path(first[0]["first_folder"])
+    assert folder.is_dir() and folder == tmp_path / "lasting" / "lasting" / "first"
+    edited = _lasting_run(tmp_path, executor, tag="b")  # a new signature, recomputed
+    assert edited[0]["first_folder"] == str(folder) and edited[0]["first_before"] == batches
+    assert len(list(folder.iterdir())) == 2 * batches  # "a-*" and "b-*"
+    assert edited[0]["after_before"] == batches  # a step after it: recomputed, folder kept
+    more = _lasting_run(tmp_path, executor, rows=ROWS + BATCH, tag="b")  # more rows upstream
+    assert {r["first_folder"] for r in more} == {str(folder)}
+    assert len(list(folder.iterdir())) == 2 * batches + 1
+    again = _lasting_run(tmp_path, executor, rows=ROWS + BATCH, tag="b", use_cache=False)
+    assert again[0]["first_before"] == 0 and again[0]["after_before"] == 0  # run(use_cache=False)
+
+
+def test_a_steps_own_use_cache_false_empties_its_lasting_folder_not_the_next_ones(tmp_path):
+    _lasting_run(tmp_path)
+    rows = _lasting_run(tmp_path, first_use_cache=False)
+    assert rows[0]["first_before"] == 0  # started over
+    assert rows[0]["after_before"] == ROWS // BATCH  # recomputed after it, but kept its folder
+
+
+def test_a_remote_cache_gives_a_local_lasting_folder_kept_across_signatures(tmp_path, monkeypatch):
+    monkeypatch.setenv("STILLHOUSE_REMOTE_DURABLE_DIR", str(tmp_path / "local"))
+    cache = f"memory://lasting-{os.getpid()}-{time.monotonic_ns()}"
+    folder = Path(_lasting_run(cache)[0]["first_folder"])
+    assert folder.is_dir() and folder.is_relative_to(tmp_path / "local" / "lasting")
+    assert _lasting_run(cache, tag="b")[0]["first_before"] == ROWS // BATCH
+
+
 def test_the_folder_survives_sigkill_of_the_driver_on_mp(tmp_path):
     hold = 3 * BATCH  # the fourth batch blocks until the driver is killed
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STILLHOUSE_PROGRESS": "0", HOLD_ENV: str(hold)}

@@ -306,3 +306,28 @@ def test_a_task_formatting_text_gets_text_completions_and_retries_only_its_failu
     rows = rows_of(build().run(progress=False, retry_failed=True))
     assert [r["generation"] for r in rows] == [f"echo: Q: question {i} A:" for i in range(4)]  # words, re-joined
     assert completions() == 5  # the failed one again; the other three from the record
+
+
+def test_a_new_version_of_the_step_gets_the_answers_its_requests_had(server, tmp_path) -> None:
+    """The call record is kept across the step's versions and keyed by what is sent and
+    where: another field, more rows upstream or another step before it do not pay for
+    the same requests again; use_cache=False and another server do."""
+    def run(rows: int, server_: FakeOpenAIServer = server, use_cache: bool = True, **task: object) -> list[dict]:
+        with Pipeline(name="versions", executor="threaded", cache_dir=tmp_path, enable_metadata=True) as pipeline:
+            LoadDataFromDicts(data=_questions(rows)) >> TextGeneration(name="gen", llm=_llm(server_), **task)
+        return rows_of(pipeline.run(progress=False, use_cache=use_cache))
+
+    def sent() -> int:
+        return len(server.chat_requests(200))
+
+    run(6)
+    assert sent() == 6
+    rows = run(6, add_raw_input=False)  # a new signature: recomputed, answered from the record
+    assert sent() == 6 and "raw_input_gen" not in rows[0]["stillhouse_metadata"]
+    assert [r["generation"] for r in run(8)] == [f"echo: question {i}" for i in range(8)]
+    assert sent() == 8  # only the two new rows
+    run(8, use_cache=False)
+    assert sent() == 16  # asked to start over: every request again
+    with FakeOpenAIServer(api_key=API_KEY) as other:
+        run(8, server_=other)
+        assert len(other.chat_requests(200)) == 8  # another endpoint's answers are its own

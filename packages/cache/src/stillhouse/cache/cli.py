@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from stillhouse.cache import lock
+from stillhouse.cache.durable import LASTING
 from stillhouse.cache.records import BATCH, iter_headers
 from stillhouse.cache.reuse import decide
 from stillhouse.cache.run_store import pipeline_dir, step_dir
@@ -85,7 +86,12 @@ def _when(mtime: float) -> str:
 
 
 def _run_dirs(base: Path) -> list[Path]:
-    return sorted(p for p in base.iterdir() if p.is_dir() and p.name != STEPS)
+    return sorted(p for p in base.iterdir() if p.is_dir() and p.name not in (STEPS, LASTING))
+
+
+def _lasting_dirs(base: Path) -> list[Path]:
+    lasting = base / LASTING
+    return sorted(p for p in lasting.iterdir() if p.is_dir()) if lasting.is_dir() else []
 
 
 def _step_dirs(base: Path) -> list[Path]:
@@ -202,7 +208,8 @@ def prune_plan(base: Path, older_than: float | None, keep_last: int | None, now:
     `older_than` seconds ago, and not among the `keep_last` most recently modified runs.
     A step store goes when no remaining run uses it and either a removed run used it or
     it is older than `older_than` (a store no run records, e.g. of a killed run, is kept
-    until it is that old: it is what the next run resumes from)."""
+    until it is that old: it is what the next run resumes from). A step's lasting folder
+    (its call record across versions) goes when it is older than `older_than`."""
     runs = sorted(_run_dirs(base), key=lambda run: _usage(run)[1], reverse=True)
     removed_runs = []
     for position, run in enumerate(runs):
@@ -220,7 +227,11 @@ def prune_plan(base: Path, older_than: float | None, keep_last: int | None, now:
         stale = older_than is not None and now - _usage(store)[1] > older_than
         if ref in dropped_stores or stale:
             removed_stores.append(store)
-    return removed_runs + removed_stores
+    removed_lasting = [
+        folder for folder in _lasting_dirs(base)
+        if older_than is not None and now - _usage(folder)[1] > older_than
+    ]
+    return removed_runs + removed_stores + removed_lasting
 
 
 def _cmd_prune(args: argparse.Namespace) -> int:

@@ -1,4 +1,10 @@
-"""Where a step's durable folder (`Step.cache_path`) is.
+"""Where a step's durable folder (`Step.cache_path`) and lasting folder
+(`Step.lasting_path`) are.
+
+A step's lasting folder is one per step name and pipeline, whatever its signature:
+`<cache_dir>/<pipeline>/lasting/<step>/` (for a remote cache, a local folder of the
+driver's machine, see `remote_lasting_root`). A run emptied it when it starts the
+step fresh by request (`use_cache=False` on the run or the step); nothing else does.
 
 A local store keeps it inside the step's store folder (`steps/<step>-<sig>/durable/`),
 so it goes wherever the store goes: kept across stops, kills and resumes, removed
@@ -19,6 +25,7 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from stillhouse.cache.atomic import disk_errors, private_dirs
 
@@ -33,6 +40,34 @@ def local_durable_dir(store_dir: Path) -> Path:
     with disk_errors(path):
         private_dirs(path)
     return path
+
+
+LASTING = "lasting"
+
+
+def started_over(pipeline: Any, use_cache: bool) -> set[str]:
+    """The steps whose lasting folder a run empties: every step with `use_cache=False`
+    on the run, else those with their own `use_cache=False` (not the steps after them:
+    their requests may be the same, and lasting state is keyed by content)."""
+    dag = pipeline.dag
+    return {name for name in dag.step_names if not use_cache or not dag.get_step(name).use_cache}
+
+
+def lasting_dir(folder: Path, *, empty: bool) -> Path:
+    """A step's lasting folder (`Step.lasting_path`) at `folder`, created if missing;
+    `empty`: started over (the run or the step has `use_cache=False`)."""
+    with disk_errors(folder):
+        if empty and folder.exists():
+            shutil.rmtree(folder)
+        private_dirs(folder)
+    return folder
+
+
+def remote_lasting_root(base_url: str) -> Path:
+    """Where the lasting folders of a remote cache's pipeline (`base_url`) live on this
+    machine: beside its durable folders, `<remote durable dir>/lasting/<hash of the URL>/`."""
+    root = Path(os.environ.get(REMOTE_DURABLE_ENV) or DEFAULT_REMOTE_DURABLE_DIR).expanduser()
+    return root / LASTING / hashlib.sha256(base_url.encode()).hexdigest()[:20]
 
 
 def remote_durable_dir(store_url: str, generation: str) -> Path:

@@ -30,7 +30,12 @@ from stillhouse.cache.codec import (
     encode_route,
     encode_rows,
 )
-from stillhouse.cache.durable import remote_durable_dir
+from stillhouse.cache.durable import (
+    lasting_dir,
+    remote_durable_dir,
+    remote_lasting_root,
+    started_over,
+)
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Holdings, decide
 from stillhouse.cache.signature import routing_identity, signature_table
@@ -99,6 +104,7 @@ class RemoteStepStore(StepStore):
         self.finished = bool(meta.get("finished"))
         self.batching = meta.get("batching")
         self.routing: str | None = None  # the routing function after this step (`routing_identity`)
+        self.lasting: Path | None = None  # its lasting folder, on this machine (`RemoteRunStore`)
         self._index: dict[str, set[str]] | None = None
         self._batches: dict[BatchKey, str] | None = None
 
@@ -126,6 +132,9 @@ class RemoteStepStore(StepStore):
 
     def durable_dir(self) -> Path:
         return remote_durable_dir(self.fs.unstrip_protocol(self.root), self.generation)
+
+    def lasting_dir(self) -> Path | None:
+        return self.lasting
 
     @property
     def version(self) -> str:
@@ -273,6 +282,7 @@ class RemoteRunStore(RunStore):
         self.lease = Lease(self.fs, f"{self.base}/.lock", pipeline.name)
         try:  # whatever fails from here on frees the lease for the next run
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
+            self.started_over = started_over(pipeline, use_cache)
             self.signatures, self.parts = signature_table(pipeline.dag, enable_metadata=pipeline.enable_metadata)
             self.stores: dict[str, RemoteStepStore] = {}
             self._log = Path(tempfile.mkdtemp(prefix="stillhouse-log-")) / "pipeline.log"
@@ -305,6 +315,9 @@ class RemoteRunStore(RunStore):
             parts=self.parts[name],
         )
         store.routing = routing_identity(dag, name)
+        store.lasting = lasting_dir(
+            remote_lasting_root(self.fs.unstrip_protocol(self.base)) / name, empty=name in self.started_over
+        )
         self.stores[name] = store
         return store
 

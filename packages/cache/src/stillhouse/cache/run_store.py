@@ -16,6 +16,7 @@
         batches.log             append-only output batches, routing decisions and large
                                 columns, each stored once per content (records.py, codec.py)
         durable/                the step's own state across runs (`Step.cache_path`)
+    lasting/<step>/             a step's state across its versions (`Step.lasting_path`)
 ```
 
 Every file and folder is private to the user (0600 / 0700).
@@ -36,6 +37,7 @@ from stillhouse.cache.atomic import (
     private_file,
 )
 from stillhouse.cache.codec import ColumnMemo
+from stillhouse.cache.durable import LASTING, lasting_dir, started_over
 from stillhouse.cache.signature import routing_identity, signature_table
 from stillhouse.cache.store import FileStepStore
 from stillhouse.core._references import relativize_files
@@ -84,6 +86,7 @@ class FileRunStore(RunStore):
         )
         try:  # whatever fails from here on (a field that cannot be dumped, a full disk) frees the lock
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
+            self.started_over = started_over(pipeline, use_cache)
             self.signatures, self.parts = signature_table(pipeline.dag, enable_metadata=pipeline.enable_metadata)
             # before any store is opened; with the signatures already computed
             self.notes = _reuse_notes(pipeline, use_cache, (self.signatures, self.parts), self.plan)
@@ -118,6 +121,7 @@ class FileRunStore(RunStore):
             keyed=self.plan.region_of[name] is not None,
         )
         store.reuse_note = self.notes.get(name)
+        store.lasting = lasting_dir(self.base / LASTING / name, empty=name in self.started_over)
         store.routing = routing_identity(dag, name)
         # The stores upstream, whose blobs this one may refer to (`FileStepStore`).
         upstream = [self.stores[p] for p in dag.predecessors(name)]

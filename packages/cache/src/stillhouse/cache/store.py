@@ -134,6 +134,7 @@ class FileStepStore(StepStore):
         self.ancestors: list[FileStepStore] = []
         self.memo: ColumnMemo | None = None  # shared by the stores of a run (`FileRunStore`)
         self.routing: str | None = None  # the routing function after this step (`routing_identity`)
+        self.lasting: Path | None = None  # its lasting folder (`FileRunStore`)
 
     @classmethod
     def open(
@@ -179,6 +180,9 @@ class FileStepStore(StepStore):
 
     def durable_dir(self) -> Path:
         return local_durable_dir(self.directory)
+
+    def lasting_dir(self) -> Path | None:
+        return self.lasting
 
     @property
     def version(self) -> str:

@@ -390,6 +390,20 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
         Set before `load()` in every replica."""
         return self._cache_path
 
+    _lasting_path: Path | None = PrivateAttr(default=None)  # set by the engine for each run
+
+    @property
+    def lasting_path(self) -> Path | None:
+        """This step's lasting folder: state that stays valid across its versions.
+
+        Unlike `cache_path`, it is kept when the step's signature changes (a field, its
+        code, a step before it): what is written there must be keyed by content (a call
+        record keyed by exactly what was sent), so that any version of the step may use
+        it. Emptied by `run(use_cache=False)`, the step's own `use_cache=False` and
+        `stillhouse cache remove`. None when the run keeps no cache or its store offers
+        no such folder. Set before `load()` in every replica."""
+        return self._lasting_path
+
     def load(self) -> None:
         """Called once in each replica's worker before the first batch."""
 

@@ -444,7 +444,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         already; None without a record (no cache) or a usable answer."""
         if self._record is None:
             return None
-        key = request_key(request, generation)
+        key = request_key(request, generation, self.base_url)
         answer = self._record.get(key)
         while answer is not None and not self._usable(request, answer):
             self._record.discard(key)  # recorded before answers were checked: ask again
@@ -458,7 +458,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         answer that does not fit the structured output's schema is not kept, so
         `run(retry_failed=True)` asks again."""
         if self._record is not None and self._usable(request, response):
-            self._record.put(request_key(request, generation), response)
+            self._record.put(request_key(request, generation, self.base_url), response)
 
     def _usable(self, request: dict[str, Any], response: dict[str, Any]) -> bool:
         """Whether `response` is an answer `output_from` accepts (its structured output parses)."""

@@ -1,8 +1,8 @@
 """The call record: every finished LLM call, kept in the step's durable folder, so a
 stopped, killed or crashed run never pays for the same request twice.
 
-Key: a hash of what was sent (model, messages, generation arguments, the
-structured-output schema, the generation index). Value: the response as JSON, after
+Key: a hash of what was sent and where (the endpoint's URL, model, messages,
+generation arguments, the structured-output schema, the generation index). Value: the response as JSON, after
 a checksum of its bytes (a line whose bytes changed is never answered from). Each
 writer appends to its own `calls-<id>.jsonl` with one `write()` per record (no
 buffering, so a SIGKILL loses at most the call in flight), each record one line.
@@ -49,9 +49,11 @@ _KEY_CHARS = 64  # a sha256 hex digest
 _HEX = b"0123456789abcdef"
 
 
-def request_key(request: dict[str, Any], generation: int) -> str:
-    """The record key of one call: sha256 over the sorted JSON of what is sent."""
-    payload = json.dumps({"request": request, "generation": generation}, sort_keys=True, default=str)
+def request_key(request: dict[str, Any], generation: int, endpoint: str | None) -> str:
+    """The record key of one call: sha256 over the sorted JSON of what is sent and where
+    (the record outlives the step's versions, and another server's answers are not these)."""
+    payload = json.dumps({"request": request, "generation": generation, "endpoint": endpoint},
+                         sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -103,7 +103,10 @@ class Task(Step, ABC):
         super().unload()
 
     def _record_dir(self) -> Any:
-        folder = self.cache_path  # None when the run keeps no cache
+        """The call record's folder: in the step's lasting folder, so a new version of the
+        step (another field, a step before it changed) still gets the answers to the
+        requests it sends again; the record is keyed by exactly what was sent."""
+        folder = self.lasting_path or self.cache_path  # None when the run keeps no cache
         return None if folder is None else folder / "llm-calls"
 
     # -- processing -------------------------------------------------------------------------
@@ -223,12 +226,13 @@ class Task(Step, ABC):
         return rows
 
     def _job_file(self, submitted: list[dict[str, Any]]) -> Path | None:
-        """Where the job of these requests is kept while it runs (in the step's durable
+        """Where the job of these requests is kept while it runs (in the step's lasting
         folder, named by what it asks), or None when the run keeps no cache."""
-        folder = self.cache_path
+        folder = self.lasting_path or self.cache_path
         if folder is None:
             return None
-        digest = hashlib.sha256(json.dumps(submitted, sort_keys=True, default=str).encode()).hexdigest()
+        asked = {"endpoint": self.llm.base_url, "requests": submitted}
+        digest = hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()
         return Path(folder) / "offline-jobs" / f"{digest[:32]}.json"
 
     async def _wait_for_job(self, state: dict[str, Any]) -> list[dict[str, Any] | None]:

@@ -274,6 +274,14 @@ class StepStore(ABC):
         able to write it. None: this store offers no folder."""
         return None
 
+    def lasting_dir(self) -> Path | None:
+        """The step's lasting folder (`Step.lasting_path`), created if missing, or None.
+
+        Kept across the step's signatures (one per step name and pipeline), emptied when
+        the run starts the step fresh by request (`use_cache=False` on the run or on the
+        step). Workers on this machine must be able to write it. None: no such folder."""
+        return None
+
     def records(self) -> Iterator[BatchRecord]:
         """Every stored batch in key order (generators are replayed this way)."""
         return iter(())

@@ -103,6 +103,7 @@ def run_pipeline(
             }
             for name, step_store in stores.items():  # before any worker gets the step
                 pipeline.dag.get_step(name)._cache_path = step_store.durable_dir()
+                pipeline.dag.get_step(name)._lasting_path = step_store.lasting_dir()
             states = build_states(plan, pipeline.dag, stores, writer, retry_failed=retry_failed and use_cache)
             _announce_resume(pipeline, states)
             error: BaseException | None = None
