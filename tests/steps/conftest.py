@@ -1,6 +1,7 @@
 """Fixtures of the stillhouse-steps tests: no network, an isolated `datasets` cache,
 `hub` (a read-only Hugging Face Hub on 127.0.0.1 that `huggingface_hub` and
-`datasets` download from) and `s3` (a moto S3 server).
+`datasets` download from) and `s3` (a moto S3 server; `s3_as_users_have_it`: the
+same with s3fs's default settings).
 
 Only stillhouse-core and stillhouse-steps (plus the test tools) need be installed.
 """
@@ -207,3 +208,20 @@ def s3(monkeypatch):
     """A moto S3 server on 127.0.0.1 with a bucket `stillhouse-steps`; s3fs points at it."""
     with moto_s3(monkeypatch, "stillhouse-steps") as (_, fs):
         yield fs
+
+
+@pytest.fixture
+def s3_as_users_have_it(monkeypatch):
+    """The `s3` server, with s3fs as users have it: the endpoint only in a step's
+    `storage_options` (not in fsspec's configuration) and the listings cache on.
+
+    Yields `(storage_options, fs)`; `fs` (listings cache off) writes the test's files."""
+    import fsspec
+
+    with moto_s3(monkeypatch, "stillhouse-steps") as (endpoint, fs):
+        configured = fsspec.config.conf.pop("s3", None)
+        try:
+            yield {"client_kwargs": {"endpoint_url": endpoint}}, fs
+        finally:
+            if configured is not None:  # moto_s3 restores what was there before it
+                fsspec.config.conf["s3"] = configured

@@ -106,3 +106,46 @@ def test_a_dataset_saved_again_is_read_again(tmp_path):
     assert run_loader(loader, cache, executor="mp") == (ROWS, set())
     Dataset.from_list(ROWS[:3]).save_to_disk(str(tmp_path / "ds"))
     assert run_loader(loader, cache, executor="mp") == (ROWS[:3], {"disk"})
+
+
+@pytest.mark.integration
+def test_the_same_pipeline_run_again_reads_a_dataset_saved_again(tmp_path):
+    needs_full_install()
+    from stillhouse.core import Pipeline
+
+    Dataset.from_list(ROWS[:3]).save_to_disk(str(tmp_path / "ds"))
+    with Pipeline(name="rerun", cache_dir=str(tmp_path / "cache"), executor="mp") as pipeline:
+        LoadDataFromDisk(name="disk", dataset_path=str(tmp_path / "ds"), batch_size=2)
+    assert pipeline.run(progress=False)["default"]["train"].to_list() == ROWS[:3]
+    Dataset.from_list(ROWS[3:]).save_to_disk(str(tmp_path / "ds"))
+    assert pipeline.run(progress=False)["default"]["train"].to_list() == ROWS[3:]
+
+
+def test_a_folder_save_to_disk_did_not_write_is_an_error_saying_what_it_holds(tmp_path):
+    (tmp_path / "empty").mkdir()
+    empty = LoadDataFromDisk(name="disk", dataset_path=str(tmp_path / "empty"))
+    with pytest.raises(StepRuntimeError, match=r"'disk'.*empty.*is not a dataset saved with "
+                                               r"`save_to_disk`.*It is empty"):
+        empty.outputs  # noqa: B018  (what validation reads)
+    with pytest.raises(StepRuntimeError, match=r"is not a dataset saved"):
+        empty.signature_extra()
+    (tmp_path / "files").mkdir()
+    (tmp_path / "files" / "data.jsonl").write_text("{}\n")
+    with pytest.raises(StepRuntimeError, match=r"It holds \['data\.jsonl'\]"):
+        LoadDataFromDisk(dataset_path=str(tmp_path / "files")).signature_extra()
+    save_distiset_layout(tmp_path / "distiset", {"generate": ROWS})
+    with pytest.raises(StepRuntimeError, match=r"Distiset \(configurations \['generate'\]\): "
+                                               r"set is_distiset=True"):
+        LoadDataFromDisk(dataset_path=str(tmp_path / "distiset")).outputs  # noqa: B018
+    Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    with pytest.raises(StepRuntimeError, match=r"holds no Distiset.*set is_distiset=False"):
+        LoadDataFromDisk(dataset_path=str(tmp_path / "ds"), is_distiset=True).outputs  # noqa: B018
+
+
+def test_a_damaged_saved_dataset_is_an_error_naming_step_and_path(tmp_path):
+    Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "ds" / "state.json").write_text("{not json")
+    loader = LoadDataFromDisk(name="disk", dataset_path=str(tmp_path / "ds"))
+    with pytest.raises(StepRuntimeError, match=r"'disk'.*cannot read the dataset saved at .*ds.*"
+                                               r"save_to_disk"):
+        loader.outputs  # noqa: B018

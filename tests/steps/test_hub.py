@@ -107,3 +107,41 @@ def test_a_config_and_an_explicit_revision(hub):
     assert extra.signature_extra()["revision"] == sha
     main = LoadDataFromHub(repo_id="tester/configs", config="main", streaming=True)
     assert [r for b in run_generator(main) for r in b] == ROWS[:2]
+
+
+def test_validation_reads_the_columns_of_the_commit_the_run_will_load(hub):
+    publish(hub, [{"prompt": "p0"}])
+    loader = LoadDataFromHub(repo_id="tester/mini")
+    loader.signature_extra()  # an earlier run pinned that commit
+    assert loader.outputs == ["prompt"]
+    publish(hub, [{"instruction": "i0"}])  # a new commit renames the column
+    assert loader.outputs == ["instruction"]
+
+
+def test_a_commit_pinned_for_another_revision_is_not_loaded(hub):
+    publish(hub)
+    loader = LoadDataFromHub(repo_id="tester/mini", batch_size=50)
+    loader.signature_extra()
+    second = publish(hub, [{"instruction": "new", "id": 99}])
+    loader.revision = second  # set without resolving it (as a dry run would)
+    assert run_generator(loader) == [[{"instruction": "new", "id": 99}]]
+
+
+@pytest.mark.integration
+def test_the_same_pipeline_adapted_to_a_renamed_column_validates_and_runs(hub, tmp_path):
+    needs_full_install()
+    from stillhouse.core import Pipeline
+    from stillhouse.core.steps import KeepColumns
+
+    publish(hub, [{"prompt": f"p{i}"} for i in range(3)])
+    with Pipeline(name="renamed", cache_dir=str(tmp_path / "cache")) as pipeline:
+        loader = LoadDataFromHub(name="hub", repo_id="tester/mini", batch_size=2)
+    assert pipeline.run(progress=False)["default"]["train"].to_list() == [
+        {"prompt": f"p{i}"} for i in range(3)
+    ]
+    publish(hub, [{"instruction": f"i{i}", "id": i} for i in range(3)])
+    with pipeline:  # the user follows the dataset's new column
+        loader >> KeepColumns(name="keep", columns=["instruction"])
+    assert pipeline.run(progress=False)["default"]["train"].to_list() == [
+        {"instruction": f"i{i}"} for i in range(3)
+    ]

@@ -1,23 +1,49 @@
 """Files behind a loader: which ones a path or glob names, and a fingerprint of them.
 
-The fingerprint (each file's size and its mtime, ETag or creation stamp, whichever
-the filesystem reports) goes into the loader's cache signature: a file written,
-added or removed since the last run makes the loader read again.
+The fingerprint goes into the loader's cache signature: a file written, added or
+removed since the last run makes the loader read again. Per file it holds the size
+and every change stamp the filesystem reports, together (one alone can be reset):
+
+- a local file: mtime, ctime and inode, in nanoseconds. `os.utime`, `cp -p`,
+  `rsync -t` and `tar x` put an old mtime back, but the kernel sets the ctime of
+  every write and every utime to the current time; a file replaced by another
+  (`mv`, an atomic save) has a new inode. What stays unseen is a rewrite of the same
+  size within the filesystem's timestamp tick of the previous write (a few ms).
+- a remote file: whichever of ETag, md5, crc32c, generation, version id, blob id,
+  LFS sha256, Xet hash, mtime, last-modified and creation time it reports (S3, GCS,
+  Azure, `hf://`).
+- a file with none of these: the sha256 of its content, read in full (a size alone
+  would miss a same-size rewrite).
+
+Listings are read fresh: the filesystem's listings cache (s3fs, `hf://`) is cleared
+first, so a file added or rewritten since the last listing in this process counts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
-_STAMPS = ("ETag", "etag", "mtime", "LastModified", "last_modified", "created", "md5")
+from stillhouse.steps._options import plain_options
+
+_STAMPS = (
+    "ETag", "etag", "md5", "md5Hash", "crc32c", "generation", "VersionId", "blob_id",
+    "lfs.sha256", "xet_hash", "mtime", "LastModified", "last_modified", "updated", "created",
+)
+"""Keys of `fs.info()` that change when a file's content does (dotted: a nested key)."""
+
+_HASH_CHUNK = 1 << 20
 
 
 def open_fs(path: str | os.PathLike[str], storage_options: dict[str, Any] | None) -> tuple[Any, str]:
-    """The fsspec filesystem of `path` (local path or URL) and the path inside it."""
+    """The fsspec filesystem of `path` (local path or URL), with its listings cache
+    cleared, and the path inside it."""
     import fsspec  # here, not at the top: every run loads this plugin, few read files
 
-    return fsspec.core.url_to_fs(os.fspath(path), **(storage_options or {}))
+    fs, inner = fsspec.core.url_to_fs(os.fspath(path), **plain_options(storage_options))
+    fs.invalidate_cache()
+    return fs, inner
 
 
 def list_files(fs: Any, root: str) -> list[str]:
@@ -36,10 +62,40 @@ def list_files(fs: Any, root: str) -> list[str]:
 
 
 def fingerprint(fs: Any, files: list[str]) -> list[list[Any]]:
-    """`[path, size, stamp]` per file; a changed file changes its entry."""
+    """`[path, size, {stamp: value}]` per file; a changed file changes its entry."""
     entries = []
     for path in files:
         info = fs.info(path)
-        stamp = next((str(info[key]) for key in _STAMPS if info.get(key) is not None), None)
-        entries.append([path, info.get("size"), stamp])
+        entries.append([path, info.get("size"), _stamps(fs, path, info)])
     return entries
+
+
+def _stamps(fs: Any, path: str, info: dict[str, Any]) -> dict[str, str]:
+    from fsspec.implementations.local import LocalFileSystem
+
+    if isinstance(fs, LocalFileSystem):
+        stat = os.stat(path)
+        return {"mtime_ns": str(stat.st_mtime_ns), "ctime_ns": str(stat.st_ctime_ns),
+                "ino": str(stat.st_ino)}
+    stamps = {}
+    for key in _STAMPS:
+        value: Any = info
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else getattr(value, part, None)
+        if value is not None:
+            stamps[key] = str(value)
+    return stamps or {"sha256": _content_hash(fs, path)}
+
+
+def _content_hash(fs: Any, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def describe_files(files: list[str], shown: int = 3) -> str:
+    """`['a.jsonl', 'b.jsonl']`, or the first `shown` and how many more, for a message."""
+    listed = repr(files[:shown])
+    return listed if len(files) <= shown else f"{listed[:-1]}, ... ({len(files) - shown} more)]"

@@ -2,22 +2,27 @@
 a Distiset saved with `Distiset.save_to_disk`, on a local path or any fsspec URL.
 
 The saved Arrow files are memory-mapped and read in batches. Their sizes and
-mtimes are in the step's cache signature: a dataset saved again over the same
-path is read again.
+change stamps (`_files.py`) are in the step's cache signature: a dataset saved
+again over the same path is read again. A folder that `save_to_disk` did not write
+is an error before the run, saying what the folder holds.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from stillhouse.core import RuntimeParameter
 from stillhouse.core.errors import StepRuntimeError
-from stillhouse.steps._files import fingerprint, list_files, open_fs
+from stillhouse.steps._files import describe_files, fingerprint, list_files, open_fs
 from stillhouse.steps._loader import DatasetLoader, optional_runtime_parameters
+from stillhouse.steps._options import plain_options
+
+_DATASET_DICT = "dataset_dict.json"  # what `DatasetDict.save_to_disk` writes
+_DATASET_STATE = "state.json"  # what `Dataset.save_to_disk` writes
 
 with optional_runtime_parameters():
 
@@ -32,8 +37,12 @@ with optional_runtime_parameters():
             keep_in_memory: Copy the dataset into memory (see `datasets.load_from_disk`).
             split: The split to load from a `DatasetDict` (a Distiset leaf has "train").
                 When `None`, a dataset with a single split loads that split.
+            streaming: Accepted for distilabel compatibility (inherited there from
+                `LoadDataFromHub`); no effect, as in distilabel: the saved files are
+                memory-mapped and read in batches.
+            revision: Accepted for distilabel compatibility; no effect, as in distilabel.
             num_examples: How many rows to load at most (all when `None`).
-            storage_options: fsspec options of the filesystem.
+            storage_options: fsspec options of the filesystem (credentials are never saved).
 
         Output columns: the dataset's columns.
         """
@@ -59,6 +68,17 @@ with optional_runtime_parameters():
             default=None,
             description="The split of the dataset to load. By default the only split.",
         )
+        streaming: RuntimeParameter[bool] = Field(
+            default=False, description="Kept for distilabel compatibility; no effect."
+        )
+        revision: RuntimeParameter[str] | None = Field(
+            default=None, description="Kept for distilabel compatibility; no effect."
+        )
+        repo_id: str | None = Field(default=None, exclude=True)  # distilabel's, excluded there too
+
+        exclude_from_signature: ClassVar[set[str]] = {
+            *DatasetLoader.exclude_from_signature, "streaming", "revision",
+        }
 
         def _location(self) -> tuple[Any, str]:
             fs, root = open_fs(self.dataset_path, self.storage_options)
@@ -70,10 +90,18 @@ with optional_runtime_parameters():
                     step_name=self.name,
                 )
             if not self.is_distiset:
+                self._check_saved_dataset(fs, root)
                 return fs, root
-            leaves = sorted(
-                Path(p).parent.name for p in fs.glob(f"{root}/*/dataset_dict.json")
-            )
+            leaves = sorted(Path(p).parent.name for p in fs.glob(f"{root}/*/{_DATASET_DICT}"))
+            if not leaves:
+                saved = _is_saved_dataset(fs, root)
+                raise StepRuntimeError(
+                    f"Step {self.name!r}: dataset_path {os.fspath(self.dataset_path)!r} holds no "
+                    f"Distiset (no <configuration>/{_DATASET_DICT} in it). "
+                    + ("It holds a dataset saved with `save_to_disk`: set is_distiset=False."
+                       if saved else "Pass the folder given to `Distiset.save_to_disk`."),
+                    step_name=self.name,
+                )
             if self.config not in leaves:
                 raise StepRuntimeError(
                     f"Step {self.name!r}: configuration {self.config!r} not found in the "
@@ -83,21 +111,48 @@ with optional_runtime_parameters():
                 )
             return fs, f"{root}/{self.config}"
 
+        def _check_saved_dataset(self, fs: Any, root: str) -> None:
+            """A folder `save_to_disk` wrote holds `dataset_dict.json` (a DatasetDict) or
+            `state.json` (a Dataset); anything else is an error that says what it holds."""
+            if _is_saved_dataset(fs, root):
+                return
+            leaves = sorted(Path(p).parent.name for p in fs.glob(f"{root}/*/{_DATASET_DICT}"))
+            if leaves:
+                fix = (f"It holds a Distiset (configurations {leaves}): set is_distiset=True "
+                       "and config= to one of them.")
+            else:
+                names = sorted(Path(p).name for p in fs.ls(root, detail=False))
+                held = f"It holds {describe_files(names)}." if names else "It is empty."
+                fix = (f"{held} Pass the folder given to `Dataset.save_to_disk` or "
+                       "`DatasetDict.save_to_disk`.")
+            raise StepRuntimeError(
+                f"Step {self.name!r}: dataset_path {os.fspath(self.dataset_path)!r} is not a "
+                f"dataset saved with `save_to_disk`: it has no {_DATASET_DICT} nor "
+                f"{_DATASET_STATE}. {fix}",
+                step_name=self.name,
+            )
+
         def signature_extra(self) -> dict[str, Any]:
             fs, root = self._location()
             return {**super().signature_extra(), "files": fingerprint(fs, list_files(fs, root))}
 
-        def _open(self) -> Any:
+        def _read_hint(self) -> str:
+            return ("Check that the folder holds a complete dataset written by `save_to_disk` "
+                    "(save it again if the save was interrupted) and storage_options.")
+
+        def _open(self) -> tuple[Any, str]:
             from datasets import DatasetDict, load_from_disk
 
             fs, root = self._location()
-            dataset = load_from_disk(
-                fs.unstrip_protocol(root),
-                keep_in_memory=self.keep_in_memory,
-                storage_options=self.storage_options,
-            )
+            source = f"the dataset saved at {fs.unstrip_protocol(root)!r}"
+            with self._reading(source):
+                dataset = load_from_disk(
+                    fs.unstrip_protocol(root),
+                    keep_in_memory=self.keep_in_memory,
+                    storage_options=plain_options(self.storage_options),
+                )
             if not isinstance(dataset, DatasetDict):
-                return dataset
+                return dataset, source
             splits = list(dataset)
             split = self.split if self.split is not None else (splits[0] if len(splits) == 1 else None)
             if split not in dataset:
@@ -107,4 +162,8 @@ with optional_runtime_parameters():
                     "of them.",
                     step_name=self.name,
                 )
-            return dataset[split]
+            return dataset[split], f"split {split!r} of {source}"
+
+
+def _is_saved_dataset(fs: Any, root: str) -> bool:
+    return fs.exists(f"{root}/{_DATASET_DICT}") or fs.exists(f"{root}/{_DATASET_STATE}")

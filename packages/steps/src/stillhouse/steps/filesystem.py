@@ -2,22 +2,25 @@
 filesystem (`s3://`, `gcs://`, `memory://`...), named by a path, a folder or a glob.
 
 Files are read as a stream in batches (`datasets`' streaming readers), so memory
-stays flat however many rows they hold. Their sizes and mtimes/ETags are in the
-step's cache signature: a changed, added or removed file is read again.
+stays flat however many rows they hold. Their sizes and change stamps (`_files.py`)
+are in the step's cache signature: a changed, added or removed file is read again.
+A file of zero bytes holds no rows, whatever its type: it is skipped (a glob of
+empty files yields no rows and no columns).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
 from stillhouse.core import RuntimeParameter
 from stillhouse.core.errors import StepRuntimeError
-from stillhouse.steps._files import fingerprint, list_files, open_fs
+from stillhouse.steps._files import describe_files, fingerprint, list_files, open_fs
 from stillhouse.steps._loader import DatasetLoader, optional_runtime_parameters
+from stillhouse.steps._options import plain_options
 
 FILETYPES = {"json": "json", "jsonl": "json", "csv": "csv", "parquet": "parquet"}
 
@@ -34,8 +37,12 @@ with optional_runtime_parameters():
                 first file's extension when `None`.
             streaming: Kept for distilabel compatibility: the files are always read as a
                 stream, in batches.
+            config: Accepted for distilabel compatibility (inherited there from
+                `LoadDataFromHub`); no effect, as in distilabel.
+            revision: Accepted for distilabel compatibility; no effect, as in distilabel.
             num_examples: How many rows to load at most (all when `None`).
-            storage_options: fsspec options of the filesystem (credentials, endpoint).
+            storage_options: fsspec options of the filesystem (endpoint, credentials: these
+                are never saved).
 
         Output columns: the files' columns.
         """
@@ -57,6 +64,17 @@ with optional_runtime_parameters():
             default=False,
             description="Kept for distilabel compatibility; files are always streamed.",
         )
+        config: RuntimeParameter[str] | None = Field(
+            default=None, description="Kept for distilabel compatibility; no effect."
+        )
+        revision: RuntimeParameter[str] | None = Field(
+            default=None, description="Kept for distilabel compatibility; no effect."
+        )
+        repo_id: str | None = Field(default=None, exclude=True)  # distilabel's, excluded there too
+
+        exclude_from_signature: ClassVar[set[str]] = {
+            *DatasetLoader.exclude_from_signature, "config", "revision",
+        }
 
         def resolve_files(self) -> tuple[Any, list[str]]:
             """The filesystem and the sorted files `data_files` names; an error if none."""
@@ -86,15 +104,30 @@ with optional_runtime_parameters():
                 )
             return builder
 
-        def _open(self) -> Any:
-            from datasets import load_dataset
+        def _read_hint(self) -> str:
+            given = (f"filetype={self.filetype!r} says so" if self.filetype
+                     else "the first file's extension says so")
+            return (
+                f"Check that every file is of the type read ({given}; a .jsonl file holds one "
+                "JSON object per line), fix or remove the bad file, or set filetype= to the "
+                "files' real type: 'csv', 'json' or 'parquet'."
+            )
+
+        def _open(self) -> tuple[Any, str]:
+            from datasets import Dataset, load_dataset
 
             fs, files = self.resolve_files()
-            urls = [fs.unstrip_protocol(path) for path in files]
-            return load_dataset(
-                self._filetype(files),
-                data_files={self.split: urls},
-                split=self.split,
-                streaming=True,
-                storage_options=self.storage_options,
-            )
+            filetype = self._filetype(files)
+            source = f"the files {describe_files(files)} as {filetype}"
+            readable = [path for path in files if fs.size(path) != 0]  # empty: no rows
+            if not readable:
+                return Dataset.from_dict({}), source
+            with self._reading(source):
+                dataset = load_dataset(
+                    filetype,
+                    data_files={self.split: [fs.unstrip_protocol(path) for path in readable]},
+                    split=self.split,
+                    streaming=True,
+                    storage_options=plain_options(self.storage_options),
+                )
+            return dataset, source

@@ -4,7 +4,9 @@ The revision asked for (a branch, tag or `None` for the default branch) is
 resolved to its commit sha in the driver, before the run (`signature_extra`):
 that sha is in the step's cache signature and is what the workers load, so a
 dataset updated on the Hub is read again instead of being answered from the
-cache of an older commit. `HF_ENDPOINT` points it at another Hub.
+cache of an older commit. Validation (`outputs`) resolves it again rather than
+trusting the sha of an earlier run, and a sha pinned for another repo_id or
+revision is never loaded. `HF_ENDPOINT` points it at another Hub.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pydantic import Field, PrivateAttr
 from stillhouse.core import RuntimeParameter
 from stillhouse.core.errors import StepRuntimeError
 from stillhouse.steps._loader import DatasetLoader, optional_runtime_parameters
+from stillhouse.steps._options import plain_options
 
 with optional_runtime_parameters():
 
@@ -32,7 +35,8 @@ with optional_runtime_parameters():
                 them into the `datasets` cache first (`False`, the default). Both yield batches
                 without holding the dataset in memory.
             num_examples: How many rows to load at most (all when `None`).
-            storage_options: fsspec options (as in distilabel).
+            storage_options: fsspec options (as in distilabel); credentials in them are
+                never saved.
 
         Output columns: the dataset's columns.
         """
@@ -57,7 +61,8 @@ with optional_runtime_parameters():
             description="Whether to load the dataset in streaming mode or not. Defaults to False.",
         )
 
-        _commit: str | None = PrivateAttr(default=None)
+        _pin: tuple[tuple[str | None, str | None], str] | None = PrivateAttr(default=None)
+        """`((repo_id, revision), sha)`: the commit `revision` named when last resolved."""
 
         def signature_extra(self) -> dict[str, Any]:
             return {**super().signature_extra(), "revision": self.resolve_revision()}
@@ -75,30 +80,41 @@ with optional_runtime_parameters():
                     "repo_id and revision, your token (HF_TOKEN) and HF_ENDPOINT.",
                     step_name=self.name,
                 ) from exc
-            self._commit = info.sha
+            self._pin = ((self.repo_id, self.revision), info.sha)
             return info.sha
 
-        def _peek(self) -> Any:
-            # Columns from a streaming view: validation downloads nothing.
+        def _pinned_commit(self) -> str | None:
+            if self._pin is None or self._pin[0] != (self.repo_id, self.revision):
+                return None
+            return self._pin[1]
+
+        def _peek(self) -> tuple[Any, str]:
+            # The columns of the commit the run is about to pin, from a streaming view:
+            # validation downloads no data file.
+            self.resolve_revision()
             return self._open(streaming=True)
 
-        def _open(self, streaming: bool | None = None) -> Any:
+        def _read_hint(self) -> str:
+            return "Check the dataset's files on the Hub, your connection and HF_ENDPOINT."
+
+        def _open(self, streaming: bool | None = None) -> tuple[Any, str]:
             from datasets import load_dataset
 
-            revision = self._commit or self.revision
+            revision = self._pinned_commit() or self.revision
+            source = (f"split {self.split!r} (config {self.config!r}) of dataset "
+                      f"{self.repo_id!r} at revision {revision!r}")
             try:
-                return load_dataset(
+                dataset = load_dataset(
                     self.repo_id,
                     self.config,
                     split=self.split,
                     revision=revision,
                     streaming=self.streaming if streaming is None else streaming,
-                    storage_options=self.storage_options,
+                    storage_options=plain_options(self.storage_options),
                 )
             except Exception as exc:
                 raise StepRuntimeError(
-                    f"Step {self.name!r}: cannot load split {self.split!r} (config "
-                    f"{self.config!r}) of dataset {self.repo_id!r} at revision {revision!r}: "
-                    f"{type(exc).__name__}: {exc}",
+                    f"Step {self.name!r}: cannot load {source}: {type(exc).__name__}: {exc}",
                     step_name=self.name,
                 ) from exc
+            return dataset, source
