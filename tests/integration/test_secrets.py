@@ -10,12 +10,14 @@ errors about a secret name the field without showing its value.
 
 from __future__ import annotations
 
+import logging
+import os
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from stillhouse.core import Pipeline
+from stillhouse.core import Pipeline, Step, StepInput, StepOutput
 from stillhouse.core.errors import RuntimeParameterError, SerializationError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.secret_steps import CallNested, Client
@@ -25,6 +27,9 @@ PASSWORD = "pw-nested-hunter2-777"
 FALLBACK = "sk-fallback-in-a-list-999"
 REGIONAL = "sk-regional-in-a-dict-555"
 SECRETS = [KEY, PASSWORD, FALLBACK, REGIONAL]
+
+logger = logging.getLogger("tests.integration.careless")
+logger.setLevel(logging.DEBUG)  # as a user debugging a run would have it
 
 
 def build(cache: Path, executor: str, password: str = PASSWORD) -> Pipeline:
@@ -123,3 +128,30 @@ def test_a_wrong_value_that_holds_a_secret_is_not_echoed_either():
     with Pipeline(name="plain"), pytest.raises(ValidationError) as plain:
         CallNested(name="c", client={"url": ["not", "a", "url"]})
     assert "'not'" in str(plain.value)  # a value that cannot hold a secret is still shown
+
+
+class Careless(Step):
+    """Logs what a careless step or an HTTP library at DEBUG would: its secrets in clear."""
+
+    client: Client
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        key = self.client.api_key.get_secret_value() if self.client.api_key else ""
+        logger.info("calling with key=%s password=%s", key, self.client.password)
+        logger.info("headers: {'Authorization': 'Bearer tok-from-nowhere-123', 'X-Amz-Security-Token': 'FwoGZX1'}")
+        logger.info("env key %s", os.environ["STILLHOUSE_TEST_API_KEY"])
+        yield inputs
+
+
+@pytest.mark.parametrize("executor", ["threaded", "mp"])
+def test_secrets_a_step_or_a_library_logs_are_masked_in_pipeline_log(tmp_path, executor, monkeypatch, capfd):
+    monkeypatch.setenv("STILLHOUSE_TEST_API_KEY", "sk-from-the-environment-31337")
+    with Pipeline(name="careless", cache_dir=tmp_path, executor=executor) as pipeline:
+        LoadDataFromDicts(data=[{"x": 1}]) >> Careless(name="careless", client=Client(api_key=KEY, password=PASSWORD))
+    pipeline.run(progress=False)
+    [log] = tmp_path.rglob("pipeline.log")
+    text = log.read_text()
+    assert "calling with key=**********" in text and "password=**********" in text  # the lines are there
+    for secret in (KEY, PASSWORD, "tok-from-nowhere-123", "FwoGZX1", "sk-from-the-environment-31337"):
+        assert secret not in text, secret
+    assert "'Authorization': 'Bearer **********'" in text

@@ -68,6 +68,31 @@ def _nested_exclude(value: Any) -> Any:
     return {key: spec for key, spec in items.items() if spec} or None
 
 
+def secret_values(model: BaseModel) -> set[str]:
+    """The values of every secret of `model`, at any depth (to mask them in log lines)."""
+    found: set[str] = set()
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name, None)
+        _collect_secrets(value, found, every_text=is_secret_field(field))
+    return found
+
+
+def _collect_secrets(value: Any, found: set[str], *, every_text: bool) -> None:
+    if isinstance(value, SecretStr):
+        found.add(value.get_secret_value())
+    elif isinstance(value, str):
+        if every_text:
+            found.add(value)
+    elif isinstance(value, BaseModel):
+        found |= secret_values(value)
+    elif isinstance(value, list | tuple | set | frozenset):
+        for item in value:
+            _collect_secrets(item, found, every_text=every_text)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _collect_secrets(item, found, every_text=every_text)
+
+
 def dump_without_secrets(
     model: BaseModel, exclude: set[str] | frozenset[str] = frozenset(), *, serialize_as_any: bool = False
 ) -> dict[str, Any]:

@@ -26,9 +26,12 @@ import contextvars
 import functools
 import logging
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
+
+from stillhouse.core.secrets import REDACTED
 
 STEP_ATTRIBUTE = "stillhouse_step"
 REPLICA_ATTRIBUTE = "stillhouse_replica"
@@ -111,14 +114,46 @@ def reemit(record: logging.LogRecord) -> None:
         _to_run(record)
 
 
+_CREDENTIAL_HEADER = re.compile(
+    r"(?i)((?:authorization|proxy-authorization|x-amz-security-token|x-api-key|api-key|"
+    r"x-goog-api-key|cookie)['\"]?\s*[:=]\s*['\"]?(?:bearer\s+|basic\s+|aws4-hmac-sha256\s+)?)[^'\",\s}]+"
+)
+"""A credential header as HTTP libraries log it at DEBUG (`'Authorization': 'Bearer sk-...'`,
+`X-Amz-Security-Token: ...`): its value is masked."""
+
+_CREDENTIAL_ENV = re.compile(r"(?i)(key|token|secret|passw|credential)")
+MIN_MASKED = 6
+"""Shorter values are not masked (they would blank out common words)."""
+
+
+def environment_secrets() -> set[str]:
+    """Values of environment variables named like credentials (`OPENAI_API_KEY`,
+    `AWS_SESSION_TOKEN`, `HF_TOKEN`): steps read keys from there too."""
+    return {value for name, value in os.environ.items() if _CREDENTIAL_ENV.search(name) and len(value) >= MIN_MASKED}
+
+
+def mask_secrets(text: str, secrets: set[str] | frozenset[str]) -> str:
+    """`text` with every value in `secrets` and every credential header's value masked."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= MIN_MASKED and secret in text:
+            text = text.replace(secret, REDACTED)
+    return _CREDENTIAL_HEADER.sub(lambda match: match.group(1) + REDACTED, text)
+
+
 class StepFormatter(logging.Formatter):
-    """pipeline.log's format: `%(stillhouse_tag)s` is `[step rN] ` on a step's records."""
+    """pipeline.log's format: `%(stillhouse_tag)s` is `[step rN] ` on a step's records.
+    With `secrets`, those values and credential headers are masked in every line (a
+    library logging its requests at DEBUG: botocore, httpx)."""
+
+    def __init__(self, fmt: str | None = None, *, secrets: set[str] | frozenset[str] | None = None) -> None:
+        super().__init__(fmt)
+        self.secrets = frozenset(secrets or ())
 
     def format(self, record: logging.LogRecord) -> str:
         step = getattr(record, STEP_ATTRIBUTE, None)
         replica = getattr(record, REPLICA_ATTRIBUTE, 0)
         record.stillhouse_tag = f"[{step} r{replica}] " if step is not None else ""
-        return super().format(record)
+        return mask_secrets(super().format(record), self.secrets)
 
 
 @contextlib.contextmanager

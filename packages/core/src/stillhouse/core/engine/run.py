@@ -32,6 +32,7 @@ from stillhouse.core.errors import (
     StepContractError,
     StepsSuspendedError,
 )
+from stillhouse.core.secrets import secret_values
 
 if TYPE_CHECKING:
     from stillhouse.core.pipeline import Pipeline
@@ -95,7 +96,8 @@ def run_pipeline(
     _set_artifacts_path(context)
     completed = False
     try:
-        with _run_logging(context.log_file, logging_handlers), limits.serve_limits():
+        secrets = logs.environment_secrets().union(*(secret_values(pipeline.dag.get_step(n)) for n in plan.order))
+        with _run_logging(context.log_file, logging_handlers, secrets), limits.serve_limits():
             writer = _make_writer(context)
             stores = {
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
@@ -292,21 +294,24 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 @contextlib.contextmanager
-def _run_logging(log_file: Path | None, handlers: list[logging.Handler] | None) -> Iterator[None]:
+def _run_logging(
+    log_file: Path | None, handlers: list[logging.Handler] | None, secrets: set[str] | frozenset[str] = frozenset()
+) -> Iterator[None]:
     """Send stillhouse's log records, and those of users' steps (tagged with step and
     replica, see `logs.py`), to pipeline.log and the user's handlers for this run.
+    In pipeline.log and on our console, `secrets` and credential headers are masked.
 
     Only the "stillhouse" logger is touched; the root logger and its handlers never are."""
     library_logger = logging.getLogger("stillhouse")
     added: list[logging.Handler] = list(handlers or [])
     if log_file is not None:
         file_handler = logging.FileHandler(log_file, encoding="utf-8")
-        file_handler.setFormatter(logs.StepFormatter(_FILE_FORMAT))
+        file_handler.setFormatter(logs.StepFormatter(_FILE_FORMAT, secrets=secrets))
         added.append(file_handler)
     step_sinks = list(added)  # not the console below: steps' records reach it their own way
     if not library_logger.handlers and not logging.getLogger().handlers and not handlers:
         console = _StderrHandler()  # nobody configured logging: still show progress lines
-        console.setFormatter(logging.Formatter(_LOG_FORMAT))
+        console.setFormatter(logs.StepFormatter(_LOG_FORMAT, secrets=secrets))
         added.append(console)
     previous_level = library_logger.level
     if library_logger.level == logging.NOTSET or library_logger.level > logging.INFO:
