@@ -19,6 +19,7 @@ from stillhouse.cache import step_signatures
 from stillhouse.core import Pipeline, Step, StepInput, StepOutput
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
+from tests.support.steps import Tag
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -212,17 +213,6 @@ ROUTES = """
 """
 
 
-class Tag(Step):
-    tag: str
-
-    @property
-    def outputs(self) -> list[str]:
-        return ["tag"]
-
-    def process(self, inputs: StepInput) -> StepOutput:
-        yield [{**row, "tag": self.tag} for row in inputs]
-
-
 class Counted(Step):
     """Counts the batches it computes: whether the step the routing follows ran again."""
 
@@ -240,7 +230,7 @@ def test_an_edited_routing_function_decides_the_routes_again_and_undoing_it_too(
             load = LoadDataFromDicts(data=[{"x": i} for i in range(4)], batch_size=2)
             load >> Counted(name="counted") >> route >> [Tag(name="b", tag="B"), Tag(name="c", tag="C")]
         distiset = pipeline.run(progress=False)
-        return {name: [row["tag"] for row in rows_of(distiset, name)] if name in distiset else []
+        return {name: [row["z"] for row in rows_of(distiset, name)] if name in distiset else []
                 for name in ("b", "c")}
 
     Counted.processed = 0

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -44,20 +45,35 @@ def _kill_group(process: subprocess.Popen) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
-def _kill_after_a_quarter(server: FakeOpenAIServer, cache: Path, executor: str, out: Path) -> int:
-    """Start the pipeline, SIGKILL it once a quarter of the rows were answered; the
-    requests answered by then."""
-    process = _start(cache, executor, server.base_url, out)
+def _kill_when(process: subprocess.Popen, ready: Callable[[], bool], what: str) -> None:
+    """SIGKILL the run's process group once `ready()`; fails if the run ends first or
+    `what` does not happen within 120 s."""
     try:
         deadline = time.monotonic() + 120
-        while len(server.chat_requests(200)) < ROWS // 4:
+        while not ready():
             assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the run never got going"
+            assert time.monotonic() < deadline, f"{what} never happened"
             time.sleep(0.01)
         _kill_group(process)
         process.communicate(timeout=30)
     finally:
         _kill_group(process)
+
+
+def _finish(process: subprocess.Popen) -> None:
+    """Wait for a run to end (180 s at most) and check that it succeeded."""
+    try:
+        _, err = process.communicate(timeout=180)
+    finally:
+        _kill_group(process)
+    assert process.returncode == 0, err
+
+
+def _kill_after_a_quarter(server: FakeOpenAIServer, cache: Path, executor: str, out: Path) -> int:
+    """Start the pipeline, SIGKILL it once a quarter of the rows were answered; the
+    requests answered by then."""
+    process = _start(cache, executor, server.base_url, out)
+    _kill_when(process, lambda: len(server.chat_requests(200)) >= ROWS // 4, "a quarter of the rows answered")
     before = len(server.chat_requests(200))
     assert before < ROWS, "the run finished before the kill: nothing was tested"
     return before
@@ -65,12 +81,7 @@ def _kill_after_a_quarter(server: FakeOpenAIServer, cache: Path, executor: str, 
 
 def _rerun_sends_only_the_rest(server: FakeOpenAIServer, cache: Path, executor: str, out: Path, before: int,
                                **llm_fields: object) -> None:
-    rerun = _start(cache, executor, server.base_url, out, **llm_fields)
-    try:
-        _, err = rerun.communicate(timeout=180)
-    finally:
-        _kill_group(rerun)
-    assert rerun.returncode == 0, err
+    _finish(_start(cache, executor, server.base_url, out, **llm_fields))
     rows = json.loads(out.read_text())
     assert sorted(r["instruction"] for r in rows) == sorted(f"question {i}" for i in range(ROWS))
     assert all(r["generation"] == f"echo: {r['instruction']}" for r in rows)
@@ -107,22 +118,9 @@ def test_sigkill_while_offline_jobs_run_then_rerun_submits_no_job_twice(tmp_path
     with FakeOpenAIServer(api_key=API_KEY, batch_seconds=3.0) as server:
         cache, out = tmp_path / "cache", tmp_path / "out.json"
         process = _start(cache, executor, server.base_url, out, **offline)
-        try:
-            deadline = time.monotonic() + 120
-            while len(list(cache.rglob("offline-jobs/*.json"))) < jobs:  # every job submitted and kept
-                assert process.poll() is None, process.communicate()[1]
-                assert time.monotonic() < deadline, "the jobs were never all submitted"
-                time.sleep(0.01)
-            _kill_group(process)
-            process.communicate(timeout=30)
-        finally:
-            _kill_group(process)
-        rerun = _start(cache, executor, server.base_url, out, **offline)
-        try:
-            _, err = rerun.communicate(timeout=180)
-        finally:
-            _kill_group(rerun)
-        assert rerun.returncode == 0, err
+        _kill_when(process, lambda: len(list(cache.rglob("offline-jobs/*.json"))) >= jobs,
+                   "every job submitted and kept")
+        _finish(_start(cache, executor, server.base_url, out, **offline))
         rows = json.loads(out.read_text())
         assert sorted(r["generation"] for r in rows) == sorted(f"echo: question {i}" for i in range(ROWS))
         assert sum(len(job) for job in server.batch_inputs()) == ROWS  # before: 2 x ROWS
