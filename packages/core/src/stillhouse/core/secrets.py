@@ -69,9 +69,14 @@ def _nested_exclude(value: Any) -> Any:
 
 
 def secret_values(model: BaseModel) -> set[str]:
-    """The values of every secret of `model`, at any depth (to mask them in log lines)."""
+    """The values of every secret of `model`, at any depth (to mask them in log lines).
+    Inline rows (fields marked `inline_data`, 100k rows of a generator) are not walked:
+    they are data, and a secret among them is never written (it encodes masked)."""
     found: set[str] = set()
     for name, field in type(model).model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if extra.get("inline_data"):
+            continue
         value = getattr(model, name, None)
         _collect_secrets(value, found, every_text=is_secret_field(field))
     return found
