@@ -33,15 +33,18 @@ def _key(i: int) -> str:
 
 
 def make(folder: Path, calls: int) -> None:
+    from stillhouse.llms.record import CallRecord
+
     response = {
         "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "fake-model",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 150},
                      "finish_reason": "stop", "logprobs": None}],
         "usage": {"prompt_tokens": 20, "completion_tokens": 150, "total_tokens": 170},
     }
-    with (folder / "calls-1-bench.jsonl").open("w", encoding="utf-8") as handle:
-        for i in range(calls):
-            handle.write(json.dumps({"key": _key(i), "response": response}) + "\n")
+    record = CallRecord(folder)  # the workspace's line format: older revisions read it too
+    for i in range(calls):
+        record.put(_key(i), response)
+    record.close()
 
 
 def child(module_path: str, folder: str, calls: int) -> dict[str, float]:

@@ -30,7 +30,7 @@ def build(cache: Path, tag: str = "a") -> Pipeline:
 
 
 def run_dir(cache: Path) -> Path:
-    return next(p for p in (cache / "faults").iterdir() if p.is_dir() and p.name != "steps")
+    return next(p for p in (cache / "faults").iterdir() if p.is_dir() and p.name not in ("steps", "lasting"))
 
 
 def store(step: str) -> Callable[[Path], Path]:
