@@ -132,3 +132,12 @@ def test_explain_a_new_step_in_a_grown_pipeline(cli, tmp_path, ran):
     explained = decisions(cli("cache", "explain", "--config", str(path)))
     assert explained["keep"] == ("recompute", "new step")
     assert explained["tag"][0] == "reuse"
+
+
+@pytest.mark.parametrize("command", [["list"], ["size"], ["prune", "--older-than", "1d"], ["remove", "demo", "--yes"]])
+def test_a_remote_cache_dir_is_a_clear_error_not_an_empty_answer(cli, command):
+    """Before: `list` said "No cached pipelines in s3:/bucket/cache." with exit 0."""
+    done = cli("cache", *command, "--cache-dir", "s3://bucket/cache")
+    assert done.returncode == 1
+    assert "The cache 's3://bucket/cache' is remote (an fsspec URL)" in done.stderr
+    assert "pass a local --cache-dir" in done.stderr

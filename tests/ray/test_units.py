@@ -217,6 +217,17 @@ def test_local_batch_storage_is_refused_on_several_nodes(storage, with_global, r
         _runtime.check_storage(steps, context, 3)
 
 
+def test_a_remote_cache_keeps_batch_data_on_this_machine_so_several_nodes_are_refused():
+    """With a remote cache and no `path`, batch data goes to this machine's temporary
+    folder (the batch storage and this check read `RunContext.batch_data_url`); before,
+    the check assumed `<remote run dir>/batch_data` and let the run start."""
+    storage = {"parameters": None, "use_fs_to_pass_data": False}
+    steps, context = pipeline_steps(storage, with_global=True, run_dir="s3://bucket/cache/storage/run")
+    assert context.batch_data_url.endswith("/stillhouse-batch-data") and "://" not in context.batch_data_url
+    with pytest.raises(PipelineValidationError, match=r"local path '.*stillhouse-batch-data'.*3 nodes"):
+        _runtime.check_storage(steps, context, 3)
+
+
 @pytest.mark.parametrize(("driver", "keeps"), [("driver_process()", "False"), ("('elsewhere', 1)", "True")])
 def test_an_actor_inside_the_driver_leaves_its_memory_alone(driver, keeps):
     # Ray's local mode runs actors in the driver: the user's process is never tuned. In a

@@ -39,7 +39,14 @@ def default_cache_dir() -> Path:
 
 
 def _root(args: argparse.Namespace) -> Path:
-    return Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    given = args.cache_dir or os.environ.get(CACHE_DIR_ENV) or DEFAULT_CACHE_DIR
+    if "://" in given and not given.startswith("file://"):
+        raise CacheError(
+            f"The cache {given!r} is remote (an fsspec URL): `stillhouse cache` reads local cache "
+            f"folders only. Use your storage's own tools on {given.rstrip('/')}/<pipeline>/ (one "
+            "folder per run, `steps/`, `lasting/`), or pass a local --cache-dir."
+        )
+    return Path(given.removeprefix("file://")).expanduser()
 
 
 def _pipelines(root: Path) -> list[Path]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from stillhouse.cache.batch_storage import FsBatchStorage
@@ -25,13 +24,8 @@ def make_run_store(context: RunContext) -> FileRunStore | RemoteRunStore:
 @hookimpl
 def make_batch_storage(context: RunContext) -> FsBatchStorage:
     parameters = dict(context.storage_parameters or {})
-    url = parameters.pop("path", None)
-    owns_url = url is None
-    if url is None:
-        # A remote cache is for durability; batch data stays on this machine unless asked.
-        url = (f"{context.run_dir}/batch_data" if context.is_local
-               else f"{tempfile.gettempdir()}/stillhouse-batch-data")
-    return FsBatchStorage(str(url), parameters, owns_url=owns_url)
+    owns_url = parameters.pop("path", None) is None
+    return FsBatchStorage(context.batch_data_url, parameters, owns_url=owns_url)
 
 
 @hookimpl

@@ -258,10 +258,7 @@ def check_storage(steps: Sequence[BaseStep], context: RunContext, node_count: in
     has_global = any(context.dag.get_step(n).is_global for n in context.dag.step_names)
     if not (context.use_fs_to_pass_data or has_global or parameters.get("path")):
         return
-    url = parameters.get("path")
-    if url is None:
-        url = f"{context.run_dir}/batch_data" if context.run_dir else "<the system temporary directory>"
-    url = str(url)
+    url = context.batch_data_url
     if "://" in url and not url.startswith(("file://", "local://")):
         return
     raise PipelineValidationError(

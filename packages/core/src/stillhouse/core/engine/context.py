@@ -13,6 +13,7 @@ This module only describes a run; it does not run anything.
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,19 @@ class RunContext:
     def is_local(self) -> bool:
         """The run dir is a folder of this machine (not a remote URL, not absent)."""
         return bool(self.run_dir) and "://" not in str(self.run_dir)
+
+    @property
+    def batch_data_url(self) -> str:
+        """Where batch data goes (`use_fs_to_pass_data`, global steps): the `path` of
+        `storage_parameters`, else `<run dir>/batch_data` for a local cache, else this
+        machine's temporary folder (a remote cache is for durability; batch data stays
+        here unless asked). The batch storage and the executors' checks both read it."""
+        given = (self.storage_parameters or {}).get("path")
+        if given is not None:
+            return str(given)
+        if self.is_local:
+            return f"{self.run_dir}/batch_data"
+        return f"{tempfile.gettempdir()}/stillhouse-batch-data"
 
     def replace(self, **changes: Any) -> RunContext:
         """A copy with `changes` (the context itself never changes)."""
