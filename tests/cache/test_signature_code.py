@@ -238,3 +238,20 @@ def test_an_edited_routing_function_decides_the_routes_again_and_undoing_it_too(
     assert run("c") == {"b": [], "c": ["C"] * 4}  # before: the routes the first run stored
     assert run("b") == {"b": ["B"] * 4, "c": []}
     assert Counted.processed == 2  # the step before the routing computed once: its store kept
+
+
+def test_a_class_whose_name_starts_two_classes_in_its_module_is_still_signed_by_its_own_code(modules) -> None:
+    """The fast lookup of a class's source needs one `class Name` line; with two, inspect finds it."""
+    source = """
+        from stillhouse.core import Step
+
+        class AddK(Step):  # an older one, shadowed below
+            def process(self, inputs):
+                yield inputs
+
+        class AddK(Step):
+            def process(self, inputs):
+                yield [{**row, "y": row["x"] + KVALUE} for row in inputs]
+    """
+    one = _signature_of(modules("twice_named", source.replace("KVALUE", "1")).AddK)
+    assert _signature_of(modules("twice_named", source.replace("KVALUE", "2")).AddK) != one
