@@ -102,9 +102,10 @@ def _source(obj: Any) -> str:
 
 
 def _class_source(klass: type) -> str | None:
-    """A class's source (with its decorators) when one line of its file starts it:
-    found with a regex and cut with `inspect.getblock`, where `inspect.getsource` parses
-    the whole module (25 ms for a large one, on every run's signature); None otherwise."""
+    """A class's source, with its decorators: the `class Name` block of its file that
+    holds its methods' code (several classes of one name: the right one; inspect takes
+    the first), cut with `inspect.getblock`, where `inspect.getsource` parses the whole
+    module (25 ms for a large one, on every run's signature). None when no line starts it."""
     file = inspect.getsourcefile(klass)
     if not file:
         return None
@@ -112,12 +113,21 @@ def _class_source(klass: type) -> str | None:
     lines = linecache.getlines(file)
     starts = re.compile(rf"\s*class\s+{re.escape(klass.__name__)}\b")
     found = [number for number, line in enumerate(lines) if starts.match(line)]
-    if len(found) != 1:
-        return None  # none, or several classes of that name: let inspect find the right one
-    first = found[0]
+    methods = {function.__code__.co_firstlineno - 1 for _, function in _functions_of(klass)}
+    chosen: tuple[int, list[str]] | None = None
+    for start in found:
+        block = inspect.getblock(lines[start:])
+        if not methods or any(start <= line < start + len(block) for line in methods):
+            chosen = (start, block)  # without methods to tell them apart: the last one wins, as on import
+            if methods:
+                break
+    if chosen is None:
+        return None
+    start, block = chosen
+    first = start
     while first > 0 and lines[first - 1].lstrip().startswith("@"):
         first -= 1
-    return "".join(lines[first:found[0]] + inspect.getblock(lines[found[0]:]))
+    return "".join(lines[first:start] + block)
 
 
 def _functions_of(klass: Any) -> list[tuple[str, types.FunctionType]]:
