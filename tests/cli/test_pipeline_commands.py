@@ -201,6 +201,7 @@ def test_repo_id_pushes_the_distiset(config, tmp_path, monkeypatch, capsys):
 
     pushed: list[tuple[str, bool, list[str]]] = []
     monkeypatch.setenv("STILLHOUSE_PROGRESS", "0")
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")  # a push needs a token, checked before the run
     monkeypatch.setattr(
         Distiset, "push_to_hub",
         lambda self, repo_id, private=False: pushed.append((repo_id, private, sorted(self))),

@@ -77,6 +77,9 @@ _ROUTES = [
     ("POST", rf"^/api/datasets/{_REPO}/paths-info/(?P<rev>[^/]+)$", "paths_info"),
     ("GET", rf"^/datasets/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
     ("HEAD", rf"^/datasets/{_REPO}/resolve/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
+    # The links of the dataset card (`.../raw/main/pipeline.yaml`), as huggingface.co serves them.
+    ("GET", rf"^/datasets/{_REPO}/raw/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
+    ("HEAD", rf"^/datasets/{_REPO}/raw/(?P<rev>[^/]+)/(?P<path>.+)$", "resolve"),
     ("GET", r"^/api/whoami-v2$", "whoami"),
     ("POST", r"^/api/validate-yaml$", "validate_yaml"),
 ]

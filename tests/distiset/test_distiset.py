@@ -112,3 +112,22 @@ def test_repr_lists_the_leaves(tmp_path):
     text = repr(_distiset(tmp_path))
     assert text.startswith("Distiset({\n    text: DatasetDict({")
     assert "    scores: DatasetDict({" in text and "num_rows: 10" in text
+
+
+def test_a_saved_pipeline_file_keeps_its_inline_data(tmp_path, target):
+    """The run's pipeline.yaml refers to `inline_data/<sha>.json`: saving copies it along,
+    so the saved pipeline file loads (and a saved Distiset saved again still does)."""
+    from stillhouse.core import Pipeline
+    from stillhouse.core.steps import LoadDataFromDicts
+    from stillhouse.core.testing.steps import Tag
+
+    rows = [{"x": i} for i in range(4)]
+    with Pipeline(name="inline", cache_dir=str(tmp_path / "cache"), executor="sync") as pipeline:
+        LoadDataFromDicts(name="load", data=rows) >> Tag(name="tag")
+    distiset = pipeline.run(progress=False)
+    distiset.save_to_disk(target)
+    copies = [str(target), str(tmp_path / "again")]
+    Distiset.load_from_disk(target).save_to_disk(copies[1])
+    for saved in copies:
+        loaded = Pipeline.from_yaml(f"{saved}/pipeline.yaml")
+        assert loaded.dag.get_step("load").data == rows

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -166,3 +170,81 @@ def test_an_empty_distiset_is_refused(fake_hub):
     with pytest.raises(ValueError, match="Nothing to push to 'tester/none'"):
         Distiset().push_to_hub("tester/none", token=TOKEN)
     assert fake_hub.requests == []
+
+
+def _run(tmp_path, rows=6):
+    """A real run (sync executor, cached in `tmp_path`): inline rows >> a tag."""
+    from stillhouse.core import Pipeline
+    from stillhouse.core.steps import LoadDataFromDicts
+    from stillhouse.core.testing.steps import Tag
+
+    with Pipeline(name="hubrun", cache_dir=str(tmp_path / "cache"), executor="sync") as pipeline:
+        LoadDataFromDicts(name="load", data=[{"x": i} for i in range(rows)]) >> Tag(name="tag")
+    return pipeline.run(progress=False)
+
+
+def test_the_card_reproduce_command_runs_from_the_hub(fake_hub, tmp_path):
+    """pipeline.yaml refers to its inline rows (`inline_data/<sha>.json`): they go up in the
+    same commit at that path, so the card's command, run as a reader would, works."""
+    distiset = _run(tmp_path)
+    run_dir = distiset.pipeline_path.parent
+    [inline] = [p.relative_to(run_dir).as_posix() for p in (run_dir / "inline_data").iterdir()]
+    distiset.push_to_hub("tester/repro", token=TOKEN)
+
+    repo = fake_hub.repos["tester/repro"]
+    assert f"inline_data: {inline}".encode() in repo.files["pipeline.yaml"]
+    assert repo.files[inline] == (run_dir / inline).read_bytes()
+    assert fake_hub.commits[-1]["paths"] == ["pipeline.yaml", inline, "pipeline.log", "README.md"]
+
+    _, body = _card(repo)
+    [command] = [line for line in body.splitlines() if line.startswith("stillhouse pipeline run")]
+    env = {
+        **os.environ,  # HF_ENDPOINT points at the fake Hub; no token: a reader needs none
+        "STILLHOUSE_CACHE_DIR": str(tmp_path / "reader-cache"),
+        "STILLHOUSE_PROGRESS": "0",
+    }
+    script = Path(sys.executable).parent / "stillhouse"  # the console script uv installed
+    done = subprocess.run(
+        [str(script), *shlex.split(command)[1:]], capture_output=True, text=True, timeout=60,
+        env=env, cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "default: 6 rows" in done.stdout
+    assert not fake_hub.unhandled
+
+
+def test_the_card_of_a_cached_rerun_counts_the_stored_rows(fake_hub, tmp_path):
+    _run(tmp_path)
+    again = _run(tmp_path)  # the same script run again: every step comes from the cache
+    again.push_to_hub("tester/cached", token=TOKEN)
+    _, body = _card(fake_hub.repos["tester/cached"])
+    section = body.split("## Run summary", 1)[1].split("\n## ", 1)[0]
+    assert "every step's results came from the cache" in section
+    assert "| `load` | 6 | cached |" in section and "| `tag` | 6 | cached |" in section
+    assert "in_flight" not in section and "generation" not in section
+
+
+def test_only_inline_files_beside_pipeline_yaml_go_up(fake_hub, tmp_path, caplog):
+    """A missing data file is a warning (the push goes on); a reference outside the
+    pipeline file's folder is never followed."""
+    distiset = _distiset(tmp_path)
+    run_dir = distiset.pipeline_path.parent
+    (run_dir / "inline_data").mkdir()
+    (run_dir / "inline_data" / "aa.json").write_text("[1]")
+    (tmp_path / "private.json").write_text("[2]")
+    references = {
+        "here": {"inline_data": "inline_data/aa.json", "sha256": "a" * 64, "rows": 1},
+        "gone": {"inline_data": "inline_data/bb.json", "sha256": "b" * 64, "rows": 1},
+        "out": {"inline_data": "../private.json", "sha256": "c" * 64, "rows": 1},
+    }
+    spec = yaml.safe_load(PIPELINE_YAML)
+    spec["pipeline"]["steps"][0]["step"].update(references)
+    distiset.pipeline_path.write_text(yaml.safe_dump(spec))
+    caplog.set_level(logging.WARNING, logger="stillhouse.distiset")
+
+    distiset.push_to_hub("tester/inline", token=TOKEN)
+    repo = fake_hub.repos["tester/inline"]
+    assert repo.files["inline_data/aa.json"] == b"[1]"
+    assert not [path for path in repo.files if "bb.json" in path or "private" in path]
+    assert "inline_data/bb.json, which is missing" in caplog.text
+    assert "'../private.json', outside its folder" in caplog.text

@@ -134,7 +134,36 @@ def _plain(value: Any) -> str:
 # -- pipeline run / info -----------------------------------------------------------------
 
 
+def _check_repo_id(repo_id: str) -> None:
+    """Refuse, before anything runs, a `--repo-id` the push would refuse after the run: an
+    id the Hub does not accept, or no token to push with (the token is never shown)."""
+    try:  # only when pushing: the CLI starts without it, and core does not depend on it
+        from huggingface_hub import get_token
+        from huggingface_hub.errors import HFValidationError
+        from huggingface_hub.utils import validate_repo_id
+    except ImportError:
+        raise ValueError(
+            "--repo-id needs a Distiset result to push; install stillhouse-distiset to push."
+        ) from None
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        reason = str(exc).replace(f": {repo_id!r}", "").replace(f": '{repo_id}'", "").rstrip(".")
+        raise ValueError(
+            f"--repo-id {repo_id!r} is not a Hub dataset repository id ({reason}). Pass "
+            "USER_OR_ORG/NAME, e.g. --repo-id my-user/my-dataset."
+        ) from None
+    if not (os.environ.get("HF_TOKEN") or get_token()):
+        raise ValueError(
+            f"--repo-id {repo_id!r} needs a Hugging Face token to push, and none was found. "
+            "Set HF_TOKEN or run `hf auth login`, then run the command again."
+        )
+
+
 def _cmd_pipeline_run(args: argparse.Namespace) -> int:
+    if args.repo_id is not None:
+        _check_repo_id(args.repo_id)  # before the run, not after it
     if args.private and not args.repo_id:
         raise ValueError("--private only applies to a push: add --repo-id USER/NAME.")
     pipeline = load_pipeline(args.config)

@@ -53,10 +53,11 @@ def render_card(
     rows = [sum(counts.values()) for counts in distiset.row_counts().values()]
     card.data.size_categories = size_category(max(rows, default=0))
     raw_url = f"{hub_url.rstrip('/')}/datasets/{repo_id}/raw/main"
+    info = _pipeline_info(pipeline_yaml)
     sections = [
-        _summary(distiset, repo_id, _pipeline_info(pipeline_yaml)),
+        _summary(distiset, repo_id, info),
         _reproduce(raw_url, pipeline_yaml is not None, script_name),
-        _run_summary(distiset.run_summary),
+        _run_summary(distiset, info),
         _examples(distiset),
         _artifacts(distiset),
     ]
@@ -161,13 +162,81 @@ def _reproduce(raw_url: str, has_pipeline: bool, script_name: str | None) -> str
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _run_summary(summary: list[dict[str, Any]] | None) -> str:
+def _run_summary(distiset: Distiset, info: dict[str, Any]) -> str:
+    """Per step: rows out, computed or cached, failed batches, time.
+
+    A step whose results this run took whole from the cache released nothing, so the
+    run's figures for it are zeros: its rows come from what is stored instead (a leaf:
+    its configuration's rows; a source step: the rows it is known to produce), and what
+    no stored result says is shown as a dash, never as 0."""
+    summary = distiset.run_summary
     if not summary:
         return ""
-    columns = list(dict.fromkeys(key for row in summary for key in row))
-    lines = ["## Run summary", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in summary]
+    stored = _stored_rows(distiset, summary, info)
+    reused = [row for row in summary if _reused(row)]
+    lines = ["## Run summary", ""]
+    if reused and len(reused) == len(summary):
+        lines += [
+            "This run computed nothing: every step's results came from the cache, where an "
+            "earlier run of the same steps on the same inputs had stored them.",
+            "",
+        ]
+    elif reused:
+        lines += [
+            "Steps marked *cached* took their results from the cache, where an earlier run "
+            "had stored them; the others were computed in this run.",
+            "",
+        ]
+    lines += ["| Step | Rows out | Results | Failed batches | Time (s) |", "|---|---:|---|---:|---:|"]
+    unknown = False
+    for row in summary:
+        step = str(row.get("step", ""))
+        status = str(row.get("status") or "").split(",")[0]  # "computed, 2 failed batches"
+        if _reused(row):  # the run's own count is 0 unless the engine read the store
+            rows, failed, seconds = row.get("rows_out") or stored.get(step), None, None
+        else:
+            rows, failed = row.get("rows_out"), row.get("failed_batches")
+            seconds = f"{float(row['seconds']):.2f}" if row.get("seconds") is not None else None
+        unknown |= rows is None or failed is None
+        cells = [f"`{step}`", _figure(rows), status, _figure(failed), _figure(seconds)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    if unknown:
+        lines += [
+            "",
+            "—: not known to this run, which reused the step's stored results without "
+            "reading them again.",
+        ]
     return "\n".join(lines) + "\n"
+
+
+def _reused(row: dict[str, Any]) -> bool:
+    """The step's results were taken whole from the cache: no batch went through this run."""
+    return row.get("status") == "cached" and not row.get("batches")
+
+
+def _figure(value: Any) -> str:
+    return "—" if value is None else str(value)
+
+
+def _stored_rows(
+    distiset: Distiset, summary: list[dict[str, Any]], info: dict[str, Any]
+) -> dict[str, int]:
+    """Rows out per step, from what was stored: a leaf's rows are its configuration's; a
+    source step (no predecessor in `pipeline.yaml`) has the total it was known to produce."""
+    counts = {config: sum(splits.values()) for config, splits in distiset.row_counts().items()}
+    steps = [name for name, _ in info.get("steps", [])]
+    edges = info.get("edges", [])
+    leaf_steps = dict(distiset.leaf_steps or {})
+    leaves = [name for name in steps if name not in {source for source, _ in edges}]
+    if not leaf_steps and list(counts) == ["default"] and len(leaves) == 1:
+        leaf_steps = {"default": leaves[0]}  # one leaf is the configuration "default"
+    rows = {leaf_steps.get(config, config): n for config, n in counts.items()}
+    sources = set(steps) - {target for _, target in edges}
+    for row in summary:
+        total = row.get("total")
+        if row.get("step") in sources and row["step"] not in rows and isinstance(total, int):
+            rows[row["step"]] = total
+    return rows
 
 
 def _examples(distiset: Distiset) -> str:

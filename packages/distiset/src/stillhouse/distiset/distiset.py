@@ -75,6 +75,9 @@ class Distiset(dict):
     storage_options: dict[str, Any] | None = None
     run_summary: list[dict[str, Any]] | None = None
     """Per-step rows and timings of the run, shown in the dataset card when set."""
+    leaf_steps: dict[str, str] | None = None
+    """Configuration -> the leaf step whose results it holds (`"default"` -> the single
+    leaf), when the Distiset was built from a run's results."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -250,10 +253,11 @@ class Distiset(dict):
     ) -> None:
         """Save every leaf under `<distiset_path>/<leaf>/`, with the pipeline files beside.
 
-        `pipeline.yaml`, `pipeline.log` and the dataset card (`README.md`) are written to
-        `distiset_path`, and step artifacts to `<distiset_path>/artifacts/<step>/<name>/`
-        (distilabel's artifacts layout; distilabel puts the other three files in
-        `distiset_configs/`, and `load_from_disk` reads both layouts).
+        `pipeline.yaml` (with the `inline_data/` files it refers to), `pipeline.log` and
+        the dataset card (`README.md`) are written to `distiset_path`, and step artifacts
+        to `<distiset_path>/artifacts/<step>/<name>/` (distilabel's artifacts layout;
+        distilabel puts the other three files in `distiset_configs/`, and
+        `load_from_disk` reads both layouts).
 
         Args:
             distiset_path: A local path or an fsspec URL (`s3://...`, `memory://...`).
@@ -275,10 +279,22 @@ class Distiset(dict):
         ):
             if source is not None and wanted:
                 copy_file(source, fs, join(root, filename), self.storage_options)
+        if self.pipeline_path is not None and save_pipeline_config:
+            self._save_inline_data(self.pipeline_path, fs, root)
         for relative, location in self.artifact_files():
             copy_file(location, fs, join(root, ARTIFACTS_DIRNAME, relative), self.storage_options)
         if save_card:
             self._save_card(fs, root, os.path.basename(os.fspath(distiset_path).rstrip("/")))
+
+    def _save_inline_data(self, pipeline_path: Path | str, fs: Any, root: str) -> None:
+        """Copy the inline-data files `pipeline.yaml` refers to, at the same paths, so the
+        saved copy still runs (`stillhouse pipeline run --config <saved>/pipeline.yaml`)."""
+        from stillhouse.distiset._storage import read_bytes
+        from stillhouse.distiset.pipeline_files import inline_files
+
+        text = read_bytes(pipeline_path, self.storage_options)
+        for relative, location in inline_files(pipeline_path, text, self.storage_options):
+            copy_file(location, fs, join(root, relative), self.storage_options)
 
     def _save_card(self, fs: Any, root: str, name: str) -> None:
         """Write the dataset card as `push_to_hub` would, for a repository named `name`."""

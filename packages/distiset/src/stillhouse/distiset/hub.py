@@ -2,8 +2,9 @@
 
 Each leaf goes up with `datasets.DatasetDict.push_to_hub` as its own configuration
 (Parquet shards plus the `configs` entry of the README's YAML header). Then one
-more commit adds the dataset card, `pipeline.yaml`, `pipeline.log`, the script
-and the artifacts. The token is handed to `huggingface_hub` and never logged.
+more commit adds the dataset card, `pipeline.yaml` with the inline-data files it
+refers to, `pipeline.log`, the script and the artifacts. The token is handed to
+`huggingface_hub` and never logged.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from stillhouse.core.errors import HubConnectionError
 from stillhouse.distiset._storage import read_bytes
 from stillhouse.distiset.card import render_card
+from stillhouse.distiset.pipeline_files import inline_files
 
 if TYPE_CHECKING:
     from stillhouse.distiset.distiset import Distiset
@@ -115,6 +117,16 @@ def _push(
         operations.append(
             CommitOperationAdd(path_in_repo="pipeline.yaml", path_or_fileobj=pipeline_yaml)
         )
+        # The inline rows it refers to, at the same paths: the card's reproduce command
+        # loads them from beside the pipeline file.
+        for relative, location in inline_files(
+            distiset.pipeline_path, pipeline_yaml, distiset.storage_options
+        ):
+            operations.append(
+                CommitOperationAdd(
+                    path_in_repo=relative, path_or_fileobj=_content(distiset, location)
+                )
+            )
     if distiset.log_filename_path is not None:
         log = _content(distiset, distiset.log_filename_path)
         operations.append(CommitOperationAdd(path_in_repo="pipeline.log", path_or_fileobj=log))

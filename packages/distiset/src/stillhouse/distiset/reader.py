@@ -134,6 +134,7 @@ def build_distiset(
     distiset = Distiset.deferred(list(names), load)
     if not deferred:
         distiset._materialize()
+    distiset.leaf_steps = dict(names)
     run_dir = posixpath.dirname(root)
     distiset.pipeline_path = pipeline_path or _if_exists(fs, join(run_dir, PIPELINE_FILENAME))
     distiset.log_filename_path = log_filename_path or _if_exists(fs, join(run_dir, LOG_FILENAME))
