@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import logging
+import tempfile
 from typing import Any
 
 import fsspec
 import pytest
 
-from stillhouse.core import Pipeline, Step, StepInput, StepOutput
+from stillhouse.core import Pipeline, Step, StepInput, StepOutput, sample_n_steps
 from stillhouse.core.errors import CacheLockedError
-from stillhouse.core.steps import LoadDataFromDicts
+from stillhouse.core.steps import GroupColumns, LoadDataFromDicts
 from tests.support.local_servers import moto_s3
 from tests.support.results import rows_of
-from tests.support.steps import Count, Double, Slow, Tag
+from tests.support.steps import AlwaysFail, Count, Double, Slow, Tag
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,3 +133,64 @@ def test_a_finished_remote_store_missing_a_batch_is_recomputed():
     rows = rows_of(again.run(progress=False), "tag")
     assert [r["x"] for r in rows] == [r["x"] for r in first]
     assert "slow" in computed(again)
+
+
+def routed(cache_dir: str, *, tag: str = "C") -> Pipeline:
+    with Pipeline(name="routes", cache_dir=cache_dir, executor="sync") as pipeline:
+        load = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(24)], batch_size=4)
+        branches = [Tag(name="a", tag="A"), Tag(name="b", tag="B"), Tag(name="c", tag=tag)]
+        group = GroupColumns(name="group", columns=["z"], output_columns=["zs"])
+        load >> sample_n_steps(2) >> branches >> group
+    return pipeline
+
+
+def test_a_finished_remote_store_missing_a_routing_decision_is_recomputed(caplog):
+    url = "memory://remote-routes"
+    first = rows_of(routed(url).run(progress=False))
+    fs, root = fsspec.core.url_to_fs(url)
+    routes = sorted(p for p in fs.find(f"{root}/routes/steps") if "/load-" in p and p.rsplit("/", 1)[-1].startswith("r-"))
+    assert len(routes) == 6  # one routing decision per batch of "load"
+    fs.rm_file(routes[2])
+    caplog.set_level(logging.WARNING, logger="stillhouse.cache")
+    again = routed(url, tag="C2")  # branch "c" is recomputed and needs load's routes
+    rows = rows_of(again.run(progress=False))
+    assert "load" in computed(again)  # routes are decided again for every batch, not one
+    assert any("cannot be trusted" in r.getMessage() and "routing decisions" in r.getMessage() for r in caplog.records)
+    assert [r["x"] for r in rows] == [r["x"] for r in first]
+    assert all(len(set(r["zs"])) == 2 for r in rows)
+
+
+def test_the_remote_pipeline_log_keeps_earlier_runs_and_no_local_copy_is_left(monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the local copy of the log goes
+
+    def failing() -> Pipeline:
+        with Pipeline(name="logs", cache_dir="memory://remote-logs", executor="sync") as pipeline:
+            LoadDataFromDicts(name="load", data=[{"x": i} for i in range(4)]) >> AlwaysFail(name="fails")
+        return pipeline
+
+    first = failing()
+    first.run(progress=False)
+    log = f"{first.run_dir}/pipeline.log"
+    fs, path = fsspec.core.url_to_fs(log)
+    computed_log = fs.cat_file(path).decode()
+    assert "this step always fails" in computed_log
+    again = failing()
+    again.run(progress=False)
+    assert computed(again) == set()
+    cached_log = fs.cat_file(path).decode()
+    assert cached_log.startswith(computed_log)  # the computing run's traceback is kept
+    assert "resumes from its cache" in cached_log[len(computed_log):]
+    assert list(tmp_path.glob("stillhouse-log-*")) == []
+
+
+def test_the_remote_pipeline_yaml_keeps_inline_rows_beside_it():
+    rows = [{"marker": f"ROW-{i}"} for i in range(3)]
+    with Pipeline(name="inline", cache_dir="memory://remote-inline", executor="sync") as pipeline:
+        LoadDataFromDicts(name="load", data=rows)
+    pipeline.run(progress=False)
+    fs, run_path = fsspec.core.url_to_fs(pipeline.run_dir)
+    text = fs.cat_file(f"{run_path}/pipeline.yaml").decode()
+    assert "ROW-1" not in text and "inline_data/" in text
+    assert [p.rsplit("/", 1)[-1].endswith(".json") for p in fs.find(f"{run_path}/inline_data")] == [True]
+    loaded = Pipeline.from_yaml(f"{pipeline.run_dir}/pipeline.yaml")
+    assert loaded.dag.get_step("load").data == rows

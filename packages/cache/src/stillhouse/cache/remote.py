@@ -3,9 +3,16 @@
 Object stores have no append and no rename, but a single PUT is atomic. So a remote
 step store keeps one object per output batch (`b-<lineage>-<index>-<rows>.sh`, one
 record framed as in the local log: data only, header and payload under one CRC) and
-one per routing decision; saving a batch costs one PUT of that batch. `meta.json` is rewritten with one PUT. The lock is a lease object that
-a live run refreshes; a lease older than `LEASE_SECONDS` belongs to a dead run.
-Only the driver process writes the cache, whatever the executor.
+one per routing decision; saving a batch costs one PUT of that batch. `meta.json` is
+rewritten with one PUT. Only the driver process writes the cache, whatever the executor.
+
+The lock is a lease object, `<pipeline>/.lock`, naming the run that holds it (`Lease`):
+created only if absent (S3 `If-None-Match: *`), renewed by a heartbeat thread, and
+taken over when it expired or when its owner was a process of this machine that is
+gone. A run that finds its lease taken over stops writing (`Lease.check`).
+
+Not here: the local cache (`run_store.py`, `store.py`), the rule deciding what is
+reused (`reuse.py`).
 """
 
 from __future__ import annotations
@@ -14,10 +21,8 @@ import contextlib
 import json
 import logging
 import os
-import socket
+import shutil
 import tempfile
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +41,9 @@ from stillhouse.cache.durable import (
     remote_lasting_root,
     started_over,
 )
+from stillhouse.cache.lease import Lease
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
-from stillhouse.cache.reuse import Holdings, decide
+from stillhouse.cache.reuse import Decision, Holdings, decide
 from stillhouse.cache.signature import routing_identity, signature_table
 from stillhouse.cache.store import (
     _suspended_name,
@@ -49,7 +55,7 @@ from stillhouse.cache.store import (
 from stillhouse.core.dag import load_stages
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.engine.plan import compile_plan
-from stillhouse.core.errors import CacheLockedError, CorruptCacheError
+from stillhouse.core.errors import CorruptCacheError
 from stillhouse.core.serialization import dumps
 
 if TYPE_CHECKING:
@@ -58,46 +64,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("stillhouse.cache")
 
-LEASE_SECONDS = 300.0
-_REFRESH_EVERY = 30.0
 _SUFFIX = ".sh"
-
-
-class Lease:
-    """`.lock` object naming its owner; refreshed while the run lives."""
-
-    def __init__(self, fs: Any, path: str, pipeline_name: str) -> None:
-        self.fs, self.path = fs, path
-        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        if fs.exists(path):
-            try:
-                held = json.loads(fs.cat_file(path))
-            except (OSError, ValueError):
-                held = {}
-            age = time.time() - float(held.get("time", 0))
-            if age < LEASE_SECONDS:
-                raise CacheLockedError(
-                    f"Another run of pipeline {pipeline_name!r} ({held.get('owner')}) is using "
-                    f"the cache {fs.unstrip_protocol(path)} (its lease was renewed {age:.0f} s "
-                    "ago). Wait for it to finish, or give this run another name= or cache_dir=."
-                )
-        self._written = 0.0
-        self.refresh(force=True)
-
-    def refresh(self, force: bool = False) -> None:
-        if force or time.monotonic() - self._written > _REFRESH_EVERY:
-            self.fs.pipe_file(self.path, json.dumps({"owner": self.owner, "time": time.time()}).encode())
-            self._written = time.monotonic()
-
-    def release(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            self.fs.rm_file(self.path)
 
 
 class RemoteStepStore(StepStore):
     """One object per batch, `b-<lineage>-<index>-<rows>.sh`, and per routing decision,
     `r-<ordinal>.sh`, each one framed record (`records.frame`); the row count in the
-    name lets a listing alone check a finished store against its `meta.json`."""
+    name lets a listing alone check a finished store against its `meta.json`, which
+    records its batches, rows and routing decisions when the step finishes."""
 
     def __init__(self, fs: Any, root: str, meta: dict[str, Any], lease: Lease) -> None:
         self.fs, self.root, self.meta, self.lease = fs, root, meta, lease
@@ -105,7 +79,7 @@ class RemoteStepStore(StepStore):
         self.batching = meta.get("batching")
         self.routing: str | None = None  # the routing function after this step (`routing_identity`)
         self.lasting: Path | None = None  # its lasting folder, on this machine (`RemoteRunStore`)
-        self._index: dict[str, set[str]] | None = None
+        self._index: set[str] | None = None
         self._batches: dict[BatchKey, str] | None = None
 
     @classmethod
@@ -113,18 +87,31 @@ class RemoteStepStore(StepStore):
         cls, fs: Any, root: str, *, lease: Lease, fresh: bool, keyed: bool = False, **identity: Any
     ) -> RemoteStepStore:
         meta = None if fresh else _read_meta(fs, f"{root}/meta.json")
+        listed: list[set[str]] = []  # the listing `decide` asked for (a finished store)
+
+        def holdings() -> Holdings:
+            listed.append(_listing(fs, root))
+            return _holdings(listed[0])
+
         decision = decide(
             meta, signature=identity["signature"], predecessors=identity["predecessors"],
             batching=identity["batching"], keyed=keyed, fresh="use_cache=False" if fresh else None,
-            holdings=lambda: _holdings(_listing(fs, root)),
+            holdings=holdings,
         )
+        if decision.action == "reuse" and listed:
+            decision = _missing_routes(meta, listed[0]) or decision
         if decision.action == "recompute":
+            lease.check()
             warn_recomputed(decision, identity["step"], fs.unstrip_protocol(root))
             if fs.exists(root):
                 fs.rm(root, recursive=True)
             meta = new_meta(identity)
             fs.pipe_file(f"{root}/meta.json", json.dumps(meta, indent=2, default=str).encode())
-        return cls(fs, root, meta, lease)
+            listed = [set()]
+        store = cls(fs, root, meta, lease)
+        if listed:
+            store._index = set(listed[0])
+        return store
 
     @property
     def generation(self) -> str:
@@ -163,9 +150,9 @@ class RemoteStepStore(StepStore):
         return header, payload, where
 
     def _put(self, name: str, blob: bytes) -> None:
+        self.lease.check()
         self.fs.pipe_file(f"{self.root}/{name}", blob)
         self.index.add(name)
-        self.lease.refresh()
 
     def get(self, key: BatchKey) -> BatchRecord | None:
         name = self.batches.get(key)
@@ -207,6 +194,7 @@ class RemoteStepStore(StepStore):
 
     def put_suspended(self, key: BatchKey, state: dict[str, Any] | None) -> None:
         name = _suspended_name(key)
+        self.lease.check()
         if state is None:
             if name in self.index:
                 self.fs.rm(f"{self.root}/{name}")
@@ -223,8 +211,12 @@ class RemoteStepStore(StepStore):
         return parse_suspended(self.fs.cat_file(path), self.fs.unstrip_protocol(path))
 
     def mark_finished(self) -> None:
+        self.lease.check()
         found = _holdings(self.index)
-        self.meta = {**self.meta, "finished": True, "batches": found.batches, "rows": found.rows}
+        self.meta = {
+            **self.meta, "finished": True, "batches": found.batches, "rows": found.rows,
+            "routes": _routes(self.index),
+        }
         self.finished = True
         self.fs.pipe_file(f"{self.root}/meta.json", json.dumps(self.meta, indent=2, default=str).encode())
 
@@ -258,6 +250,25 @@ def _holdings(names: set[str]) -> Holdings:
     return Holdings(len(parsed), sum(rows for _, rows in parsed))
 
 
+def _routes(names: set[str]) -> int:
+    return sum(1 for name in names if name.startswith("r-") and name.endswith(_SUFFIX))
+
+
+def _missing_routes(meta: dict[str, Any] | None, names: set[str]) -> Decision | None:
+    """A finished store that lost routing decisions is damaged, as a local log that lost
+    bytes is (`reuse.decide`): reusing it would decide those routes anew. Stores finished
+    before the count was recorded are not checked."""
+    expected = (meta or {}).get("routes")
+    found = _routes(names)
+    if expected is None or found == expected:
+        return None
+    return Decision(
+        "recompute",
+        f"it holds {found} routing decisions, but it recorded {expected} when it finished",
+        damaged=True,
+    )
+
+
 def _read_meta(fs: Any, path: str) -> dict[str, Any] | None:
     try:
         blob = fs.cat_file(path)
@@ -267,7 +278,13 @@ def _read_meta(fs: Any, path: str) -> dict[str, Any] | None:
 
 
 class RemoteRunStore(RunStore):
-    """The layout of `run_store.py`, on an fsspec URL."""
+    """The layout of `run_store.py`, on an fsspec URL.
+
+    `pipeline.log` is a local file during the run (the log handler appends to it) in a
+    temporary folder: it starts with the run folder's remote `pipeline.log`, so earlier
+    runs' lines are kept as in a local cache, and is uploaded whole by `sync`; `close`
+    removes the folder once the log is uploaded. Inline rows are written beside
+    `pipeline.yaml` (`inline_data/<sha>.json`), as in a local cache."""
 
     def __init__(self, context: RunContext) -> None:
         pipeline: Pipeline = context.pipeline
@@ -280,24 +297,61 @@ class RemoteRunStore(RunStore):
         self.run_path = f"{self.base}/{pipeline.signature}"
         self.run_dir = self.fs.unstrip_protocol(self.run_path)
         self.lease = Lease(self.fs, f"{self.base}/.lock", pipeline.name)
+        self._scratch = Path(tempfile.mkdtemp(prefix="stillhouse-log-"))  # private (0700)
+        self._log = self._scratch / "pipeline.log"
+        self._uploaded: tuple[int, int] | None = None  # (size, mtime) of the log last uploaded
         try:  # whatever fails from here on frees the lease for the next run
             self.fresh = set(fresh_steps) if use_cache else set(pipeline.dag.step_names)
             self.started_over = started_over(pipeline, use_cache)
             self.signatures, self.parts = signature_table(pipeline.dag, enable_metadata=pipeline.enable_metadata)
             self.stores: dict[str, RemoteStepStore] = {}
-            self._log = Path(tempfile.mkdtemp(prefix="stillhouse-log-")) / "pipeline.log"
-            self._put_text("pipeline.yaml", dumps(pipeline.dump(), "yaml"))
+            self._fetch_log()
+            self._put_record()
             try:
                 stages = load_stages(pipeline.dag, None)
             except Exception:
                 stages = []
             self._put_text("stages.json", json.dumps({"stages": stages}, indent=2))
         except BaseException:
+            shutil.rmtree(self._scratch, ignore_errors=True)
             self.lease.release()
             raise
 
-    def _put_text(self, name: str, text: str) -> None:
-        self.fs.pipe_file(f"{self.run_path}/{name}", text.encode("utf-8"))
+    def _fetch_log(self) -> None:
+        """Start the local log with the remote one: a rerun adds to it, as locally."""
+        fd = os.open(self._log, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as local:
+            try:
+                with self.fs.open(f"{self.run_path}/pipeline.log", "rb") as remote:
+                    shutil.copyfileobj(remote, local)
+            except FileNotFoundError:
+                pass
+
+    def _put_record(self) -> None:
+        """`pipeline.yaml`, with inline rows in files beside it (`inline_data.write_references`,
+        written to a local folder, then uploaded unless the run folder holds them already).
+        The files go first, so a `pipeline.yaml` never names one that is not there; it is
+        replaced only when it differs."""
+        with tempfile.TemporaryDirectory(prefix="stillhouse-record-") as local:
+            text = dumps(self.pipeline.dump(inline_dir=local), "yaml")
+            listings: dict[str, set[str]] = {}
+            for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+                folder, _, name = f"{self.run_path}/{path.relative_to(local).as_posix()}".rpartition("/")
+                if folder not in listings:
+                    listings[folder] = _listing(self.fs, folder)
+                if name not in listings[folder]:
+                    self.lease.check()
+                    self.fs.put_file(str(path), f"{folder}/{name}")
+        self._put_text("pipeline.yaml", text, if_changed=True)
+
+    def _put_text(self, name: str, text: str, *, if_changed: bool = False) -> None:
+        self.lease.check()
+        path, data = f"{self.run_path}/{name}", text.encode("utf-8")
+        if if_changed:
+            with contextlib.suppress(FileNotFoundError):
+                if self.fs.cat_file(path) == data:
+                    return
+        self.fs.pipe_file(path, data)
 
     def step_store(self, name: str, batching: int | None = None) -> StepStore:
         dag = self.pipeline.dag
@@ -328,6 +382,8 @@ class RemoteRunStore(RunStore):
         return self._log
 
     def save_progress(self, progress: dict[str, Any]) -> None:
+        if self.lease.lost is not None:
+            return  # the run folder is another run's now; the error was raised and logged
         steps = {row["step"]: row for row in progress.get("steps", [])}
         for name, store in self.stores.items():
             steps.setdefault(name, {}).update(
@@ -337,11 +393,26 @@ class RemoteRunStore(RunStore):
             {"completed": progress.get("completed", False), "steps": steps}, indent=2, default=str))
 
     def sync(self) -> None:
-        if self._log.exists():
+        if self.lease.lost is not None or not self._log.exists():
+            return
+        stat = self._log.stat()
+        if self._uploaded != (stat.st_size, stat.st_mtime_ns):
             self.fs.put_file(str(self._log), f"{self.run_path}/pipeline.log")
+            self._uploaded = (stat.st_size, stat.st_mtime_ns)
 
     def close(self, *, completed: bool) -> None:
+        uploaded = False
         try:
             self.sync()
+            uploaded = self.lease.lost is None
         finally:
-            self.lease.release()
+            try:
+                self.lease.release()
+            finally:
+                if uploaded:
+                    shutil.rmtree(self._scratch, ignore_errors=True)
+                else:
+                    logger.warning(
+                        "The log of this run was not uploaded to %s/pipeline.log; it is kept in %s.",
+                        self.run_dir, self._log,
+                    )
