@@ -79,40 +79,32 @@ def race(filesystems: list[Any], path: str) -> list[Any]:
     return held
 
 
-def test_runs_racing_for_a_lease_on_a_slow_store_yield_one_holder():
-    path = unique_path()
-    held = race([LaggyMemory() for _ in range(4)], path)
+def assert_one_holder(filesystems: list[Any], path: str, fs: Any) -> None:
+    """Race one acquirer per filesystem: exactly one holds the lease, and `.lock` names it."""
+    held = race(filesystems, path)
     try:
-        assert len(held) == 1
-        assert owner_of(MemoryFileSystem(), path) == held[0].owner
+        assert len(held) == 1, f"{len(held)} runs hold the lease {path}"
+        assert owner_of(fs, path) == held[0].owner
     finally:
         for lease in held:
             lease.release()
+
+
+def test_runs_racing_for_a_lease_on_a_slow_store_yield_one_holder():
+    assert_one_holder([LaggyMemory() for _ in range(4)], unique_path(), MemoryFileSystem())
 
 
 def test_runs_racing_for_a_lease_on_s3_yield_one_holder(monkeypatch):
     with moto_s3(monkeypatch, "lease-race") as (_, fs):
         for round_ in range(3):
-            path = f"lease-race/r{round_}/pipe/.lock"
-            held = race([fsspec.filesystem("s3", skip_instance_cache=True) for _ in range(4)], path)
-            try:
-                assert len(held) == 1, f"round {round_}: {len(held)} runs hold the lease"
-                assert owner_of(fs, path) == held[0].owner
-            finally:
-                for lease in held:
-                    lease.release()
+            racers = [fsspec.filesystem("s3", skip_instance_cache=True) for _ in range(4)]
+            assert_one_holder(racers, f"lease-race/r{round_}/pipe/.lock", fs)
 
 
 def test_runs_racing_to_take_over_an_expired_lease_yield_one_holder():
     path = unique_path()
     MemoryFileSystem().pipe_file(path, json.dumps({"owner": "gone:1:abc", "time": 0}).encode())
-    held = race([LaggyMemory() for _ in range(4)], path)
-    try:
-        assert len(held) == 1
-        assert owner_of(MemoryFileSystem(), path) == held[0].owner
-    finally:
-        for lease in held:
-            lease.release()
+    assert_one_holder([LaggyMemory() for _ in range(4)], path, MemoryFileSystem())
     assert not MemoryFileSystem().glob(f"{path}.takeover-*")
 
 
