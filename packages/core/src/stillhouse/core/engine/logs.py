@@ -142,8 +142,8 @@ def mask_secrets(text: str, secrets: set[str] | frozenset[str]) -> str:
 
 class StepFormatter(logging.Formatter):
     """pipeline.log's format: `%(stillhouse_tag)s` is `[step rN] ` on a step's records.
-    With `secrets`, those values and credential headers are masked in every line (a
-    library logging its requests at DEBUG: botocore, httpx)."""
+    Every line has the values of credential headers masked (a library logging its
+    requests at DEBUG: botocore, httpx), and the values in `secrets` too."""
 
     def __init__(self, fmt: str | None = None, *, secrets: set[str] | frozenset[str] | None = None) -> None:
         super().__init__(fmt)
