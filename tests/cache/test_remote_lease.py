@@ -145,7 +145,7 @@ class TakenOver(Step):
         if owner_of(fs, self.lock) != "another-machine:1:abc":
             record = {"owner": "another-machine:1:abc", "time": time.time(), "seconds": 60}
             fs.pipe_file(self.lock, json.dumps(record).encode())
-            time.sleep(1.0)
+            time.sleep(3.0)  # the heartbeat (every 0.1 s) gets 30 chances to notice, even on a busy machine
         yield inputs
 
 
@@ -164,11 +164,11 @@ def test_a_run_whose_lease_was_taken_over_stops_and_leaves_the_lease_alone(monke
 
 
 def test_the_heartbeat_keeps_the_lease_of_a_run_that_writes_nothing(monkeypatch):
-    monkeypatch.setattr(leases, "LEASE_SECONDS", 1.0)
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 2.0)  # renewed every 0.2 s: 10 chances per lifetime
     fs, path = MemoryFileSystem(), unique_path()
     lease = leases.Lease(fs, path, "pipe")
     try:
-        time.sleep(2.5)  # longer than the lease lives unless renewed
+        time.sleep(3.0)  # longer than the lease lives unless renewed
         with pytest.raises(CacheLockedError, match="still running on this machine"):
             leases.Lease(fs, path, "pipe")
         assert owner_of(fs, path) == lease.owner
@@ -184,7 +184,7 @@ def test_a_lease_left_by_a_killed_process_of_this_machine_is_taken_over(tmp_path
     lock.parent.mkdir()
     code = (
         "import os, signal, sys, fsspec\n"
-        "from stillhouse.cache.remote import Lease\n"
+        "from stillhouse.cache.lease import Lease\n"
         "Lease(fsspec.filesystem('file'), sys.argv[1], 'pipe')\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -115,11 +115,12 @@ def test_sigkill_while_offline_jobs_run_then_rerun_submits_no_job_twice(tmp_path
     jobs the killed run submitted and waits for them instead of paying for them again."""
     offline = {"use_offline_batch_generation": True, "offline_batch_generation_block_until_done": 0.05}
     jobs = ROWS // 10  # llm_pipeline's input_batch_size
-    with FakeOpenAIServer(api_key=API_KEY, batch_seconds=3.0) as server:
+    with FakeOpenAIServer(api_key=API_KEY, batch_seconds=3600.0) as server:  # no job ends before the kill
         cache, out = tmp_path / "cache", tmp_path / "out.json"
         process = _start(cache, executor, server.base_url, out, **offline)
         _kill_when(process, lambda: len(list(cache.rglob("offline-jobs/*.json"))) >= jobs,
                    "every job submitted and kept")
+        server.batch_seconds = 0.0  # the jobs are done when the rerun asks
         _finish(_start(cache, executor, server.base_url, out, **offline))
         rows = json.loads(out.read_text())
         assert sorted(r["generation"] for r in rows) == sorted(f"echo: question {i}" for i in range(ROWS))
