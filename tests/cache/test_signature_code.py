@@ -255,3 +255,119 @@ def test_a_class_whose_name_starts_two_classes_in_its_module_is_still_signed_by_
     """
     one = _signature_of(modules("twice_named", source.replace("KVALUE", "1")).AddK)
     assert _signature_of(modules("twice_named", source.replace("KVALUE", "2")).AddK) != one
+
+
+HELPERS = """
+    import functools
+    import re
+
+    SUFFIX = "!"
+    WORDS = re.compile(r"\\w+")
+
+    def shout(text):
+        return text.upper() + SUFFIX
+
+    @functools.lru_cache(maxsize=None)
+    def cached_count(text):
+        return len(WORDS.findall(text))
+
+    def unrelated():
+        return "not read by any step"
+"""
+
+READER = """
+    import json
+    import helpers_read
+    from helpers_read import shout, cached_count
+    from stillhouse.core import Step
+
+    LABELS = ["pos", "neg"]
+    SEEN = []
+
+    def clean(text):
+        return shout(text.strip())
+
+    class Reader(Step):
+        def process(self, inputs):
+            SEEN.append(len(inputs))
+            yield [
+                {**row, "y": clean(row["t"]) + json.dumps(LABELS) + str(cached_count(row["t"]))
+                 + helpers_read.SUFFIX}
+                for row in inputs
+            ]
+
+    def other():
+        return 1
+"""
+
+
+@pytest.mark.parametrize(
+    ("module", "before", "after"),
+    [
+        ("reader_read", "return shout(text.strip())", "return shout(text.lstrip())"),  # a helper in its module
+        ("reader_read", 'LABELS = ["pos", "neg"]', 'LABELS = ["pos", "neg", "mixed"]'),  # a constant there
+        ("helpers_read", "text.upper()", "text.lower()"),  # a helper's code in another module
+        ("helpers_read", 'SUFFIX = "!"', 'SUFFIX = "?"'),  # a constant a helper reads there
+        ("helpers_read", r'r"\w+"', r'r"\S+"'),  # read by a decorated (lru_cache) helper
+    ],
+)
+def test_editing_a_helper_or_constant_the_step_reads_changes_its_signature(modules, module, before, after) -> None:
+    modules("helpers_read", HELPERS)
+    reader = modules("reader_read", READER)
+    signature = _signature_of(reader.Reader)
+    sources = {"helpers_read": HELPERS, "reader_read": READER}
+    assert before in sources[module]
+    modules(module, sources[module].replace(before, after))
+    if module == "helpers_read":
+        reader = modules("reader_read", READER)  # imports the edited helpers again
+    assert _signature_of(reader.Reader) != signature
+
+
+def test_what_the_step_does_not_read_and_what_it_fills_while_running_leave_its_signature(modules) -> None:
+    modules("helpers_read", HELPERS)
+    reader = modules("reader_read", READER)
+    signature = _signature_of(reader.Reader)
+    reader.SEEN.extend([1, 2, 3])  # a module-level list the step fills: its statement is signed, not its value
+    assert _signature_of(reader.Reader) == signature
+    modules("helpers_read", HELPERS.replace('"not read by any step"', '"still not read"'))
+    reader = modules("reader_read", READER.replace("return 1", "return 2"))
+    assert _signature_of(reader.Reader) == signature
+
+
+def test_an_edited_helper_recomputes_the_step_and_only_it(modules, tmp_path) -> None:
+    """End to end: the rows come from the edited helper, the step before keeps its rows."""
+    def run(helpers: str) -> list[str]:
+        modules("helpers_read", helpers)
+        reader = modules("reader_read", READER)
+        Counted.processed = 0
+        with Pipeline(name="helpers", cache_dir=tmp_path, executor="sync") as pipeline:
+            LoadDataFromDicts(data=[{"t": " a b "}, {"t": "c"}]) >> Counted(name="counted") >> reader.Reader(name="reader")
+        return [row["y"] for row in rows_of(pipeline.run(progress=False))]
+
+    assert run(HELPERS) == ['A B!["pos", "neg"]2!', 'C!["pos", "neg"]1!']
+    assert Counted.processed == 1
+    assert run(HELPERS.replace("text.upper()", "text.lower()")) == ['a b!["pos", "neg"]2!', 'c!["pos", "neg"]1!']
+    assert Counted.processed == 0  # before: the first run's rows came back, and nothing ran
+
+
+def test_a_routing_functions_helper_is_signed_with_it(modules) -> None:
+    source = """
+        from stillhouse.core import routing_batch_function
+
+        def choose(steps):
+            return [steps[INDEX]]
+
+        INDEX = 0
+
+        @routing_batch_function
+        def route(steps):
+            return choose(sorted(steps))
+    """
+
+    def signature(index: int) -> str:
+        route = modules("routes_helper", source.replace("INDEX = 0", f"INDEX = {index}")).route
+        with Pipeline(name="routes") as pipeline:
+            LoadDataFromDicts(data=[{"x": 1}]) >> route >> [Tag(name="b", tag="B"), Tag(name="c", tag="C")]
+        return step_signatures(pipeline.dag)["b"]
+
+    assert signature(0) != signature(1)

@@ -24,9 +24,16 @@ SCRIPT = textwrap.dedent('''
     from stillhouse.core.steps import LoadDataFromDicts
 
 
+    POWER = 2  # a constant and a helper the step reads: signed alike from the script and the CLI
+
+
+    def power(x):
+        return x ** POWER
+
+
     @step(inputs=["x"], outputs=["y"])
     def Square(inputs: StepInput):
-        yield [{**row, "y": row["x"] ** 2} for row in inputs]
+        yield [{**row, "y": power(row["x"])} for row in inputs]
 
 
     with Pipeline(name="scripted", executor="mp") as pipeline:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from stillhouse.cache.code_reads import code_reads, functions_of
 from stillhouse.core._references import class_module
 from stillhouse.core.dag import DAG
 from stillhouse.core.secrets import dump_without_secrets
@@ -66,13 +67,18 @@ def step_code(step: BaseStep, skip_fields: set[str] | frozenset[str] = frozenset
     for klass in (type(step), *(type(model) for model in _held_models(step, skip_fields))):
         classes.extend(k for k in klass.__mro__ if k not in classes and not _engine_class(k))
     parts = []
+    functions = []
     for klass in classes:
         # A script's class is named by the script's module name, not "__main__": a run
         # from the script and from `pipeline run --config` share their signatures.
         parts.append(f"# {class_module(klass)}.{klass.__qualname__}\n{_source(klass)}")
+        functions.extend(function for _, function in functions_of(klass))
         function = vars(klass).get("_stillhouse_function")
         if function is not None:
             parts.append(_source(function))
+            functions.append(function)
+    # The helpers and constants that code reads from its modules (docs/caching.md).
+    parts.append(code_reads(functions, _source, set(classes)))
     return "\n".join(parts)
 
 
@@ -96,7 +102,7 @@ def _source(obj: Any) -> str:
     except (OSError, TypeError):
         # Defined where there is no source file (`python -c`, a REPL): the bytecode of
         # every function of the class, with its constants and names.
-        functions = [obj] if isinstance(obj, types.FunctionType) else _functions_of(obj)
+        functions = [(obj.__name__, obj)] if isinstance(obj, types.FunctionType) else functions_of(obj)
         codes = [f"{name}:{_code_text(f.__code__)}" for name, f in functions]
         return "\n".join(codes) if codes else f"{obj.__module__}.{obj.__qualname__}"
 
@@ -113,7 +119,7 @@ def _class_source(klass: type) -> str | None:
     lines = linecache.getlines(file)
     starts = re.compile(rf"\s*class\s+{re.escape(klass.__name__)}\b")
     found = [number for number, line in enumerate(lines) if starts.match(line)]
-    methods = {function.__code__.co_firstlineno - 1 for _, function in _functions_of(klass)}
+    methods = {function.__code__.co_firstlineno - 1 for _, function in functions_of(klass)}
     chosen: tuple[int, list[str]] | None = None
     for start in found:
         block = inspect.getblock(lines[start:])
@@ -128,17 +134,6 @@ def _class_source(klass: type) -> str | None:
     while first > 0 and lines[first - 1].lstrip().startswith("@"):
         first -= 1
     return "".join(lines[first:start] + block)
-
-
-def _functions_of(klass: Any) -> list[tuple[str, types.FunctionType]]:
-    """A class's own functions by name: methods, static and class methods, properties."""
-    found = []
-    for name, member in sorted(vars(klass).items()):
-        for candidate in (member, getattr(member, "__func__", None), getattr(member, "fget", None)):
-            if isinstance(candidate, types.FunctionType):
-                found.append((name, candidate))
-                break
-    return found
 
 
 def _code_text(code: types.CodeType) -> str:
@@ -158,7 +153,9 @@ def _routing(routing: Any) -> dict[str, Any]:
     factory (whose arguments, in the dump, say what it does)."""
     dumped = {k: v for k, v in routing.dump().items() if k != "description"}
     if routing.user_function is not None:
-        dumped["code"] = hashlib.sha256(_source(routing.user_function).encode()).hexdigest()
+        function = routing.user_function
+        code = _source(function) + "\n" + code_reads([function], _source, set())
+        dumped["code"] = hashlib.sha256(code.encode()).hexdigest()
     return dumped
 
 

@@ -30,8 +30,13 @@ def _main_file() -> Path | None:
 
 def class_module(cls: type) -> str:
     """The module name to record for `cls`: its own, or the script's for `__main__`."""
-    if cls.__module__ != "__main__":
-        return cls.__module__
+    return module_name(cls.__module__)
+
+
+def module_name(module: str) -> str:
+    """The name to record for module `module`: its own, or the script's for `__main__`."""
+    if module != "__main__":
+        return module
     spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     if spec is not None and spec.name and spec.name != "__main__":
         return spec.name  # `python -m package.module`: its real, importable name
