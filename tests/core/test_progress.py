@@ -17,8 +17,9 @@ from stillhouse.core.engine.progress import (
     progress_line,
     render,
     step_figures,
+    summary_rows,
 )
-from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore
+from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore, NullStepStore
 from stillhouse.core.engine.state import StepStatus, build_states
 from stillhouse.core.steps import LoadDataFromDicts
 
@@ -95,6 +96,39 @@ def test_unknown_totals_show_a_question_mark(tmp_path):
     assert rows["endless"]["total"] is None and rows["endless"]["percent"] is None
     assert "7/? rows (-)" in progress_line(rows["endless"])
     assert "7/?" in _screen(render(states, "unsized", 1.0))
+
+
+class _Stored(NullStepStore):
+    """A finished store that knows how many rows it holds (or cannot say: None)."""
+
+    finished = True
+
+    def __init__(self, rows: int | None) -> None:
+        self.rows = rows
+
+    def stored_rows(self) -> int | None:
+        return self.rows
+
+
+class _Complete(MemoryOutputWriter):
+    def is_complete(self, leaf: str, version: str = "") -> bool:
+        return True
+
+
+def test_a_step_taken_whole_from_the_cache_shows_its_stored_rows():
+    """Nothing needs the rows of a finished step whose leaf is complete: it releases no
+    batch in the run, and its figures are what its store holds."""
+    with Pipeline(name="stored") as pipeline:
+        LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(300)], batch_size=30) >> Square(name="square")
+    stores = {"generate": _Stored(300), "square": _Stored(None)}
+    states = build_states(pipeline.validate(), pipeline.dag, stores, _Complete())
+    assert {name: state.mode for name, state in states.items()} == {"generate": "skip", "square": "skip"}
+    for state in states.values():
+        state.move(StepStatus.SKIPPED)
+    rows = {row["step"]: row for row in summary_rows(states)}
+    assert {k: rows["generate"][k] for k in ("rows_out", "computed_rows", "batches", "status")} == {
+        "rows_out": 300, "computed_rows": 0, "batches": 0, "status": "cached"}
+    assert (rows["square"]["rows_out"], rows["square"]["status"]) == (0, "cached")  # its store cannot say
 
 
 def test_plain_lines_carry_the_same_figures(monkeypatch, caplog):

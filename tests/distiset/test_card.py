@@ -127,8 +127,9 @@ def test_the_run_summary_is_a_table_a_reader_needs_not_the_engine_internals():
 
 
 def test_the_run_summary_after_a_cached_rerun_counts_the_stored_rows(tmp_path):
-    """A rerun takes every step from the cache: its own counts are all 0. The card shows
-    the rows stored (the leaves', and the loader's known total) and says they were reused."""
+    """A rerun takes every step from the cache: it computes nothing, and the engine reports
+    the rows each step's store holds. The card shows them, intermediate steps included,
+    and says they were reused."""
     from stillhouse.core import Pipeline
     from stillhouse.core.steps import LoadDataFromDicts
     from stillhouse.core.testing.steps import Double, DropOdd, Tag
@@ -141,7 +142,10 @@ def test_the_run_summary_after_a_cached_rerun_counts_the_stored_rows(tmp_path):
 
     first, again = run(), run()
     assert {row["status"] for row in again.run_summary} == {"cached"}
-    assert {row["rows_out"] for row in again.run_summary} == {0}  # what the engine counted
+    assert {row["step"]: row["rows_out"] for row in again.run_summary} == {
+        "load": 10, "double": 10, "tag": 10, "drop_odd": 5,  # what the stores hold
+    }
+    assert {row["computed_rows"] for row in again.run_summary} == {0}
     pipeline_yaml = again.pipeline_path.read_text(encoding="utf-8")
 
     section = _run_body(again, pipeline_yaml)
@@ -149,9 +153,8 @@ def test_the_run_summary_after_a_cached_rerun_counts_the_stored_rows(tmp_path):
     assert "| `load` | 10 | cached | — | — |" in section
     assert "| `tag` | 10 | cached | — | — |" in section
     assert "| `drop_odd` | 5 | cached | — | — |" in section
-    double = next(line for line in section.splitlines() if line.startswith("| `double`"))
-    assert not double.startswith("| `double` | 0 |")  # not known here: never shown as 0
-    assert "—: not known to this run" in section
+    assert "| `double` | 10 | cached | — | — |" in section  # an intermediate step's stored rows
+    assert "—: not known to this run" in section  # its failed batches and time
     # The first run computed everything: its own counts and times.
     first_section = _run_body(first, pipeline_yaml)
     assert "| `double` | 10 | computed | 0 |" in first_section
@@ -173,3 +176,25 @@ def test_a_single_leaf_cached_is_counted_from_the_default_configuration():
     }})
     section = _run_body(distiset, pipeline_yaml)
     assert "| `load` | 3 | cached |" in section and "| `only` | 3 | cached |" in section
+
+
+def test_a_reused_step_whose_store_could_not_count_its_rows_shows_a_dash():
+    """The engine reports 0 rows out for a reused step whose store cannot say (a store
+    finished before it recorded the count): an intermediate step then shows a dash."""
+    distiset = _distiset([{"x": 1}] * 3)
+    distiset.run_summary = [
+        {"step": "load", "rows_out": 3, "batches": 0, "failed_batches": 0, "status": "cached"},
+        {"step": "middle", "rows_out": 0, "batches": 0, "failed_batches": 0, "status": "cached"},
+        {"step": "only", "rows_out": 3, "batches": 1, "cached_batches": 0, "failed_batches": 0,
+         "seconds": 0.5, "status": "computed"},
+    ]
+    pipeline_yaml = yaml.safe_dump({"pipeline": {
+        "steps": [{"name": "load"}, {"name": "middle"}, {"name": "only"}],
+        "connections": [{"from": "load", "to": ["middle"]}, {"from": "middle", "to": ["only"]},
+                        {"from": "only", "to": []}],
+    }})
+    section = _run_body(distiset, pipeline_yaml)
+    assert "Steps marked *cached* took their results from the cache" in section
+    assert "| `load` | 3 | cached | — | — |" in section
+    assert "| `middle` | — | cached | — | — |" in section
+    assert "| `only` | 3 | computed | 0 | 0.50 |" in section

@@ -215,10 +215,17 @@ class RemoteStepStore(StepStore):
         found = _holdings(self.index)
         self.meta = {
             **self.meta, "finished": True, "batches": found.batches, "rows": found.rows,
-            "routes": _routes(self.index),
+            "rows_out": found.rows, "routes": _routes(self.index),
         }
         self.finished = True
         self.fs.pipe_file(f"{self.root}/meta.json", json.dumps(self.meta, indent=2, default=str).encode())
+
+    def stored_rows(self) -> int | None:
+        """`meta.json`'s row count, read when the store was opened (a recomputed batch
+        replaces its object, so "rows" of a store finished before "rows_out" was recorded
+        is right too); None before the step finished."""
+        rows = self.meta.get("rows_out", self.meta.get("rows")) if self.finished else None
+        return rows if isinstance(rows, int) else None
 
 
 def _batch_name(key: BatchKey, rows: int) -> str:

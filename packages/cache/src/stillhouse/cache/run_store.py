@@ -12,7 +12,8 @@
         data/<leaf>/*.parquet   results, from which create_distiset rebuilds the Distiset
     steps/<step>-<signature>/   a step's outputs, shared by every shape that has the step
         meta.json               signature (and its parts), generation, batch size, finished,
-                                and once finished its batch and row counts (store.py)
+                                and once finished its batch and row counts and its rows
+                                out (store.py)
         batches.log             append-only output batches, routing decisions and large
                                 columns, each stored once per content (records.py, codec.py)
         durable/                the step's own state across runs (`Step.cache_path`)

@@ -3,8 +3,9 @@
 `meta.json` records who wrote the batches (step, signature and its parts, the
 generations of the predecessors' outputs they were made from), a `generation` of
 its own, the input batch size, and, once the step finished, how many batches and
-rows the log holds and its length in bytes. `reuse.decide` compares all of that
-with the live pipeline and the log before anything is reused.
+rows the log holds, its length in bytes, and the rows out a replay gives (`rows_out`,
+shown by the run summary when a later run reuses the step whole). `reuse.decide`
+compares all of that with the live pipeline and the log before anything is reused.
 """
 
 from __future__ import annotations
@@ -323,10 +324,20 @@ class FileStepStore(StepStore):
             "finished": True,
             "batches": sum(1 for h in log.index if h.kind == BATCH),
             "rows": sum(h.rows for h in log.index if h.kind == BATCH),
+            # what a replay gives: a batch recomputed by `retry_failed` replaces the failed
+            # one, which the log keeps (and "rows" counts)
+            "rows_out": sum(h.rows for h in self._batches.values()),
             "log_bytes": log.index[-1].end if log.index else 0,
         }
         self.finished = True
         atomic_write_json(self.directory / META, self.meta)
+
+    def stored_rows(self) -> int | None:
+        """`meta.json`'s "rows_out", read when the store was opened; None before the step
+        finished, or for a store finished before the count was recorded (its "rows" may
+        count a batch `retry_failed` replaced)."""
+        rows = self.meta.get("rows_out") if self.finished else None
+        return rows if isinstance(rows, int) else None
 
     def sync(self) -> None:
         if self._log is not None:

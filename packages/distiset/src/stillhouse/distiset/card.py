@@ -165,10 +165,12 @@ def _reproduce(raw_url: str, has_pipeline: bool, script_name: str | None) -> str
 def _run_summary(distiset: Distiset, info: dict[str, Any]) -> str:
     """Per step: rows out, computed or cached, failed batches, time.
 
-    A step whose results this run took whole from the cache released nothing, so the
-    run's figures for it are zeros: its rows come from what is stored instead (a leaf:
-    its configuration's rows; a source step: the rows it is known to produce), and what
-    no stored result says is shown as a dash, never as 0."""
+    A step whose results this run took whole from the cache released nothing: the engine
+    reports the rows its store holds as its rows out. Where the store could not say (the
+    count is then 0), its rows come from what was written instead (a leaf: its
+    configuration's rows; a source step: the rows it is known to produce). What no stored
+    result says (failed batches, time, a count nobody knows) is shown as a dash, never
+    as 0."""
     summary = distiset.run_summary
     if not summary:
         return ""
@@ -192,7 +194,7 @@ def _run_summary(distiset: Distiset, info: dict[str, Any]) -> str:
     for row in summary:
         step = str(row.get("step", ""))
         status = str(row.get("status") or "").split(",")[0]  # "computed, 2 failed batches"
-        if _reused(row):  # the run's own count is 0 unless the engine read the store
+        if _reused(row):  # the store's count; 0 when the store could not say
             rows, failed, seconds = row.get("rows_out") or stored.get(step), None, None
         else:
             rows, failed = row.get("rows_out"), row.get("failed_batches")

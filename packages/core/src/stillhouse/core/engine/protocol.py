@@ -292,6 +292,15 @@ class StepStore(ABC):
         Reads every stored batch; a store that can say it cheaper may override this."""
         return {record.key for record in self.records() if record.error is not None}
 
+    def stored_rows(self) -> int | None:
+        """Rows out of the finished stored outputs: the rows `records()` would give, or None
+        when the store is not finished or cannot say.
+
+        The run summary shows it for a step taken whole from the cache, which releases no
+        batch in the run. It must be cheap (from what opening the store already read, at
+        most one small file), never a read of the batches."""
+        return None
+
 
 class RunStore(ABC):
     """Everything a run keeps on disk. Made by the `make_run_store` hook."""

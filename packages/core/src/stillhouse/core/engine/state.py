@@ -205,7 +205,7 @@ class Lineage:
 @dataclass
 class StepStats:
     rows_in: int = 0
-    rows_out: int = 0
+    rows_out: int = 0  # a step taken whole from the cache ("skip"): the rows its store holds
     batches: int = 0
     cached_batches: int = 0
     failed_batches: int = 0
@@ -352,6 +352,9 @@ def build_states(
     if retry_failed:
         _mark_retries(plan, states)
     _decide_modes(plan, states, writer)
+    for state in states.values():
+        if state.mode == "skip":  # taken whole from the cache: it releases nothing in this run
+            state.stats.rows_out = state.store.stored_rows() or 0
     return states
 
 
