@@ -7,12 +7,13 @@ and the Distiset are in tests/distiset/test_distilabel_compat.py.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr
 
 from stillhouse.core import (
     GlobalStep,
@@ -426,3 +427,58 @@ def test_11_a_step_created_outside_a_pipeline_logs_a_warning(caplog) -> None:
     with Pipeline(name="inside"), caplog.at_level(logging.WARNING, logger="stillhouse.step"):
         Generate(name="fine")
     assert caplog.text == ""
+
+
+# -- 12. distilabel's _Serializable, run()'s positional order, routing descriptions --------------
+
+
+class WithSecret(Step):
+    token: SecretStr | None = None
+    style: str = "plain"
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield inputs
+
+
+@pytest.mark.parametrize(("suffix", "format"), [(".json", "json"), (".yaml", "yaml"), (".yml", "yaml")])
+def test_12_a_step_saves_and_loads_as_a_file_without_its_secrets(tmp_path: Path, suffix: str, format: str) -> None:
+    with Pipeline(name="save"):
+        original = WithSecret(name="secretive", token="sk-abc123", style="fancy", input_batch_size=7)
+    path = tmp_path / f"step{suffix}"
+    original.save(path, format=format)
+    assert "sk-abc123" not in path.read_text()
+    for load in (WithSecret.from_file, getattr(WithSecret, f"from_{format}")):
+        with Pipeline(name="load"):
+            rebuilt = load(path)
+            assert (rebuilt.name, rebuilt.style, rebuilt.input_batch_size, rebuilt.token) == (
+                "secretive", "fancy", 7, None
+            )
+
+
+def test_12_saving_as_json_is_the_default_and_a_bad_file_is_named(tmp_path: Path) -> None:
+    with Pipeline(name="save"):
+        WithSecret(name="plain").save(tmp_path / "step")
+        assert json.loads((tmp_path / "step").read_text())["type_info"]["name"] == "WithSecret"
+        with pytest.raises(ValueError, match=r"suffix: name it \.json, \.yaml or \.yml"):
+            WithSecret.from_file(tmp_path / "step")
+        (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+        with pytest.raises(ValueError, match=r"list\.yaml holds list"):
+            WithSecret.from_yaml(tmp_path / "list.yaml")
+
+
+def test_12_run_takes_its_arguments_in_api_order() -> None:
+    """API.md: parameters, use_cache, storage_parameters, use_fs_to_pass_data, dataset,
+    logging_handlers, dataset_batch_size, retry_failed."""
+    names = list(inspect.signature(Pipeline.run).parameters)[1:9]
+    assert names == ["parameters", "use_cache", "storage_parameters", "use_fs_to_pass_data", "dataset",
+                     "logging_handlers", "dataset_batch_size", "retry_failed"]
+
+
+def test_12_routing_batch_function_takes_distilabels_positional_description() -> None:
+    @routing_batch_function("Sends every batch to the first step.")
+    def first(steps: list[str]) -> list[str]:
+        return steps[:1]
+
+    assert isinstance(first, RoutingBatchFunction)
+    assert first.description == "Sends every batch to the first step."
+    assert first.routing_function(["a", "b"]) == ["a"]

@@ -232,6 +232,6 @@ def test_optional_output_can_be_mapped_and_feeds_later_steps() -> None:
 
 def test_impute_step_outputs_sets_mapped_outputs_to_none() -> None:
     step = Judge(output_mappings={"score": "rating"})
-    assert step.impute_step_outputs([{"generation": "g"}]) == [
+    assert step.impute_step_outputs(step_output=[{"generation": "g"}]) == [
         {"generation": "g", "rating": None, "rationale": None}
     ]

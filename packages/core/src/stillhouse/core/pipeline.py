@@ -287,10 +287,10 @@ class Pipeline:
         use_fs_to_pass_data: bool = False,
         dataset: Any = None,
         logging_handlers: list[logging.Handler] | None = None,
-        load_groups: LoadGroups = None,
-        progress: bool | None = None,
         dataset_batch_size: int = 50,
         retry_failed: bool = False,
+        load_groups: LoadGroups = None,
+        progress: bool | None = None,
         wait_for_suspended: bool = False,
     ) -> Any:
         """Validate, run every step and return the results (a Distiset).

@@ -157,10 +157,13 @@ class RoutingBatchFunction(BaseModel):
 def routing_batch_function(func: RoutingFunction) -> RoutingBatchFunction: ...
 @overload
 def routing_batch_function(
-    func: None = None, *, description: str | None = None
+    func: str | None = None, *, description: str | None = None
 ) -> Callable[[RoutingFunction], RoutingBatchFunction]: ...
 def routing_batch_function(func=None, *, description=None):
-    """Decorate `fn(steps) -> steps` to use it between steps; with or without `()`."""
+    """Decorate `fn(steps) -> steps` to use it between steps; with or without `()`, and
+    with the description as distilabel's only argument (`@routing_batch_function("why")`)."""
+    if isinstance(func, str):
+        func, description = None, func
 
     def wrap(fn: RoutingFunction) -> RoutingBatchFunction:
         return RoutingBatchFunction(routing_function=fn, description=description or fn.__doc__)

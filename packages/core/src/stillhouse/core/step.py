@@ -37,6 +37,7 @@ from stillhouse.core.runtime import (
     RuntimeParametersMixin,
 )
 from stillhouse.core.secrets import redact_validation_error
+from stillhouse.core.serializable import Serializable
 from stillhouse.core.signatures import result_affecting
 from stillhouse.core.typing import GeneratorStepOutput, Row, StepColumns, StepInput, StepOutput
 
@@ -103,7 +104,7 @@ def infer_step_name(class_name: str, taken: set[str]) -> str:
     return f"{base}_{n}"
 
 
-class _Step(RuntimeParametersMixin, BaseModel, ABC):
+class _Step(Serializable, RuntimeParametersMixin, BaseModel, ABC):
     """What every step has: a name, column mappings, resources and its pipeline.
 
     Attributes:
@@ -323,13 +324,6 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
 
         return step_to_dict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Self:
-        """Rebuild a step of this class from `dump()`'s dict (outside any pipeline unless
-        one is active or `data` has `pipeline`)."""
-        fields = {k: v for k, v in data.items() if k not in ("type_info", "runtime_parameters_info")}
-        return cls(**fields)
-
     @property
     def signature(self) -> str:
         """A hash of what the step computes: its class and result-affecting fields.
@@ -424,10 +418,11 @@ class _Step(RuntimeParametersMixin, BaseModel, ABC):
 
         return signature_values(self)
 
-    def impute_step_outputs(self, rows: list[Row]) -> list[Row]:
-        """Rows of a failed batch: the input rows with every output column set to None."""
+    def impute_step_outputs(self, step_output: list[Row]) -> list[Row]:
+        """Rows of a failed batch: the input rows with every output column set to None
+        (`step_output`: distilabel's name for those rows)."""
         outputs = list(self.get_outputs())
-        return [{**row, **dict.fromkeys(outputs)} for row in rows]
+        return [{**row, **dict.fromkeys(outputs)} for row in step_output]
 
     def _map_output(self, row: Row, overridden: Row) -> Row:
         inverse_inputs = self.input_mappings
