@@ -48,9 +48,10 @@ def step_fields(step: BaseStep, extra: dict[str, Any] | None = None) -> dict[str
     return {**result_affecting(dumped, step), **extra}
 
 
-_ENGINE_MODULES = {"builtins", "abc", "typing", "stillhouse.core.step"}
-"""Modules whose classes are Python's, or the base steps every step derives from: their
-code is the engine's, not the step's. Matched whole, never as a prefix (`abcsteps`)."""
+_ENGINE_MODULES = {"builtins", "abc", "typing", "stillhouse.core.step", "stillhouse.core.runtime",
+                   "stillhouse.core.serializable"}
+"""Modules whose classes are Python's, or the bases every step (and LLM) derives from:
+their code is the engine's, not the step's. Matched whole, never as a prefix (`abcsteps`)."""
 
 
 def _engine_class(klass: type) -> bool:
