@@ -191,6 +191,6 @@ def test_the_remote_pipeline_yaml_keeps_inline_rows_beside_it():
     fs, run_path = fsspec.core.url_to_fs(pipeline.run_dir)
     text = fs.cat_file(f"{run_path}/pipeline.yaml").decode()
     assert "ROW-1" not in text and "inline_data/" in text
-    assert [p.rsplit("/", 1)[-1].endswith(".json") for p in fs.find(f"{run_path}/inline_data")] == [True]
+    assert [p.rsplit("/", 1)[-1].endswith(".parquet") for p in fs.find(f"{run_path}/inline_data")] == [True]
     loaded = Pipeline.from_yaml(f"{pipeline.run_dir}/pipeline.yaml")
     assert loaded.dag.get_step("load").data == rows

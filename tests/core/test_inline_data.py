@@ -24,8 +24,24 @@ def build(rows=ROWS, name="inline"):
     return pipeline
 
 
+try:
+    import pyarrow  # noqa: F401
+
+    SUFFIX = ".parquet"  # what rows that round-trip through Parquet are written as
+except ImportError:  # stillhouse-core alone: JSON
+    SUFFIX = ".json"
+
+
 def data_files(folder):
-    return sorted((folder / "inline_data").glob("*.json"))
+    return sorted((folder / "inline_data").glob("*"))
+
+
+def read_rows(data_file):
+    if data_file.suffix == ".json":
+        return json.loads(data_file.read_bytes())
+    import pyarrow.parquet as pq
+
+    return pq.read_table(data_file).to_pylist()
 
 
 def test_save_writes_the_rows_beside_the_file_and_from_yaml_reads_them(tmp_path):
@@ -33,13 +49,14 @@ def test_save_writes_the_rows_beside_the_file_and_from_yaml_reads_them(tmp_path)
     build().save(path)
     step = yaml.safe_load(path.read_text())["pipeline"]["steps"][0]["step"]
     [data_file] = data_files(tmp_path)
-    assert step["data"] == {
+    assert data_file.suffix == SUFFIX
+    assert {k: v for k, v in step["data"].items() if k != "file_sha256"} == {
         "inline_data": f"inline_data/{data_file.name}",
         "sha256": data_file.stem,
         "rows": len(ROWS),
     }
     assert path.stat().st_size < 5_000
-    assert json.loads(data_file.read_bytes()) == ROWS
+    assert read_rows(data_file) == ROWS
     reloaded = Pipeline.from_yaml(path)
     assert reloaded.dag.get_step("load").data == ROWS
 
@@ -60,7 +77,7 @@ def test_a_changed_or_missing_data_file_is_a_clear_error(tmp_path):
     path = tmp_path / "pipeline.yaml"
     build().save(path)
     [data_file] = data_files(tmp_path)
-    data_file.write_text("[]")
+    data_file.write_bytes(data_file.read_bytes()[:-1] + b"!")  # one byte changed
     with pytest.raises(SerializationError, match=r"Step 'load'.*'data'.*changed or damaged"):
         Pipeline.from_yaml(path)
     data_file.unlink()
@@ -111,3 +128,54 @@ def test_a_url_base(tmp_path):
         assert reloaded.dag.get_step("load").data == ROWS
     finally:
         fs.rm("/inline-url", recursive=True)
+
+
+needs_pyarrow = pytest.mark.skipif(SUFFIX != ".parquet", reason="stillhouse-core alone writes JSON")
+
+
+@needs_pyarrow
+@pytest.mark.parametrize(
+    "rows",
+    [
+        [{"a": 1}, {"b": 2}],  # keys that differ from row to row would come back as None
+        [{"x": 1}, {"x": 1.5}],  # a column of ints and floats would come back as floats
+        [{"x": 1}, {"x": "one"}],  # no Arrow type holds both
+        [{"n": {"a": 1}}, {"n": {"b": 2}}],  # nested dicts: struct fields filled with None
+        [{"big": 2**70}],  # beyond int64
+    ],
+)
+def test_rows_parquet_would_change_are_written_as_json_and_come_back_exactly(tmp_path, rows):
+    path = tmp_path / "pipeline.yaml"
+    build(rows).save(path)
+    [data_file] = data_files(tmp_path)
+    assert data_file.suffix == ".json"
+    assert Pipeline.from_yaml(path).dag.get_step("load").data == rows
+
+
+@needs_pyarrow
+def test_dates_come_back_from_parquet_as_dates_with_the_same_signature(tmp_path):
+    import datetime
+
+    rows = [{"day": datetime.date(2026, 12, 1), "at": datetime.datetime(2026, 12, 1, 7, 30)}]
+    path = tmp_path / "pipeline.yaml"
+    pipeline = build(rows)
+    pipeline.save(path)
+    assert [f.suffix for f in data_files(tmp_path)] == [".parquet"]
+    reloaded = Pipeline.from_yaml(path).dag.get_step("load")
+    assert reloaded.data == rows
+    assert reloaded.signature_extra() == pipeline.dag.get_step("load").signature_extra()
+
+
+@needs_pyarrow
+def test_a_parquet_file_is_checked_before_it_is_parsed(tmp_path):
+    """Its bytes' hash is in the reference: a swapped file is refused unread, even one
+    whose rows are the same (another encoding of them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "pipeline.yaml"
+    build().save(path)
+    [data_file] = data_files(tmp_path)
+    pq.write_table(pa.Table.from_pylist(ROWS), data_file, compression="gzip")  # same rows
+    with pytest.raises(SerializationError, match=r"Step 'load'.*changed or damaged"):
+        Pipeline.from_yaml(path)

@@ -51,7 +51,7 @@ def test_small_yaml_data_beside_it_and_a_cached_rerun_rewrites_nothing(tmp_path,
     assert result["default"]["train"]["id"] == list(range(len(ROWS)))
     run_dir = Path(pipeline.run_dir)
     assert (run_dir / "pipeline.yaml").stat().st_size < 50_000
-    assert len(list((run_dir / "inline_data").glob("*.json"))) == 1
+    assert [f.suffix for f in (run_dir / "inline_data").iterdir()] == [".parquet"]  # SPEC §6
     before = stamps(run_dir)
 
     pipeline, result = run()

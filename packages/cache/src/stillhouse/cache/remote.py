@@ -291,7 +291,7 @@ class RemoteRunStore(RunStore):
     temporary folder: it starts with the run folder's remote `pipeline.log`, so earlier
     runs' lines are kept as in a local cache, and is uploaded whole by `sync`; `close`
     removes the folder once the log is uploaded. Inline rows are written beside
-    `pipeline.yaml` (`inline_data/<sha>.json`), as in a local cache."""
+    `pipeline.yaml` (`inline_data/<sha>.parquet`), as in a local cache."""
 
     def __init__(self, context: RunContext) -> None:
         pipeline: Pipeline = context.pipeline

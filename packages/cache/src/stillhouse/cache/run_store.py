@@ -5,7 +5,8 @@
     .lock                       held while a run of this pipeline is going (lock.py)
     <pipeline signature>/       one folder per shape of the pipeline
         pipeline.yaml           what ran (a record; never loaded over the live pipeline)
-        inline_data/<sha>.json  inline rows pipeline.yaml refers to (written once per content)
+        inline_data/<sha>.parquet  inline rows pipeline.yaml refers to (once per content; .json
+                                when Parquet would change them)
         pipeline.log            every log line of the driver and the workers
         stages.json             the load stages
         batch_manager.json      where the run is: per step, batches and rows done

@@ -5,23 +5,29 @@ passed in memory (`LoadDataFromDicts(data=...)`, `make_generator_step`,
 `run(dataset=...)`, `DataSampler(data=...)`). Writing such rows into
 `pipeline.yaml` made a 100k-row pipeline a 6 MB YAML, rewritten on every run.
 Instead, when a pipeline file is written to a folder, each inline field is
-written once as a JSON file named by its content hash:
+written once as a Parquet file named by its content hash:
 
 ```
-<folder>/pipeline.yaml                  data: {inline_data: inline_data/<sha>.json, sha256: <sha>, rows: 100000}
-<folder>/inline_data/<sha>.json         the rows, a JSON array (pydantic-core's encoder)
+<folder>/pipeline.yaml                   data: {inline_data: inline_data/<sha>.parquet, sha256: <sha>,
+                                               rows: 100000, file_sha256: <hash of the file>}
+<folder>/inline_data/<sha>.parquet       the rows
 ```
 
-A file that is already there (same hash) is not written again. Reading the
-pipeline file back (`Pipeline.from_yaml`, `stillhouse pipeline run --config`)
-loads the rows and checks their hash. The same hash stands in for the rows in
-the step's cache signature (`_Step.signature_extra`), so signatures stay cheap
-and still change when the data does.
+The content hash (`sha256`) is that of the rows' JSON (pydantic-core's encoder),
+whatever the file's format. Rows go to Parquet only when they come back from it
+exactly (the same JSON): a column of mixed types, or a dict whose keys differ
+from row to row, would come back changed, and such rows go to `<sha>.json`
+instead (a JSON array), as they also do when pyarrow is not installed (core alone
+does not need it). A file that is already there (same hash) is not written again.
+Reading the pipeline file back (`Pipeline.from_yaml`, `stillhouse pipeline run
+--config`) checks the file's bytes before parsing them (a Parquet file against
+`file_sha256`, a JSON file against `sha256`) and the rows' hash after. The same
+hash stands in for the rows in the step's cache signature
+(`_Step.signature_extra`), so signatures stay cheap and still change when the
+data does, and do not depend on the file's format.
 
-JSON keeps core free of pyarrow: values round-trip as JSON does (dates become
-strings), exactly as they did inside the YAML before. Rows are hashed once per
-list object: assign a new list to change a step's data; rows mutated in place
-after the step was built are not noticed.
+Rows are hashed once per list object: assign a new list to change a step's data;
+rows mutated in place after the step was built are not noticed.
 
 Not here: how steps use their data (core/steps), where run folders are (cache).
 """
@@ -40,6 +46,7 @@ from stillhouse.core.errors import SerializationError
 
 REFERENCE_KEY = "inline_data"
 FOLDER = "inline_data"
+PARQUET, JSON = ".parquet", ".json"
 _MARK = "inline_data"
 
 # id(step) -> {field: (the rows list it was computed for, its length, digest)}; an entry
@@ -95,18 +102,61 @@ def write_references(step: Any, directory: str | os.PathLike[str]) -> dict[str, 
     for field in inline_fields(step):
         rows = getattr(step, field)
         sha = digest(step, field)
-        relative = f"{FOLDER}/{sha}.json"
-        target = Path(directory) / relative
-        if not target.exists():
-            # The rows are the user's data: private to the user, as the cache is.
-            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(encode(rows))
-            os.replace(partial, target)
-        references[field] = {REFERENCE_KEY: relative, "sha256": sha, "rows": len(rows)}
+        reference = _existing(Path(directory), sha) or _write(Path(directory), sha, rows)
+        references[field] = {**reference, "rows": len(rows)}
     return references
+
+
+def _existing(directory: Path, sha: str) -> dict[str, Any] | None:
+    """The reference to the data file of hash `sha` already in `directory`, if any."""
+    for suffix in (PARQUET, JSON):
+        relative = f"{FOLDER}/{sha}{suffix}"
+        target = directory / relative
+        if target.exists():
+            reference = {REFERENCE_KEY: relative, "sha256": sha}
+            if suffix == PARQUET:
+                reference["file_sha256"] = hashlib.sha256(target.read_bytes()).hexdigest()
+            return reference
+    return None
+
+
+def _write(directory: Path, sha: str, rows: Any) -> dict[str, Any]:
+    parquet = _parquet_bytes(rows, sha)
+    suffix, data = (PARQUET, parquet) if parquet is not None else (JSON, encode(rows))
+    relative = f"{FOLDER}/{sha}{suffix}"
+    target = directory / relative
+    # The rows are the user's data: private to the user, as the cache is.
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.replace(partial, target)
+    reference = {REFERENCE_KEY: relative, "sha256": sha}
+    if parquet is not None:
+        reference["file_sha256"] = hashlib.sha256(parquet).hexdigest()
+    return reference
+
+
+def _parquet_bytes(rows: Any, sha: str) -> bytes | None:
+    """The rows as a Parquet file, or None: pyarrow is not installed, they are not a list
+    of dicts, or they would not come back exactly (their JSON would not hash to `sha`)."""
+    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
+        return None
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        return None
+    try:
+        table = pa.Table.from_pylist(rows)
+        if hashlib.sha256(encode(table.to_pylist())).hexdigest() != sha:
+            return None
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, SerializationError):
+        return None
+    return sink.getvalue().to_pybytes()
 
 
 def is_reference(value: Any) -> bool:
@@ -145,14 +195,41 @@ def _read(reference: dict[str, Any], base: str | os.PathLike[str] | None, step: 
             f"Step {step!r}: the data file {location!r} of field {field!r} is missing. Copy "
             f"the {FOLDER}/ folder along with the pipeline file."
         ) from None
+    parquet = relative.endswith(PARQUET)
+    expected = reference.get("file_sha256") if parquet else reference["sha256"]
     actual = hashlib.sha256(data).hexdigest()
-    if actual != reference["sha256"]:
+    if actual != expected:  # checked before the bytes are parsed
+        raise _changed(step, field, location, actual, expected)
+    if not parquet:
+        return pydantic_core.from_json(data)
+    rows = _rows_of_parquet(data, location)
+    content = hashlib.sha256(encode(rows)).hexdigest()
+    if content != reference["sha256"]:
+        raise _changed(step, field, location, content, reference["sha256"], what="rows hash")
+    return rows
+
+
+def _changed(step: str, field: str, location: str, actual: str, expected: Any, what: str = "sha256") -> SerializationError:
+    return SerializationError(
+        f"Step {step!r}: the data file {location!r} of field {field!r} has {what} "
+        f"{actual!r}, not the {expected!r} the pipeline file records: it was "
+        "changed or damaged. Restore it, or rebuild the pipeline from its script."
+    )
+
+
+def _rows_of_parquet(data: bytes, location: str) -> list[dict[str, Any]]:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as exc:
         raise SerializationError(
-            f"Step {step!r}: the data file {location!r} of field {field!r} has sha256 "
-            f"{actual!r}, not the {reference['sha256']!r} the pipeline file records: it was "
-            "changed or damaged. Restore it, or rebuild the pipeline from its script."
-        )
-    return pydantic_core.from_json(data)
+            f"The data file {location!r} is Parquet, which needs pyarrow. Install "
+            "stillhouse-cache (or pyarrow) beside stillhouse-core."
+        ) from exc
+    try:
+        return pq.read_table(pa.BufferReader(data)).to_pylist()
+    except pa.ArrowException as exc:
+        raise SerializationError(f"The data file {location!r} cannot be read as Parquet: {exc}.") from exc
 
 
 def read_bytes(location: str) -> bytes:

@@ -1,7 +1,7 @@
 """The files a `pipeline.yaml` needs beside it, so that copies of it still run.
 
 A run's `pipeline.yaml` keeps inline rows (`LoadDataFromDicts(data=...)`,
-`run(dataset=...)`) out of itself: it refers to `inline_data/<sha>.json` files
+`run(dataset=...)`) out of itself: it refers to `inline_data/<sha>.parquet` (or `.json`) files
 next to it (`stillhouse.core.inline_data`). Wherever the file is copied to (a
 Hub repository, a saved Distiset), those files go too, at the same relative
 paths, or `stillhouse pipeline run --config <copy>` cannot load the pipeline.
