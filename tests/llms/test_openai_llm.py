@@ -165,8 +165,14 @@ def test_api_key_from_env_and_never_dumped(server: FakeOpenAIServer, monkeypatch
     monkeypatch.setenv("OPENAI_BASE_URL", server.base_url)
     llm = OpenAILLM(model="fake-model")
     assert llm.base_url == server.base_url
+    # The field holds the env's key, as distilabel's does (a SecretStr, shown masked).
+    assert llm.api_key is not None and llm.api_key.get_secret_value() == API_KEY
+    assert API_KEY not in json.dumps(llm.model_dump(mode="json")) + repr(llm) + str(llm)
+    assert "api_key" not in llm.model_dump()
     assert llm.generate([HI])[0]["generations"] == ["echo: hi"]
     llm.unload()
+    monkeypatch.setenv("OPENAI_API_KEY", "")
+    assert OpenAILLM(model="fake-model").api_key is None  # an empty variable is no key
     explicit = OpenAILLM(model="fake-model", api_key=API_KEY)
     assert API_KEY not in json.dumps(explicit.model_dump(mode="json")) + repr(explicit)
     assert "api_key" not in explicit.model_dump()
@@ -251,19 +257,21 @@ def test_concurrency_limit_is_respected(server: FakeOpenAIServer) -> None:
 def test_429_backs_off_concurrency_and_recovers(caplog: pytest.LogCaptureFixture) -> None:
     # 429s forced on one call, not a server over its capacity: how many 429s a capacity
     # gives depends on how many requests this machine gets in flight at once (a loaded
-    # one may never exceed it), and with a back-off per cooldown so does where the
-    # concurrency ends. Eleven in a row are "many" (more than 10 of the last 50 answers).
+    # one may never exceed it). Four in a row are "many" at 16 (more than 20% of 16).
     with FakeOpenAIServer(latency=0.02, retry_after=0.01) as server:
-        llm = OpenAILLM(model="fake-model", base_url=server.base_url, api_key="k", max_concurrency=16, max_retries=20)
-        server.fail_next(429, times=11)
-        with caplog.at_level(logging.INFO, logger="stillhouse.llms.limits"):
+        llm = OpenAILLM(model=f"fake-model-{uuid.uuid4().hex[:8]}", base_url=server.base_url, api_key="k",
+                        max_concurrency=16, max_retries=3)
+        server.fail_next(429, times=4)
+        with caplog.at_level(logging.INFO, logger="stillhouse.llms"):
             assert llm.generate([HI])[0]["generations"] == ["echo: hi"]
         assert "concurrency 16 -> 8" in caplog.text  # backed off on many 429s
         assert llm._aimd.current == 8
+        # The fourth 429 lowered the limit: its retry is not counted, so 3 retries were enough.
+        assert "not counted" in [r for r in caplog.records if "retrying" in r.getMessage()][-1].getMessage()
         outputs = llm.generate([[{"role": "user", "content": f"q{i}"}] for i in range(100)])
         llm.unload()
     assert all(o["generations"] for o in outputs)
-    assert llm.call_stats["retry_429"] == 11
+    assert llm.call_stats["retry_429"] == 4
     # and came back up with the successes: one slot per `current` of them, so
     # 8 + 9 + ... + 15 = 92 of the 101 since the back-off bring it back to the ceiling.
     assert llm._aimd.current == 16
@@ -348,6 +356,19 @@ def test_quota_headers_are_read_as_openai_sends_them() -> None:
     assert quota_wait({**spent, "x-ratelimit-remaining-tokens": "150"}) == 1.2
     assert quota_wait({"x-ratelimit-remaining-requests": "5", "x-ratelimit-reset-requests": "1s"}) is None
     assert quota_wait({"x-ratelimit-remaining-requests": "0"}) is None and quota_wait(None) is None
+
+
+def test_retry_waits_the_longer_of_the_backoff_and_retry_after() -> None:
+    import random
+
+    from stillhouse.llms.retry import RetryPolicy
+
+    policy, rng = RetryPolicy(), random.Random(0)
+    for retry, low, high in [(1, 0.25, 0.5), (2, 0.5, 1.0), (3, 1.0, 2.0), (8, 15.0, 30.0)]:
+        for retry_after in (None, 0.0, 0.05):  # none, or shorter than the backoff: the backoff
+            assert low <= policy.delay(retry, retry_after, rng) <= high
+    assert 5.0 <= policy.delay(1, 5.0, rng) <= 5.1  # a longer Retry-After, with a little jitter
+    assert 0.05 <= policy.exactly(0.05, rng) <= 0.055
 
 
 def test_default_headers_are_sent_and_kept_secret(server: FakeOpenAIServer) -> None:

@@ -331,3 +331,26 @@ def test_a_new_version_of_the_step_gets_the_answers_its_requests_had(server, tmp
     with FakeOpenAIServer(api_key=API_KEY) as other:
         run(8, server_=other)
         assert len(other.chat_requests(200)) == 8  # another endpoint's answers are its own
+
+
+def test_the_env_key_is_never_written_and_a_loaded_file_takes_its_envs_key(executor, tmp_path, monkeypatch) -> None:
+    # OPENAI_API_KEY is the field's default when the LLM is made (as in distilabel); the
+    # file holds no key, so a pipeline loaded from it elsewhere uses that env's key.
+    old_key, new_key = "sk-old-env-SECRET-1111", "sk-new-env-SECRET-2222"
+    monkeypatch.setenv("OPENAI_API_KEY", old_key)
+    with FakeOpenAIServer(api_key=new_key) as server:
+        with Pipeline(name="env-key", executor=executor, cache_dir=tmp_path / "cache") as pipeline:
+            LoadDataFromDicts(data=_questions(3)) >> TextGeneration(
+                name="gen", llm=OpenAILLM(model="fake-model", base_url=server.base_url))
+        assert pipeline.dag.get_step("gen").llm.api_key.get_secret_value() == old_key
+        pipeline.save(tmp_path / "pipeline.yaml")
+        assert old_key not in str(pipeline.dump())
+
+        monkeypatch.setenv("OPENAI_API_KEY", new_key)  # another machine, another key
+        loaded = Pipeline.from_yaml(tmp_path / "pipeline.yaml")
+        loaded.cache_dir = tmp_path / "cache"  # not in the file
+        assert loaded.dag.get_step("gen").llm.api_key.get_secret_value() == new_key
+        rows = rows_of(loaded.run(progress=False))
+    assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(3)]
+    text = _all_files_text(tmp_path)
+    assert old_key not in text and new_key not in text

@@ -5,7 +5,8 @@ Each generation is one chat-completion call (a text completion when the input is
 `str`, as distilabel's) that goes: call record (answered
 before? then nothing is sent) -> the endpoint's shared limit (a slot, and the
 requests/tokens it costs per minute) -> the request, with the client's own retries
-off -> our retry policy (`retry.py`) and AIMD on 429 (`limits.py`) -> the record.
+off -> our retry policy (`retry.py`) and AIMD on 429 (`limits.py`; a 429 AIMD answered
+by lowering the concurrency is retried without counting) -> the record.
 Offline batch generation (`/v1/files` + `/v1/batches`) is here too; how a step
 suspends around it lives in `tasks.py`.
 """
@@ -88,6 +89,12 @@ GenerateOutput = dict[str, Any]
 with `"logprobs"` (per generation, per token, the top alternatives) when they were asked for."""
 
 
+def _env_secret(name: str) -> SecretStr | None:
+    """The environment variable `name` as a secret, None when unset or empty."""
+    value = os.environ.get(name)
+    return SecretStr(value) if value else None
+
+
 def _optional(kind: Any) -> Any:
     """`RuntimeParameter[kind] | None` without the `Field()` inside the union that makes
     pydantic warn on every subclass: the same marker, so core sees an optional runtime
@@ -106,7 +113,8 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
         default_headers: HTTP headers sent with every request (a gateway's key, an
             organisation); secrets like `api_key`: never written or logged.
         timeout: Seconds one request may take before it counts as a timeout (and is retried).
-        max_retries: Retries of a transient failure (429, 5xx, timeout, connection) per call.
+        max_retries: Retries of a transient failure (429, 5xx, timeout, connection) per call;
+            a 429 after which the endpoint's concurrency came down is not counted.
         generation_kwargs: temperature, max_new_tokens, top_p, stop, seed, ... for every call.
         structured_output: A pydantic model class or JSON schema: answers are JSON valid for it.
         max_concurrency: Requests in flight to this endpoint, across the whole run.
@@ -133,9 +141,11 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
     # None: env OPENAI_BASE_URL (read when the LLM is created, so it is part of the
     # step's signature), else OpenAI's own URL.
     base_url: _optional(str) = None
-    # exclude=True: never in pipeline.yaml, signatures or logs; env OPENAI_API_KEY is
-    # read when a request needs it, in the worker.
-    api_key: _optional(SecretStr) = Field(default=None, exclude=True)
+    # Default: env OPENAI_API_KEY when the LLM is made, as in distilabel. exclude=True (and
+    # SecretStr): never in pipeline.yaml, dumps, signatures or logs, so a pipeline loaded
+    # from its file takes the key of the environment that loads it; an LLM made without
+    # one reads the env of the process that sends (`_key`).
+    api_key: _optional(SecretStr) = Field(default_factory=lambda: _env_secret("OPENAI_API_KEY"), exclude=True)
     # Headers often carry credentials (Azure's `api-key`, a gateway's key): secrets too.
     default_headers: _optional(dict[str, SecretStr]) = Field(default=None, exclude=True)
     timeout: RuntimeParameter[float] = Field(default=120.0)
@@ -473,7 +483,13 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
 
     async def call(self, request: dict[str, Any], generation: int = 0) -> dict[str, Any]:
         """One chat (or text) completion: from the record if it was answered before, else sent with
-        the limit, our retries and AIMD, then recorded."""
+        the limit, our retries and AIMD, then recorded.
+
+        Every failed attempt is counted against `max_retries` but a 429 after which the
+        endpoint's concurrency came down (the server refused what we sent at once, and
+        AIMD has answered it): that call waits for a slot under the lower limit and goes
+        again, as often as the limit comes down. The limit comes down to 1 at most, so a
+        429 that goes on at the lowest concurrency is counted like any other failure."""
         recorded = self.recorded(request, generation)
         if recorded is not None:
             return recorded
@@ -481,19 +497,28 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             raise self._auth_error(None, *self._auth_failed)
         policy = RetryPolicy(max_retries=self.max_retries if self.max_retries is not None else 6)
         costs = {"requests": 1, "tokens": _estimate_tokens(request)}
-        attempt = 0
+        attempt = 0  # attempts sent
+        counted = 0  # failed attempts counted against `max_retries`
         while True:
             attempt += 1
+            ticket = None
+            ours = False  # a 429 the limit has come down for since the request went
+            paused = False  # an answer that says the quota is spent (the limit waits for its reset)
             try:
                 async with self._limit.slot(costs=costs):
                     self._stats["sent"] += 1
-                    # The quota is read before the slot is given back: a pause reaches the
-                    # limit before the release that would let the next request go.
+                    if self._aimd is not None:
+                        ticket = self._aimd.ticket()
+                    # The quota and a 429 are read before the slot is given back: a pause or a
+                    # lower concurrency reaches the limit before the release that would let
+                    # the next request go.
                     try:
                         completions = self._client().completions if "prompt" in request else self._client().chat.completions
                         raw = await completions.with_raw_response.create(**request)
                     except Exception as exc:
-                        self._honour_quota(getattr(getattr(exc, "response", None), "headers", None))
+                        paused = self._honour_quota(getattr(getattr(exc, "response", None), "headers", None))
+                        if self._aimd is not None and transient_reason(exc) == "429":
+                            ours = self._aimd.on_rate_limited(ticket)
                         raise
                     self._honour_quota(raw.headers)
                 response = json.loads(raw.http_response.text)
@@ -501,9 +526,9 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                 reason = transient_reason(exc)
                 status = getattr(exc, "status_code", None)
                 message = self._mask(f"{type(exc).__name__}: {exc}")
-                if reason == "429" and self._aimd is not None:
-                    self._aimd.on_rate_limited()
-                if reason is None or attempt > policy.max_retries:
+                if not ours:
+                    counted += 1
+                if reason is None or counted > policy.max_retries:
                     why = reason or (str(status) if status else type(exc).__name__)
                     self._stats[f"failed_{why}"] += 1
                     if status in (401, 403):  # no call can succeed: the run stops
@@ -516,29 +541,40 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
                         f"{self.endpoint}: {message} ({verdict})",
                         endpoint=self.endpoint, status=status, reason=why, attempts=attempt,
                     ) from None
-                delay = policy.delay(attempt, retry_after_seconds(exc), self._rng)
+                # A 429 that paused the limit waits for the quota's reset, as every caller does;
+                # a retry the lowered limit made room for waits like a first one; the rest
+                # back off (or wait a longer Retry-After).
+                retry_after = retry_after_seconds(exc)
+                if paused and retry_after is not None:
+                    delay = policy.exactly(retry_after, self._rng)
+                else:
+                    delay = policy.delay(1 if ours else counted, retry_after, self._rng)
                 self._stats[f"retry_{reason}"] += 1
                 logger.info(
-                    "LLM call to %s failed (attempt %d/%d, %s): %s; retrying in %.2fs",
-                    self.endpoint, attempt, policy.max_retries + 1, reason, message[:200], delay,
+                    "LLM call to %s failed (attempt %d/%d, %s%s): %s; retrying in %.2fs",
+                    self.endpoint, attempt, policy.max_retries + 1 + attempt - counted, reason,
+                    "; concurrency lowered, not counted" if ours else "", message[:200], delay,
                 )
                 await asyncio.sleep(delay)
+                if reason == "429" and not ours and self._aimd is not None and self._aimd.lowered_since(ticket):
+                    counted -= 1  # the limit came down while we waited: that 429 was ours too
                 continue
             if self._aimd is not None:
-                self._aimd.on_success()
+                self._aimd.on_success(ticket)
             self.record(request, generation, response)
             return response
 
-    def _honour_quota(self, headers: Any) -> None:
+    def _honour_quota(self, headers: Any) -> bool:
         """When an answer says the endpoint's quota is spent (`x-ratelimit-remaining-*`
         0), pause the endpoint's shared limit until it resets: every step, replica and
-        process of the run waits, instead of sending requests bound to get 429."""
+        process of the run waits, instead of sending requests bound to get 429. Returns
+        whether the answer said so (the limit is paused until the reset)."""
         wait = quota_wait(headers)
         if wait is None:
-            return
+            return False
         now = time.monotonic()
         if now + wait <= self._quota_paused_until + QUOTA_PAUSE_SLACK:
-            return  # the answers of one window all say so: one pause is enough
+            return True  # the answers of one window all say so: one pause is enough
         self._quota_paused_until = now + wait
         self._stats["quota_pauses"] += 1
         (logger.warning if wait >= LONG_QUOTA_PAUSE else logger.info)(
@@ -546,6 +582,7 @@ class OpenAILLM(RuntimeParametersMixin, BaseModel):
             self.endpoint, wait,
         )
         self._limit.pause(wait)
+        return True
 
     # -- offline batch generation ---------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 The `openai` client's own retries are off, so every attempt goes through here and is
 counted and logged once. Transient: 429, 408, 409, 5xx, timeouts and connection
-errors; a `Retry-After` (or `retry-after-ms`) header wins over the computed backoff.
+errors; the wait is the computed backoff, or the server's `Retry-After` (or
+`retry-after-ms`) when it asks for longer: a server that says "again in 50 ms" to every
+attempt does not make us spend them all in a second (`exactly` is for a `Retry-After`
+the caller knows to be the reset of a spent quota, which the whole limit waits for).
 Everything else (400, 401, 403, 404, 422, a reply that does not fit the schema)
 will not go away by asking again and is not retried. `quota_wait` reads the
 `x-ratelimit-*` headers OpenAI (and vLLM, LiteLLM, Azure) send with every answer,
@@ -115,7 +118,7 @@ def quota_wait(headers: Mapping[str, str] | None) -> float | None:
 
 @dataclass
 class RetryPolicy:
-    """Exponential backoff with full jitter, capped; `Retry-After` honoured.
+    """Exponential backoff with jitter, capped; a longer `Retry-After` honoured.
 
     Attributes:
         max_retries: retries after the first attempt (so `max_retries + 1` attempts).
@@ -128,11 +131,16 @@ class RetryPolicy:
     cap: float = 30.0
 
     def delay(self, retry: int, retry_after: float | None, rng: random.Random | None = None) -> float:
-        """Seconds to wait before retry number `retry` (1-based)."""
+        """Seconds to wait before retry number `retry` (1-based): between half and all of
+        `base * 2 ** (retry - 1)` (at most `cap`), or `retry_after` when it is longer."""
         rng = rng or random
-        if retry_after is not None:
-            # The server said when: wait that long, plus a little jitter so that many
-            # callers told the same thing do not come back in one burst.
-            return retry_after + rng.uniform(0, min(retry_after, 1.0) * 0.1)
         ceiling = min(self.cap, self.base * (2 ** (retry - 1)))
-        return rng.uniform(ceiling / 2, ceiling)
+        backoff = rng.uniform(ceiling / 2, ceiling)
+        if retry_after is None or retry_after <= backoff:
+            return backoff
+        return self.exactly(retry_after, rng)
+
+    def exactly(self, retry_after: float, rng: random.Random | None = None) -> float:
+        """`retry_after` plus a little jitter, so that many callers told the same thing do
+        not come back in one burst."""
+        return retry_after + (rng or random).uniform(0, min(retry_after, 1.0) * 0.1)
