@@ -178,6 +178,20 @@ def test_api_key_from_env_and_never_dumped(server: FakeOpenAIServer, monkeypatch
     assert "api_key" not in explicit.model_dump()
 
 
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_an_llm_dumps_saves_and_loads_as_distilabels_do_without_its_key(server: FakeOpenAIServer, tmp_path, suffix) -> None:
+    llm = _llm(server, generation_kwargs={"temperature": 0.2})
+    data = llm.dump()
+    assert data["type_info"] == {"module": "stillhouse.llms.openai_llm", "name": "OpenAILLM"}
+    assert API_KEY not in json.dumps(data)
+    assert OpenAILLM.from_dict(data).generation_kwargs == {"temperature": 0.2}
+    path = tmp_path / f"llm{suffix}"
+    llm.save(path, format=suffix[1:])
+    assert API_KEY not in path.read_text()
+    loaded = OpenAILLM.from_file(path)
+    assert (loaded.model, loaded.base_url, loaded.generation_kwargs) == (llm.model, server.base_url, {"temperature": 0.2})
+
+
 class Verdict(BaseModel):
     score: int
     reason: str

@@ -38,6 +38,7 @@ from pydantic import (
 
 from stillhouse.core import RuntimeParameter
 from stillhouse.core.runtime import RuntimeParametersMixin
+from stillhouse.core.serializable import Serializable
 from stillhouse.llms import structured
 from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError, mask, mask_key
 from stillhouse.llms.limits import Aimd, endpoint_limit
@@ -103,7 +104,7 @@ def _optional(kind: Any) -> Any:
     return Annotated[inner, marker] | None
 
 
-class OpenAILLM(RuntimeParametersMixin, BaseModel):
+class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
     """An LLM behind any OpenAI-compatible chat-completions endpoint.
 
     Attributes:
