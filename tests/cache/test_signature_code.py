@@ -371,3 +371,22 @@ def test_a_routing_functions_helper_is_signed_with_it(modules) -> None:
         return step_signatures(pipeline.dag)["b"]
 
     assert signature(0) != signature(1)
+
+
+def test_an_object_that_breaks_when_looked_at_is_not_signed_and_breaks_nothing(modules) -> None:
+    """A lazy proxy (werkzeug's, a settings object) may raise anything on `hasattr`."""
+    source = """
+        from stillhouse.core import Step
+
+        class Proxy:
+            def __getattr__(self, name):
+                raise RuntimeError("working outside of a context")
+
+        CURRENT = Proxy()
+
+        class UsesProxy(Step):
+            def process(self, inputs):
+                yield [{**row, "y": CURRENT} for row in inputs]
+    """
+    module = modules("proxied", source)
+    assert _signature_of(module.UsesProxy) == _signature_of(module.UsesProxy)

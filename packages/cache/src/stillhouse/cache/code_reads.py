@@ -46,20 +46,32 @@ def code_reads(functions: list[types.FunctionType], source: Callable[[Any], str]
     while queue:
         function = queue.pop()
         for name, value, module_name in _names_read(function):
-            value = _unwrapped(value)
-            if isinstance(value, types.FunctionType | type):
-                if id(value) in done or not _users_module(getattr(value, "__module__", None)):
-                    continue
-                done.add(id(value))
-                parts[f"{recorded_module(value.__module__)}.{value.__qualname__}"] = source(value)
-                queue.extend([f for _, f in functions_of(value)] if isinstance(value, type) else [value])
-            elif not isinstance(value, types.ModuleType):
-                key = f"{recorded_module(module_name or '')}:{name}"
-                if key not in parts:
-                    text = _constant_text(module_name, name, value)
-                    if text is not None:
-                        parts[key] = text
+            try:
+                queue.extend(_sign(name, value, module_name, source, parts, done))
+            except Exception:  # an object that breaks when looked at (a lazy proxy)
+                continue  # is not signed, as any object that is neither code nor a constant
     return "\n".join(f"# {key}\n{parts[key]}" for key in sorted(parts))
+
+
+def _sign(
+    name: str, value: Any, module_name: str | None, source: Callable[[Any], str], parts: dict[str, str], done: set[int]
+) -> list[types.FunctionType]:
+    """Put what `value` (read as `name` in `module_name`) contributes in `parts`; return the
+    functions whose reads to follow in turn."""
+    value = _unwrapped(value)
+    if isinstance(value, types.FunctionType | type):
+        if id(value) in done or not _users_module(getattr(value, "__module__", None)):
+            return []
+        done.add(id(value))
+        parts[f"{recorded_module(value.__module__)}.{value.__qualname__}"] = source(value)
+        return [f for _, f in functions_of(value)] if isinstance(value, type) else [value]
+    if not isinstance(value, types.ModuleType):
+        key = f"{recorded_module(module_name or '')}:{name}"
+        if key not in parts:
+            text = _constant_text(module_name, name, value)
+            if text is not None:
+                parts[key] = text
+    return []
 
 
 def _names_read(function: types.FunctionType) -> Iterator[tuple[str, Any, str | None]]:
