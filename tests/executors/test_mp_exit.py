@@ -8,10 +8,13 @@ The driver here exits right after reading the results, where that window is wide
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -62,3 +65,86 @@ def test_a_driver_exits_with_code_0_after_an_mp_run_and_reading_its_results(tmp_
             driver.wait(10)
         assert "terminate called" not in err, err[-3000:]
         assert driver.returncode == 0, f"run {run}: exit code {driver.returncode}\n{err[-3000:]}"
+
+
+SLOW_STEPS = textwrap.dedent(
+    """
+    import os
+    import time
+
+    from stillhouse.core.testing import Identity
+
+    if os.environ.get("DRIVER_PID", str(os.getpid())) != str(os.getpid()):  # a worker unpickling its step
+        open(os.path.join(os.environ["MARKERS"], str(os.getpid())), "w").close()
+        time.sleep(3)  # the driver is killed meanwhile
+
+
+    class SlowToImport(Identity):
+        pass
+    """
+)
+
+SPAWNING = textwrap.dedent(
+    """
+    import os
+    import sys
+
+    if __name__ == "__main__":
+        os.environ["DRIVER_PID"] = str(os.getpid())
+        from stillhouse.core import Pipeline, StepResources
+        from stillhouse.core.steps import LoadDataFromDicts
+        from slow_steps import SlowToImport
+
+        with Pipeline(name="orphans", cache_dir=sys.argv[1], executor="mp") as pipeline:
+            loader = LoadDataFromDicts(data=[{"x": i} for i in range(20)], batch_size=10)
+            loader >> SlowToImport(name="same", resources=StepResources(replicas=2))
+        pipeline.run(use_cache=False, progress=False)
+    """
+)
+
+
+def _group(pgid: int) -> list[str]:
+    """The live (not zombie) processes of process group `pgid`, from /proc."""
+    alive = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            alive.append(entry)
+    return alive
+
+
+@pytest.mark.timeout(180)
+def test_spawned_workers_whose_driver_died_while_they_started_exit(tmp_path) -> None:
+    """A worker started by "spawn" imports and unpickles its step before its code runs; a
+    driver SIGKILLed meanwhile left it to init, where it waited for tasks forever."""
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs Linux /proc")
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    (tmp_path / "slow_steps.py").write_text(SLOW_STEPS)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *(p for p in sys.path if p)]),
+           "STILLHOUSE_PROGRESS": "0", "STILLHOUSE_START_METHOD": "spawn", "MARKERS": str(markers)}
+    script = tmp_path / "driver.py"
+    script.write_text(SPAWNING)
+    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path / "cache")], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not any(markers.iterdir()) and driver.poll() is None:
+            time.sleep(0.01)  # until a worker is importing its step
+        assert any(markers.iterdir()), "no worker started"
+        driver.kill()
+        driver.wait(10)
+        deadline = time.monotonic() + 60  # 3 s of import, then PARENT_CHECK_INTERVAL: plenty
+        while _group(driver.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _group(driver.pid) == []
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)

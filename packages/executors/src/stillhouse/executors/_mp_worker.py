@@ -119,14 +119,16 @@ def worker_main(
     enable_metadata: bool,
     env: dict[str, str],
     log_levels: dict[str, int],
+    driver: int,
 ) -> None:
-    """Body of a worker process: serve `step` from `tasks` until told to stop."""
+    """Body of a worker process: serve `step` from `tasks` until told to stop, or until
+    the driver (pid `driver`) is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
+    _exit_with_parent(driver)
     os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
     route_logs(QueueHandler(results), log_levels, (str(step.name), replica))
     pickling_support.install()
     keep_freed_memory()
-    _exit_with_parent()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
     outcome = serve(runner, tasks.get, lambda event: results.put(portable(event)), replace=lambda _: None)
     if outcome == REPLACED:
@@ -137,13 +139,17 @@ def worker_main(
     results.put(Exited(step.name, replica))
 
 
-def _exit_with_parent() -> None:
-    parent = os.getppid()
+def _exit_with_parent(driver: int) -> None:
+    """Exit when the driver is no longer this process's parent. The driver's pid comes
+    from the driver: a worker started by "spawn" reads its parent only after importing
+    and unpickling, when a driver killed meanwhile has already left it to init."""
+    if os.getppid() != driver:
+        os._exit(1)
 
     def watch() -> None:
         while True:
             time.sleep(PARENT_CHECK_INTERVAL)
-            if os.getppid() != parent:
+            if os.getppid() != driver:
                 os._exit(1)
 
     threading.Thread(target=watch, name="stillhouse-parent-watch", daemon=True).start()

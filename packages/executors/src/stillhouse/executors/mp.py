@@ -126,7 +126,7 @@ class MultiprocessingExecutor(Executor):
                 env = worker_environment()  # a fork server's children miss the driver's
                 if gpus:
                     env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-                args = (step, index, tasks, self._results, enable_metadata, env, levels)
+                args = (step, index, tasks, self._results, enable_metadata, env, levels, os.getpid())
                 self._spawn(_Replica(step.name, index, None, gpus, args))  # type: ignore[arg-type]
 
     def _spawn(self, replica: _Replica) -> None:
