@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -233,3 +235,42 @@ def test_a_run_looks_up_each_steps_signature_once(tmp_path):
         LoadDataFromDicts(name="load", data=[{"x": 1}]) >> CountsItsSignatureLookups(name="costly")
     pipeline.run(progress=False)
     assert CountsItsSignatureLookups.lookups == ["costly"]
+
+
+HOLDER = """
+import os, sys, time
+from pathlib import Path
+from stillhouse.cache.lock import acquire
+
+acquire(Path(sys.argv[1]), "busy {pid}")
+if os.fork() == 0:  # a worker forked by the run: it outlives its driver for a moment
+    time.sleep(60)
+    os._exit(0)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_a_forked_worker_does_not_keep_the_lock_of_a_killed_driver(tmp_path):
+    """A `flock` lasts while any process holds the file open: workers close their copy."""
+    import signal
+    import subprocess
+
+    from stillhouse.cache.lock import acquire, release
+
+    driver = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        assert driver.stdout.readline().strip() == "locked"
+        with pytest.raises(CacheLockedError, match=f"busy {driver.pid}"):
+            acquire(tmp_path, "busy {pid}")  # held by the live driver (its fork did not drop it)
+        driver.kill()
+        driver.wait(10)
+        release(acquire(tmp_path, "busy {pid}"))  # at once, while the forked child still sleeps
+        os.killpg(driver.pid, 0)  # the child is alive: the process group still exists
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+        driver.stdout.close()
+        driver.wait(10)

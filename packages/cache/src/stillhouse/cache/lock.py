@@ -3,10 +3,16 @@
 Held (an exclusive `flock`, released by the OS if the process dies) by a running
 pipeline, and by `stillhouse cache remove` while it deletes. The file names the pid
 that holds it, for the message of whoever finds it taken.
+
+A forked worker closes its copy of the descriptor at once (`os.register_at_fork`): a
+`flock` lasts while any process holds the file open, so a worker that outlived its
+SIGKILLed driver by the second it takes to notice kept the lock, and a rerun started
+at once was refused. Closing (never unlocking) leaves the driver's lock as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from pathlib import Path
@@ -15,6 +21,19 @@ from stillhouse.cache.atomic import FILE_MODE, disk_errors, private_dirs
 from stillhouse.core.errors import CacheLockedError
 
 LOCK = ".lock"
+
+_held: set[int] = set()
+"""Descriptors of the locks this process holds."""
+
+
+def _close_in_child() -> None:
+    for fd in _held:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _held.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 def acquire(base: Path, busy: str) -> int:
@@ -42,10 +61,12 @@ def acquire(base: Path, busy: str) -> int:
     except BaseException:
         release(fd)
         raise
+    _held.add(fd)
     return fd
 
 
 def release(fd: int) -> None:
+    _held.discard(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
