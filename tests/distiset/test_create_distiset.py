@@ -222,6 +222,21 @@ def test_an_incomplete_leaf_is_read_with_a_warning(tmp_path, caplog):
     assert "Leaf 'leaf' is incomplete" in caplog.text
 
 
+def test_a_leaf_stopped_before_its_first_file_is_read_as_empty_with_a_warning(tmp_path, caplog):
+    """A leaf's first file comes at `rows_per_file` rows or when it finishes; before, its
+    folder has no file, and an empty result must not pass for a complete one."""
+    writer = ParquetOutputWriter(tmp_path / "data", ["leaf"], rows_per_file=10_000)
+    writer.begin("leaf")
+    writer.write("leaf", [{"x": i} for i in range(3)])  # killed here: nothing on disk yet
+    distiset = create_distiset(tmp_path / "data")
+    assert len(distiset["default"]["train"]) == 0
+    assert "Leaf 'leaf' is incomplete" in caplog.text and "No rows of it were written" in caplog.text
+    caplog.clear()
+    writer.finish("leaf")
+    assert create_distiset(tmp_path / "data")["default"]["train"]["x"] == [0, 1, 2]
+    assert "incomplete" not in caplog.text
+
+
 def test_the_unified_copy_lives_beside_the_data_or_in_the_datasets_cache(tmp_path, monkeypatch):
     data_dir = _run(tmp_path, {"leaf": [[{"x": 1}]]})
     create_distiset(data_dir)

@@ -148,11 +148,14 @@ def load_leaf(fs: fsspec.AbstractFileSystem, directory: str, *, leaf: str) -> Da
     """One leaf's rows, in file order, as a memory-mapped `Dataset`."""
     from datasets import Dataset
 
-    if not fs.exists(join(directory, COMPLETE_MARKER)) and _parquet_entries(fs, directory):
+    if not fs.exists(join(directory, COMPLETE_MARKER)):
+        # A leaf writes its first file at 10,000 rows or when it finishes: an interrupted
+        # or suspended small one has none, and must not read as a complete, empty result.
+        so_far = "Its rows so far are read" if _parquet_entries(fs, directory) else "No rows of it were written, so it reads as empty"
         logger.warning(
-            "Leaf %r is incomplete: its run stopped before the step finished. Its rows so far "
-            "are read; run the pipeline again to complete them.",
-            leaf,
+            "Leaf %r is incomplete: its run stopped before the step finished. %s; run the "
+            "pipeline again to complete it.",
+            leaf, so_far,
         )
     path = unified_file(fs, directory, leaf=leaf)
     if path is None:
