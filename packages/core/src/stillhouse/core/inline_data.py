@@ -15,8 +15,8 @@ written once as a Parquet file named by its content hash:
 
 The content hash (`sha256`) is that of the rows' JSON (pydantic-core's encoder),
 whatever the file's format. Rows go to Parquet only when they come back from it
-exactly (the same JSON): a column of mixed types, or a dict whose keys differ
-from row to row, would come back changed, and such rows go to `<sha>.json`
+exactly (the same JSON): a column of mixed types, a dict whose keys differ from
+row to row, or a date would come back changed, and such rows go to `<sha>.json`
 instead (a JSON array), as they also do when pyarrow is not installed (core alone
 does not need it). A file that is already there (same hash) is not written again.
 Reading the pipeline file back (`Pipeline.from_yaml`, `stillhouse pipeline run
@@ -140,21 +140,30 @@ def _write(directory: Path, sha: str, rows: Any) -> dict[str, Any]:
 
 def _parquet_bytes(rows: Any, sha: str) -> bytes | None:
     """The rows as a Parquet file, or None: pyarrow is not installed, they are not a list
-    of dicts, or they would not come back exactly (their JSON would not hash to `sha`)."""
+    of dicts, or they would not come back exactly (their JSON would not hash to `sha`).
+
+    The table is parsed from the rows' JSON by Arrow's reader, not converted from Python
+    values: that conversion imports pandas (0.1-0.2 s, on every run that writes a new
+    file). So values come back as JSON types do: a date column (written as its ISO
+    text, read back as a timestamp) does not match, and stays JSON."""
     if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) for row in rows):
         return None
     try:
         import pyarrow as pa
+        import pyarrow.json as pa_json
         import pyarrow.parquet as pq
     except ImportError:
         return None
     try:
-        table = pa.Table.from_pylist(rows)
-        if hashlib.sha256(encode(table.to_pylist())).hexdigest() != sha:
+        lines = b"\n".join(pydantic_core.to_json(row) for row in rows)
+        options = pa_json.ReadOptions(block_size=max(len(lines) + 1, 1 << 20))  # one block: one schema
+        table = pa_json.read_json(pa.py_buffer(lines), read_options=options)
+        if table.num_rows != len(rows) or hashlib.sha256(encode(table.to_pylist())).hexdigest() != sha:
             return None
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError, SerializationError):
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, SerializationError,
+            pydantic_core.PydanticSerializationError):
         return None
     return sink.getvalue().to_pybytes()
 
