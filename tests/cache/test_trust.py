@@ -4,10 +4,12 @@ headers, leaked locks, private files, disks that refuse writes."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import stat
 import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +193,11 @@ def test_a_full_cache_disk_is_a_cache_error_naming_the_file_and_a_later_run_work
         # The lock was released: another run in this process is only refused by the disk.
         with pytest.raises(CacheError, match="disk is full"):
             build(disk, n=3000).run(progress=False)
+        del info
+        with warnings.catch_warnings(record=True) as caught:  # every store's log was closed
+            warnings.simplefilter("always", ResourceWarning)
+            gc.collect()
+        assert [str(w.message) for w in caught if "batches.log" in str(w.message)] == []
     assert rows_of(build(tmp_path / "roomy", n=3000).run(progress=False)) == reference(n=3000)
 
 

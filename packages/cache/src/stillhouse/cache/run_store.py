@@ -153,11 +153,20 @@ class FileRunStore(RunStore):
             store.sync()
 
     def close(self, *, completed: bool) -> None:
+        """Close every step store, even after one fails (a full disk refuses a log's
+        buffered tail: the others' files must still be closed), then raise the first
+        failure; the lock is released whatever happens."""
+        failure: BaseException | None = None
         try:
             for store in self.stores.values():
-                store.close()
+                try:
+                    store.close()
+                except BaseException as exc:  # each store closes on its own
+                    failure = failure or exc
         finally:
             lock.release(self._lock)
+        if failure is not None:
+            raise failure
 
 
 def _reuse_notes(pipeline: Pipeline, use_cache: bool, table: Any, plan: Any) -> dict[str, tuple[str, str]]:
