@@ -11,22 +11,33 @@ explain`). A torn last record (the process died mid-write) is cut off on open; a
 other bad record is reported when read, never guessed at.
 
 Durability: `append` returns once the record is in the OS (flushed), so it survives
-the death of the process (SIGKILL) from then on. Against power loss, records are
-fsynced within `SYNC_EVERY` seconds by a background thread (group commit), so the
-driver never waits for the disk on the way; `sync()` (a step finishing, the run
-ending) fsyncs at once and reports a failed background fsync.
+the death of the process (SIGKILL) from then on. Against power loss, a background
+thread (group commit) fsyncs every log within `SYNC_EVERY` seconds of its first
+record not yet fsynced, whether or not more records follow, so the driver never waits
+for the disk on the way; `sync()` (a step finishing, the run ending) fsyncs at once
+and reports a failed background fsync.
+
+Order: a log's `upstream` are the logs of the steps upstream of it, whose records its
+batches were made from. Every fsync of a log, background or `sync()`, first fsyncs
+those that are dirty, upstream first, so a batch never reaches the disk through us
+before what it was made from (a rerun would recompute the upstream batch, with other
+values for a nondeterministic step, while the downstream replayed the old ones). What
+we cannot order: the OS may write a page back on its own before our fsync, and a
+record appended to both logs while the group commit runs may reach the disk with the
+downstream fsync before its upstream record does with the next one.
 """
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
-import queue
 import struct
 import threading
 import time
+import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -133,24 +144,55 @@ def unframe(blob: bytes, where: str) -> tuple[Header, bytes]:
 
 
 class _Syncer:
-    """One background thread per process that fsyncs the logs `append` hands it."""
+    """One background thread per process that fsyncs the logs `append` hands it.
+
+    A log is handed over once per unsynced stretch, with the time it is due (a second
+    after its last fsync at the latest: `RecordLog.append`). When the earliest is due,
+    the thread takes every log handed over so far and fsyncs them all, each after its
+    dirty upstream logs (`RecordLog.background_sync`): one group commit for the run.
+    It holds them weakly: a log nobody holds any more (a store left unclosed by an error)
+    is finalised where it would have been without us, not later on this thread."""
 
     def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[RecordLog] = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self._reset()
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        # A lock held at the fork stays held in the child, and the thread is the
+        # parent's: start afresh, and let the child's next append hand its logs over.
+        pending = self._logs
+        self._reset()
+        for ref in pending:
+            if (log := ref()) is not None:
+                log._sync_queued = False
+
+    def _reset(self) -> None:
+        self._wake = threading.Condition()
+        self._logs: list[weakref.ref[RecordLog]] = []
+        self._due = math.inf
         self._thread: threading.Thread | None = None
 
-    def submit(self, log: RecordLog) -> None:
-        with self._lock:
+    def submit(self, log: RecordLog, due: float) -> None:
+        with self._wake:
             # After a fork the child has no thread: start one there too.
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._serve, name="stillhouse-fsync", daemon=True)
                 self._thread.start()
-        self._queue.put(log)
+            self._logs.append(weakref.ref(log))
+            if due < self._due:
+                self._due = due
+                self._wake.notify()
 
     def _serve(self) -> None:
         while True:
-            self._queue.get().background_sync()
+            with self._wake:
+                while (wait := self._due - time.monotonic()) > 0:
+                    self._wake.wait(None if wait == math.inf else wait)
+                refs, self._logs, self._due = self._logs, [], math.inf
+            for ref in refs:
+                if (log := ref()) is not None:
+                    log.background_sync()
+                    del log  # no reference to it while waiting for the next commit
 
 
 _SYNCER = _Syncer()
@@ -159,10 +201,15 @@ _SYNCER = _Syncer()
 class RecordLog:
     """Append framed records; index their headers; cut a torn tail on open.
 
-    `repair=False` (a finished store) never cuts anything: a short log is reported."""
+    `repair=False` (a finished store) never cuts anything: a short log is reported.
+    `upstream` gives the open logs of the steps upstream of this one, upstream first
+    (`FileStepStore`): they are fsynced before this log, when dirty."""
 
-    def __init__(self, path: Path, *, repair: bool = True) -> None:
+    def __init__(
+        self, path: Path, *, repair: bool = True, upstream: Callable[[], Iterable[RecordLog]] | None = None
+    ) -> None:
         self.path = path
+        self.upstream = upstream or tuple
         fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         os.close(fd)
         self.index: list[Header] = list(iter_headers(path))
@@ -196,9 +243,11 @@ class RecordLog:
         header = header._replace(offset=offset)
         self.index.append(header)
         self.dirty = True
-        if not self._sync_queued and time.monotonic() - self._synced_at > SYNC_EVERY:
-            self._sync_queued = True  # group commit, off this thread: durable within a second
-            _SYNCER.submit(self)
+        if not self._sync_queued:
+            # Group commit, off this thread: due a second after the last fsync (at once
+            # after a quiet second), so this record is durable within a second.
+            self._sync_queued = True
+            _SYNCER.submit(self, self._synced_at + SYNC_EVERY)
         return header
 
     def read(self, header: Header) -> bytes:
@@ -213,21 +262,36 @@ class RecordLog:
         return data
 
     def sync(self) -> None:
-        """fsync now (waiting for a background fsync in progress), and report one that failed."""
-        with self._sync_lock:
-            self._sync()
+        """fsync the dirty upstream logs, then this one (waiting for a background fsync in
+        progress), and report a failed one, naming its file."""
+        for log in self.upstream():
+            with disk_errors(log.path):
+                log._sync_open()
+                log._raise_sync_error()
+        self._sync_open()
         self._raise_sync_error()
 
     def background_sync(self) -> None:
-        """The background thread's fsync; an error waits for the next `append` or `sync`."""
+        """The background thread's fsync, after the upstream logs'; an error waits for the
+        next `append` or `sync` of its log, and leaves the logs after it dirty."""
         with self._sync_lock:
             self._sync_queued = False
-            if self._append.closed:
-                return
-            try:
+        for log in (*self.upstream(), self):
+            with log._sync_lock:
+                if log.closed:
+                    continue  # closed: fsynced then, or left unsynced after an upstream failure
+                if log._sync_error is not None:
+                    return  # a failed upstream fsync: nothing made from it goes first
+                try:
+                    log._sync()
+                except OSError as exc:
+                    log._sync_error = exc
+                    return
+
+    def _sync_open(self) -> None:
+        with self._sync_lock:
+            if not self.closed:
                 self._sync()
-            except OSError as exc:
-                self._sync_error = exc
 
     def _sync(self) -> None:
         # Called with the lock held. `dirty` is cleared before the fsync: a record appended
@@ -246,10 +310,18 @@ class RecordLog:
         if error is not None:
             raise error
 
-    def close(self) -> None:
+    @property
+    def closed(self) -> bool:
+        return self._append.closed
+
+    def close(self, *, sync: bool = True) -> None:
+        """fsync (with `sync`, after the dirty upstream logs) and close; the files are closed
+        even when that fails. `sync=False` leaves the tail to the OS: a log closed after one
+        upstream of it failed to close must not reach the disk before it."""
         with disk_errors(self.path):  # a full disk refuses the buffered tail: name the file
             try:
-                self.sync()
+                if sync:
+                    self.sync()
             finally:
                 with self._sync_lock:  # no background fsync on a closed file
                     try:

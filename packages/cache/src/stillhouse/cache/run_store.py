@@ -155,12 +155,14 @@ class FileRunStore(RunStore):
     def close(self, *, completed: bool) -> None:
         """Close every step store, even after one fails (a full disk refuses a log's
         buffered tail: the others' files must still be closed), then raise the first
-        failure; the lock is released whatever happens."""
+        failure; the lock is released whatever happens. The stores after a failure are
+        closed without an fsync: their batches may be made from its lost tail, and must
+        not reach the disk before it (`records.py`, "Order")."""
         failure: BaseException | None = None
         try:
-            for store in self.stores.values():
+            for store in self.stores.values():  # upstream first
                 try:
-                    store.close()
+                    store.close(sync=failure is None)
                 except BaseException as exc:  # each store closes on its own
                     failure = failure or exc
         finally:

@@ -119,7 +119,8 @@ class FileStepStore(StepStore):
     steps upstream of it. Those can only change with a new generation, which makes
     this store's outputs unusable too (`reuse.decide`), so a reference never outlives
     the blob; a blob that was lost anyway (power loss before an fsync) fails its digest
-    check and the batch is reported damaged, never read."""
+    check and the batch is reported damaged, never read. The `ancestors`' logs are
+    fsynced before this store's (`RecordLog.upstream`)."""
 
     def __init__(self, directory: Path, meta: dict[str, Any]) -> None:
         self.directory = directory
@@ -193,12 +194,21 @@ class FileStepStore(StepStore):
     def log(self) -> RecordLog:
         if self._log is None:
             with disk_errors(self.directory / LOG, "open"):
-                self._log = RecordLog(self.directory / LOG, repair=not self.finished)
+                self._log = RecordLog(
+                    self.directory / LOG, repair=not self.finished, upstream=self._upstream_logs
+                )
             for header in self._log.index:
                 self._index(header)
             if self.finished:
                 self._check_counts(self._log)
         return self._log
+
+    def _upstream_logs(self) -> list[RecordLog]:
+        """The open logs of the stores upstream, upstream first: fsynced before this one's,
+        so no batch reaches the disk before the records it was made from (`records.py`).
+        `ancestors` holds every store upstream, so one upstream of another has fewer."""
+        ordered = sorted(self.ancestors, key=lambda store: len(store.ancestors))
+        return [store._log for store in ordered if store._log is not None]
 
     def _indexed(self) -> FileStepStore:
         """This store, with its log opened and its headers indexed."""
@@ -344,10 +354,11 @@ class FileStepStore(StepStore):
             with disk_errors(self.directory / LOG):
                 self._log.sync()
 
-    def close(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
+    def close(self, *, sync: bool = True) -> None:
+        """Close the log, fsyncing it first unless `sync=False` (`RecordLog.close`)."""
+        log, self._log = self._log, None
+        if log is not None:
+            log.close(sync=sync)
 
 
 def parse_suspended(text: str | bytes, where: str) -> dict[str, Any]:
