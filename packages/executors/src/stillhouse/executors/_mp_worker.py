@@ -139,17 +139,30 @@ def worker_main(
     results.put(Exited(step.name, replica))
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process took the pid: ours is gone
+        return False
+    return True
+
+
 def _exit_with_parent(driver: int) -> None:
-    """Exit when the driver is no longer this process's parent. The driver's pid comes
-    from the driver: a worker started by "spawn" reads its parent only after importing
-    and unpickling, when a driver killed meanwhile has already left it to init."""
-    if os.getppid() != driver:
+    """Exit when this process's parent changes (its parent died: the driver, or with
+    "forkserver" the fork server, which dies with the driver). The driver's pid comes from
+    the driver: a worker started by "spawn" reads its parent only after importing and
+    unpickling, when a driver killed meanwhile has already left it to init, so a parent
+    that is not the driver, while the driver is gone, is a reason to exit too."""
+    parent = os.getppid()
+    if parent != driver and not _alive(driver):
         os._exit(1)
 
     def watch() -> None:
         while True:
             time.sleep(PARENT_CHECK_INTERVAL)
-            if os.getppid() != driver:
+            if os.getppid() != parent:
                 os._exit(1)
 
     threading.Thread(target=watch, name="stillhouse-parent-watch", daemon=True).start()
