@@ -83,6 +83,29 @@ def test_run_dataset_accepts_lists_dataframes_and_datasets(tmp_path, kind):
     assert [r["y"] for r in rows_of(pipeline.run(dataset=data, use_cache=False, progress=False))] == [0, 2, 4, 6]
 
 
+def test_a_later_run_with_dataset_reads_its_new_rows(tmp_path):
+    with Pipeline(name="ds", cache_dir=tmp_path, executor="sync") as pipeline:
+        Double(name="double")
+    pipeline.dry_run(dataset=rows(2))  # a dry run first, as a notebook does
+    assert [r["y"] for r in rows_of(pipeline.run(dataset=rows(3), progress=False))] == [0, 2, 4]
+    assert [r["y"] for r in rows_of(pipeline.run(dataset=[{"x": 5}], progress=False))] == [10]
+    # Without dataset= the last rows stay, as in distilabel.
+    assert [r["y"] for r in rows_of(pipeline.run(progress=False))] == [10]
+    assert sorted(pipeline.dag.step_names) == ["double", "load_dataset"]
+
+
+def test_a_run_with_dataset_inside_the_with_block_leaves_no_pipeline_current(tmp_path, caplog):
+    from stillhouse.core import _context
+
+    with Pipeline(name="ds", cache_dir=tmp_path, executor="sync") as pipeline:
+        Double()
+        pipeline.run(dataset=rows(1), progress=False)
+    assert _context.current_pipeline.get() is None
+    stray = Double(name="stray")
+    assert "'stray' was created outside a pipeline" in caplog.text
+    assert stray.pipeline is None and "stray" not in pipeline.dag.step_names
+
+
 def test_dataset_with_a_generator_is_an_error(tmp_path):
     with Pipeline(name="ds", cache_dir=tmp_path, executor="sync") as pipeline:
         LoadDataFromDicts(data=rows(2)) >> Double()

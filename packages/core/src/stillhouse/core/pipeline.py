@@ -72,7 +72,8 @@ class Pipeline:
         self.executor = executor
         self.executor_options = executor_options
         self.dag = DAG()
-        self._token: Token[Any] | None = None
+        self._tokens: list[Token[Any]] = []  # one per `with` block entered, innermost last
+        self._dataset_loader: _Step | None = None  # the generator `run(dataset=)` made
         self._stop_requested = 0
         self._run_context: RunContext | None = None  # set by the engine when a run starts
         self.last_run_summary: list[dict[str, Any]] = []
@@ -90,13 +91,14 @@ class Pipeline:
     # -- building --------------------------------------------------------------------
 
     def __enter__(self) -> Self:
-        self._token = _context.current_pipeline.set(self)
+        self._tokens.append(_context.current_pipeline.set(self))
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self._token is not None:
-            _context.current_pipeline.reset(self._token)
-            self._token = None
+        # A stack: `run(dataset=)` inside the user's `with` block enters it again, and
+        # leaving that inner block must not end the outer one's (nor leave it current).
+        if self._tokens:
+            _context.current_pipeline.reset(self._tokens.pop())
 
     def _add_step(self, step: _Step) -> None:
         self.dag.add_step(step)
@@ -342,22 +344,32 @@ class Pipeline:
         self._stop_requested += 1
 
     def _attach_dataset(self, dataset: Any, batch_size: int = 50) -> None:
+        """Make `dataset` the rows of the generator `load_dataset` before the roots. A
+        later `run(dataset=)` gives that generator its new rows (a notebook runs again
+        with another dataset, or after fixing a mapping); a run without `dataset=` keeps
+        the last ones, as in distilabel."""
         if dataset is None:
             return
         from stillhouse.core.steps.generators import LoadDataFromDicts, dataset_rows
 
-        generators = [n for n in self.dag.step_names if self.dag.get_step(n).is_generator]
+        loader = self._dataset_loader
+        generators = [n for n in self.dag.step_names if self.dag.get_step(n).is_generator
+                      and self.dag.get_step(n) is not loader]
         if generators:
             raise DatasetArgumentError(
                 f"run(dataset=...) was given, but pipeline {self.name!r} already has generator "
                 f"step(s) {generators!r}. Remove `dataset=` or the generator step."
             )
         rows = dataset_rows(dataset)
+        if loader is not None:
+            loader.data, loader.batch_size = rows, batch_size
+            return
         roots = self.dag.roots
         with self:
             loader = LoadDataFromDicts(name="load_dataset", data=rows, batch_size=batch_size)
         for root in roots:
             loader.connect(self.dag.get_step(root))
+        self._dataset_loader = loader
 
     def draw(self, path: str | os.PathLike[str] = "pipeline.svg", top_to_bottom: bool = False,
              show_edge_labels: bool = True) -> Path:
