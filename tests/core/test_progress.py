@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -181,3 +182,130 @@ def test_the_capture_in_the_docs_is_the_current_view():
     console.print(render(states, "demo", 83.0, now=now))
     rendered = [line.rstrip() for line in console.export_text().rstrip("\n").splitlines()]
     assert documented == rendered
+
+
+@step(inputs=["x"], outputs=[])
+def DropAll(inputs: StepInput):
+    yield []
+
+
+@step(inputs=["x"], outputs=["k"])
+def Triple(inputs: StepInput):
+    yield [{**row, "k": k} for row in inputs for k in range(3)]
+
+
+def _shaped_states():
+    """generate (300 rows) >> [drop (keeps no row), triple (3 rows per row) >> square]."""
+    with Pipeline(name="shapes") as pipeline:
+        load = LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(300)], batch_size=30)
+        load >> DropAll(name="drop", input_batch_size=10)
+        load >> Triple(name="triple", input_batch_size=10) >> Square(name="square", input_batch_size=10)
+    stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
+    return build_states(pipeline.validate(), pipeline.dag, stores, MemoryOutputWriter())
+
+
+def _line(screen: str, step_name: str) -> str:
+    return next(line for line in screen.splitlines() if f" {step_name} " in line)
+
+
+def test_rate_and_eta_count_input_rows_for_a_filter_and_an_expander():
+    """Both consumed 40 of their 300 input rows in 4 s: 10 rows/s and 26 s left, whatever
+    they yielded (the filter none, the expander 120)."""
+    states, now = _shaped_states(), time.monotonic()
+    states["generate"].move(StepStatus.FINISHED)
+    states["generate"].stats.rows_out = 300
+    for name, rows_out in (("drop", 0), ("triple", 120)):
+        state = states[name]
+        state.move(StepStatus.RUNNING)
+        state.stats.started_at = now - 4.0
+        state.stats.rows_in, state.stats.batches = 60, 4
+        state.stats.rows_out = state.stats.computed_rows = rows_out
+    rows = {row["step"]: row for row in step_figures(states, now=now)}
+    for name in ("drop", "triple"):
+        assert (rows[name]["done"], rows[name]["total"]) == (40, 300)
+        assert rows[name]["rows_per_s"] == pytest.approx(10.0)
+        assert rows[name]["eta_s"] == pytest.approx(26.0)
+        assert progress_line(rows[name]).startswith(f"{name}: 40/300 rows (13%), 10.0 rows/s, ETA 0:26, ")
+
+    # Batches replayed from the cache do not count: 2 of triple's 4 were cached.
+    states["triple"].stats.cached_batches, states["triple"].stats.computed_rows = 2, 60
+    triple = next(row for row in step_figures(states, now=now) if row["step"] == "triple")
+    assert triple["rows_per_s"] == pytest.approx(5.0) and triple["eta_s"] == pytest.approx(52.0)
+
+
+def test_a_step_after_an_unfinished_expander_never_shows_false_completion():
+    states, now = _shaped_states(), time.monotonic()
+    states["generate"].move(StepStatus.FINISHED)
+    states["generate"].stats.rows_out = 300
+    triple, square = states["triple"], states["square"]
+    for state in (triple, square):
+        state.move(StepStatus.RUNNING)
+        state.stats.started_at = now - 10.0
+    # triple has consumed 100 of its 300 rows (300 out); square has done those 300 rows,
+    # the pass-through estimate of its total, and has 600 more to come.
+    triple.stats.rows_in, triple.stats.batches, triple.stats.rows_out = 100, 10, 300
+    triple.stats.computed_rows = 300
+    square.stats.rows_in, square.stats.batches = 300, 30
+    square.stats.rows_out = square.stats.computed_rows = 300
+    row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
+    assert (row["done"], row["total"], row["percent"], row["eta_s"]) == (300, None, None, None)
+    assert progress_line(row).startswith("square: 300/? rows (-), 30.0 rows/s, ETA -, ")
+    line = _line(_screen(render(states, "shapes", 10.0, now=now)), "square")
+    assert "300/?" in line and "100%" not in line and "0:00" not in line
+
+    # Below the estimate the estimate is shown (too small, it is only known later).
+    square.stats.rows_in, square.stats.batches = 200, 20
+    row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
+    assert (row["done"], row["total"]) == (200, 300)
+
+    # Once triple finished, square's total is known: exact, and no longer a question mark.
+    triple.stats.rows_in, triple.stats.batches, triple.stats.rows_out = 300, 30, 900
+    triple.move(StepStatus.FINISHED)
+    square.stats.rows_in, square.stats.batches = 300, 30
+    row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
+    assert (row["done"], row["total"], round(row["percent"])) == (300, 900, 33)
+
+
+def test_an_unfinished_step_that_did_all_its_rows_is_not_shown_complete():
+    """Its last batch is released but the step has not finished: 99%, a bar short of full,
+    no ETA; 100% and a full bar once it finished."""
+    states, now = _states(), time.monotonic()
+    generate, square = states["generate"], states["square"]
+    generate.move(StepStatus.FINISHED)
+    generate.stats.rows_out = 300
+    square.move(StepStatus.RUNNING)
+    square.stats.started_at = now - 10.0
+    square.stats.rows_in, square.stats.batches = 300, 30
+    square.stats.rows_out = square.stats.computed_rows = 300
+    row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
+    assert (row["done"], row["total"], row["percent"], row["eta_s"]) == (300, 300, 99.0, None)
+    line = _line(_screen(render(states, "demo", 10.0, now=now)), "square")
+    assert "99%" in line and "100%" not in line and "0:00" not in line and "━" * 20 not in line
+    square.move(StepStatus.FINISHED)
+    line = _line(_screen(render(states, "demo", 10.0, now=now)), "square")
+    assert "100%" in line and "━" * 20 in line
+
+
+def test_records_for_a_users_basic_config_handler_print_above_the_live_view(monkeypatch):
+    """`logging.basicConfig()` made a handler holding the stderr of that moment: while the
+    live view is drawn, a record reaches the terminal through the view's console (above
+    the view), never straight through that stream, which would tear the view."""
+    import io
+
+    terminal = io.StringIO()
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # what the user's handler holds
+    users = logging.StreamHandler(sys.stderr)
+    root = logging.getLogger()
+    root.addHandler(users)
+    console = Console(file=terminal, force_terminal=True, width=120, color_system=None)
+    try:
+        view = Progress(_states(), live=True, pipeline_name="demo", console=console)
+        logging.getLogger("stillhouse.cache").warning("the cache warned while drawing")
+        view.close()
+        assert "the cache warned while drawing" in terminal.getvalue()
+        assert users.stream.getvalue() == ""
+        assert users.stream is sys.stderr  # given back when the view closed
+        logging.getLogger("stillhouse.cache").warning("after the view")
+        assert users.stream.getvalue().endswith("after the view\n")
+    finally:
+        root.removeHandler(users)

@@ -55,6 +55,7 @@ BATCH = 1
 ROUTE = 2
 BLOB = 3  # a column stored once per content (codec.Blob); `a` and `b` hold its digest
 LAST = 1  # flags: the generator said this was its last batch
+FAILED = 2  # flags: the batch recorded a failure (its rows hold None outputs)
 FILE_MODE = 0o600
 
 

@@ -3,8 +3,9 @@
 `meta.json` records who wrote the batches (step, signature and its parts, the
 generations of the predecessors' outputs they were made from), a `generation` of
 its own, the input batch size, and, once the step finished, how many batches and
-rows the log holds, its length in bytes, and the rows out a replay gives (`rows_out`,
-shown by the run summary when a later run reuses the step whole). `reuse.decide`
+rows the log holds, its length in bytes, and what a replay gives: its rows out
+(`rows_out`) and how many of its batches recorded a failure (`failed_batches`), both
+shown by the run summary when a later run reuses the step whole. `reuse.decide`
 compares all of that with the live pipeline and the log before anything is reused.
 """
 
@@ -34,7 +35,16 @@ from stillhouse.cache.codec import (
     unpack,
 )
 from stillhouse.cache.durable import local_durable_dir
-from stillhouse.cache.records import BATCH, BLOB, LAST, ROUTE, Header, RecordLog, iter_headers
+from stillhouse.cache.records import (
+    BATCH,
+    BLOB,
+    FAILED,
+    LAST,
+    ROUTE,
+    Header,
+    RecordLog,
+    iter_headers,
+)
 from stillhouse.cache.reuse import FORMAT, Decision, Holdings, decide
 from stillhouse.core.engine import BatchKey, BatchRecord, StepStore
 from stillhouse.core.errors import CorruptCacheError
@@ -44,6 +54,10 @@ logger = logging.getLogger("stillhouse.cache")
 META = "meta.json"
 LOG = "batches.log"
 _BLOB_ID = struct.Struct("<qq")  # a blob's 16-byte digest as the header's `a` and `b`
+FLAGGED = "failures_flagged"
+"""In `meta.json`: every batch of the log was written with `FAILED` where it failed, so
+its failures can be counted from the headers. A store begun by an older version lacks it,
+and its `failed_batches` is never recorded (the summary then cannot say)."""
 
 
 def read_meta(directory: Path) -> dict[str, Any] | None:
@@ -167,7 +181,7 @@ class FileStepStore(StepStore):
         )
         if decision.action == "recompute":
             warn_recomputed(decision, step_name, str(directory / LOG))
-            meta = new_meta(identity)
+            meta = {**new_meta(identity), FLAGGED: True}
             with disk_errors(directory):
                 if directory.exists():
                     shutil.rmtree(directory)
@@ -259,7 +273,8 @@ class FileStepStore(StepStore):
             payload = pack(split_columns(batch, self, self.memo))
             header = self.log.append(
                 BATCH, record.key[0], record.key[1], payload,
-                rows=len(record.rows), flags=LAST if record.last else 0,
+                rows=len(record.rows),
+                flags=(LAST if record.last else 0) | (FAILED if record.error is not None else 0),
             )
         self._index(header)
 
@@ -329,7 +344,7 @@ class FileStepStore(StepStore):
         log = self.log
         with disk_errors(self.directory / LOG):
             log.sync()  # the batches must be durable before "finished" is
-        self.meta = {
+        meta = {
             **self.meta,
             "finished": True,
             "batches": sum(1 for h in log.index if h.kind == BATCH),
@@ -339,6 +354,9 @@ class FileStepStore(StepStore):
             "rows_out": sum(h.rows for h in self._batches.values()),
             "log_bytes": log.index[-1].end if log.index else 0,
         }
+        if meta.get(FLAGGED):
+            meta["failed_batches"] = sum(1 for h in self._batches.values() if h.flags & FAILED)
+        self.meta = meta
         self.finished = True
         atomic_write_json(self.directory / META, self.meta)
 
@@ -348,6 +366,13 @@ class FileStepStore(StepStore):
         count a batch `retry_failed` replaced)."""
         rows = self.meta.get("rows_out") if self.finished else None
         return rows if isinstance(rows, int) else None
+
+    def stored_failed_batches(self) -> int | None:
+        """`meta.json`'s "failed_batches" (of the batches a replay gives), read when the
+        store was opened; None before the step finished, or for a store begun before
+        failures were flagged in its log."""
+        failed = self.meta.get("failed_batches") if self.finished else None
+        return failed if isinstance(failed, int) else None
 
     def sync(self) -> None:
         if self._log is not None:

@@ -200,9 +200,12 @@ def _print_results(pipeline: Pipeline, result: Any) -> None:
     out.print(f"Results of pipeline {pipeline.name!r}:")
     for leaf, rows in _row_counts(result).items():
         out.print(f"  {leaf}: {rows} rows", soft_wrap=True)
-    failed = sum(row.get("failed_batches", 0) for row in pipeline.last_run_summary)
-    if failed:
-        out.print(f"{failed} batch(es) failed; their rows have None outputs (see pipeline.log).")
+    summary = pipeline.last_run_summary
+    failed = sum(row.get("failed_batches", 0) for row in summary)
+    reused = sum(row.get("failed_batches", 0) for row in summary if row.get("status", "").startswith("cached"))
+    if failed:  # a cached step's failed batches are reused with its results, as they are
+        when = " in an earlier run whose results were reused" if reused == failed else ""
+        out.print(f"{failed} batch(es) failed{when}; their rows have None outputs (see pipeline.log).")
     if pipeline.run_dir:
         out.print(f"Cache: {pipeline.run_dir}", soft_wrap=True)
 

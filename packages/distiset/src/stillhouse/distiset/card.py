@@ -194,8 +194,9 @@ def _run_summary(distiset: Distiset, info: dict[str, Any]) -> str:
     for row in summary:
         step = str(row.get("step", ""))
         status = str(row.get("status") or "").split(",")[0]  # "computed, 2 failed batches"
-        if _reused(row):  # the store's count; 0 when the store could not say
-            rows, failed, seconds = row.get("rows_out") or stored.get(step), None, None
+        if _reused(row):  # the store's counts; 0 when the store could not say
+            rows, seconds = row.get("rows_out") or stored.get(step), None
+            failed = row.get("failed_batches") or None  # recorded by the store that failed
         else:
             rows, failed = row.get("rows_out"), row.get("failed_batches")
             seconds = f"{float(row['seconds']):.2f}" if row.get("seconds") is not None else None
@@ -213,7 +214,7 @@ def _run_summary(distiset: Distiset, info: dict[str, Any]) -> str:
 
 def _reused(row: dict[str, Any]) -> bool:
     """The step's results were taken whole from the cache: no batch went through this run."""
-    return row.get("status") == "cached" and not row.get("batches")
+    return str(row.get("status")).split(",")[0] == "cached" and not row.get("batches")
 
 
 def _figure(value: Any) -> str:

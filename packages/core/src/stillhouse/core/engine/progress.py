@@ -2,9 +2,11 @@
 otherwise, and one summary table at the end.
 
 Every figure comes from `step_figures`, so the live view, the log lines and the
-summary never disagree. Rates count only rows computed in this run: rows replayed
-from the cache arrive at disk speed and would make a slow step look fast. Nothing
-here changes what runs; the scheduler calls `Progress.tick()` and forgets it.
+summary never disagree. A step's rows done, total, rate and ETA share one unit: the
+input rows it consumed (a generator: the rows it produced), so a filter or an expander
+shows its real pace. Rates count only rows computed in this run: rows replayed from
+the cache arrive at disk speed and would make a slow step look fast. Nothing here
+changes what runs; the scheduler calls `Progress.tick()` and forgets it.
 """
 
 from __future__ import annotations
@@ -49,53 +51,84 @@ def _log_every() -> float:
 
 
 def expected_rows(states: dict[str, StepState]) -> dict[str, int | None]:
-    """Per step, the rows it will consume (a generator: produce), where that is known.
+    """Per step, the rows it will consume (a generator: produce), where that is known."""
+    return {name: total for name, (total, _sure) in _totals(states).items()}
 
-    Known for generators with `total_rows()` (LoadDataFromDicts), and for steps after
-    them outside routed branches: a normal step is taken to pass its rows through
-    until it finishes, then its real output count is used. A global step, a routed
-    branch or a join of unequal inputs has no known total until its inputs end."""
-    out: dict[str, int | None] = {}
-    consumed: dict[str, int | None] = {}
+
+def _totals(states: dict[str, StepState]) -> dict[str, tuple[int | None, bool]]:
+    """Per step, `(total, sure)`: the rows it will consume (a generator, or a finished
+    step replayed from the cache: produce), and whether that count is certain.
+
+    Known for generators with `total_rows()` (LoadDataFromDicts), for replays (the rows
+    their store holds), and for steps after them outside routed branches. A normal step
+    is taken to pass its rows through until it finishes, then its real output count is
+    used: totals after an unfinished normal step are estimates (`sure` False), too large
+    after a filter, too small after an expander. A global step, a routed branch or a
+    join of unequal inputs has no known total until its inputs end."""
+    out: dict[str, tuple[int | None, bool]] = {}  # the rows each step gives
+    totals: dict[str, tuple[int | None, bool]] = {}
     for name, state in states.items():  # states are in topological order
         step, stats = state.step, state.stats
+        stored = state.store.stored_rows() if state.mode == "source" else None
         if step.is_generator:
-            total = getattr(step, "total_rows", None)
-            consumed[name] = total() if callable(total) else None
+            size = getattr(step, "total_rows", None)
+            total, sure = (size() if callable(size) else None), True
+        elif stored is not None:
+            total, sure = stored, True
         else:
-            inputs = {out[p] for p in state.preds}
-            consumed[name] = inputs.pop() if len(inputs) == 1 and not state.lineaged else None
+            given = [out[p] for p in state.preds]
+            counts = {count for count, _ in given}
+            single = len(counts) == 1 and not state.lineaged
+            total, sure = (counts.pop(), all(s for _, s in given)) if single else (None, True)
+        totals[name] = (None if total is None else max(total, 0), sure)
         if state.finished:
-            out[name] = stats.rows_out
+            out[name] = (stats.rows_out, True)
         elif step.is_global:
-            out[name] = None
+            out[name] = (None, True)
+        elif step.is_generator or stored is not None:
+            out[name] = (total, sure)
         else:
-            out[name] = consumed[name]
-    return {name: None if total is None else max(total, 0) for name, total in consumed.items()}
+            out[name] = (total, False)  # rows passing through: an estimate
+    return totals
 
 
-def _done(state: StepState, total: int | None) -> int:
-    """Rows finished: a generator's output; otherwise the inputs of released batches."""
+def _done(state: StepState) -> int:
+    """Rows finished: a generator's (or a replay's) output; otherwise the inputs of
+    released batches."""
     stats = state.stats
     if state.step.is_generator or state.mode == "source":
-        done = stats.rows_out
-    elif state.finished:
-        done = stats.rows_in
-    elif state.step.is_global:
-        done = 0
-    else:
-        done = min(stats.rows_in, stats.batches * state.input_batch_size)
-    return min(done, total) if total is not None else done
+        return stats.rows_out
+    if state.finished:
+        return stats.rows_in
+    if state.step.is_global:
+        return 0
+    return min(stats.rows_in, stats.batches * state.input_batch_size)
+
+
+def _computed(state: StepState, done: int) -> int:
+    """The rows of `done` that this run computed (not replayed from the cache), in the
+    unit of `done`. A normal step's cached batches are not told apart from its computed
+    ones by size: its released batches are taken to be of equal size."""
+    stats = state.stats
+    if state.step.is_generator or state.mode == "source":
+        return stats.computed_rows
+    if not stats.batches:
+        return 0
+    computed_batches = max(stats.batches - stats.cached_batches, 0)
+    return done * computed_batches // stats.batches
+
+
+_UNFINISHED_PERCENT = 99.0
+"""The most an unfinished step shows: 100% (and a full bar) only once it has finished."""
 
 
 def _status(state: StepState, ended: bool, failed_step: str | None) -> str:
     stats = state.stats
-    if state.mode == "skip" or (state.mode == "source" and state.finished):
-        return "cached"
-    if state.finished:
-        if stats.batches and stats.cached_batches == stats.batches:
-            return "cached"
-        status = "partly cached" if stats.cached_batches else "computed"
+    if state.mode == "skip" or state.finished:
+        if state.mode in ("skip", "source") or (stats.batches and stats.cached_batches == stats.batches):
+            status = "cached"
+        else:
+            status = "partly cached" if stats.cached_batches else "computed"
         return f"{status}, {stats.failed_batches} failed batches" if stats.failed_batches else status
     suspended = getattr(state, "suspended", None)  # async steps waiting on an external job
     if suspended:
@@ -117,16 +150,24 @@ def step_figures(
     """One dict per step with every figure the views and the summary show (rates as of
     `now`, a `time.monotonic()` value, default: this instant)."""
     now = time.monotonic() if now is None else now
-    totals = expected_rows(states)
+    totals = _totals(states)
     rows = []
     for name, state in states.items():
         stats = state.stats
         began = stats.started_at
         elapsed = ((stats.ended_at or now) - began) if began else 0.0
-        total = totals[name]
-        done = _done(state, total)
-        rate = stats.computed_rows / elapsed if elapsed > 0 and stats.computed_rows else 0.0
-        left = None if total is None or state.finished else max(total - done, 0)
+        total, sure = totals[name]
+        done = _done(state)
+        if total is not None and not sure and not state.finished and done >= total:
+            total = None  # it reached an estimate and goes on: its total is not known yet
+        done = min(done, total) if total is not None else done
+        computed = _computed(state, done)
+        rate = computed / elapsed if elapsed > 0 and computed else 0.0
+        left = None if total is None or state.finished else total - done
+        if state.finished:
+            percent: float | None = 100.0
+        else:
+            percent = min(100.0 * done / total, _UNFINISHED_PERCENT) if total else None
         rows.append({
             "step": name,
             "rows_in": stats.rows_in,
@@ -134,14 +175,14 @@ def step_figures(
             "computed_rows": stats.computed_rows,
             "done": done,
             "total": total,
-            "percent": 100.0 if state.finished else (100.0 * done / total if total else None),
+            "percent": percent,
             "batches": stats.batches,
             "cached_batches": stats.cached_batches,
             "failed_batches": stats.failed_batches,
             "in_flight": state.inflight,
             "seconds": round(elapsed, 3),
             "rows_per_s": rate,
-            "eta_s": left / rate if left is not None and rate > 0 else None,
+            "eta_s": left / rate if left and rate > 0 else None,
             "status": _status(state, ended, failed_step),
             "started_worker": state.had_workers,
         })
@@ -198,10 +239,8 @@ def render(
                             ("in flight", "right"), ("failed", "right"), ("status", "left")):
         view.add_column(column, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for row in step_figures(states, now=now):
-        bar = ProgressBar(total=float(row["total"] or 0) or None, completed=float(row["done"]),
-                          width=20, pulse=row["total"] is None and row["status"] == "running")
-        if row["percent"] == 100.0:
-            bar = ProgressBar(total=1.0, completed=1.0, width=20)
+        percent = row["percent"]  # full only once the step has finished
+        bar = ProgressBar(total=None if percent is None else 100.0, completed=percent or 0.0, width=20)
         view.add_row(row["step"], bar, _count(row), _percent(row), f"{row['rows_per_s']:.1f}",
                      _clock(row["eta_s"]), str(row["in_flight"]), str(row["failed_batches"]),
                      row["status"])
@@ -230,12 +269,15 @@ class Progress:
         self._log_every = _log_every()
         self._reported: set[str] = set()
         self._live: Any = None
+        self._moved: list[tuple[logging.StreamHandler[Any], Any]] = []
         if live:
             from rich.live import Live
 
             self._live = Live(self._view(), auto_refresh=False, transient=True,
                               console=console or _console(), redirect_stdout=False)
+            stderr = sys.stderr
             self._live.start(refresh=True)
+            self._moved = _move_console_handlers(stderr, sys.stderr)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -257,6 +299,9 @@ class Progress:
     def close(self) -> None:
         if self._live is not None:
             live, self._live = self._live, None
+            for handler, stream in self._moved:
+                handler.setStream(stream)
+            self._moved = []
             live.stop()
         self._report_finished()
 
@@ -277,6 +322,24 @@ class Progress:
 
     def _view(self) -> Any:
         return render(self.states, self.pipeline_name, time.monotonic() - self.started)
+
+
+def _move_console_handlers(stderr: Any, proxy: Any) -> list[tuple[logging.StreamHandler[Any], Any]]:
+    """Point the handlers that write our log records to `stderr` (the user's, from
+    `logging.basicConfig()` say: they hold the stream they were made with) at `proxy`,
+    which prints above the live view, until it closes: written straight to the
+    terminal, a line would tear the view and leave copies of it. Returns each moved
+    handler with the stream to give back."""
+    if proxy is stderr:  # not a terminal rich redirects
+        return []
+    moved = []
+    log: logging.Logger | None = logging.getLogger("stillhouse")
+    while log is not None:
+        for handler in log.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is stderr:
+                moved.append((handler, handler.setStream(proxy)))
+        log = log.parent if log.propagate else None
+    return moved
 
 
 def _console() -> Any:

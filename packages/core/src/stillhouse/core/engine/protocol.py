@@ -301,6 +301,14 @@ class StepStore(ABC):
         most one small file), never a read of the batches."""
         return None
 
+    def stored_failed_batches(self) -> int | None:
+        """How many of the finished stored batches (those `records()` would give) recorded
+        a failure, or None when the store is not finished or cannot say.
+
+        The run summary shows it for a step taken whole from the cache. As cheap as
+        `stored_rows()`: never a read of the batches (`failed_keys()` reads them)."""
+        return None
+
 
 class RunStore(ABC):
     """Everything a run keeps on disk. Made by the `make_run_store` hook."""

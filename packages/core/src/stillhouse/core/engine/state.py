@@ -206,6 +206,7 @@ class Lineage:
 class StepStats:
     rows_in: int = 0
     rows_out: int = 0  # a step taken whole from the cache ("skip"): the rows its store holds
+    # (its rows in and failed batches too, see `_stored_figures`)
     batches: int = 0
     cached_batches: int = 0
     failed_batches: int = 0
@@ -353,9 +354,26 @@ def build_states(
         _mark_retries(plan, states)
     _decide_modes(plan, states, writer)
     for state in states.values():
-        if state.mode == "skip":  # taken whole from the cache: it releases nothing in this run
-            state.stats.rows_out = state.store.stored_rows() or 0
+        if state.mode != "compute":
+            _stored_figures(state, states)
     return states
+
+
+def _stored_figures(state: StepState, states: dict[str, StepState]) -> None:
+    """The figures of a finished step whose stored outputs are reused, from what the
+    stores read when opened (never the batches; 0 where a store cannot say).
+
+    Its inputs are not cut in this run: its rows in are the rows its first predecessor's
+    store gives, which it consumed (they are unchanged, else it would not be reused);
+    inside routed branches it got only the rows routed to it, which no store counts.
+    Taken whole ("skip"), it releases nothing in this run: its rows out and failed
+    batches are its store's. A replay ("source") counts those as its batches go by."""
+    stats = state.stats
+    if state.preds and not state.lineaged:
+        stats.rows_in = states[state.preds[0]].store.stored_rows() or 0
+    if state.mode == "skip":
+        stats.rows_out = state.store.stored_rows() or 0
+        stats.failed_batches = state.store.stored_failed_batches() or 0
 
 
 def _mark_retries(plan: ExecutionPlan, states: dict[str, StepState]) -> None:

@@ -182,11 +182,13 @@ class ExecutorConformance:
         rows = rows_of(pipeline.run(use_cache=False, progress=False))
         assert len(rows) == 6
         assert all(r["out"] == "ok" for r in rows)
+        failed = {row["step"]: row for row in pipeline.last_run_summary}["bad"]["failed_batches"]
         bad_rows = rows_of(pipeline.run(use_cache=True, progress=False))
         assert bad_rows == rows
-        if self.cached_reruns:
-            summary = {row["step"]: row for row in pipeline.last_run_summary}
-            assert summary["bad"]["failed_batches"] == 0  # second run came from the cache
+        if self.cached_reruns:  # the second run came from the cache, failures and all
+            bad = {row["step"]: row for row in pipeline.last_run_summary}["bad"]
+            assert (bad["computed_rows"], bad["failed_batches"]) == (0, failed)
+            assert bad["status"] == f"cached, {failed} failed batches"
 
 
     def test_failing_step_imputes_none_and_records_metadata(self, executor, tmp_path):
