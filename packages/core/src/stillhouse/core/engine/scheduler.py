@@ -8,11 +8,13 @@ routes them, and moves through the load stages.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from stillhouse.core.engine.context import RunContext
@@ -110,7 +112,6 @@ class Scheduler:
         self.tasks: dict[tuple[str, tuple[int, int]], Task] = {}  # kept to re-send suspended batches
         self.retries: list[tuple[float, Task]] = []  # (when, task): suspended, sent again in this run
         self.gave_up_on_stop = False  # Ctrl+C gave up batches in flight: kill, do not unload
-        self._stall_checked = 0.0
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -121,10 +122,30 @@ class Scheduler:
                 state.move(StepStatus.SKIPPED)
             elif state.is_leaf:
                 self.writer.begin(state.name, state.store.version)
-        for stage in self.plan.stages:
-            if all(self.states[name].finished for name in stage):
-                continue
-            self._run_stage(stage)
+        with self._stall_watch():
+            for stage in self.plan.stages:
+                if all(self.states[name].finished for name in stage):
+                    continue
+                self._run_stage(stage)
+
+    @contextlib.contextmanager
+    def _stall_watch(self) -> Iterator[None]:
+        """A thread runs `_watch_stalls` every second beside the loop: an executor that
+        runs steps in the loop's own thread ("sync") runs them inside `events()`, where a
+        hung step keeps the loop from looking. It only reads the steps' state."""
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(1.0):
+                self._watch_stalls()
+
+        watcher = threading.Thread(target=watch, name="stillhouse-stall-watch", daemon=True)
+        watcher.start()
+        try:
+            yield
+        finally:
+            done.set()
+            watcher.join(5.0)
 
     def _run_stage(self, stage: tuple[str, ...]) -> None:
         """Run one load stage to its end.
@@ -152,7 +173,6 @@ class Scheduler:
                 self._raise_stuck(stage)
             for event in self.executor.events(0 if progressed else 0.05):
                 self._handle(event)
-            self._watch_stalls()
             self.on_tick()
         started = [n for n in stage if self.states[n].had_workers]
         if started:
@@ -437,22 +457,20 @@ class Scheduler:
     def _watch_stalls(self) -> None:
         """Warn about a step with batches in flight that gave no result for `STALL_WARNING` s."""
         now = time.monotonic()
-        if now - self._stall_checked < 1.0:
-            return
-        self._stall_checked = now
-        for state in self.active:
-            if not state.inflight or not state.sent:
+        for state in list(self.active):
+            sent = dict(state.sent)  # one step at a time: the loop changes it meanwhile
+            if not state.inflight or not sent:
                 continue
             silent = now - state.last_activity
             if silent < STALL_WARNING or now - state.stall_warned_at < STALL_WARNING:
                 continue
             state.stall_warned_at = now
-            oldest = min(state.sent, key=state.sent.__getitem__)
+            oldest = min(sent, key=sent.__getitem__)
             logger.warning(
                 "Step %r has given no result for %.0f s; its oldest batch in flight is %s "
                 "(sent %.0f s ago). It may be hung: set `batch_timeout` on the step to fail "
                 "such batches, or press Ctrl+C to stop (finished work is cached).",
-                state.name, silent, oldest, now - state.sent[oldest],
+                state.name, silent, oldest, now - sent[oldest],
             )
 
     def _check_aligned(self, state: StepState, lineage: Lineage) -> None:
