@@ -61,6 +61,16 @@ class GeneratesWithoutFlag(GeneratorStep):
         yield [{"x": 1}]
 
 
+class GeneratesTheWrongColumn(GeneratesWithoutFlag):
+    def process(self, offset: int = 0):  # type: ignore[override]
+        yield [{"nope": 0}, {"nope": 1}], True
+
+
+class AsyncGeneratesTheWrongColumn(GeneratesWithoutFlag):
+    async def process(self, offset: int = 0):  # type: ignore[override]
+        yield [{"nope": 0}], True
+
+
 def run(step, rows=({"x": 1}, {"x": 2})):
     runner = StepRunner(step)
     runner.load()
@@ -80,8 +90,11 @@ def run(step, rows=({"x": 1}, {"x": 2})):
         (YieldsAString(name="text"), r"Step 'text': process\(\) yielded a str \('y'\)"),
         (ForgetsItsOutput(name="forgets"), r"Step 'forgets' did not set its output column 'y' .* in row 0 of batch \(0, 3\)"),
         (GeneratesWithoutFlag(name="gen"), r"Generator step 'gen': process\(\) yielded \[\{'x': 1\}\], but a generator step must yield `\(rows, is_last\)` pairs"),
+        (GeneratesTheWrongColumn(name="gen"), r"Step 'gen' did not set its output column 'x' .* in row 0 of batch \(0, 0\): \{'nope': 0\}"),
+        (AsyncGeneratesTheWrongColumn(name="agen"), r"Step 'agen' did not set its output column 'x' .* in row 0 of batch \(0, 0\)"),
     ],
-    ids=["return", "dict", "str", "missing-output", "generator-without-flag"],
+    ids=["return", "dict", "str", "missing-output", "generator-without-flag",
+         "generator-missing-output", "async-generator-missing-output"],
 )
 def test_a_step_that_breaks_the_contract_stops_the_run_naming_itself(step, says) -> None:
     with pytest.raises(FatalStepError) as info:
@@ -111,3 +124,25 @@ def test_a_failing_batch_still_imputes_none() -> None:
     result = run(Raises(name="raises"))
     assert result.error == "ValueError: boom"
     assert result.rows == [{"x": 1, "y": None}, {"x": 2, "y": None}]
+
+
+def test_rows_of_a_generator_whose_outputs_follow_its_data_may_lack_a_key() -> None:
+    """`LoadDataFromDicts` declares the first row's keys; rows without one give None in
+    the results (as in distilabel), not a contract error."""
+    from stillhouse.core.steps import LoadDataFromDicts
+
+    step = LoadDataFromDicts(name="dicts", data=[{"x": 1, "y": 2}, {"x": 3}])
+    assert run(step).rows == [{"x": 1, "y": 2}, {"x": 3}]
+
+
+def test_a_generator_batch_size_below_one_is_refused_naming_the_field() -> None:
+    from pydantic import ValidationError
+
+    from stillhouse.core.steps import LoadDataFromDicts
+
+    for size in (0, -1):
+        with pytest.raises(ValidationError, match="batch_size"):
+            LoadDataFromDicts(name="dicts", data=[{"x": 1}], batch_size=size)
+    step = LoadDataFromDicts(name="dicts", data=[{"x": 1}])
+    with pytest.raises(ValidationError, match="batch_size"):
+        step.set_runtime_parameters({"batch_size": 0})

@@ -131,8 +131,13 @@ def test_missing_input_column() -> None:
 def test_missing_input_column_after_input_mappings() -> None:
     with pipeline() as p:
         loader() >> Generate(name="gen", input_mappings={"instruction": "prompt"})
-    with pytest.raises(MissingInputsError, match=r"'gen'.*'instruction' \(mapped from 'prompt'\)"):
+    with pytest.raises(MissingInputsError) as info:
         p.validate()
+    assert str(info.value).startswith(
+        "Step 'gen' reads its input 'instruction' from column 'prompt' "
+        "(input_mappings={'instruction': 'prompt'}), but no step before it produces 'prompt'."
+    )
+    assert "Map 'instruction' to one of them, or add a step that outputs 'prompt'." in str(info.value)
 
 
 def test_output_mappings_rename_what_later_steps_see() -> None:

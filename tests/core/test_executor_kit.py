@@ -84,6 +84,25 @@ def test_an_exception_that_does_not_pickle_arrives_as_its_type_and_text():
     assert portable(None) is None
 
 
+def test_every_stillhouse_error_crosses_processes_as_itself():
+    """Errors that also derive from an OSError (a timeout, a disk error) once arrived as a
+    plain RuntimeError: tblib's unpickling made them with `RuntimeError.__new__`."""
+    import inspect
+
+    from stillhouse.core import errors
+
+    for cls in (c for _, c in inspect.getmembers(errors, inspect.isclass)
+                if issubclass(c, errors.StillhouseError) and c is not errors.StepsSuspendedError):
+        try:
+            raise cls("what happened")
+        except cls as raised:
+            event = pickle.loads(pickle.dumps(portable(Failed("s", raised, "tb"))))
+        assert type(event.exception) is cls and str(event.exception) == "what happened"
+    timeout = errors.BatchTimeoutError("too slow", step_name="s")
+    event = pickle.loads(pickle.dumps(portable(Failed("s", timeout, "tb"))))
+    assert isinstance(event.exception, TimeoutError) and event.exception.step_name == "s"
+
+
 class Unloads(Step):
     unloaded: ClassVar[list[str]] = []
 

@@ -134,8 +134,12 @@ def test_step_requirements_are_checked_before_the_run(tmp_path):
         def process(self, inputs):
             yield inputs
 
-    with Pipeline(name="req-step", cache_dir=tmp_path, executor="sync") as pipeline:
-        LoadDataFromDicts(data=rows(1)) >> NeedsPackages()
+    with Pipeline(name="req-step", cache_dir=tmp_path, executor="sync",
+                  requirements=["another-missing-package==0.1"]) as pipeline:
+        LoadDataFromDicts(data=rows(1)) >> NeedsPackages(name="needs")
     with pytest.raises(MissingRequirementsError, match=r"another-missing-package==0\.1") as info:
         pipeline.run(progress=False)
     assert "pyyaml" not in str(info.value).lower().split("installed:")[1]
+    # Each missing package names who asked for it.
+    assert ("another-missing-package==0.1 (needed by step 'needs', the pipeline's requirements=)"
+            in str(info.value))

@@ -202,9 +202,15 @@ def _check_inputs(dag: DAG) -> None:
         for source, required in step.get_inputs().items():  # already after input_mappings
             column = from_data.get(source, source)
             if required and source not in available:
-                mapped = f" (mapped from {source!r})" if source != column else ""
+                if source != column:
+                    raise MissingInputsError(
+                        f"Step {name!r} reads its input {column!r} from column {source!r} "
+                        f"(input_mappings={{{column!r}: {source!r}}}), but no step before it "
+                        f"produces {source!r}. Columns available: {sorted(available)!r}. Map "
+                        f"{column!r} to one of them, or add a step that outputs {source!r}."
+                    )
                 raise MissingInputsError(
-                    f"Step {name!r} needs input column {column!r}{mapped}, but no step before it "
+                    f"Step {name!r} needs input column {column!r}, but no step before it "
                     f"produces it. Columns available: {sorted(available)!r}. Add a step that "
                     f"outputs it, or map it with input_mappings={{{column!r}: '<column>'}}."
                 )

@@ -7,6 +7,8 @@ what was expected and say how to fix it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class StillhouseError(Exception):
     """Base class of every stillhouse error."""
@@ -105,6 +107,12 @@ class StepContractError(StepRuntimeError):
 class BatchTimeoutError(StepRuntimeError, TimeoutError):
     """A batch took longer than its step's `batch_timeout`."""
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> BatchTimeoutError:
+        # Its memory is laid out as TimeoutError's (an OSError): `RuntimeError.__new__`,
+        # which tblib's unpickling finds first, refuses to make it, and under "mp" the
+        # error crossed to the driver as a plain RuntimeError.
+        return TimeoutError.__new__(cls, *args)
+
 
 class StepsSuspendedError(StepRuntimeError):
     """The run ended with steps that suspended (`SuspendStep`): run again to resume them.
@@ -151,6 +159,9 @@ class CacheDiskError(CacheError, OSError):
     """The disk refused a cache or result file (read-only, full, a file where a folder goes).
 
     Also an `OSError`, so code that catches disk errors keeps catching it."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> CacheDiskError:
+        return OSError.__new__(cls, *args)  # as `BatchTimeoutError.__new__`: it crosses processes
 
     @classmethod
     def about(cls, path: object, exc: OSError, doing: str = "write the cache file") -> CacheDiskError:

@@ -275,9 +275,18 @@ class Pipeline:
         if missing:
             raise MissingRequirementsError(
                 f"Pipeline {self.name!r} needs packages that are not installed:\n"
-                + "\n".join(missing)
+                + "\n".join(f"{req} (needed by {self._wanted_by(req)})" for req in missing)
                 + "\nInstall them, e.g. `pip install " + " ".join(repr(m) for m in missing) + "`."
             )
+
+    def _wanted_by(self, requirement: str) -> str:
+        """Who asked for `requirement`: the steps whose class declares it, and/or the pipeline."""
+        steps = [name for name in self.dag.step_names
+                 if requirement in _valid_requirements(getattr(self.dag.get_step(name), "requirements", None) or [], name)]
+        who = [f"step {name!r}" for name in steps]
+        if requirement in self._requirements:
+            who.append("the pipeline's requirements=")
+        return ", ".join(who) or "the pipeline"
 
     # -- running -----------------------------------------------------------------------
 

@@ -521,11 +521,20 @@ class GlobalStep(Step, ABC):
 class GeneratorStep(_Step, ABC):
     """A step that produces rows; it has no predecessors.
 
+    Every row it yields must set each required column of its outputs, as for any step
+    (`StepContractError` otherwise), unless `outputs_follow_data` says its outputs are
+    only read off the data it yields.
+
     Attributes:
         batch_size: How many rows each yielded batch holds.
     """
 
-    batch_size: RuntimeParameter[int] = Field(default=50)
+    batch_size: RuntimeParameter[PositiveInt] = Field(default=50)
+
+    outputs_follow_data: ClassVar[bool] = False
+    """True for a step whose outputs are the keys of the data it was given (the first
+    row's, as `LoadDataFromDicts`'s): rows that lack one yield `None` there in the
+    results, as in distilabel, rather than break the contract."""
 
     @abstractmethod
     def process(self, offset: int = 0) -> GeneratorStepOutput:

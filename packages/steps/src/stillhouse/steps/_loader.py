@@ -29,7 +29,7 @@ import contextlib
 import json
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, PrivateAttr, field_validator
 
@@ -71,6 +71,8 @@ with optional_runtime_parameters():
             description="The storage options to use when loading the dataset. Credentials in "
             "them are never saved.",
         )
+
+        outputs_follow_data: ClassVar[bool] = True  # the dataset's columns
 
         _dataset: Any = PrivateAttr(default=None)
         _source: str = PrivateAttr(default="")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -34,6 +34,8 @@ class DataSampler(GeneratorStep):
     size: int = Field(default=2, ge=1, description="Number of samples per example.")
     samples: int = Field(default=100, ge=0, description="Number of examples generated in total.")
     seed: int = Field(default=42, description="Seed of the random draws.")
+
+    outputs_follow_data: ClassVar[bool] = True  # the columns of `data`'s first row
 
     @property
     def outputs(self) -> list[str]:

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,8 +127,8 @@ def run_pipeline(
                     dry_run_rows=dry_run_rows,
                     wait_for_suspended=wait_for_suspended,
                 )
-                with _signal_handlers(pipeline) as stopped:
-                    _drive(scheduler, executor, pipeline, stopped)
+                with _signal_handlers(pipeline):
+                    _drive(scheduler, executor, pipeline)
                 completed = True
             except BaseException as exc:
                 error = exc
@@ -217,12 +217,9 @@ def _announce_resume(pipeline: Pipeline, states: dict[str, StepState]) -> None:
         logger.info("resuming: %s: %s, because %s", name, decision, why)
 
 
-def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline, stopped: Callable[[], None]) -> None:
+def _drive(scheduler: Scheduler, executor: Any, pipeline: Pipeline) -> None:
     try:
-        try:
-            scheduler.run()
-        finally:
-            stopped()
+        scheduler.run()
     except KeyboardInterrupt:
         try:
             executor.shutdown(force=pipeline._stop_requested > 1 or scheduler.gave_up_on_stop)
@@ -262,28 +259,27 @@ def _make_writer(context: RunContext) -> OutputWriter:
 
 
 _STOP_DEADLINE = STOP_GRACE + 1.0
-"""Seconds after the first Ctrl+C by which the scheduler must have stopped, or is
-interrupted as by a second one: a step busy in the thread that drives the run (the
-"sync" executor) never lets the scheduler see the first."""
+"""Seconds after the first Ctrl+C by which the run must have stopped (its workers too),
+or it is interrupted as by a second one: a step busy in the thread that drives the run
+(the "sync" executor), or an async step's loop it blocked, would otherwise hold it."""
 
 
 @contextlib.contextmanager
-def _signal_handlers(pipeline: Pipeline) -> Iterator[Callable[[], None]]:
+def _signal_handlers(pipeline: Pipeline) -> Iterator[None]:
     """First Ctrl+C asks for a graceful stop; the second interrupts at once, and so does
-    `_STOP_DEADLINE` after the first when the scheduler has not stopped by then. Yields
-    the function to call once the scheduler has stopped.
+    `_STOP_DEADLINE` after the first when the run has not stopped by then.
 
     Python only allows handlers in the main thread; elsewhere `pipeline.stop()` stops."""
     if threading.current_thread() is not threading.main_thread():
-        yield lambda: None
+        yield
         return
     main = threading.get_ident()
     deadline: list[threading.Timer] = []
 
     def interrupt() -> None:
-        logger.warning("The run did not stop within %.0f s of Ctrl+C: a step is busy in the "
-                       "thread that drives it. Interrupting that step; its batch is "
-                       "recomputed on resume.", _STOP_DEADLINE)
+        logger.warning("The run did not stop within %.0f s of Ctrl+C (a step is busy where it "
+                       "cannot be told to stop): interrupting it as a second Ctrl+C would. "
+                       "Batches not stored are recomputed on resume.", _STOP_DEADLINE)
         signal.pthread_kill(main, signal.SIGINT)
 
     def on_sigint(signum: int, frame: Any) -> None:
@@ -295,15 +291,12 @@ def _signal_handlers(pipeline: Pipeline) -> Iterator[Callable[[], None]]:
             deadline[0].daemon = True
             deadline[0].start()
 
-    def stopped() -> None:
-        for timer in deadline:
-            timer.cancel()
-
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        yield stopped
+        yield
     finally:
-        stopped()
+        for timer in deadline:
+            timer.cancel()
         signal.signal(signal.SIGINT, previous)
 
 

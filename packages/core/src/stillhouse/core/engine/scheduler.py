@@ -260,6 +260,7 @@ class Scheduler:
                 step_name=event.step_name,
             )
         elif isinstance(event, Loaded):
+            self.states[event.step_name].loaded_replicas += 1
             began = self.states[event.step_name].stats.started_at
             logger.info("Step %r replica %d loaded in %.2f s", event.step_name, event.replica,
                         time.monotonic() - began if began else 0.0)
@@ -455,16 +456,29 @@ class Scheduler:
     # -- hung steps ---------------------------------------------------------------------------
 
     def _watch_stalls(self) -> None:
-        """Warn about a step with batches in flight that gave no result for `STALL_WARNING` s."""
+        """Warn about a step that gave no result for `STALL_WARNING` s with batches in
+        flight, or whose workers have not finished `load()` for as long."""
         now = time.monotonic()
         for state in list(self.active):
             sent = dict(state.sent)  # one step at a time: the loop changes it meanwhile
-            if not state.inflight or not sent:
+            began = state.stats.started_at
+            loading = began is not None and not state.loaded_replicas and not state.finished
+            if loading:
+                silent = now - began  # type: ignore[operator]
+            elif state.inflight and sent:
+                silent = now - state.last_activity
+            else:
                 continue
-            silent = now - state.last_activity
             if silent < STALL_WARNING or now - state.stall_warned_at < STALL_WARNING:
                 continue
             state.stall_warned_at = now
+            if loading:
+                logger.warning(
+                    "Step %r has not finished loading after %.0f s: its load() may be hung "
+                    "(batch_timeout covers batches, not load()). Press Ctrl+C to stop "
+                    "(finished work is cached).", state.name, silent,
+                )
+                continue
             oldest = min(sent, key=sent.__getitem__)
             logger.warning(
                 "Step %r has given no result for %.0f s; its oldest batch in flight is %s "

@@ -272,6 +272,7 @@ class StepState:
     suspended: set[BatchKey] = field(default_factory=set)  # suspended: wait for the next run
     last_activity: float = 0.0
     stall_warned_at: float = 0.0
+    loaded_replicas: int = 0  # replicas whose load() returned (a replaced one loads again)
 
     def move(self, status: StepStatus) -> None:
         """Change the status (the only place it changes): refuses a move `_MOVES` does not

@@ -119,7 +119,8 @@ class StepRunner:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         # Required output columns (after output_mappings) each row of a batch must set.
-        self._required = [] if step.is_generator else [c for c, r in step.get_outputs().items() if r]
+        unchecked = getattr(step, "outputs_follow_data", False)
+        self._required = [] if unchecked else [c for c, r in step.get_outputs().items() if r]
 
     @property
     def concurrency(self) -> int:
@@ -143,15 +144,18 @@ class StepRunner:
 
     @step_context
     def unload(self) -> None:
+        answered = True  # the loop ran what it was given: it may be waited for below
         try:
             if self._loop is not None:
+                answered = False
                 self._on_loop(_called(self.step.unload)).result()
+                answered = True
             else:
                 self.step.unload()
         except Exception:
             logger.exception("Step %r failed to unload (ignored)", self.step.name)
-        finally:
-            self._stop_loop()
+        finally:  # interrupted while a blocked loop never ran unload(): leave it at once
+            self._stop_loop(wait=answered)
 
     def cancel_pending(self) -> None:
         """Cancel the batches an async replica is still running (the engine gave them up
@@ -220,7 +224,9 @@ class StepRunner:
             if isinstance(self.step, GeneratorStep):
                 if self._generator is None:
                     self._generator = iter(self.step.process_applying_mappings(offset=task.offset))
-                return (*_next_generated(self._generator), failures)
+                rows, last = _next_generated(self._generator)
+                check_outputs(self.step.name, self._required, rows, task.key)
+                return rows, last, failures
             rows = _collect(self.step.process_applying_mappings(*task.inputs))
             check_outputs(self.step.name, self._required, rows, task.key)
             return rows, self.step.is_global, failures
@@ -240,6 +246,7 @@ class StepRunner:
                 rows, last = await anext(self._agenerator)
             except StopAsyncIteration:
                 return [], True, failures
+            check_outputs(self.step.name, self._required, rows, task.key)
             return list(rows), bool(last), failures
         rows: list[Row] = []
         async for batch in self.step.aprocess_applying_mappings(*task.inputs):  # type: ignore[attr-defined]
@@ -347,17 +354,20 @@ class StepRunner:
             self._loop, self._loop_thread = loop, thread
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def _stop_loop(self) -> None:
+    def _stop_loop(self, wait: bool = True) -> None:
+        """Close the async generators, stop the loop and close it; without `wait`, only
+        ask it to stop (its thread is a daemon: a loop a step blocked is left behind)."""
         loop, thread = self._loop, self._loop_thread
         if loop is None or thread is None:
             return
         self._loop = self._loop_thread = None
+        closing = asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop)
         try:
-            asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop).result(5)
+            closing.result(5 if wait else 0)
         except Exception:
             logger.debug("Async generators of step %r did not close", self.step.name)
         loop.call_soon_threadsafe(loop.stop)
-        thread.join(5)
+        thread.join(5 if wait else 0)
         if not thread.is_alive():
             loop.close()
 

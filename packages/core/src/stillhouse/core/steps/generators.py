@@ -3,7 +3,7 @@ turns that data (a list of dicts, a `datasets.Dataset`, a pandas DataFrame) into
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -24,6 +24,8 @@ class LoadDataFromDicts(GeneratorStep):
     data: list[dict[str, Any]] = Field(
         default_factory=list, json_schema_extra={"inline_data": True}
     )
+
+    outputs_follow_data: ClassVar[bool] = True
 
     @property
     def outputs(self) -> list[str]:
