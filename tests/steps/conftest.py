@@ -14,6 +14,7 @@ import json
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
@@ -59,15 +60,22 @@ class Hub:
 
     url: str = ""
     repos: dict[str, Repo] = field(default_factory=dict)
+    commits: dict[tuple[str, str], Repo] = field(default_factory=dict)
     requests: list[str] = field(default_factory=list)
     unhandled: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    after_branch_info: Callable[[str], None] | None = None
+    """Called (under `lock`) after answering which commit a branch is at, with the repo."""
 
     def publish(self, repo_id: str, files: dict[str, bytes]) -> str:
         """Replace the repository's files in a new commit; returns its sha."""
-        sha = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
         with self.lock:
-            self.repos[repo_id] = Repo(files=dict(files), sha=sha)
+            return self.commit(repo_id, files)
+
+    def commit(self, repo_id: str, files: dict[str, bytes]) -> str:
+        """`publish`, for a caller holding `lock`. Earlier commits stay readable by sha."""
+        sha = hashlib.sha1(repr(sorted(files.items())).encode()).hexdigest()
+        self.repos[repo_id] = self.commits[(repo_id, sha)] = Repo(files=dict(files), sha=sha)
         return sha
 
 
@@ -132,8 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             return None
         if rev not in (None, "main", found.sha):
+            found = self.hub.commits.get((repo, rev))
+        if found is None:
             self._send(404, {"error": f"Invalid rev id: {rev}"}, {"X-Error-Code": "RevisionNotFound"})
-            return None
         return found
 
     def _entry(self, repo: Repo, path: str) -> dict[str, Any]:
@@ -148,6 +157,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"id": repo, "author": repo.split("/")[0], "sha": found.sha,
                              "private": False, "cardData": {},
                              "siblings": [{"rfilename": p} for p in sorted(found.files)]})
+            if rev in (None, "main") and self.hub.after_branch_info is not None:
+                self.hub.after_branch_info(repo)
 
     def tree(self, repo: str, rev: str, path: str | None = None) -> None:
         if (found := self._repo(repo, rev)) is None:

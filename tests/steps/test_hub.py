@@ -90,6 +90,37 @@ def test_an_updated_dataset_is_not_answered_from_the_cache(hub, tmp_path, execut
     assert computed == {"hub"}
 
 
+def branch_asks(hub, repo="tester/mini"):
+    """Requests asking which commit the repository's default branch is at."""
+    return [r for r in hub.requests if r == f"GET /api/datasets/{repo}"]
+
+
+@pytest.mark.integration
+def test_a_run_asks_for_the_commit_once_and_loads_the_commit_it_validated(hub, tmp_path):
+    needs_full_install()
+    publish(hub)
+    landed = []
+
+    def a_commit_lands_after_each_ask(repo):  # a busy repository
+        landed.append(hub.commit(repo, {"data/train.parquet": parquet_bytes(
+            [{"instruction": f"commit {len(landed)}", "id": -1}])}))
+
+    hub.after_branch_info = a_commit_lands_after_each_ask
+    rows, computed = run_loader(lambda: LoadDataFromHub(name="hub", repo_id="tester/mini"), tmp_path)
+    # Validation (columns) and the signature share one answer: the commit the run loads.
+    assert len(branch_asks(hub)) == 1 and len(landed) == 1
+    assert rows == ROWS and computed == {"hub"}
+    rows, computed = run_loader(lambda: LoadDataFromHub(name="hub", repo_id="tester/mini"), tmp_path)
+    assert len(branch_asks(hub)) == 2  # every run asks again, and sees the new commit
+    assert rows == [{"instruction": "commit 0", "id": -1}] and computed == {"hub"}
+
+
+def test_reading_the_columns_asks_for_the_commit_once(hub):
+    publish(hub)
+    assert LoadDataFromHub(repo_id="tester/mini").outputs == ["instruction", "id"]
+    assert len(branch_asks(hub)) == 1
+
+
 def test_a_config_and_an_explicit_revision(hub):
     sha = hub.publish("tester/configs", {
         "README.md": (

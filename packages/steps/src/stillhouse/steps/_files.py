@@ -16,7 +16,9 @@ and every change stamp the filesystem reports, together (one alone can be reset)
   would miss a same-size rewrite).
 
 Listings are read fresh: the filesystem's listings cache (s3fs, `hf://`) is cleared
-first, so a file added or rewritten since the last listing in this process counts.
+first, so a file added or rewritten since the last listing in this process counts. A
+run's preparation lists and fingerprints a path once (validation and the signature
+share the answer: `stillhouse.core.lookups`); every run looks again.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import os
 from typing import Any
 
+from stillhouse.core.lookups import lookup_once
 from stillhouse.steps._options import plain_options
 
 _STAMPS = (
@@ -47,7 +50,12 @@ def open_fs(path: str | os.PathLike[str], storage_options: dict[str, Any] | None
 
 
 def list_files(fs: Any, root: str) -> list[str]:
-    """Files a glob matches, every file under a folder, or the file itself (sorted)."""
+    """Files a glob matches, every file under a folder, or the file itself (sorted).
+    Listed once per run's preparation (`stillhouse.core.lookups`)."""
+    return list(lookup_once(("files", fs, root), lambda: _list_files(fs, root)))
+
+
+def _list_files(fs: Any, root: str) -> list[str]:
     import fsspec
 
     if fsspec.core.has_magic(root):
@@ -62,7 +70,12 @@ def list_files(fs: Any, root: str) -> list[str]:
 
 
 def fingerprint(fs: Any, files: list[str]) -> list[list[Any]]:
-    """`[path, size, {stamp: value}]` per file; a changed file changes its entry."""
+    """`[path, size, {stamp: value}]` per file; a changed file changes its entry. Taken
+    once per run's preparation (`stillhouse.core.lookups`)."""
+    return lookup_once(("fingerprint", fs, tuple(files)), lambda: _fingerprint(fs, files))
+
+
+def _fingerprint(fs: Any, files: list[str]) -> list[list[Any]]:
     entries = []
     for path in files:
         info = fs.info(path)

@@ -35,6 +35,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from stillhouse.core import GeneratorStep, RuntimeParameter
 from stillhouse.core.errors import StepRuntimeError
+from stillhouse.core.lookups import one_lookup_each
 from stillhouse.core.typing import GeneratorStepOutput, Row
 from stillhouse.steps._options import hide_credentials, merge_options
 
@@ -126,11 +127,12 @@ with optional_runtime_parameters():
             the data or the fields changed: what `_data_key()` says."""
             if self._dataset is not None:
                 return dataset_columns(self._dataset)
-            key = self._data_key()
-            if self._columns is None or self._columns[0] != key:
-                dataset, source = self._peek()
-                with self._reading(source):
-                    self._columns = (key, dataset_columns(dataset))
+            with one_lookup_each():  # the key and the peek see the same commit or files
+                key = self._data_key()
+                if self._columns is None or self._columns[0] != key:
+                    dataset, source = self._peek()
+                    with self._reading(source):
+                        self._columns = (key, dataset_columns(dataset))
             return list(self._columns[1])
 
         def _data_key(self) -> str:

@@ -27,6 +27,7 @@ from pydantic import Field, PrivateAttr
 
 from stillhouse.core import RuntimeParameter
 from stillhouse.core.errors import StepRuntimeError
+from stillhouse.core.lookups import lookup_once
 from stillhouse.steps._files import fingerprint, list_files, open_fs
 from stillhouse.steps._loader import DatasetLoader, optional_runtime_parameters
 from stillhouse.steps._options import plain_options
@@ -98,19 +99,23 @@ with optional_runtime_parameters():
 
         def resolve_revision(self) -> str:
             """The commit sha `revision` names now; later loads of this step read that commit."""
-            from huggingface_hub import HfApi
+            from huggingface_hub import HfApi, constants
 
-            try:
-                info = HfApi().dataset_info(self.repo_id, revision=self.revision)
-            except Exception as exc:
-                raise StepRuntimeError(
-                    f"Step {self.name!r}: cannot find revision {self.revision or 'main'!r} of "
-                    f"dataset {self.repo_id!r} on the Hub ({type(exc).__name__}: {exc}). Check "
-                    "repo_id and revision, your token (HF_TOKEN) and HF_ENDPOINT.",
-                    step_name=self.name,
-                ) from exc
-            self._pin = ((self.repo_id, self.revision), "hub", info.sha)
-            return info.sha
+            def ask() -> str:
+                try:
+                    return HfApi().dataset_info(self.repo_id, revision=self.revision).sha
+                except Exception as exc:
+                    raise StepRuntimeError(
+                        f"Step {self.name!r}: cannot find revision {self.revision or 'main'!r} "
+                        f"of dataset {self.repo_id!r} on the Hub ({type(exc).__name__}: {exc}). "
+                        "Check repo_id and revision, your token (HF_TOKEN) and HF_ENDPOINT.",
+                        step_name=self.name,
+                    ) from exc
+
+            # Asked once per run's preparation: validation and the signature pin one commit.
+            sha = lookup_once(("hub commit", constants.ENDPOINT, self.repo_id, self.revision), ask)
+            self._pin = ((self.repo_id, self.revision), "hub", sha)
+            return sha
 
         def _folder_files(self, folder: str) -> list[list[Any]]:
             """The fingerprint of every file under `folder`; an error if there is none.

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from stillhouse.core import limits, plugins
+from stillhouse.core import limits, lookups, plugins
 from stillhouse.core.dag import iter_ancestors
 from stillhouse.core.engine import logs
 from stillhouse.core.engine.context import RunContext
@@ -69,24 +69,25 @@ def run_pipeline(
     retry_failed: bool = False,
 ) -> Any:
     pipeline.apply_parameters(parameters)
-    plan = pipeline.validate(load_groups)
-    executor_cls = plugins.executor_class(pipeline.executor)
-    pipeline._stop_requested = 0
-    context = RunContext(
-        pipeline_name=pipeline.name,
-        pipeline=pipeline,
-        dag=pipeline.dag,
-        plan=plan,
-        executor=pipeline.executor,
-        executor_options=dict(pipeline.executor_options),
-        cache_dir=str(pipeline.cache_dir),
-        use_cache=use_cache,
-        fresh_steps=frozenset(fresh_steps(pipeline, use_cache)),
-        enable_metadata=pipeline.enable_metadata,
-        storage_parameters=storage_parameters,
-        use_fs_to_pass_data=use_fs_to_pass_data,
-    )
-    store = _make_run_store(context, dry_run=dry_run_rows is not None)
+    with lookups.one_lookup_each():  # validation and the signatures see the same data
+        plan = pipeline.validate(load_groups)
+        executor_cls = plugins.executor_class(pipeline.executor)
+        pipeline._stop_requested = 0
+        context = RunContext(
+            pipeline_name=pipeline.name,
+            pipeline=pipeline,
+            dag=pipeline.dag,
+            plan=plan,
+            executor=pipeline.executor,
+            executor_options=dict(pipeline.executor_options),
+            cache_dir=str(pipeline.cache_dir),
+            use_cache=use_cache,
+            fresh_steps=frozenset(fresh_steps(pipeline, use_cache)),
+            enable_metadata=pipeline.enable_metadata,
+            storage_parameters=storage_parameters,
+            use_fs_to_pass_data=use_fs_to_pass_data,
+        )
+        store = _make_run_store(context, dry_run=dry_run_rows is not None)
     context = context.replace(
         run_dir=str(store.run_dir) if store.run_dir is not None else None,
         data_dir=store.data_dir(),
