@@ -236,7 +236,9 @@ def _rows_of_parquet(data: bytes, location: str) -> list[dict[str, Any]]:
             "stillhouse-cache (or pyarrow) beside stillhouse-core."
         ) from exc
     try:
-        return pq.read_table(pa.BufferReader(data)).to_pylist()
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose
+        # thread pools can abort the interpreter at exit (std::terminate, apache/arrow#34314).
+        return pq.ParquetFile(pa.BufferReader(data)).read(use_threads=False).to_pylist()
     except pa.ArrowException as exc:
         raise SerializationError(f"The data file {location!r} cannot be read as Parquet: {exc}.") from exc
 

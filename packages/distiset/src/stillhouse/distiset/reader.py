@@ -320,7 +320,9 @@ def _decode_table(fs: fsspec.AbstractFileSystem, path: str, data: pa.Buffer, exp
     if expected is not None and xxhash.xxh3_64(data).hexdigest() != expected:
         raise _damaged(fs, path, ValueError("its checksum differs from the one recorded in _COMPLETE"))
     try:
-        return pq.read_table(pa.BufferReader(data), page_checksum_verification=True)
+        # ParquetFile, not read_table: read_table goes through pyarrow.dataset, whose
+        # thread pools can abort the interpreter at exit (std::terminate, apache/arrow#34314).
+        return pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True).read()
     except (pa.ArrowException, OSError) as exc:
         raise _damaged(fs, path, exc) from exc
 
