@@ -72,6 +72,7 @@ class StepActor:
         self._logs = LogBuffer()
         route_logs(self._logs, log_levels, (str(step.name), replica), keep=RAY_LOGGERS)
         self.runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
+        self._replacing = threading.Lock()
 
     def pid(self) -> int:
         return os.getpid()
@@ -90,8 +91,11 @@ class StepActor:
             event: Event = Finished(runner.run(task))
         except Exception as exc:
             event = failed_event(runner.step.name, exc)
-        if runner.abandoned:  # a batch timed out in a thread that cannot be killed
-            event = self._replace(runner) or event
+        # A batch timed out in a thread that cannot be killed, or on a loop it blocked;
+        # of the calls waiting on that loop, the first to end replaces the runner.
+        with self._replacing:
+            if runner.abandoned and runner is self.runner:
+                event = self._replace(runner) or event
         return self._reply(event)
 
     def _replace(self, runner: StepRunner) -> Event | None:

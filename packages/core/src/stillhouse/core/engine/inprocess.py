@@ -132,18 +132,30 @@ class InProcessExecutor(Executor):
         except Exception as exc:
             event = failed_event(name, exc)
         if runner.abandoned:
-            fresh = replace_in_process(runner, self._pending.append)
-            if fresh is None:
-                self._load_failures[name] = self._pending[-1]  # type: ignore[assignment]
-            else:
-                self._runners[name] = fresh
+            self._replace(name, runner)
         return event
+
+    def _replace(self, name: str, runner: StepRunner) -> StepRunner | None:
+        """A fresh runner for one whose batch timed out and left it `abandoned`; None (and
+        the step's later tasks fail) when the copy cannot load."""
+        fresh = replace_in_process(runner, self._pending.append)
+        if fresh is None:
+            self._load_failures[name] = self._pending[-1]  # type: ignore[assignment]
+        else:
+            self._runners[name] = fresh
+        return fresh
 
     def _submit_waiting(self) -> None:
         for name, waiting in self._waiting.items():
             runner = self._runners.get(name)
             if runner is None or name in self._to_load:
                 continue
+            if runner.abandoned and waiting:  # its loop is blocked: a fresh one goes on
+                fresh = None if name in self._load_failures else self._replace(name, runner)
+                if fresh is None:
+                    waiting.clear()  # the copy's failed load() is reported: the run stops
+                    continue
+                runner = fresh
             while waiting and self._running.get(name, 0) < runner.concurrency:
                 task = waiting.popleft()
                 self._running[name] = self._running.get(name, 0) + 1

@@ -120,8 +120,9 @@ def serve(
     when to stop, and a replica that vanished would look like a death. An async step
     keeps up to `runner.concurrency` tasks in flight (it takes a task only when a slot
     is free, so replicas sharing a queue share the work). A runner abandoned after a
-    batch timeout is swapped for `replace(runner)` (default: `replace_in_process`);
-    when that gives None, `serve` returns `REPLACED` without unloading.
+    batch timeout is swapped for `replace(runner)` (default: `replace_in_process`)
+    before the next task is taken; when that gives None, `serve` returns `REPLACED`
+    without unloading, once every batch it took was answered.
     """
     name = runner.step.name
     try:
@@ -142,6 +143,13 @@ def serve(
     try:
         while True:
             slots.acquire()
+            if runner.abandoned:  # before taking a task: the next runner will run it
+                fresh = replace(runner)
+                if fresh is None:
+                    slots.release()
+                    _answered(slots, runner.concurrency)  # its batches, ended or timed out
+                    return REPLACED
+                runner = fresh
             try:
                 task = get_task()
             except (EOFError, OSError):
@@ -153,17 +161,18 @@ def serve(
                 slots.release()
                 break
             runner.submit(task, finished)
-            if runner.abandoned:
-                fresh = replace(runner)
-                if fresh is None:
-                    return REPLACED
-                runner = fresh
-        for _ in range(runner.concurrency):  # an async replica finishes what it started
-            slots.acquire()
+        _answered(slots, runner.concurrency)  # an async replica finishes what it started
         return None
     finally:
         if not runner.abandoned:
             runner.unload()
+
+
+def _answered(slots: threading.Semaphore, concurrency: int) -> None:
+    """Wait until every batch in flight was answered: each holds one of the slots. A batch
+    on a blocked loop is answered once it is past its `batch_timeout` (`LoopWatch`)."""
+    for _ in range(concurrency):
+        slots.acquire()
 
 
 def queue_task(queues: Mapping[str, Any], task: Task) -> None:

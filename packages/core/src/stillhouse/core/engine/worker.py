@@ -25,6 +25,7 @@ from typing import Any
 
 from stillhouse.core.contract import check_outputs
 from stillhouse.core.engine.logs import step_context
+from stillhouse.core.engine.loopwatch import LoopWatch, Pending
 from stillhouse.core.engine.protocol import Payload, Task, TaskResult
 from stillhouse.core.errors import (
     BatchTimeoutError,
@@ -106,7 +107,9 @@ class StepRunner:
     A sync batch that outlives `step.batch_timeout` runs in a helper thread that cannot
     be killed: the batch fails, the runner is marked `abandoned` (the thread may still
     use the step object), and the executor replaces the replica (`replacement()`, or a
-    new process under "mp").
+    new process under "mp"). An async step's batch that blocks the runner's loop past
+    its `batch_timeout` is failed from beside the loop (`LoopWatch`), and the runner is
+    abandoned the same way.
     """
 
     def __init__(self, step: BaseStep, *, replica: int = 0, enable_metadata: bool = False) -> None:
@@ -118,6 +121,7 @@ class StepRunner:
         self._agenerator: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
+        self._watch: LoopWatch | None = None
         # Required output columns (after output_mappings) each row of a batch must set.
         unchecked = getattr(step, "outputs_follow_data", False)
         self._required = [] if unchecked else [c for c, r in step.get_outputs().items() if r]
@@ -177,19 +181,26 @@ class StepRunner:
         """Run `task` to its end (an async step's on the runner's loop).
 
         Raises `FatalStepError` when the failure must stop the run."""
-        if self.step.is_async:
-            return self._on_loop(self._arun(task)).result()
-        return self._run_sync(task)
+        if not self.step.is_async:
+            return self._run_sync(task)
+        answer: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
+        self.submit(task, answer.set_result)  # answered by the loop, or by its watch
+        outcome = answer.result()
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     @step_context  # an async task copies this context: its records are tagged too
     def submit(self, task: Task, on_done: Callable[[Outcome], None]) -> None:
         """Start `task` and return at once; `on_done` gets its `TaskResult` (or the
-        `FatalStepError`) later, from the loop's thread. Sync steps run before returning."""
+        `FatalStepError`) once, later, from the loop's thread (or from its watch's, for a
+        batch that blocked the loop past its timeout). Sync steps run before returning."""
         if not self.step.is_async:
             on_done(_outcome(lambda: self._run_sync(task)))
             return
         future = self._on_loop(self._arun(task))
-        future.add_done_callback(lambda done: on_done(_outcome(done.result)))
+        pending = self._watch.track(task, on_done)  # type: ignore[union-attr]  # _on_loop made it
+        future.add_done_callback(lambda done: pending.answer(_outcome(done.result)))
 
     def _run_sync(self, task: Task) -> TaskResult:
         started = time.perf_counter()
@@ -277,6 +288,15 @@ class StepRunner:
             self.abandoned = True
             raise self._timeout_error(task) from None
 
+    def _expired(self, pending: Pending) -> Outcome:
+        """The outcome of a batch the watch failed: it outlived its timeout on a loop that
+        could not end it (blocked by a batch), or that it would not let end it."""
+        task = _loaded(pending.task)
+        return _outcome(lambda: self._failed(task, self._timeout_error(task), pending.started))
+
+    def _loop_blocked(self) -> None:
+        self.abandoned = True
+
     def _timeout_error(self, task: Task) -> BatchTimeoutError:
         return BatchTimeoutError(
             f"Step {self.step.name!r} took longer than its batch_timeout "
@@ -352,6 +372,11 @@ class StepRunner:
             )
             thread.start()
             self._loop, self._loop_thread = loop, thread
+            self._watch = LoopWatch(
+                loop, thread, step_name=self.step.name, replica=self.replica,
+                timeout=self.step.batch_timeout, expire=self._expired, on_blocked=self._loop_blocked,
+            )
+            self._watch.start()
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _stop_loop(self, wait: bool = True) -> None:
@@ -360,7 +385,9 @@ class StepRunner:
         loop, thread = self._loop, self._loop_thread
         if loop is None or thread is None:
             return
-        self._loop = self._loop_thread = None
+        if self._watch is not None:
+            self._watch.stop()
+        self._loop = self._loop_thread = self._watch = None
         closing = asyncio.run_coroutine_threadsafe(loop.shutdown_asyncgens(), loop)
         try:
             closing.result(5 if wait else 0)

@@ -34,6 +34,7 @@ from stillhouse.core.steps import ExpandColumns, LoadDataFromDicts
 from stillhouse.core.testing import registered_executor, rows_of
 from stillhouse.core.testing.steps import (
     AlwaysFail,
+    AsyncBlocksLoop,
     AsyncCount,
     AsyncDouble,
     AsyncFail,
@@ -362,11 +363,13 @@ class ExecutorConformance:
         assert all("this async step always fails" in r["stillhouse_metadata"]["error_bad"] for r in rows)
 
 
-    @pytest.mark.parametrize("make", [AsyncHang, SyncHang], ids=["async", "sync"])
+    @pytest.mark.parametrize("make", [AsyncHang, SyncHang, AsyncBlocksLoop], ids=["async", "sync", "async-blocking"])
     def test_batch_timeout_fails_the_batch_and_the_run_goes_on(self, executor, tmp_path, make):
+        # A step blocking its loop holds every batch on it: one at a time, so only one fails.
+        one = {"concurrency": 1} if make is AsyncBlocksLoop else {}
         with Pipeline(name="timeout", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
             loader = LoadDataFromDicts(data=data(12), batch_size=4)
-            loader >> make(name="hangs", hang_on=5, input_batch_size=2, batch_timeout=1.0)
+            loader >> make(name="hangs", hang_on=5, input_batch_size=2, batch_timeout=1.0, **one)
         rows = rows_of(pipeline.run(use_cache=False, progress=False))
         assert [r["x"] for r in rows] == list(range(12))
         assert [r["slow"] for r in rows] == [x if x not in (4, 5) else None for x in range(12)]

@@ -193,6 +193,17 @@ async def AsyncHang(inputs: StepInput, hang_on: int = -1) -> AsyncIterator[list[
 
 
 @step(inputs=["x"], outputs=["slow"])
+async def AsyncBlocksLoop(inputs: StepInput, hang_on: int = -1) -> AsyncIterator[list[dict]]:
+    """Blocks its own event loop (a sync call in `async def`) on a batch holding row
+    `hang_on`: the loop can neither run its other batches nor time this one out."""
+    if any(row["x"] == hang_on for row in inputs):
+        time.sleep(3600)
+    for row in inputs:
+        row["slow"] = row["x"]
+    yield inputs
+
+
+@step(inputs=["x"], outputs=["slow"])
 def SyncHang(inputs: StepInput, hang_on: int = -1) -> StepOutput:
     """A sync step that never finishes the batch holding row `hang_on`."""
     if any(row["x"] == hang_on for row in inputs):
