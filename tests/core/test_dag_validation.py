@@ -14,6 +14,7 @@ from stillhouse.core import (
     StepInput,
     StepOutput,
     StepResources,
+    requirements,
     routing_batch_function,
     sample_n_steps,
     step,
@@ -249,3 +250,20 @@ def test_installed_requirements_pass_and_invalid_ones_are_named(caplog) -> None:
     assert "'not a requirement!!'" in caplog.text
     assert p.requirements == ["pydantic>=2"]
     p.validate()
+
+
+@requirements(["not valid!!", "surely-not-installed-pkg>=1"])
+@step(inputs=["instruction"], outputs=["generation"])
+def NeedsPackages(inputs: StepInput) -> StepOutput:
+    yield inputs
+
+
+def test_a_steps_invalid_requirement_is_named_once_however_often_it_is_read(caplog) -> None:
+    with pipeline() as p:
+        loader() >> NeedsPackages(name="needy")
+    with caplog.at_level("WARNING", logger="stillhouse.pipeline"):
+        for _ in range(2):  # two validations; each names who wants the missing package
+            with pytest.raises(MissingRequirementsError, match=r"surely-not-installed-pkg>=1 \(needed by step 'needy'\)"):
+                p.validate()
+        p.dump()
+    assert caplog.text.count("'not valid!!' of step 'needy' is not a valid pip requirement") == 1

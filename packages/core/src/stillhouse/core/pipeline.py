@@ -68,6 +68,7 @@ class Pipeline:
         self._cache_dir = cache_dir
         self.enable_metadata = enable_metadata
         self._requirements: list[str] = []
+        self._warned_requirements: set[tuple[str, str]] = set()  # steps' invalid ones, named once
         self.requirements = list(requirements or [])
         self.executor = executor
         self.executor_options = executor_options
@@ -168,7 +169,9 @@ class Pipeline:
         wanted = set(self._requirements)
         for name in self.dag.step_names:
             step = self.dag.get_step(name)
-            wanted.update(_valid_requirements(getattr(step, "requirements", None) or [], name))
+            # Read at every validation and save: a step's bad requirement is named once.
+            texts = getattr(step, "requirements", None) or []
+            wanted.update(_valid_requirements(texts, name, self._warned_requirements))
         return sorted(wanted)
 
     @requirements.setter
@@ -282,7 +285,8 @@ class Pipeline:
     def _wanted_by(self, requirement: str) -> str:
         """Who asked for `requirement`: the steps whose class declares it, and/or the pipeline."""
         steps = [name for name in self.dag.step_names
-                 if requirement in _valid_requirements(getattr(self.dag.get_step(name), "requirements", None) or [], name)]
+                 if requirement in _valid_requirements(getattr(self.dag.get_step(name), "requirements", None) or [],
+                                                       name, self._warned_requirements)]
         who = [f"step {name!r}" for name in steps]
         if requirement in self._requirements:
             who.append("the pipeline's requirements=")
@@ -415,14 +419,21 @@ def check_pipeline_name(name: Any) -> None:
         )
 
 
-def _valid_requirements(texts: Sequence[str], step: str | None = None) -> list[str]:
-    """The valid pip requirements of `texts`, normalised; the others are logged and dropped."""
+def _valid_requirements(
+    texts: Sequence[str], step: str | None = None, warned: set[tuple[str, str]] | None = None
+) -> list[str]:
+    """The valid pip requirements of `texts`, normalised; the others are dropped with a
+    warning, once per `(owner, text)` in `warned` when given."""
     valid = []
     for text in texts:
         try:
             valid.append(str(Requirement(text)))
         except InvalidRequirement as exc:
             owner = f"step {step!r}" if step else "the pipeline"
+            if warned is not None:
+                if (owner, text) in warned:
+                    continue
+                warned.add((owner, text))
             logger.warning("Requirement %r of %s is not a valid pip requirement (%s); it is "
                            "ignored. Fix its spelling, e.g. 'package>=1.0'.", text, owner, exc)
     return valid
