@@ -110,3 +110,26 @@ def test_the_cli_says_the_reused_results_hold_failed_batches(tmp_path, monkeypat
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "2 batch(es) failed in an earlier run whose results were reused; their rows have None outputs" in out
+
+
+def test_a_remote_cache_reports_stored_failures_and_retries_them_from_the_names(tmp_path):
+    """The same on a remote cache (fsspec's memory filesystem): a failed batch's object
+    name says so, so the summary and `retry_failed` need no read of the batches."""
+    import fsspec
+
+    cache = f"memory://cached-summary-{tmp_path.name}"
+    first = build(cache)
+    first.run(progress=False)
+    fs = fsspec.filesystem("memory")
+    names = [p.rsplit("/", 1)[-1] for p in fs.find(cache) if "/fail-" in p and p.rsplit("/", 1)[-1].startswith("b-")]
+    assert sorted(n.endswith("-failed.sh") for n in names) == [False, False, True, True]
+
+    again = build(cache)
+    again.run(progress=False)
+    assert _figures(again)["fail"] == (16, 16, 2, "cached, 2 failed batches")
+
+    retried = build(cache)
+    retried.run(progress=False, retry_failed=True)  # FailsOnFours fails the same batches
+    assert _figures(retried)["fail"] == (16, 16, 2, "partly cached, 2 failed batches")
+    computed = {row["step"]: row["computed_rows"] for row in retried.last_run_summary}
+    assert computed["fail"] == 8  # only the two failed batches of 4 rows

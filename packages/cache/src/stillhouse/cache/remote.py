@@ -46,6 +46,7 @@ from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Decision, Holdings, decide
 from stillhouse.cache.signature import routing_identity, signature_table
 from stillhouse.cache.store import (
+    FLAGGED,
     _suspended_name,
     new_meta,
     parse_meta,
@@ -105,7 +106,7 @@ class RemoteStepStore(StepStore):
             warn_recomputed(decision, identity["step"], fs.unstrip_protocol(root))
             if fs.exists(root):
                 fs.rm(root, recursive=True)
-            meta = new_meta(identity)
+            meta = {**new_meta(identity), FLAGGED: True}
             fs.pipe_file(f"{root}/meta.json", json.dumps(meta, indent=2, default=str).encode())
             listed = [set()]
         store = cls(fs, root, meta, lease)
@@ -170,7 +171,7 @@ class RemoteStepStore(StepStore):
     def put(self, record: BatchRecord) -> None:
         payload = encode_rows(record.rows, error=record.error, where=f"an output batch of step {self.meta.get('step')!r}")
         _, blob = frame(BATCH, *record.key, payload, rows=len(record.rows), flags=LAST if record.last else 0)
-        name = _batch_name(record.key, len(record.rows))
+        name = _batch_name(record.key, len(record.rows), failed=record.error is not None)
         self._put(name, blob)
         replaced = self.batches.get(record.key)
         self.batches[record.key] = name
@@ -217,6 +218,8 @@ class RemoteStepStore(StepStore):
             **self.meta, "finished": True, "batches": found.batches, "rows": found.rows,
             "rows_out": found.rows, "routes": _routes(self.index),
         }
+        if self.meta.get(FLAGGED):
+            self.meta["failed_batches"] = sum(map(_failed, self.batches.values()))
         self.finished = True
         self.fs.pipe_file(f"{self.root}/meta.json", json.dumps(self.meta, indent=2, default=str).encode())
 
@@ -227,19 +230,46 @@ class RemoteStepStore(StepStore):
         rows = self.meta.get("rows_out", self.meta.get("rows")) if self.finished else None
         return rows if isinstance(rows, int) else None
 
+    def stored_failed_batches(self) -> int | None:
+        """`meta.json`'s "failed_batches", read when the store was opened; None before the
+        step finished, or for a store begun before batch names said so."""
+        failed = self.meta.get("failed_batches") if self.finished else None
+        return failed if isinstance(failed, int) else None
 
-def _batch_name(key: BatchKey, rows: int) -> str:
-    return f"b-{key[0]:010d}-{key[1]:010d}-{rows}{_SUFFIX}"
+    def failed_keys(self) -> set[BatchKey]:
+        """From the names of the batches, without reading them (a store begun before
+        they said so reads them all)."""
+        if not self.meta.get(FLAGGED):
+            return super().failed_keys()
+        return {key for key, name in self.batches.items() if _failed(name)}
 
 
-def _parse_batch_name(name: str) -> tuple[BatchKey, int] | None:
+_FAILED = "failed"
+"""The last part of the name of a batch that recorded a failure (stores made with
+`FLAGGED` in their meta; older ones never name it)."""
+
+
+def _batch_name(key: BatchKey, rows: int, failed: bool = False) -> str:
+    return f"b-{key[0]:010d}-{key[1]:010d}-{rows}{'-' + _FAILED if failed else ''}{_SUFFIX}"
+
+
+def _parse_batch_name(name: str) -> tuple[BatchKey, int, bool] | None:
+    """`(key, rows, failed)` of a batch object's name; None for other objects."""
     if not (name.startswith("b-") and name.endswith(_SUFFIX)):
         return None
+    _, *parts = name.removesuffix(_SUFFIX).split("-")
+    failed = parts[3:] == [_FAILED]
     try:
-        _, lineage, index, rows = name.removesuffix(_SUFFIX).split("-")
-        return (int(lineage), int(index)), int(rows)
+        lineage, index, rows = parts[:3] if failed else parts
+        return (int(lineage), int(index)), int(rows), failed
     except ValueError:
         return None
+
+
+def _failed(name: str) -> bool:
+    """Whether the batch object `name` recorded a failure."""
+    parsed = _parse_batch_name(name)
+    return parsed is not None and parsed[2]
 
 
 def _listing(fs: Any, root: str) -> set[str]:
@@ -254,7 +284,7 @@ def _listing(fs: Any, root: str) -> set[str]:
 
 def _holdings(names: set[str]) -> Holdings:
     parsed = [p for p in map(_parse_batch_name, names) if p is not None]
-    return Holdings(len(parsed), sum(rows for _, rows in parsed))
+    return Holdings(len(parsed), sum(rows for _, rows, _ in parsed))
 
 
 def _routes(names: set[str]) -> int:
