@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 from rich.console import Console
 
-from stillhouse.core import Pipeline, StepInput, step
+from stillhouse.core import Pipeline, StepInput, sample_n_steps, step
+from stillhouse.core.engine import Event, Executor, Finished, Loaded, RunContext, StepRunner, Task
 from stillhouse.core.engine.progress import (
     PROGRESS_INTERVAL_ENV,
     Progress,
@@ -21,7 +24,9 @@ from stillhouse.core.engine.progress import (
     summary_rows,
 )
 from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore, NullStepStore
+from stillhouse.core.engine.scheduler import Scheduler
 from stillhouse.core.engine.state import StepStatus, build_states
+from stillhouse.core.step import BaseStep
 from stillhouse.core.steps import LoadDataFromDicts
 
 
@@ -52,6 +57,7 @@ def _midway(states, now: float):
     generate.stats.rows_out, generate.stats.batches = 120, 4
     generate.stats.cached_batches, generate.stats.computed_rows = 2, 60
     square.stats.rows_in, square.stats.batches, square.stats.computed_rows = 60, 4, 40
+    square.stats.rows_done = 40  # the rows in of its 4 released batches; 20 more in flight
     square.stats.rows_out, square.inflight = 40, 2
 
 
@@ -218,7 +224,7 @@ def test_rate_and_eta_count_input_rows_for_a_filter_and_an_expander():
         state = states[name]
         state.move(StepStatus.RUNNING)
         state.stats.started_at = now - 4.0
-        state.stats.rows_in, state.stats.batches = 60, 4
+        state.stats.rows_in, state.stats.batches, state.stats.rows_done = 60, 4, 40
         state.stats.rows_out = state.stats.computed_rows = rows_out
     rows = {row["step"]: row for row in step_figures(states, now=now)}
     for name in ("drop", "triple"):
@@ -244,8 +250,10 @@ def test_a_step_after_an_unfinished_expander_never_shows_false_completion():
     # triple has consumed 100 of its 300 rows (300 out); square has done those 300 rows,
     # the pass-through estimate of its total, and has 600 more to come.
     triple.stats.rows_in, triple.stats.batches, triple.stats.rows_out = 100, 10, 300
+    triple.stats.rows_done = 100
     triple.stats.computed_rows = 300
-    square.stats.rows_in, square.stats.batches = 300, 30
+    square.stats.rows_in = square.stats.rows_done = 300
+    square.stats.batches = 30
     square.stats.rows_out = square.stats.computed_rows = 300
     row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
     assert (row["done"], row["total"], row["percent"], row["eta_s"]) == (300, None, None, None)
@@ -254,14 +262,14 @@ def test_a_step_after_an_unfinished_expander_never_shows_false_completion():
     assert "300/?" in line and "100%" not in line and "0:00" not in line
 
     # Below the estimate the estimate is shown (too small, it is only known later).
-    square.stats.rows_in, square.stats.batches = 200, 20
+    square.stats.rows_in, square.stats.batches, square.stats.rows_done = 200, 20, 200
     row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
     assert (row["done"], row["total"]) == (200, 300)
 
     # Once triple finished, square's total is known: exact, and no longer a question mark.
     triple.stats.rows_in, triple.stats.batches, triple.stats.rows_out = 300, 30, 900
     triple.move(StepStatus.FINISHED)
-    square.stats.rows_in, square.stats.batches = 300, 30
+    square.stats.rows_in, square.stats.batches, square.stats.rows_done = 300, 30, 300
     row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
     assert (row["done"], row["total"], round(row["percent"])) == (300, 900, 33)
 
@@ -275,7 +283,7 @@ def test_an_unfinished_step_that_did_all_its_rows_is_not_shown_complete():
     generate.stats.rows_out = 300
     square.move(StepStatus.RUNNING)
     square.stats.started_at = now - 10.0
-    square.stats.rows_in, square.stats.batches = 300, 30
+    square.stats.rows_in, square.stats.batches, square.stats.rows_done = 300, 30, 300
     square.stats.rows_out = square.stats.computed_rows = 300
     row = next(row for row in step_figures(states, now=now) if row["step"] == "square")
     assert (row["done"], row["total"], row["percent"], row["eta_s"]) == (300, 300, 99.0, None)
@@ -309,3 +317,68 @@ def test_records_for_a_users_basic_config_handler_print_above_the_live_view(monk
         assert users.stream.getvalue().endswith("after the view\n")
     finally:
         root.removeHandler(users)
+
+
+class HoldsOneStep(Executor):
+    """Runs every task at once, except those of step `held`: it holds them and answers
+    one per `events()` call, first noting what the progress view shows for that step
+    (`seen`: (rows done shown, input rows of the batches answered so far))."""
+
+    name: ClassVar[str] = "holds-one-step"
+
+    def __init__(self, held: str, states: dict, **options: Any) -> None:
+        super().__init__(**options)
+        self.held, self.states = held, states
+        self.runners: dict[str, StepRunner] = {}
+        self.waiting: list[Task] = []
+        self.events_out: list[Event] = []
+        self.answered_rows = 0
+        self.seen: list[tuple[int, int]] = []
+
+    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
+        for step_ in steps:
+            runner = StepRunner(step_)
+            runner.load()
+            self.runners[step_.name] = runner
+            self.events_out += [Loaded(step_.name, r) for r in range(step_.resources.replicas)]
+
+    def send(self, task: Task) -> None:
+        if task.step_name == self.held:
+            self.waiting.append(task)
+        else:
+            self.events_out.append(Finished(self.runners[task.step_name].run(task)))
+
+    def events(self, timeout: float) -> list[Event]:
+        events, self.events_out = self.events_out, []
+        if not events and self.waiting:
+            figures = {row["step"]: row for row in step_figures(self.states)}
+            self.seen.append((figures[self.held]["done"], self.answered_rows))
+            task = self.waiting.pop(0)
+            self.answered_rows += len(task.inputs[0])
+            events.append(Finished(self.runners[task.step_name].run(task)))
+        return events
+
+    def stop_steps(self, names: Sequence[str]) -> None:
+        for name in names:
+            self.runners.pop(name).unload()
+
+    def shutdown(self, force: bool = False) -> None:
+        self.stop_steps(list(self.runners))
+
+
+def test_a_routed_branch_counts_only_the_rows_of_released_batches():
+    """Batches of a routed branch are smaller than its input_batch_size (one per routed
+    upstream batch of 5 rows here, against 10): rows in flight are not done."""
+    with Pipeline(name="routed") as pipeline:
+        load = LoadDataFromDicts(name="generate", data=[{"x": i} for i in range(60)], batch_size=5)
+        load >> sample_n_steps(1) >> [Square(name="a", input_batch_size=10), Square(name="b", input_batch_size=10)]
+    plan = pipeline.validate()
+    stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
+    writer = MemoryOutputWriter()
+    states = build_states(plan, pipeline.dag, stores, writer)
+    executor = HoldsOneStep("a", states)
+    context = RunContext(pipeline_name="routed", pipeline=pipeline, dag=pipeline.dag, plan=plan)
+    Scheduler(context, states, executor, writer).run()
+    assert len(executor.seen) >= 3 and executor.seen[0] == (0, 0)
+    assert all(shown == answered for shown, answered in executor.seen), executor.seen
+    assert states["a"].stats.rows_done == states["a"].stats.rows_in == executor.answered_rows

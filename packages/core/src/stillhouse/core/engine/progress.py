@@ -102,7 +102,7 @@ def _done(state: StepState) -> int:
         return stats.rows_in
     if state.step.is_global:
         return 0
-    return min(stats.rows_in, stats.batches * state.input_batch_size)
+    return stats.rows_done
 
 
 def _computed(state: StepState, done: int) -> int:

@@ -374,7 +374,8 @@ class Scheduler:
         lineage.next_index += 1
         lineage.outstanding += 1
         state.dispatched.append(key)
-        state.stats.rows_in += len(inputs[0]) if inputs else 0
+        state.dispatched_rows[key] = len(inputs[0]) if inputs else 0
+        state.stats.rows_in += state.dispatched_rows[key]
         if record is None and state.step.is_global:
             record = _reusable(state, state.store.get(key))
         if record is not None:
@@ -532,6 +533,7 @@ class Scheduler:
         if TRACE:
             logger.debug("release %s %s (%d rows)", state.name, record.key, len(rows))
         state.stats.batches += 1
+        state.stats.rows_done += state.dispatched_rows.pop(record.key, 0)
         state.stats.rows_out += len(rows)
         if record.error:
             state.stats.failed_batches += 1

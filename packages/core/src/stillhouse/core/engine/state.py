@@ -204,7 +204,8 @@ class Lineage:
 
 @dataclass
 class StepStats:
-    rows_in: int = 0
+    rows_in: int = 0  # rows of the batches sent (or taken from the cache), in flight too
+    rows_done: int = 0  # rows in of the batches released: `rows_in` without those in flight
     rows_out: int = 0  # a step taken whole from the cache ("skip"): the rows its store holds
     # (its rows in and failed batches too, see `_stored_figures`)
     batches: int = 0
@@ -251,6 +252,7 @@ class StepState:
     is_leaf: bool = False
     lineages: dict[int, Lineage] = field(default_factory=dict)
     dispatched: deque[BatchKey] = field(default_factory=deque)
+    dispatched_rows: dict[BatchKey, int] = field(default_factory=dict)  # rows in, until released
     results: dict[BatchKey, BatchRecord] = field(default_factory=dict)
     spans: dict[BatchKey, Span] = field(default_factory=dict)  # upstream rows of batches cut
     origin_rows: int = 0  # rows so far of a root (generator, join of generators): next position
