@@ -50,6 +50,21 @@ async def Awaits(inputs: StepInput) -> AsyncIterator[list[dict]]:
     yield [{**row, "y": row["x"]} for row in inputs]
 
 
+class LoadsSlowly(Awaits):  # type: ignore[misc, valid-type]
+    def load(self) -> None:  # a model loaded in load(): sync, on the step's loop by design
+        super().load()
+        time.sleep(1.5)
+
+
+def test_a_slow_load_is_not_reported_as_a_blocked_loop(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(loopwatch, "BLOCKED_WARNING", 0.5)
+    with Pipeline(name="loads", executor="inprocess", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=[{"x": 1}]) >> LoadsSlowly(name="heavy")
+    with caplog.at_level(logging.WARNING, logger="stillhouse.worker"):
+        assert rows_of(pipeline.run(progress=False)) == [{"x": 1, "y": 1}]
+    assert not [r for r in caplog.records if "blocked its event loop" in r.getMessage()]
+
+
 def test_a_loop_that_answers_is_not_reported(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(loopwatch, "BLOCKED_WARNING", 0.5)
     with Pipeline(name="awaits", executor="inprocess", cache_dir=tmp_path) as pipeline:

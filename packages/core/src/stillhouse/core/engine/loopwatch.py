@@ -135,8 +135,8 @@ class LoopWatch:
                 blocked_for = 0.0
             else:
                 blocked_for = now - sent_at
-            if blocked_for >= BLOCKED_WARNING and not warned:
-                warned = True
+            if blocked_for >= BLOCKED_WARNING and not warned and self._pending:
+                warned = True  # a slow load() (sync, on the loop by design) is not reported
                 self._warn(blocked_for)
             self._expire_overdue(blocked=blocked_for >= PERIOD)
 
