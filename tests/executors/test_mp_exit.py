@@ -119,6 +119,21 @@ def _group(pgid: int) -> list[str]:
     return alive
 
 
+def _described(pids: list[str]) -> dict[str, str]:
+    """Each process's command line and state, so that a failure says what was left."""
+    described = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                command = handle.read().replace(b"\0", b" ").decode(errors="replace")[:200]
+            with open(f"/proc/{pid}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            command, state = "(gone)", "-"
+        described[pid] = f"{state} {command}"
+    return described
+
+
 @pytest.mark.timeout(180)
 def test_spawned_workers_whose_driver_died_while_they_started_exit(tmp_path) -> None:
     """A worker started by "spawn" imports and unpickles its step before its code runs; a
@@ -144,7 +159,8 @@ def test_spawned_workers_whose_driver_died_while_they_started_exit(tmp_path) -> 
         deadline = time.monotonic() + 60  # 3 s of import, then PARENT_CHECK_INTERVAL: plenty
         while _group(driver.pid) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _group(driver.pid) == []
+        left = _group(driver.pid)
+        assert left == [], f"still running 60 s after the driver died: {_described(left)}"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
