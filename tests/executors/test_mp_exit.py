@@ -164,3 +164,28 @@ def test_spawned_workers_whose_driver_died_while_they_started_exit(tmp_path) -> 
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(driver.pid, signal.SIGKILL)
+
+
+def test_a_driver_that_died_but_is_not_reaped_yet_counts_as_gone() -> None:
+    """A driver killed with SIGKILL is a zombie until its parent reaps it, and signal 0
+    still reaches a zombie: a worker checking in that moment took it for alive and, its
+    new parent already set, waited for tasks forever."""
+    from stillhouse.executors._mp_worker import _alive
+
+    if not os.path.exists("/proc/self/stat"):
+        pytest.skip("needs Linux /proc")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _state(child.pid) != "Z":
+            time.sleep(0.01)  # exited, not reaped: a zombie
+        assert _state(child.pid) == "Z"
+        assert not _alive(child.pid)
+        assert _alive(os.getpid())
+    finally:
+        child.wait(10)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as handle:
+        return handle.read().rsplit(")", 1)[1].split()[0]

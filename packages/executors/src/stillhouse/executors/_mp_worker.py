@@ -140,13 +140,19 @@ def worker_main(
 
 
 def _alive(pid: int) -> bool:
+    """Whether process `pid` runs. A zombie does not: a driver killed with SIGKILL stays
+    one until its own parent reaps it, and signal 0 still reaches it meanwhile."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's process took the pid: ours is gone
         return False
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):  # no /proc (macOS), or it ended just now
+        return True
 
 
 def _exit_with_parent(driver: int) -> None:
@@ -162,7 +168,9 @@ def _exit_with_parent(driver: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(PARENT_CHECK_INTERVAL)
-            if os.getppid() != parent:
+            # The driver may have died just before the check above, while still a zombie
+            # (alive to signal 0): this process then already had its new parent.
+            if os.getppid() != parent or (parent != driver and not _alive(driver)):
                 os._exit(1)
 
     threading.Thread(target=watch, name="stillhouse-parent-watch", daemon=True).start()
