@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +12,7 @@ import pytest
 from rich.console import Console
 
 from stillhouse.core import Pipeline, StepInput, sample_n_steps, step
-from stillhouse.core.engine import Event, Executor, Finished, Loaded, RunContext, StepRunner, Task
+from stillhouse.core.engine import Event, Finished, RunContext, Task
 from stillhouse.core.engine.progress import (
     PROGRESS_INTERVAL_ENV,
     Progress,
@@ -26,8 +25,8 @@ from stillhouse.core.engine.progress import (
 from stillhouse.core.engine.protocol import MemoryOutputWriter, NullRunStore, NullStepStore
 from stillhouse.core.engine.scheduler import Scheduler
 from stillhouse.core.engine.state import StepStatus, build_states
-from stillhouse.core.step import BaseStep
 from stillhouse.core.steps import LoadDataFromDicts
+from tests.core.test_scheduler import Reversing
 
 
 @step(inputs=["x"], outputs=["y"])
@@ -319,51 +318,34 @@ def test_records_for_a_users_basic_config_handler_print_above_the_live_view(monk
         root.removeHandler(users)
 
 
-class HoldsOneStep(Executor):
-    """Runs every task at once, except those of step `held`: it holds them and answers
+class AnswersOneAtATime(Reversing):
+    """Runs every task at once, except those of step `slow`: it holds them and answers
     one per `events()` call, first noting what the progress view shows for that step
     (`seen`: (rows done shown, input rows of the batches answered so far))."""
 
-    name: ClassVar[str] = "holds-one-step"
+    name: ClassVar[str] = "answers-one-at-a-time"
 
-    def __init__(self, held: str, states: dict, **options: Any) -> None:
+    def __init__(self, slow: str, states: dict, **options: Any) -> None:
         super().__init__(**options)
-        self.held, self.states = held, states
-        self.runners: dict[str, StepRunner] = {}
-        self.waiting: list[Task] = []
-        self.events_out: list[Event] = []
+        self.slow, self.states = slow, states
         self.answered_rows = 0
         self.seen: list[tuple[int, int]] = []
 
-    def start(self, steps: Sequence[BaseStep], context: RunContext) -> None:
-        for step_ in steps:
-            runner = StepRunner(step_)
-            runner.load()
-            self.runners[step_.name] = runner
-            self.events_out += [Loaded(step_.name, r) for r in range(step_.resources.replicas)]
-
     def send(self, task: Task) -> None:
-        if task.step_name == self.held:
-            self.waiting.append(task)
+        if task.step_name == self.slow:
+            self.held.append(task)
         else:
-            self.events_out.append(Finished(self.runners[task.step_name].run(task)))
+            self.pending.append(Finished(self.runners[task.step_name].run(task)))
 
     def events(self, timeout: float) -> list[Event]:
-        events, self.events_out = self.events_out, []
-        if not events and self.waiting:
+        events, self.pending = self.pending, []
+        if not events and self.held:
             figures = {row["step"]: row for row in step_figures(self.states)}
-            self.seen.append((figures[self.held]["done"], self.answered_rows))
-            task = self.waiting.pop(0)
+            self.seen.append((figures[self.slow]["done"], self.answered_rows))
+            task = self.held.pop(0)
             self.answered_rows += len(task.inputs[0])
             events.append(Finished(self.runners[task.step_name].run(task)))
         return events
-
-    def stop_steps(self, names: Sequence[str]) -> None:
-        for name in names:
-            self.runners.pop(name).unload()
-
-    def shutdown(self, force: bool = False) -> None:
-        self.stop_steps(list(self.runners))
 
 
 def test_a_routed_branch_counts_only_the_rows_of_released_batches():
@@ -376,7 +358,7 @@ def test_a_routed_branch_counts_only_the_rows_of_released_batches():
     stores = {name: NullRunStore().step_store(name) for name in pipeline.dag.topological_order()}
     writer = MemoryOutputWriter()
     states = build_states(plan, pipeline.dag, stores, writer)
-    executor = HoldsOneStep("a", states)
+    executor = AnswersOneAtATime("a", states)
     context = RunContext(pipeline_name="routed", pipeline=pipeline, dag=pipeline.dag, plan=plan)
     Scheduler(context, states, executor, writer).run()
     assert len(executor.seen) >= 3 and executor.seen[0] == (0, 0)
