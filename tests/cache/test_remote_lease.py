@@ -18,9 +18,17 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from stillhouse.cache import lease as leases
-from stillhouse.core import Pipeline, Step, StepInput, StepOutput
+from stillhouse.core import (
+    GeneratorStep,
+    GeneratorStepOutput,
+    Pipeline,
+    Step,
+    StepInput,
+    StepOutput,
+)
 from stillhouse.core.errors import CacheError, CacheLockedError
 from stillhouse.core.steps import LoadDataFromDicts
+from stillhouse.core.testing import Identity
 from tests.support.local_servers import moto_s3
 
 pytestmark = pytest.mark.timeout(120)
@@ -213,3 +221,46 @@ def test_a_live_lease_of_another_machine_says_when_it_expires_and_how_to_free_it
     assert "expires in 300 s" in message or "expires in 299 s" in message
     assert f"delete memory://{path}" in message
     assert owner_of(fs, path) == "elsewhere:7:abc"
+
+
+class StealsTheLease(GeneratorStep):
+    """A generator that, once done, hands the lease to another run while it unloads,
+    then waits for the heartbeat to notice; the next load stage replays from the cache."""
+
+    lock: str = ""
+
+    def process(self, offset: int = 0) -> GeneratorStepOutput:
+        yield [{"y": 1}], True
+
+    def unload(self) -> None:
+        record = {"owner": "another-machine:1:abc", "time": time.time(), "seconds": 60}
+        fsspec.filesystem("memory").pipe_file(self.lock, json.dumps(record).encode())
+        time.sleep(3.0)  # the heartbeat (every 0.1 s) gets 30 chances to notice, even on a busy machine
+        super().unload()
+
+
+def test_a_run_whose_lease_was_taken_over_writes_no_results(monkeypatch):
+    """Results replayed from the cache are written without a checkpoint write, which
+    checks the lease: they must not land in a run folder another run owns, and the run
+    must fail (it used to write them and end as if it had succeeded)."""
+    monkeypatch.setattr(leases, "LEASE_SECONDS", 1.0)  # renewed every 0.1 s
+    name = f"results-{uuid.uuid4().hex[:6]}"
+    lock = f"/{name}/{name}/.lock"
+
+    def pipeline(*, thief: bool) -> Pipeline:
+        with Pipeline(name=name, cache_dir=f"memory://{name}", executor="sync") as built:
+            LoadDataFromDicts(name="load", data=[{"x": i} for i in range(4)], batch_size=2) >> Identity(name="kept")
+            if thief:  # another shape: a new run folder, the two steps above taken from the cache
+                StealsTheLease(name="thief", lock=lock)
+        return built
+
+    pipeline(thief=False).run(progress=False)
+    second = pipeline(thief=True)
+    with pytest.raises(CacheLockedError, match="took over"):
+        second.run(progress=False, load_groups=[["thief"], ["load", "kept"]])
+    fs = fsspec.filesystem("memory")
+    data = f"/{name}/{name}/{second.signature}/data"
+    assert fs.exists(f"{data}/thief/_COMPLETE")  # written while the run held the lease
+    written = fs.find(f"{data}/kept")
+    assert written == [], f"results written after the lease was taken over: {written}"
+    assert owner_of(fs, lock) == "another-machine:1:abc"

@@ -418,6 +418,9 @@ class RemoteRunStore(RunStore):
     def log_file(self) -> Path:
         return self._log
 
+    def check_owned(self) -> None:
+        self.lease.check()
+
     def save_progress(self, progress: dict[str, Any]) -> None:
         if self.lease.lost is not None:
             return  # the run folder is another run's now; the error was raised and logged

@@ -5,16 +5,18 @@ Parquet, Arrow or JSON). A string holding a lone surrogate (`"\\ud800"`, as text
 decoded with `errors="surrogateescape"` does) cannot be encoded, and the raw
 `UnicodeEncodeError` names neither the step nor the column. The scheduler wraps
 what it stores into with these guards; they add nothing on the normal path.
+`OwnedWriter` guards the results of a run that lost its cache to another run.
 Scheduling itself does not belong here.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from stillhouse.core.engine.protocol import BatchRecord, BatchStorage, OutputWriter, StepStore
-from stillhouse.core.errors import UnstorableValueError
+from stillhouse.core.errors import CacheLockedError, UnstorableValueError
 from stillhouse.core.typing import Row
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -84,6 +86,40 @@ class GuardedWriter:
             self._writer.write(leaf, rows)
         except UnicodeEncodeError as exc:
             raise unstorable(leaf, rows, "while writing its results", exc) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._writer, name)
+
+
+class OwnedWriter:
+    """An `OutputWriter` that writes only while the run holds its cache: a run whose
+    lock was taken over (a remote lease, after the run was cut off from the store) must
+    not put results, or a `_COMPLETE`, into the run folder another run now writes.
+    Checkpoint writes check the same in the stores; results replayed from the cache
+    reach the writer without one. `flush` (after a failure) writes nothing then."""
+
+    def __init__(self, writer: OutputWriter, check_owned: Callable[[], None]) -> None:
+        self._writer = writer
+        self._check_owned = check_owned
+
+    def begin(self, leaf: str, version: str = "") -> None:
+        self._check_owned()
+        self._writer.begin(leaf, version)
+
+    def write(self, leaf: str, rows: list[Row]) -> None:
+        self._check_owned()
+        self._writer.write(leaf, rows)
+
+    def finish(self, leaf: str) -> None:
+        self._check_owned()
+        self._writer.finish(leaf)
+
+    def flush(self) -> None:
+        try:
+            self._check_owned()
+        except CacheLockedError:
+            return  # the run stops with this error; what is buffered is the other run's to redo
+        self._writer.flush()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._writer, name)

@@ -332,6 +332,12 @@ class RunStore(ABC):
         """Where the output writer puts leaf rows, or None to keep them in memory."""
         return None
 
+    def check_owned(self) -> None:
+        """Raise (a `CacheLockedError`) if this run no longer holds the cache, because
+        another run took its lock over: the output writer asks before every write of
+        results. Cheap: called per batch. A local lock cannot be taken from a living
+        run, so by default this does nothing."""
+
     def save_progress(self, progress: dict[str, Any]) -> None:
         """Persist a small summary of where the run is (cheap; called now and then)."""
 

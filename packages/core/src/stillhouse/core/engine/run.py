@@ -15,6 +15,7 @@ from stillhouse.core import limits, lookups, plugins
 from stillhouse.core.dag import iter_ancestors
 from stillhouse.core.engine import logs
 from stillhouse.core.engine.context import RunContext
+from stillhouse.core.engine.guards import OwnedWriter
 from stillhouse.core.engine.progress import Progress, format_summary, progress_enabled, summary_rows
 from stillhouse.core.engine.protocol import (
     BatchStorage,
@@ -99,7 +100,7 @@ def run_pipeline(
     try:
         secrets = logs.environment_secrets().union(*(secret_values(pipeline.dag.get_step(n)) for n in plan.order))
         with _run_logging(context.log_file, logging_handlers, secrets), limits.serve_limits():
-            writer = _make_writer(context)
+            writer = OwnedWriter(_make_writer(context), store.check_owned)
             stores = {
                 name: store.step_store(name, getattr(pipeline.dag.get_step(name), "input_batch_size", None))
                 for name in plan.order
