@@ -74,6 +74,46 @@ def test_run_returns_a_distiset_read_on_first_use(tmp_path):
     assert found == {"before": [], "keys": ["default"], "rows": [0, 1, 2, 3, 4], "after": True}
 
 
+STEP_MODULES = (
+    "stillhouse.steps.hub", "stillhouse.steps.disk", "stillhouse.steps.filesystem",
+    "stillhouse.steps.sampler", "stillhouse.steps.minhash", "stillhouse.llms.tasks",
+    "stillhouse.llms.openai_llm",
+)
+
+
+def test_a_run_imports_no_plugins_step_classes(tmp_path):
+    """A run loads every plugin to find its executor; the step classes the LLM and data
+    packages register are imported only when a pipeline file names one (issue 20: their
+    pydantic classes cost a run about 25 ms to build)."""
+    found = _fresh(
+        f"""
+        import json, sys
+        from stillhouse.core import Pipeline, plugins
+        from stillhouse.core.steps import LoadDataFromDicts
+
+        if __name__ == "__main__":
+            with Pipeline(name="lazy-steps", cache_dir={str(tmp_path / "cache")!r}, executor="threaded") as pipeline:
+                LoadDataFromDicts(data=[{{"a": 1}}])
+            pipeline.run()
+            during = [m for m in {STEP_MODULES!r} if m in sys.modules]
+            registered = sorted(plugins.registry().steps)
+            import stillhouse.llms, stillhouse.steps
+            print(json.dumps({{
+                "during": during, "registered": registered,
+                "steps": [c.__name__ for c in stillhouse.steps.STEPS],
+                "llms": stillhouse.llms.OpenAILLM.__module__,
+                "missing": hasattr(stillhouse.steps, "NoSuchStep"),
+            }}))
+        """,
+        tmp_path,
+    )
+    assert found["during"] == []
+    assert {"TextGeneration", "ChatGeneration", "MinHashDedup", "LoadDataFromDisk"} <= set(found["registered"])
+    assert found["steps"] == ["LoadDataFromHub", "LoadDataFromDisk", "LoadDataFromFileSystem", "DataSampler", "MinHashDedup"]
+    assert found["llms"] == "stillhouse.llms.openai_llm"
+    assert found["missing"] is False
+
+
 def test_a_deferred_distiset_reads_its_leaves_once_before_any_value_is_seen():
     import copy
     import pickle

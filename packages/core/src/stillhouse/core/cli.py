@@ -116,7 +116,7 @@ def check_executor(name: str, origin: str) -> None:
     try:
         plugins.executor_class(name)
     except UnknownExecutorError:
-        installed = ", ".join(repr(n) for n in sorted(plugins.registry().executors)) or "none"
+        installed = ", ".join(repr(n) for n in sorted(plugins.registry(hooks=("register_executors",)).executors)) or "none"
         raise UnknownExecutorError(
             f"Unknown executor {name!r} ({origin}). Installed executors: {installed}. "
             "Pass one of them with --executor NAME, or install a plugin that provides it."

@@ -76,8 +76,11 @@ REGISTER_HOOKS = ("register_executors", "register_steps")
 """The hooks whose registrations `registry()` collects."""
 
 
-def registry(manager: pluggy.PluginManager | None = None) -> Registry:
-    """Everything the installed plugins register (recomputed on each call: cheap).
+def registry(manager: pluggy.PluginManager | None = None, hooks: tuple[str, ...] = REGISTER_HOOKS) -> Registry:
+    """Everything the installed plugins register with `hooks` (recomputed on each call:
+    cheap). A run needs only its executor: `executor_class` calls `register_executors`
+    alone, so no run imports the step classes a plugin registers (an LLM package's, a
+    data package's) just to find its executor.
 
     Every register hook is called through the manager's hook caller, one plugin at a
     time (`subset_hook_caller`), so whatever a plugin registers, and whatever its hook
@@ -91,7 +94,7 @@ def registry(manager: pluggy.PluginManager | None = None) -> Registry:
             "register_executors": functools.partial(_add_executor, found, origin),
             "register_steps": functools.partial(_add_step, found, origin),
         }
-        for hook_name in REGISTER_HOOKS:
+        for hook_name in hooks:
             _call_register(manager, hook_name, plugin_name, plugin, origin, callbacks[hook_name])
     return found
 
@@ -151,7 +154,7 @@ def _claim(found: Registry, kind: str, name: str, cls: type, origin: str) -> Non
 
 
 def executor_class(name: str) -> type:
-    executors = registry().executors
+    executors = registry(hooks=("register_executors",)).executors
     if name in executors:
         return executors[name]
     installed = ", ".join(sorted(executors)) or "none"

@@ -6,10 +6,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from stillhouse.core import hookimpl
-from stillhouse.llms.tasks import ChatGeneration, TextGeneration
 
 
 @hookimpl
 def register_steps(register: Callable[[type], None]) -> None:
+    # Imported here, not with the module: a run loads every plugin, and looks up steps
+    # only to load a pipeline file.
+    from stillhouse.llms.tasks import ChatGeneration, TextGeneration
+
     register(TextGeneration)
     register(ChatGeneration)
