@@ -21,6 +21,7 @@ from stillhouse.core.limits import (
     LimitServer,
     _Client,
     _Limit,
+    hold_slots,
     serve_limits,
     worker_environment,
 )
@@ -280,6 +281,31 @@ def test_serve_limits_sets_the_address_for_the_run_and_restores_it():
         assert worker_environment() == {ADDRESS_ENV: address}
         assert shared_limit("in-run", max_concurrency=1).max_concurrency == 1
     assert ADDRESS_ENV not in os.environ
+
+
+def test_a_run_that_holds_its_slots_grants_none_until_it_releases_them():
+    """What a stopping run does (engine/run.py): a call that has not got its slot does not
+    get one, so it is not sent; a slot already held is kept, and given back as usual."""
+    with serve_limits():
+        limit = shared_limit("held", max_concurrency=4)
+        granted = threading.Event()
+        with limit.slot_sync():  # held before the hold: kept
+            release = hold_slots()
+
+            def wait_for_a_slot() -> None:
+                with limit.slot_sync():
+                    granted.set()
+
+            waiter = threading.Thread(target=wait_for_a_slot, daemon=True)
+            waiter.start()
+            # Three free slots, and still none is granted while the hold lasts.
+            assert not granted.wait(0.5)
+        assert not granted.wait(0.2)  # a slot given back lets nobody go either
+        release()
+        release()  # once is enough; a second call changes nothing
+        assert granted.wait(10)
+        waiter.join(10)
+    assert hold_slots()() is None  # outside a run: nothing to hold
 
 
 def test_waiters_fail_with_a_clear_error_when_the_server_goes_away():

@@ -7,6 +7,7 @@ import json
 import logging
 import time
 import uuid
+from enum import Enum
 
 import pytest
 from pydantic import BaseModel
@@ -49,11 +50,19 @@ def test_generation_kwargs_are_sent(server: FakeOpenAIServer) -> None:
     assert "max_new_tokens" not in body
 
 
-def test_unknown_generation_kwarg_is_refused(server: FakeOpenAIServer) -> None:
-    llm = _llm(server, generation_kwargs={"temprature": 0.2})
-    with pytest.raises(ValueError, match="temprature"):
-        llm.generate([HI])
+def test_unknown_generation_kwarg_is_refused_at_construction(server: FakeOpenAIServer) -> None:
+    # Before: accepted, then every request failed on its own (every row None at run time).
+    with pytest.raises(ValueError, match=r"generation_kwargs has unknown name\(s\) 'max_token' "
+                                         r"\(did you mean 'max_tokens'\?\)\. Known: .*'temperature'"):
+        _llm(server, generation_kwargs={"max_token": 5})
+    llm = _llm(server, generation_kwargs={"temperature": 0.2})
+    with pytest.raises(ValueError, match=r"generation_kwargs has unknown name.*'temprature'"):
+        llm.generation_kwargs = {"temprature": 0.2}  # as a runtime parameter is set
+    assert llm.generation_kwargs == {"temperature": 0.2}
+    with pytest.raises(ValueError, match=r"generation argument.*'temprature'"):
+        llm.generate([HI], temprature=0.2)  # a call's own arguments are checked when it is made
     llm.unload()
+    assert server.chat_requests() == []
 
 
 def test_agenerate_from_async_code(server: FakeOpenAIServer) -> None:
@@ -212,6 +221,43 @@ def test_structured_output_from_a_json_schema(server: FakeOpenAIServer) -> None:
     llm = _llm(server, structured_output=schema)
     assert "ok" in json.loads(llm.generate([HI])[0]["generations"][0])
     llm.unload()
+
+
+class _Mode(Enum):
+    """Stands in for `instructor.Mode`, which distilabel scripts pass as `mode`."""
+
+    TOOLS = "tool_call"
+
+
+@pytest.mark.parametrize("form", [
+    {"schema": Verdict},  # the example in distilabel 1.5.3's OpenAILLM docstring
+    {"schema": Verdict, "format": "json"},
+    {"schema": Verdict, "mode": "tool_call"},
+    {"schema": Verdict, "format": "json", "mode": _Mode.TOOLS},
+    {"schema": Verdict.model_json_schema()},
+], ids=["schema", "schema+format", "schema+mode", "schema+format+enum-mode", "json-schema"])
+def test_structured_output_in_distilabels_forms(server: FakeOpenAIServer, form: dict) -> None:
+    llm = _llm(server, structured_output=form)
+    output = llm.generate([HI])[0]  # before: TypeError (a model class is not JSON) per request
+    llm.unload()
+    Verdict.model_validate_json(output["generations"][0])
+    sent = server.chat_requests()[0]["body"]["response_format"]
+    assert sent["type"] == "json_schema" and sent["json_schema"]["schema"] == Verdict.model_json_schema()
+    assert llm.model_dump(mode="json")["structured_output"] == Verdict.model_json_schema()
+
+
+@pytest.mark.parametrize(("form", "message"), [
+    ({"schema": Verdict, "format": "regex"}, r"structured_output\['format'\] = 'regex' is not supported.*leave 'format' out"),
+    ({"schema": Verdict, "mode": "anthropic_tools"}, r"structured_output\['mode'\] = 'anthropic_tools' is not supported.*'tool_call'.*leave 'mode' out"),
+    ({"schema": Verdict, "mode": "parallel_tool_call"}, r"structured_output\['mode'\] = 'parallel_tool_call' is not supported"),
+    ({"schema": Verdict, "max_retries": 2}, r"structured_output\['max_retries'\] = 2 .* not supported.*retry_failed=True.*Remove 'max_retries'"),
+    ({"schema": Verdict, "fromat": "json"}, r"structured_output has unknown key\(s\) 'fromat'\. Known: 'schema', 'format', 'mode'"),
+    ({"type": "object", "x-model": Verdict}, r"structured_output is not a JSON schema.*pydantic model class itself"),
+], ids=["format-regex", "other-providers-mode", "parallel-mode", "max_retries", "misspelt-key", "not-json"])
+def test_unsupported_structured_output_is_refused_at_construction(form: dict, message: str) -> None:
+    # Before: each was accepted, and every request failed (or the wrapper went out as the schema).
+    with pytest.raises(ValueError, match=message):
+        OpenAILLM(model="m", structured_output=form)
 
 
 def test_invalid_schema_is_refused_at_construction() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 from pathlib import Path
 
@@ -9,9 +11,10 @@ import pytest
 from pydantic import BaseModel
 
 from stillhouse.core import Pipeline
+from stillhouse.core.errors import RuntimeParameterError, StepRuntimeError
 from stillhouse.core.steps import LoadDataFromDicts
 from stillhouse.llms import ChatGeneration, OpenAILLM, TextGeneration
-from stillhouse.llms.testing import FakeOpenAIServer
+from stillhouse.llms.testing import FakeOpenAIServer, Latency
 from tests.llms.conftest import API_KEY
 from tests.support.results import rows_of
 
@@ -132,6 +135,28 @@ def test_retry_failed_sends_only_the_failed_rows_again(server, executor, tmp_pat
     assert all(r["stillhouse_metadata"].get("error_gen") is None for r in retried)
 
 
+def test_a_misspelt_generation_kwarg_stops_the_run_before_any_worker(server, executor, tmp_path) -> None:
+    # Before: the run "succeeded" with every row None and one warning per row.
+    with Pipeline(name="kwargs", executor=executor, cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=_questions(20)) >> TextGeneration(name="gen", llm=_llm(server))
+    with pytest.raises(RuntimeParameterError) as info:
+        pipeline.run(parameters={"gen": {"llm": {"generation_kwargs": {"max_token": 5}}}}, progress=False)
+    message = str(info.value)
+    assert "Step 'gen'" in message and "generation_kwargs has unknown name(s) 'max_token'" in message
+    assert "did you mean 'max_tokens'?" in message and "Known: " in message
+    assert server.requests == []  # not even a worker's key check
+
+
+def test_generation_kwargs_changed_in_place_fail_the_step_at_load(server, tmp_path) -> None:
+    llm = _llm(server)
+    with Pipeline(name="kwargs-in-place", executor="threaded", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=_questions(20)) >> TextGeneration(name="gen", llm=llm)
+    llm.generation_kwargs["max_token"] = 5  # no validator sees this
+    with pytest.raises(StepRuntimeError, match=r"Step 'gen': llm\.generation_kwargs has unknown name\(s\) 'max_token'"):
+        pipeline.run(progress=False)
+    assert server.chat_requests() == []
+
+
 def test_401_fails_the_run_at_once_naming_step_and_endpoint(server, executor, tmp_path) -> None:
     wrong = "sk-wrong-KEY-0123456789abcdef"
     with Pipeline(name="auth", executor=executor, cache_dir=tmp_path) as pipeline:
@@ -170,6 +195,41 @@ def test_a_401_on_a_call_stops_the_run_and_the_resume_sends_the_rest(server, exe
     rows = rows_of(build().run(progress=False))  # the key works again
     assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(40)]
     assert len(server.chat_requests(200)) <= 40 + 2  # answered calls came from the record
+
+
+def test_a_stopped_run_sends_no_new_call_and_its_resume_pays_for_none_twice(server, executor, tmp_path) -> None:
+    """A graceful stop gives batches in flight a grace to finish; a call not sent yet must
+    not go out then (its batch is given up when the grace ends, and the answer with it),
+    and the calls answered before are recorded, so the resume sends each prompt once."""
+    server.latency = Latency.fixed(0.1)
+
+    def build() -> Pipeline:
+        with Pipeline(name="stopped", executor=executor, cache_dir=tmp_path) as pipeline:
+            LoadDataFromDicts(data=_questions(100), batch_size=25) >> TextGeneration(
+                name="gen", llm=_llm(server, max_concurrency=8), input_batch_size=25)
+        return pipeline
+
+    pipeline = build()
+
+    def stop_after_some_calls() -> None:
+        deadline = time.monotonic() + 60
+        while len(server.chat_requests(200)) < 12 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        pipeline.stop()
+
+    threading.Thread(target=stop_after_some_calls, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(progress=False)
+    first = len(server.chat_requests())
+    assert first < 50, f"{first} calls: the run went on sending after the stop"
+
+    rows = rows_of(build().run(progress=False))
+    assert [r["generation"] for r in rows] == [f"echo: question {i}" for i in range(100)]
+    answered = collections.Counter(
+        r["body"]["messages"][-1]["content"] for r in server.chat_requests(200)
+    )
+    assert len(answered) == 100
+    assert [prompt for prompt, times in answered.items() if times > 1] == []  # none paid twice
 
 
 class Verdict(BaseModel):

@@ -205,6 +205,8 @@ class LimitServer:
         self._unsent: dict[int, _Connection] = {}  # answers to write at the end of this turn
         self._ids = itertools.count(1)
         self._closing = False
+        self._holds = 0  # runs stopping: while any, no slot is granted (`hold`)
+        self._hold_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name="stillhouse-limits", daemon=True)
         self._thread.start()
 
@@ -213,8 +215,7 @@ class LimitServer:
         if self._closing:
             return
         self._closing = True
-        with contextlib.suppress(OSError):
-            self._wake_writer.send(b"x")
+        self._wake()
         self._thread.join(10)
         for connection in list(self._connections.values()):
             connection.sock.close()
@@ -223,6 +224,29 @@ class LimitServer:
         for sock in (self._listener, self._wake_reader, self._wake_writer):
             sock.close()
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def hold(self) -> Callable[[], None]:
+        """Grant no slot until the returned function is called (a run stopping: a call it
+        has not sent waits until its batch is given up, instead of being paid for and
+        dropped). Requests still queue; holds from several runs add up."""
+        with self._hold_lock:
+            self._holds += 1  # the loop reads it; `_wake` makes it look again
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._hold_lock:
+                if released:
+                    return
+                released = True
+                self._holds -= 1
+            self._wake()
+
+        return release
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):
+            self._wake_writer.send(b"x")
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -238,6 +262,8 @@ class LimitServer:
                     elif key.data == "wake":
                         with contextlib.suppress(OSError):
                             self._wake_reader.recv(64)
+                        for name in self._limits:  # a hold lifted: waiters may go now
+                            self._pump(name)
                     else:
                         if mask & selectors.EVENT_WRITE:
                             self._flush(key.data)
@@ -319,6 +345,9 @@ class LimitServer:
         self._pump(name)
 
     def _pump(self, name: str) -> None:
+        if self._holds:
+            self._due.pop(name, None)  # looked at again when the hold is lifted
+            return
         granted, wait = self._limits[name].grant(time.monotonic())
         if wait is None:
             self._due.pop(name, None)
@@ -755,7 +784,20 @@ class _RunServer:
         server.close()
 
 
+    def hold(self) -> Callable[[], None]:
+        with self.lock:
+            server = self.server
+        return server.hold() if server is not None else (lambda: None)
+
+
 _runs = _RunServer()
+
+
+def hold_slots() -> Callable[[], None]:
+    """For the engine, when a run stops: the run's limit server grants no more slots until
+    the returned function is called (overlapping runs of this process share the server,
+    and wait as long). A no-op outside a run."""
+    return _runs.hold()
 
 
 @contextlib.contextmanager

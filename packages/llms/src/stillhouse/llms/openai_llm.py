@@ -14,6 +14,7 @@ suspends around it lives in `tasks.py`.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import io
 import json
 import logging
@@ -90,6 +91,23 @@ GenerateOutput = dict[str, Any]
 with `"logprobs"` (per generation, per token, the top alternatives) when they were asked for."""
 
 
+def check_generation_kwargs(args: dict[str, Any], what: str = "generation_kwargs", step_name: str | None = None) -> None:
+    """Raise `ValueError` naming `what`, the unknown names in `args` (with the closest known
+    name) and the known ones, when `args` has a name OpenAILLM does not send."""
+    unknown = sorted(set(args) - set(_GENERATION_ARGS), key=str)
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(str(name), list(_GENERATION_ARGS), n=1, cutoff=0.6)
+        hints.append(f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name))
+    where = f"Step {step_name!r}: " if step_name else ""
+    raise ValueError(
+        f"{where}{what} has unknown name(s) {', '.join(hints)}. Known: "
+        f"{', '.join(map(repr, sorted(_GENERATION_ARGS)))}. Fix or remove the name."
+    )
+
+
 def _env_secret(name: str) -> SecretStr | None:
     """The environment variable `name` as a secret, None when unset or empty."""
     value = os.environ.get(name)
@@ -116,8 +134,10 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
         timeout: Seconds one request may take before it counts as a timeout (and is retried).
         max_retries: Retries of a transient failure (429, 5xx, timeout, connection) per call;
             a 429 after which the endpoint's concurrency came down is not counted.
-        generation_kwargs: temperature, max_new_tokens, top_p, stop, seed, ... for every call.
-        structured_output: A pydantic model class or JSON schema: answers are JSON valid for it.
+        generation_kwargs: temperature, max_new_tokens, top_p, stop, seed, ... for every call;
+            an unknown name is refused when it is set.
+        structured_output: A pydantic model class or JSON schema (or distilabel's
+            `{"schema": ..., "format": "json", "mode": ...}`): answers are JSON valid for it.
         max_concurrency: Requests in flight to this endpoint, across the whole run.
         requests_per_minute: Requests per minute to this endpoint, across the whole run.
         tokens_per_minute: Estimated tokens per minute to this endpoint, across the whole run.
@@ -181,6 +201,14 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
     def _check_structured_output(cls, value: Any) -> Any:
         if value is not None:
             structured.normalize(value)
+        return value
+
+    @field_validator("generation_kwargs")
+    @classmethod
+    def _check_generation_kwargs(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        # Here, not per request: a misspelt name fails the LLM's construction (or the
+        # runtime parameter, which core reports with the step's name), before any worker.
+        check_generation_kwargs(value or {})
         return value
 
     @field_validator("api_key", mode="before")
@@ -360,12 +388,7 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
         """The request body for `input` (generation_kwargs, then `kwargs`): a chat
         completion for a conversation, a text completion (`/v1/completions`) for a `str`."""
         args = {**self.get_generation_kwargs(), **kwargs}
-        unknown = sorted(set(args) - set(_GENERATION_ARGS))
-        if unknown:
-            raise ValueError(
-                f"Unknown generation argument(s) {unknown} for OpenAILLM. "
-                f"Known: {sorted(_GENERATION_ARGS)}."
-            )
+        check_generation_kwargs(args, "generation argument(s) of OpenAILLM")
         if isinstance(input, str):
             return self._text_request(input, args)
         request: dict[str, Any] = {"model": self.model, "messages": input}
@@ -507,6 +530,8 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
             paused = False  # an answer that says the quota is spent (the limit waits for its reset)
             try:
                 async with self._limit.slot(costs=costs):
+                    if self._auth_failed is not None:  # refused while this call waited for its slot
+                        raise self._auth_error(None, *self._auth_failed)
                     self._stats["sent"] += 1
                     if self._aimd is not None:
                         ticket = self._aimd.ticket()
@@ -523,6 +548,8 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
                         raise
                     self._honour_quota(raw.headers)
                 response = json.loads(raw.http_response.text)
+            except LLMAuthenticationError:
+                raise
             except Exception as exc:
                 reason = transient_reason(exc)
                 status = getattr(exc, "status_code", None)

@@ -30,7 +30,7 @@ from stillhouse.core import RuntimeParameter, Step, StepInput, SuspendStep
 from stillhouse.core.steps.columns import METADATA_COLUMN
 from stillhouse.core.typing import Row, StepColumns
 from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError
-from stillhouse.llms.openai_llm import GenerateOutput, OpenAILLM
+from stillhouse.llms.openai_llm import GenerateOutput, OpenAILLM, check_generation_kwargs
 
 if TYPE_CHECKING:
     from jinja2 import Template
@@ -91,6 +91,9 @@ class Task(Step, ABC):
 
     def load(self) -> None:
         super().load()
+        # The field's validator checked the names when they were set; a dict changed in
+        # place since (`llm.generation_kwargs["max_token"] = 5`) fails here, not per row.
+        check_generation_kwargs(self.llm.get_generation_kwargs(), "llm.generation_kwargs", self.name)
         self.llm = self.llm.replica()  # replicas in one process must not share clients or records
         schema = self.get_structured_output()
         if self.use_default_structured_output and schema and self.llm.structured_output is None:

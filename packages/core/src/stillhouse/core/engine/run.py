@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,7 @@ def run_pipeline(
             error: BaseException | None = None
             view: Progress | None = None
             storage: BatchStorage | None = None
+            stop_requested = _StopHoldsSlots(pipeline)
             try:
                 view = Progress(states, live=progress_enabled(progress), pipeline_name=pipeline.name)
                 executor = executor_cls(**pipeline.executor_options)
@@ -124,7 +125,7 @@ def run_pipeline(
                     states,
                     executor,
                     writer,
-                    stop_requested=lambda: pipeline._stop_requested,
+                    stop_requested=stop_requested,
                     on_tick=view.tick,
                     dry_run_rows=dry_run_rows,
                     wait_for_suspended=wait_for_suspended,
@@ -136,6 +137,7 @@ def run_pipeline(
                 error = exc
                 raise
             finally:
+                stop_requested.release()  # the workers are gone: nothing of this run can send
                 if view is not None:
                     view.close()
                 if storage is not None:
@@ -156,6 +158,29 @@ def run_pipeline(
     finally:
         store.sync()
         store.close(completed=completed)
+
+
+class _StopHoldsSlots:
+    """The scheduler's `stop_requested`. The first time the run is asked to stop, the
+    shared limits stop granting slots (`limits.hold_slots`): a remote call of a batch in
+    flight that was not sent yet is not sent, since its batch may be given up at the end of
+    the grace, and an answer nobody stores would be paid for again on resume. `release()`
+    lifts that once the workers are gone (overlapping runs share the limits)."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self._release: Callable[[], None] | None = None
+
+    def __call__(self) -> int:
+        asked = self.pipeline._stop_requested
+        if asked and self._release is None:
+            self._release = limits.hold_slots()
+        return asked
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
 
 
 def _make_run_store(context: RunContext, *, dry_run: bool) -> RunStore:
