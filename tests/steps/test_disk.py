@@ -149,3 +149,35 @@ def test_a_damaged_saved_dataset_is_an_error_naming_step_and_path(tmp_path):
     with pytest.raises(StepRuntimeError, match=r"'disk'.*cannot read the dataset saved at .*ds.*"
                                                r"save_to_disk"):
         loader.outputs  # noqa: B018
+
+
+def test_a_saved_dataset_loads_with_no_split_or_its_own_and_any_other_is_an_error(tmp_path):
+    Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "plain"))
+    wrong = LoadDataFromDisk(name="disk", dataset_path=str(tmp_path / "plain"), split="test")
+    with pytest.raises(StepRuntimeError, match=r"'disk'.*split 'test' not found.*plain.*a single "
+                                               r"Dataset saved without a split name.*split=None"):
+        wrong.outputs  # noqa: B018  (what validation reads)
+    Dataset.from_list(ROWS, split="train").save_to_disk(str(tmp_path / "named"))
+    own = LoadDataFromDisk(dataset_path=str(tmp_path / "named"), split="train")
+    assert rows_of(own) == ROWS
+    other = LoadDataFromDisk(name="disk", dataset_path=str(tmp_path / "named"), split="test")
+    with pytest.raises(StepRuntimeError, match=r"'disk'.*split 'test' not found.*of split 'train'.*"
+                                               r"split=None or split='train'"):
+        other.outputs  # noqa: B018
+
+
+def test_a_distiset_leaf_saved_as_a_dataset(tmp_path):
+    save_distiset_layout(tmp_path / "distiset", {"generate": ROWS})
+    Dataset.from_list(ROWS[:3]).save_to_disk(str(tmp_path / "distiset" / "score"))
+    loader = LoadDataFromDisk(dataset_path=str(tmp_path / "distiset"), is_distiset=True,
+                              config="score")
+    assert rows_of(loader) == ROWS[:3]
+    missing = LoadDataFromDisk(name="disk", dataset_path=str(tmp_path / "distiset"), is_distiset=True)
+    with pytest.raises(StepRuntimeError, match=r"'default' not found.*\['generate', 'score'\]"):
+        missing.signature_extra()
+    with pytest.raises(StepRuntimeError, match=r"Distiset \(configurations \['generate', 'score'\]\)"):
+        LoadDataFromDisk(dataset_path=str(tmp_path / "distiset")).outputs  # noqa: B018
+    # A DatasetDict's splits are saved Datasets too: it is not a Distiset of them.
+    DatasetDict({"train": Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "dd"))
+    with pytest.raises(StepRuntimeError, match=r"holds no Distiset.*set is_distiset=False"):
+        LoadDataFromDisk(dataset_path=str(tmp_path / "dd"), is_distiset=True).outputs  # noqa: B018

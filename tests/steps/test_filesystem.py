@@ -339,3 +339,72 @@ def test_validation_reads_the_files_once_and_again_when_they_change(tmp_path, mo
     write_jsonl(path, [{"prompt": "p"}])
     assert loader.outputs == ["prompt"]
     assert len(peeks) == 2
+
+
+def test_empty_and_hidden_files_do_not_decide_the_filetype(tmp_path):
+    for folder, other in (("git", ".gitkeep"), ("spark", "_SUCCESS"), ("mixed", "a-placeholder.csv")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / other).write_text("")  # zero bytes: no rows, whatever its type
+        write_jsonl(tmp_path / folder / "b.jsonl", ROWS)
+        loader = LoadDataFromFileSystem(name="files", data_files=str(tmp_path / folder))
+        assert loader.outputs == ["text", "n"], folder
+        assert rows_of(loader) == ROWS, folder  # read as jsonl, not as the empty file's csv
+    (tmp_path / "spark" / ".part-0.crc").write_bytes(b"\x00\x01crc")  # hidden: not data
+    assert rows_of(LoadDataFromFileSystem(data_files=str(tmp_path / "spark"))) == ROWS
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.csv").write_text("")
+    (tmp_path / "empty" / "b.jsonl").write_text("")
+    only_empty = LoadDataFromFileSystem(data_files=str(tmp_path / "empty"))
+    assert only_empty.outputs == []
+    assert run_generator(only_empty) == [[]]
+
+
+def test_files_of_different_types_are_an_error_naming_two_of_them_and_the_fix(tmp_path):
+    with open(tmp_path / "a.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["text", "n"])
+        writer.writeheader()
+        writer.writerows(ROWS)
+    write_jsonl(tmp_path / "b.jsonl", ROWS)
+    mixed = LoadDataFromFileSystem(name="files", data_files=str(tmp_path))
+    with pytest.raises(StepRuntimeError, match=r"'files'.*different types: '.*a\.csv' \(csv\) and "
+                                               r"'.*b\.jsonl' \(json\).*one type of file per step"
+                                               r".*filetype="):
+        mixed.outputs  # noqa: B018  (what validation reads)
+    (tmp_path / "a.csv").unlink()
+    (tmp_path / "c.json").write_text(json.dumps(ROWS))  # json and jsonl are one type
+    assert rows_of(LoadDataFromFileSystem(data_files=str(tmp_path))) == ROWS + ROWS
+    write_jsonl(tmp_path / "notes.txt", ROWS)
+    unknown = LoadDataFromFileSystem(name="files", data_files=str(tmp_path))
+    with pytest.raises(StepRuntimeError, match=r"'files'.*filetype 'txt'.*notes\.txt.*filetype="):
+        unknown.signature_extra()
+    told = LoadDataFromFileSystem(data_files=str(tmp_path / "*[lt]"), filetype="json")
+    assert rows_of(told) == ROWS + ROWS  # filetype= reads b.jsonl and notes.txt alike
+
+
+def test_files_whose_columns_differ_are_an_error_saying_so(tmp_path):
+    write_jsonl(tmp_path / "part-0.jsonl", [{"text": "a"}])
+    write_jsonl(tmp_path / "part-1.jsonl", [{"text": "b", "label": 1}])
+    loader = LoadDataFromFileSystem(name="files", data_files=str(tmp_path / "*.jsonl"))
+    with pytest.raises(Exception) as raised:  # the runner wraps it in a FatalStepError
+        run_generator(loader)
+    message = str(raised.value.__cause__)
+    assert isinstance(raised.value.__cause__, StepRuntimeError)
+    assert re.search(r"'files'.*part-0\.jsonl.*part-1\.jsonl", message)
+    assert "columns differ: one has the columns ['text', 'label'], where the first rows read " \
+           "had ['text']" in message
+    assert "of the type read" not in message
+
+
+def test_a_negative_num_examples_is_refused(tmp_path):
+    from pydantic import ValidationError
+
+    from stillhouse.core.errors import RuntimeParameterError
+
+    write_jsonl(tmp_path / "data.jsonl", ROWS)
+    with pytest.raises(ValidationError, match=r"num_examples\n.*greater than or equal to 0"):
+        LoadDataFromFileSystem(data_files=str(tmp_path / "data.jsonl"), num_examples=-1)
+    loader = LoadDataFromFileSystem(name="files", data_files=str(tmp_path / "data.jsonl"))
+    with pytest.raises((ValidationError, RuntimeParameterError), match=r"greater than or equal to 0"):
+        loader.set_runtime_parameters({"num_examples": -5})  # what run(parameters=...) does
+    assert loader.num_examples is None
+    assert rows_of(LoadDataFromFileSystem(data_files=str(tmp_path / "data.jsonl"), num_examples=0)) == []

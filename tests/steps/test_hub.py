@@ -176,3 +176,19 @@ def test_the_same_pipeline_adapted_to_a_renamed_column_validates_and_runs(hub, t
     assert pipeline.run(progress=False)["default"]["train"].to_list() == [
         {"instruction": f"i{i}"} for i in range(3)
     ]
+
+
+def test_a_sliced_split_loads_its_slice_without_streaming(hub):
+    publish(hub)
+    first = LoadDataFromHub(repo_id="tester/mini", split="train[:5]", batch_size=50)
+    assert first.outputs == ["instruction", "id"]  # validation: the columns of "train"
+    assert [r["id"] for b in run_generator(first) for r in b] == [0, 1, 2, 3, 4]
+    half = LoadDataFromHub(repo_id="tester/mini", split="train[50%:]", batch_size=50)
+    assert [r["id"] for b in run_generator(half) for r in b] == [5, 6, 7, 8, 9]
+    both = LoadDataFromHub(repo_id="tester/mini", split="train[:2]+test[:1]", batch_size=50)
+    assert both.outputs == ["instruction", "id"]
+    assert [r["id"] for b in run_generator(both) for r in b] == [0, 1, 0]
+    streamed = LoadDataFromHub(name="hub", repo_id="tester/mini", split="train[:5]", streaming=True)
+    with pytest.raises(StepRuntimeError, match=r"'hub'.*split 'train\[:5\]' takes a slice.*"
+                                               r"streaming=False.*num_examples="):
+        streamed.outputs  # noqa: B018  (what validation reads)

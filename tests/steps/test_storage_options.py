@@ -172,3 +172,54 @@ def test_credentials_given_as_parameters_are_added_to_the_kept_options():
     assert loader.storage_options["client_kwargs"]["aws_session_token"].get_secret_value() == SESSION
     assert loader.storage_options["key"].get_secret_value() == KEY_ID
     assert KEY_ID not in json.dumps(loader.dump()) and SESSION not in json.dumps(loader.dump())
+
+
+def no_credentials_anywhere(monkeypatch, tmp_path):
+    """No credentials in the environment nor in AWS's files, as on a fresh machine."""
+    import os
+
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+
+
+def test_s3_errors_finding_the_data_name_the_step_the_path_and_the_fix(s3_as_users_have_it, monkeypatch,
+                                                                       tmp_path):
+    from stillhouse.core.errors import StepRuntimeError
+    from tests.support.local_servers import free_port
+
+    options, fs = s3_as_users_have_it
+    put_jsonl(fs, "stillhouse-steps/opts/part-0.jsonl", ROWS)
+    no_credentials_anywhere(monkeypatch, tmp_path)
+    files = LoadDataFromFileSystem(name="files", data_files="s3://stillhouse-steps/opts/*.jsonl",
+                                   storage_options=options)
+    disk = LoadDataFromDisk(name="disk", dataset_path="s3://stillhouse-steps/saved",
+                            storage_options=options)
+    fix = r"Check the path.*storage_options.*credentials.*environment"
+    for loader, path in ((files, r"data_files 's3://stillhouse-steps/opts/\*\.jsonl'"),
+                         (disk, r"dataset_path 's3://stillhouse-steps/saved'")):
+        with pytest.raises(StepRuntimeError, match=rf"'{loader.name}'.*{path}.*NoCredentialsError.*{fix}"):
+            loader.outputs  # noqa: B018  (what validation reads)
+        with pytest.raises(StepRuntimeError, match=r"NoCredentialsError"):
+            loader.signature_extra()  # what the cache signature reads
+
+    nobody = {"key": KEY_ID, "secret": SECRET,
+              "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{free_port()}"},
+              "config_kwargs": {"retries": {"max_attempts": 1}, "connect_timeout": 2}}
+    unreachable = LoadDataFromFileSystem(name="files", data_files="s3://stillhouse-steps/opts/",
+                                         storage_options=nobody)
+    with pytest.raises(StepRuntimeError, match=rf"'files'.*EndpointConnectionError.*{fix}") as raised:
+        unreachable.outputs  # noqa: B018
+    assert KEY_ID not in str(raised.value) and SECRET not in str(raised.value)
+
+
+def test_an_error_message_quoting_a_credential_is_masked():
+    from stillhouse.steps._options import hide_credentials, without_secrets
+
+    options = hide_credentials({"key": KEY_ID, "client_kwargs": {"aws_session_token": SESSION},
+                                "secret": "s3", "endpoint_url": "http://e"})
+    quoted = f"denied for {KEY_ID} with {SESSION} at http://e"
+    assert without_secrets(quoted, options) == "denied for ********** with ********** at http://e"

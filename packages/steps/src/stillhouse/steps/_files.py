@@ -66,7 +66,19 @@ def _list_files(fs: Any, root: str) -> list[str]:
         files = [root]
     else:
         files = []
-    return sorted(files)
+    return sorted(p for p in files if not _hidden_beyond(root, p))
+
+
+def _hidden(path: str) -> int:
+    return sum(1 for part in path.split("/") if part.startswith(".") and set(part) != {"."})
+
+
+def _hidden_beyond(root: str, path: str) -> bool:
+    """Whether `path`, found under the folder or glob `root`, is hidden where `root` did
+    not ask for it (a `.gitkeep`, Spark's `.part-0.crc`, `.ipynb_checkpoints/`): such files
+    are not data, and `datasets` skips them too. A path or glob that names a hidden part
+    (`data/.cache/*.jsonl`) gets it."""
+    return _hidden(path) > _hidden(root)
 
 
 def fingerprint(fs: Any, files: list[str]) -> list[list[Any]]:

@@ -17,7 +17,10 @@ earlier run opened.
 
 A dataset that cannot be read (a bad JSON line, a file of another type, a folder
 that is not a saved dataset) is a `StepRuntimeError` naming the step, what it
-reads and how to fix it, at validation when the first rows show it.
+reads and how to fix it, at validation when the first rows show it. So is data
+that cannot be reached (no credentials, a refused signature, an endpoint that does
+not answer): the loaders find their files inside `_reaching`, which names the path
+and points at `storage_options`, never quoting a credential.
 
 Not here: where a dataset comes from (hub.py, disk.py, filesystem.py); the
 credentials in `storage_options` (_options.py).
@@ -34,10 +37,10 @@ from typing import Any, ClassVar
 from pydantic import Field, PrivateAttr, field_validator
 
 from stillhouse.core import GeneratorStep, RuntimeParameter
-from stillhouse.core.errors import StepRuntimeError
+from stillhouse.core.errors import StepRuntimeError, StillhouseError
 from stillhouse.core.lookups import one_lookup_each
 from stillhouse.core.typing import GeneratorStepOutput, Row
-from stillhouse.steps._options import hide_credentials, merge_options
+from stillhouse.steps._options import hide_credentials, merge_options, without_secrets
 
 
 @contextlib.contextmanager
@@ -65,6 +68,7 @@ with optional_runtime_parameters():
 
         num_examples: RuntimeParameter[int] | None = Field(
             default=None,
+            ge=0,
             description="The number of examples to load from the dataset. By default all of them.",
         )
         storage_options: RuntimeParameter[dict[str, Any]] | None = Field(
@@ -108,8 +112,8 @@ with optional_runtime_parameters():
             what it reads, for messages ("the json files ['a.jsonl']")."""
             raise NotImplementedError
 
-        def _read_hint(self) -> str:
-            """How to fix a dataset that cannot be read, for messages."""
+        def _read_hint(self, error: Exception) -> str:
+            """How to fix a dataset that cannot be read (`error` says why), for messages."""
             return "Check the data and the step's fields."
 
         def load(self) -> None:
@@ -157,7 +161,29 @@ with optional_runtime_parameters():
                 reason = str(exc).strip().rstrip(".") or "(no message)"
                 raise StepRuntimeError(
                     f"Step {self.name!r}: cannot read {source}: {type(exc).__name__}: {reason}. "
-                    f"{self._read_hint()}",
+                    f"{self._read_hint(exc)}",
+                    step_name=self.name,
+                ) from exc
+
+        @contextlib.contextmanager
+        def _reaching(self, where: str) -> Iterator[None]:
+            """Around finding the data (opening its filesystem, listing, fingerprinting): an
+            error of the filesystem (no credentials, a refused signature, an endpoint that
+            does not answer) becomes one naming the step, `where` (the path) and the fix.
+            The message holds no credential of `storage_options`."""
+            try:
+                yield
+            except StillhouseError:  # ours already says what and where
+                raise
+            except Exception as exc:
+                reason = without_secrets(str(exc), self.storage_options).strip().rstrip(".")
+                raise StepRuntimeError(
+                    f"Step {self.name!r}: cannot reach {where}: {type(exc).__name__}: "
+                    f"{reason or '(no message)'}. Check the path (that it exists and may be "
+                    "read) and storage_options (the endpoint, e.g. client_kwargs.endpoint_url, "
+                    "and the credentials); fsspec also reads credentials from the environment "
+                    "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, ...) and its "
+                    "configuration files.",
                     step_name=self.name,
                 ) from exc
 

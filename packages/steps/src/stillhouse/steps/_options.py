@@ -80,3 +80,23 @@ def _rebuild(original: list[Any] | tuple[Any, ...], items: list[Any]) -> Any:
     if hasattr(original, "_fields"):  # a named tuple (aiohttp's BasicAuth)
         return type(original)(*items)
     return tuple(items)
+
+
+def without_secrets(text: str, options: dict[str, Any] | None) -> str:
+    """`text` (an error's message) with every credential of `options` masked, should the
+    filesystem have quoted one. One of fewer than 4 characters is no secret worth
+    garbling the message for."""
+    for secret in sorted(_secrets(options or {}), key=len, reverse=True):
+        text = text.replace(secret, "**********")
+    return text
+
+
+def _secrets(value: Any) -> list[str]:
+    if isinstance(value, SecretStr):
+        revealed = value.get_secret_value()
+        return [revealed] if len(revealed) >= 4 else []
+    if isinstance(value, dict):
+        return [secret for item in value.values() for secret in _secrets(item)]
+    if isinstance(value, list | tuple):
+        return [secret for item in value for secret in _secrets(item)]
+    return []

@@ -4,7 +4,10 @@ a Distiset saved with `Distiset.save_to_disk`, on a local path or any fsspec URL
 The saved Arrow files are memory-mapped and read in batches. Their sizes and
 change stamps (`_files.py`) are in the step's cache signature: a dataset saved
 again over the same path is read again. A folder that `save_to_disk` did not write
-is an error before the run, saying what the folder holds.
+is an error before the run, saying what the folder holds; so is a `split` the saved
+dataset does not hold. A Distiset's leaf is a saved DatasetDict or Dataset, as
+`Distiset.load_from_disk` reads it. An error of the filesystem while finding the
+folder (credentials, endpoint) names the step and `dataset_path` (`_loader.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ with optional_runtime_parameters():
             is_distiset: Whether `dataset_path` holds a Distiset. Defaults to False.
             keep_in_memory: Copy the dataset into memory (see `datasets.load_from_disk`).
             split: The split to load from a `DatasetDict` (a Distiset leaf has "train").
-                When `None`, a dataset with a single split loads that split.
+                When `None`, a dataset with a single split loads that split. A saved
+                `Dataset` is one split: `None` or its own split name loads it.
             streaming: Accepted for distilabel compatibility (inherited there from
                 `LoadDataFromHub`); no effect, as in distilabel: the saved files are
                 memory-mapped and read in batches.
@@ -81,6 +85,13 @@ with optional_runtime_parameters():
         }
 
         def _location(self) -> tuple[Any, str]:
+            """The filesystem and the folder `load_from_disk` reads: `dataset_path`, or its
+            leaf `config` with `is_distiset`; an error saying what the folder holds if it is
+            not what the fields say."""
+            with self._reaching(f"dataset_path {os.fspath(self.dataset_path)!r}"):
+                return self._locate()
+
+        def _locate(self) -> tuple[Any, str]:
             fs, root = open_fs(self.dataset_path, self.storage_options)
             root = root.rstrip("/")
             if not fs.isdir(root):
@@ -92,12 +103,13 @@ with optional_runtime_parameters():
             if not self.is_distiset:
                 self._check_saved_dataset(fs, root)
                 return fs, root
-            leaves = sorted(Path(p).parent.name for p in fs.glob(f"{root}/*/{_DATASET_DICT}"))
+            leaves = _distiset_leaves(fs, root)
             if not leaves:
                 saved = _is_saved_dataset(fs, root)
                 raise StepRuntimeError(
                     f"Step {self.name!r}: dataset_path {os.fspath(self.dataset_path)!r} holds no "
-                    f"Distiset (no <configuration>/{_DATASET_DICT} in it). "
+                    f"Distiset (no <configuration>/{_DATASET_DICT} nor <configuration>/"
+                    f"{_DATASET_STATE} in it). "
                     + ("It holds a dataset saved with `save_to_disk`: set is_distiset=False."
                        if saved else "Pass the folder given to `Distiset.save_to_disk`."),
                     step_name=self.name,
@@ -116,7 +128,7 @@ with optional_runtime_parameters():
             `state.json` (a Dataset); anything else is an error that says what it holds."""
             if _is_saved_dataset(fs, root):
                 return
-            leaves = sorted(Path(p).parent.name for p in fs.glob(f"{root}/*/{_DATASET_DICT}"))
+            leaves = _distiset_leaves(fs, root)
             if leaves:
                 fix = (f"It holds a Distiset (configurations {leaves}): set is_distiset=True "
                        "and config= to one of them.")
@@ -134,9 +146,11 @@ with optional_runtime_parameters():
 
         def signature_extra(self) -> dict[str, Any]:
             fs, root = self._location()
-            return {**super().signature_extra(), "files": fingerprint(fs, list_files(fs, root))}
+            with self._reaching(f"dataset_path {os.fspath(self.dataset_path)!r}"):
+                files = fingerprint(fs, list_files(fs, root))
+            return {**super().signature_extra(), "files": files}
 
-        def _read_hint(self) -> str:
+        def _read_hint(self, error: Exception) -> str:
             return ("Check that the folder holds a complete dataset written by `save_to_disk` "
                     "(save it again if the save was interrupted) and storage_options.")
 
@@ -152,6 +166,7 @@ with optional_runtime_parameters():
                     storage_options=plain_options(self.storage_options),
                 )
             if not isinstance(dataset, DatasetDict):
+                self._check_own_split(dataset)
                 return dataset, source
             splits = list(dataset)
             split = self.split if self.split is not None else (splits[0] if len(splits) == 1 else None)
@@ -163,6 +178,33 @@ with optional_runtime_parameters():
                     step_name=self.name,
                 )
             return dataset[split], f"split {split!r} of {source}"
+
+        def _check_own_split(self, dataset: Any) -> None:
+            """A saved `Dataset` is one split (its own, or none): `split` may name only it."""
+            own = None if dataset.split is None else str(dataset.split)
+            if self.split is None or self.split == own:
+                return
+            held = (f"a single Dataset of split {own!r}" if own is not None
+                    else "a single Dataset saved without a split name")
+            also = f" or split={own!r}" if own is not None else ""
+            raise StepRuntimeError(
+                f"Step {self.name!r}: split {self.split!r} not found at "
+                f"{os.fspath(self.dataset_path)!r}: it holds {held}, not a DatasetDict of "
+                f"splits. Set split=None{also} to load it, or pass the folder of a "
+                "DatasetDict saved with that split.",
+                step_name=self.name,
+            )
+
+
+def _distiset_leaves(fs: Any, root: str) -> list[str]:
+    """The configurations of a Distiset saved at `root`: its folders holding a saved
+    DatasetDict or Dataset (a leaf may be either). A folder that is a saved dataset itself
+    has none (a DatasetDict's splits are such folders too)."""
+    if _is_saved_dataset(fs, root):
+        return []
+    found = {Path(p).parent.name for name in (_DATASET_DICT, _DATASET_STATE)
+             for p in fs.glob(f"{root}/*/{name}")}
+    return sorted(found)
 
 
 def _is_saved_dataset(fs: Any, root: str) -> bool:

@@ -21,6 +21,7 @@ step, with a warning.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr
@@ -38,6 +39,9 @@ _LOCAL_FIX = (
     "listed in its README.md's `configs`, and that split and config name what it holds."
 )
 
+_SLICE = re.compile(r"\[[^\]]*\]")
+"""A slice of a split expression: `train[:5]`, `train[50%:]`, `train[:10]+test[:10]`."""
+
 with optional_runtime_parameters():
 
     class LoadDataFromHub(DatasetLoader):
@@ -47,7 +51,9 @@ with optional_runtime_parameters():
             repo_id: The Hub repository ID of the dataset (required), or a local folder
                 of data files: a path to an existing directory wins, as in
                 `datasets.load_dataset`.
-            split: The split to load. Defaults to "train".
+            split: The split to load. Defaults to "train". A split expression of `datasets`
+                ("train+test"; with streaming=False also slices: "train[:100]",
+                "train[50%:]").
             config: The configuration to load, for datasets with several.
             revision: The branch, tag or commit to load; the default branch when `None`.
                 Whatever it names is pinned to a commit sha when the run starts. Ignored
@@ -163,22 +169,34 @@ with optional_runtime_parameters():
 
         def _peek(self) -> tuple[Any, str]:
             # The columns of the commit (or files) the run is about to pin, from a streaming
-            # view: validation downloads no data file.
+            # view: validation downloads no data file. A stream takes no slice: the columns
+            # of "train[:5]" are those of "train".
             self.signature_extra()
-            return self._open(streaming=True)
+            return self._open(streaming=True, split=_SLICE.sub("", self.split or "") or None)
 
-        def _read_hint(self) -> str:
+        def _read_hint(self, error: Exception) -> str:
             if self._target()[0] == "folder":
                 return ("Check the folder's data files (a bad line, a file of another type, a "
                         "file you may not read): fix or remove the bad file.")
             return "Check the dataset's files on the Hub, your connection and HF_ENDPOINT."
 
-        def _open(self, streaming: bool | None = None) -> tuple[Any, str]:
+        def _open(self, streaming: bool | None = None, split: str | None = None) -> tuple[Any, str]:
+            """The dataset `split` (the step's by default) as the workers load it, or as a
+            stream when `streaming` says so (validation)."""
             from datasets import DownloadMode, load_dataset
             from datasets.exceptions import DatasetGenerationError
 
+            if self.streaming and _SLICE.search(self.split or ""):
+                raise StepRuntimeError(
+                    f"Step {self.name!r}: split {self.split!r} takes a slice of the rows, which "
+                    "a streaming dataset cannot (`datasets` refuses it). Set streaming=False "
+                    "to load the slice, or load the whole split and take the first rows with "
+                    "num_examples=.",
+                    step_name=self.name,
+                )
             kind, target = self._target()
             streaming = self.streaming if streaming is None else streaming
+            split = self.split if split is None else split
             if kind == "folder":
                 source = (f"split {self.split!r} (config {self.config!r}) of the local folder "
                           f"{target!r}")
@@ -201,12 +219,12 @@ with optional_runtime_parameters():
                              "storage_options": plain_options(self.storage_options)}
                 path, fix = str(self.repo_id), ""
             try:
-                dataset = load_dataset(path, self.config, split=self.split, streaming=streaming,
+                dataset = load_dataset(path, self.config, split=split, streaming=streaming,
                                        **arguments)
             except Exception as exc:
                 cause = f" ({type(exc.__cause__).__name__}: {exc.__cause__})" if exc.__cause__ else ""
                 if kind == "folder" and isinstance(exc, DatasetGenerationError):  # a bad file
-                    fix = f" {self._read_hint()}"
+                    fix = f" {self._read_hint(exc)}"
                 raise StepRuntimeError(
                     f"Step {self.name!r}: cannot load {source}: {type(exc).__name__}: "
                     f"{str(exc).strip().rstrip('.')}{cause}.{fix}",
