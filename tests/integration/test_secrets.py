@@ -155,3 +155,31 @@ def test_secrets_a_step_or_a_library_logs_are_masked_in_pipeline_log(tmp_path, e
     for secret in (KEY, PASSWORD, "tok-from-nowhere-123", "FwoGZX1", "sk-from-the-environment-31337"):
         assert secret not in text, secret
     assert "'Authorization': 'Bearer **********'" in text
+
+
+class Refused(Step):
+    """Fails as a client whose key was refused might: the key in the error's text."""
+
+    client: Client
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        key = self.client.api_key.get_secret_value()
+        raise PermissionError(f"key {key} was refused ({os.environ['STILLHOUSE_TEST_API_KEY']})")
+        yield inputs
+
+
+@pytest.mark.parametrize("executor", ["sync", "mp"])
+def test_an_error_that_quotes_a_secret_is_stored_masked(tmp_path, executor, monkeypatch):
+    """A failed batch's error text is stored with the batch and in its rows' metadata
+    (results, Distiset): the secrets in it are masked there as in pipeline.log."""
+    monkeypatch.setenv("STILLHOUSE_TEST_API_KEY", "sk-from-the-environment-31337")
+    with Pipeline(name="refused", cache_dir=tmp_path / "cache", executor=executor, enable_metadata=True) as pipeline:
+        LoadDataFromDicts(name="load", data=[{"x": 1}, {"x": 2}]) >> Refused(name="refused", client=Client(api_key=KEY))
+    for _ in range(2):  # computed, then replayed from the cache
+        rows = pipeline.run(progress=False)["default"]["train"].to_list()
+        assert [row["stillhouse_metadata"]["error_refused"] for row in rows] == [
+            "PermissionError: key ********** was refused (**********)"
+        ] * 2
+    assert_no_secret_in(tmp_path)
+    for path in (p for p in tmp_path.rglob("*") if p.is_file()):
+        assert b"sk-from-the-environment-31337" not in path.read_bytes(), path

@@ -24,7 +24,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from stillhouse.core.contract import check_outputs
-from stillhouse.core.engine.logs import step_context
+from stillhouse.core.engine.logs import environment_secrets, mask_secrets, step_context
 from stillhouse.core.engine.loopwatch import LoopWatch, Pending
 from stillhouse.core.engine.protocol import Payload, Task, TaskResult
 from stillhouse.core.errors import (
@@ -34,6 +34,7 @@ from stillhouse.core.errors import (
     StopRun,
     SuspendStep,
 )
+from stillhouse.core.secrets import secret_values
 from stillhouse.core.step import (
     METADATA_COLUMN,
     BaseStep,
@@ -117,6 +118,7 @@ class StepRunner:
         self.replica = replica
         self.enable_metadata = enable_metadata
         self.abandoned = False
+        self._secret_values: set[str] | None = None
         self._generator: Iterator[tuple[list[Row], bool]] | None = None
         self._agenerator: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -319,7 +321,9 @@ class StepRunner:
             raise FatalStepError(
                 self.step.name, exc, key=task.key, preview=preview_rows(_inputs_of(task))
             ) from exc
-        error = f"{type(exc).__name__}: {exc}"
+        # Stored with the batch and in its rows' metadata: never with a secret in it (an
+        # error that quotes the key it was given).
+        error = mask_secrets(f"{type(exc).__name__}: {exc}", self._secrets())
         logger.warning(
             "Step %r failed on batch %s (%d rows); its outputs are set to None: %s\nRows: %s\n%s",
             self.step.name,
@@ -330,6 +334,13 @@ class StepRunner:
             "".join(traceback.format_exception(exc)),
         )
         return TaskResult(task.step_name, task.key, self._imputed(task.inputs, error), False, error, seconds)
+
+    def _secrets(self) -> set[str]:
+        """The values of the step's secret fields and of credential-named environment
+        variables, masked in the error text a failed batch stores."""
+        if self._secret_values is None:
+            self._secret_values = secret_values(self.step) | environment_secrets()
+        return self._secret_values
 
     def _suspension(self, exc: SuspendStep) -> dict[str, Any] | Exception:
         """What the engine keeps of a `SuspendStep`, or the error that replaces it."""
