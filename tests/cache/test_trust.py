@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from stillhouse.cache import pipeline_dir
+from stillhouse.cache.records import BATCH, iter_headers
 from stillhouse.core import Pipeline, Step, StepInput, StepOutput
 from stillhouse.core.errors import CacheError, CorruptCacheError
 from stillhouse.core.steps import LoadDataFromDicts
@@ -97,11 +98,39 @@ def test_a_changed_batch_index_in_a_record_header_is_caught(tmp_path):
     build(tmp_path).run(progress=False)
     log = store_of(tmp_path, "double") / "batches.log"
     data = bytearray(log.read_bytes())
-    data[12] = 7  # the first record's batch index: 0 -> 7 (the header is under the checksum)
+    first = next(h for h in iter_headers(log) if h.kind == BATCH)
+    assert data[first.offset + 12] == 0
+    data[first.offset + 12] = 7  # the first batch's index: 0 -> 7 (the header is under the checksum)
     log.write_bytes(bytes(data))
     with pytest.raises(CorruptCacheError) as info:
         build(tmp_path, tag="new").run(progress=False)  # "tag" must re-read double's batches
     assert str(log) in str(info.value) and "use_cache=False" in str(info.value)
+
+
+@pytest.mark.parametrize("swap", ["sibling", "older-version"])
+def test_a_log_copied_from_another_store_is_refused(tmp_path, swap):
+    """A log's records carry checksums, not whose they are: a log copied over from a
+    sibling step (same batches, same sizes) or from an earlier version of this step would
+    read as good. Each log starts with its store's identity, checked when it is opened."""
+    with Pipeline(name="swap", cache_dir=tmp_path, executor="sync") as pipeline:
+        load = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(6)], batch_size=3)
+        load >> [Tag(name="aaa", tag="a"), Tag(name="bbb", tag="b")]
+    pipeline.run(progress=False)
+    mine = store_of(tmp_path, "aaa", "swap") / "batches.log"
+    if swap == "sibling":
+        theirs = store_of(tmp_path, "bbb", "swap") / "batches.log"
+    else:  # the same step's log, kept from a run of another version of it
+        meta = json.loads((mine.parent / "meta.json").read_text())
+        (mine.parent / "meta.json").write_text(json.dumps({**meta, "generation": "0" * 32}))
+        theirs = mine
+    data = theirs.read_bytes()
+    assert len(data) == len(mine.read_bytes())  # nothing else tells them apart
+    mine.write_bytes(data)
+    for complete in tmp_path.glob("swap/*/data/*/_COMPLETE"):
+        complete.unlink()  # the results are rebuilt from the stores
+    with pytest.raises(CorruptCacheError) as info:
+        pipeline.run(progress=False)
+    assert str(mine) in str(info.value) and "does not start with their identity" in str(info.value)
 
 
 def test_a_store_of_an_older_format_is_recomputed(tmp_path):

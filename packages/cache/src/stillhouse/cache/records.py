@@ -4,7 +4,9 @@ Each record is framed as `MAGIC | kind | flags | a | b | rows | length | crc32 |
 (32 bytes of header, little endian); a remote store keeps one such record per object
 (`frame` / `unframe`). The checksum covers the header (everything before
 it) and the payload, so a changed batch index is caught like a changed byte of data.
-The payload is data only (`codec.py`: Arrow IPC for batches, JSON for routes). Appending
+The payload is data only (`codec.py`: Arrow IPC for batches, JSON for routes). A
+step store's log starts with an `IDENTITY` record naming the store's generation, so a
+log copied over from another step, or from another version of this one, is refused. Appending
 a batch costs one write of that batch, whatever the size of the log, and opening a log
 walks the headers only (`iter_headers`, also used read-only by `stillhouse cache
 explain`). A torn last record (the process died mid-write) is cut off on open; any
@@ -54,6 +56,7 @@ SYNC_EVERY = 1.0
 BATCH = 1
 ROUTE = 2
 BLOB = 3  # a column stored once per content (codec.Blob); `a` and `b` hold its digest
+IDENTITY = 4  # a log's first record: whose it is (the store's generation, as JSON)
 LAST = 1  # flags: the generator said this was its last batch
 FAILED = 2  # flags: the batch recorded a failure (its rows hold None outputs)
 FILE_MODE = 0o600

@@ -14,9 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-FORMAT = 3
+FORMAT = 4
 """Version of the step-store layout (`meta.json`, `batches.log`). Stores of an older
-version are recomputed, never read. 3: large columns are blobs shared along the graph."""
+version are recomputed, never read. 3: large columns are blobs shared along the graph;
+4: a log starts with the identity of its store (`records.IDENTITY`)."""
 
 Action = Literal["reuse", "resume", "recompute"]
 

@@ -39,6 +39,7 @@ from stillhouse.cache.records import (
     BATCH,
     BLOB,
     FAILED,
+    IDENTITY,
     LAST,
     ROUTE,
     Header,
@@ -211,11 +212,36 @@ class FileStepStore(StepStore):
                 self._log = RecordLog(
                     self.directory / LOG, repair=not self.finished, upstream=self._upstream_logs
                 )
+            self._check_identity(self._log)
             for header in self._log.index:
                 self._index(header)
             if self.finished:
                 self._check_counts(self._log)
         return self._log
+
+    def _check_identity(self, log: RecordLog) -> None:
+        """A new log gets this store's identity as its first record; an existing one must
+        start with it: a log copied over from another step's folder, or from another
+        version of this step, holds batches of other rows, and is refused."""
+        identity = json.dumps({"generation": self.generation, "step": self.step_name}).encode()
+        if not log.index and not self.finished:
+            with disk_errors(log.path):
+                log.append(IDENTITY, 0, 0, identity)
+            return
+        first = log.index[0] if log.index else None
+        found = log.read(first) if first is not None and first.kind == IDENTITY else None
+        try:
+            generation = json.loads(found)["generation"] if found is not None else None
+        except (ValueError, TypeError, KeyError):
+            generation = None
+        if generation != self.generation:
+            raise CorruptCacheError(
+                f"The cache file {log.path} is not the log of this step's stored outputs: it "
+                f"does not start with their identity (generation {self.generation}; "
+                f"{'none' if generation is None else repr(generation)} found). It was copied "
+                f"from another step or version, or damaged. Delete {self.directory} or run "
+                "with use_cache=False to recompute this step."
+            )
 
     def _upstream_logs(self) -> list[RecordLog]:
         """The open logs of the stores upstream, upstream first: fsynced before this one's,
