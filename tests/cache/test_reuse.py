@@ -243,9 +243,12 @@ from pathlib import Path
 from stillhouse.cache.lock import acquire
 
 acquire(Path(sys.argv[1]), "busy {pid}")
+started, tell = os.pipe()
 if os.fork() == 0:  # a worker forked by the run: it outlives its driver for a moment
+    os.write(tell, b"x")  # fork() has returned here: the after-fork hooks have run
     time.sleep(60)
     os._exit(0)
+os.read(started, 1)  # not before the child runs: under load it may start seconds later
 print("locked", flush=True)
 time.sleep(60)
 """
