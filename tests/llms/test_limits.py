@@ -109,3 +109,6 @@ def test_a_level_refused_again_is_tried_ever_more_rarely() -> None:
 def test_one_limit_name_per_endpoint() -> None:
     assert endpoint_limit_name("http://h/v1/", "m") == endpoint_limit_name("http://h/v1", "m")
     assert endpoint_limit_name("http://h/v1", "m") != endpoint_limit_name("http://h/v1", "n")
+    # Read in warnings: the endpoint and the model, never a credential the URL holds.
+    named = endpoint_limit_name("https://user:sk-secret@api.example.com:8443/v1?key=sk-q", "gpt")
+    assert named == "LLM endpoint https://api.example.com:8443/v1 (model 'gpt')"

@@ -10,10 +10,10 @@ decrease (so the call's retry is not counted). Nothing here sends requests.
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import logging
 import threading
+import urllib.parse
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -28,8 +28,14 @@ only after up to this many windows of successes at the level below (see `Aimd`).
 
 
 def endpoint_limit_name(base_url: str, model: str) -> str:
-    digest = hashlib.sha256(f"{base_url.rstrip('/')}|{model}".encode()).hexdigest()[:16]
-    return f"stillhouse-llms:{digest}"
+    """The limit's name: what a user reads in its warnings (`shared_limit` logs a step's
+    other settings by name), so the endpoint's URL without credentials or query, and
+    the model."""
+    parts = urllib.parse.urlsplit(base_url.rstrip("/"))
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"LLM endpoint {urllib.parse.urlunsplit((parts.scheme, host, parts.path, '', ''))} (model {model!r})"
 
 
 def endpoint_limit(
