@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from stillhouse.core import Pipeline, StepInput, step
+from stillhouse.core import Pipeline, StepInput, sample_n_steps, step
+from stillhouse.core.errors import SerializationError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.cli.helpers import TIMEOUT, run_dir, table_rows
+from tests.support.steps import Double
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -105,3 +107,77 @@ def test_a_class_that_cannot_be_referenced_is_named_when_the_file_is_written(tmp
     with pytest.warns(UserWarning, match=r"Step 'local_step': class .*Local cannot be referenced "
                                          r"from pipeline.yaml because it is defined inside a function"):
         pipeline.save(tmp_path / "local.yaml")
+
+
+ROUTED = textwrap.dedent('''
+    from stillhouse.core import Pipeline, StepInput, routing_batch_function, step
+    from stillhouse.core.steps import LoadDataFromDicts
+
+
+    @routing_batch_function
+    def first_two(steps):
+        return sorted(steps)[:2]
+
+
+    @step(inputs=["x"], outputs=["x"])
+    def Ident(inputs: StepInput):
+        yield inputs
+
+
+    with Pipeline(name="routed", executor="mp") as pipeline:
+        load = LoadDataFromDicts(name="load", data=[{"x": i} for i in range(4)])
+        load >> first_two >> [Ident(name=f"k{i}") for i in range(3)]
+
+    if __name__ == "__main__":
+        pipeline.run()
+        pipeline.save("saved.yaml")
+        print("Signature:", pipeline.signature)
+        print("Cache:", pipeline.run_dir)
+''')
+
+
+def test_a_routing_function_of_the_script_reruns_from_the_cache(cli, cli_env, tmp_path):
+    """A `@routing_batch_function` defined in the script is named like the script's step
+    classes (module and file), so the CLI loads it, and signs the pipeline alike."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "routed.py").write_text(ROUTED)
+    env = {**cli_env, "STILLHOUSE_START_METHOD": "spawn"}
+    done = subprocess.run([sys.executable, "routed.py"], cwd=project, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == 0, done.stderr
+    cached = run_dir(done.stdout)
+    for path in (cached / "pipeline.yaml", project / "saved.yaml"):
+        (routing,) = yaml.safe_load(path.read_text())["pipeline"]["routing_batch_functions"]
+        assert routing["type_info"]["module"] == "routed" and routing["type_info"]["name"] == "first_two"
+        assert (path.parent / routing["type_info"]["file"]).resolve() == (project / "routed.py").resolve()
+
+    rerun = cli("pipeline", "run", "--config", str(cached / "pipeline.yaml"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert run_dir(rerun.stdout) == cached  # the same pipeline signature: the same run folder
+    assert "resuming: k0: reuse, because finished with the same signature" in rerun.stderr
+    assert cli("pipeline", "info", "--config", str(project / "saved.yaml")).returncode == 0
+
+
+def test_a_script_function_that_is_not_a_routing_function_is_refused(tmp_path, monkeypatch):
+    """`file:` makes the script importable, but only a `@routing_batch_function` it
+    defines may be loaded: any other function is refused before it is called."""
+    (tmp_path / "not_routing_script.py").write_text(textwrap.dedent('''
+        import functools
+
+        @functools.cache
+        def pick(steps):
+            raise SystemExit("called")
+    '''))
+    with Pipeline(name="routed") as pipeline:
+        load = LoadDataFromDicts(name="load", data=[{"x": 1}])
+        load >> sample_n_steps(1) >> [Double(name="a"), Double(name="b")]
+    data = pipeline.dump()
+    data["pipeline"]["routing_batch_functions"][0]["type_info"] = {
+        "module": "not_routing_script", "name": "pick", "kwargs": {}, "file": "not_routing_script.py"}
+    (tmp_path / "pipeline.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the script's folder goes on it
+    monkeypatch.delitem(sys.modules, "not_routing_script", raising=False)
+    with pytest.raises(SerializationError, match=r"not_routing_script\.pick is not a stillhouse routing "
+                                                 r"function.*it was not called"):
+        Pipeline.from_yaml(tmp_path / "pipeline.yaml")

@@ -113,6 +113,29 @@ def test_a_module_that_does_not_define_the_name_is_never_imported(tmp_path: Path
     assert "helpers_untrusted" not in sys.modules
 
 
+@pytest.mark.parametrize("definition", [
+    "from os import system as NotAStep", "import os as NotAStep", "NotAStep = 1",
+    "def NotAStep():\n    pass",
+], ids=["import-from", "import", "constant", "plain-function"])
+def test_a_script_that_binds_the_name_without_defining_a_step_is_never_imported(
+    tmp_path: Path, definition: str
+) -> None:
+    """A script named by `file:` runs its top level when imported: the name must be bound
+    by what could be a step (a class, a decorated function, a call's result), or a
+    pipeline file could make stillhouse run any local script that imports something."""
+    import sys
+
+    marker = tmp_path / "pwned"
+    (tmp_path / "binds_untrusted.py").write_text(SIDE_EFFECT.format(marker=str(marker), definition=definition))
+    config = _file_naming(tmp_path, "binds_untrusted", "NotAStep", str(tmp_path / "binds_untrusted.py"))
+    with pytest.raises(SerializationError, match=r"refused without importing it: .*binds_untrusted\.py does not "
+                                                 r"define 'NotAStep' at its top level as a class, a decorated "
+                                                 r"function or a call's result"):
+        Pipeline.from_yaml(config)
+    assert not marker.exists()
+    assert "binds_untrusted" not in sys.modules
+
+
 def test_a_script_that_defines_the_step_is_imported_as_before(tmp_path: Path) -> None:
     import sys
 

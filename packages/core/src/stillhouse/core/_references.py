@@ -1,14 +1,16 @@
-"""How a pipeline file names a step class defined in the user's script.
+"""How a pipeline file names a step class or routing function defined in the user's script.
 
-A class defined in the script being run lives in module `__main__`, a name no
-other process can import. Pipeline files name it by the script's module name
-(`quickstart` for `quickstart.py`) and carry the script's path, relative to the
-file (`type_info: {module: quickstart, name: CountWords, file: ../quickstart.py}`),
-so `stillhouse pipeline run --config` can import it; signatures use the same module
-name, so a run from the script and a run from the CLI share their cache.
+A class (or an `@routing_batch_function`) defined in the script being run lives in
+module `__main__`, a name no other process can import. Pipeline files name it by the
+script's module name (`quickstart` for `quickstart.py`) and carry the script's path,
+relative to the file (`type_info: {module: quickstart, name: CountWords, file:
+../quickstart.py}`), so `stillhouse pipeline run --config` can import it; signatures
+use the same module name, so a run from the script and a run from the CLI share their
+cache.
 
-What does not belong here: deciding which classes a file may name (that is the
-resolution rule in `serialization.py`); this only makes the script importable.
+What does not belong here: deciding which objects a file may name (that is the
+resolution rule in `serialization.py` and `RoutingBatchFunction.from_dump`); this only
+makes the script importable.
 """
 
 from __future__ import annotations
@@ -44,14 +46,16 @@ def module_name(module: str) -> str:
     return file.stem if file is not None and file.stem.isidentifier() else "__main__"
 
 
-def script_file(cls: type) -> str | None:
-    """The absolute path of the script that defines `cls`, when it is `__main__`."""
-    file = _main_file() if cls.__module__ == "__main__" else None
+def script_file(obj: Any) -> str | None:
+    """The absolute path of the script that defines `obj` (a step class or a routing
+    function), when it is `__main__`."""
+    file = _main_file() if getattr(obj, "__module__", None) == "__main__" else None
     return str(file) if file is not None else None
 
 
-def why_unreferenceable(cls: type) -> str | None:
-    """Why a pipeline file cannot name `cls` so that another process imports it, or None."""
+def why_unreferenceable(cls: Any) -> str | None:
+    """Why a pipeline file cannot name `cls` (a class or a function) so that another
+    process imports it, or None."""
     if "<locals>" in cls.__qualname__:
         return "it is defined inside a function"
     if cls.__module__ == "__main__":
@@ -63,38 +67,44 @@ def why_unreferenceable(cls: type) -> str | None:
     return None
 
 
-def warn_if_unreferenceable(cls: type, step_name: str) -> None:
-    """Say once per class, when a file is written, that it will not load elsewhere."""
-    reason = why_unreferenceable(cls)
-    key = (cls.__module__, cls.__qualname__)
+def warn_if_unreferenceable(obj: Any, owner: str) -> None:
+    """Say once per class or routing function, when a file is written, that it will not
+    load elsewhere; `owner` says who uses it ("Step 'name'")."""
+    reason = why_unreferenceable(obj)
+    key = (obj.__module__, obj.__qualname__)
     if reason is None or key in _warned:
         return
     _warned.add(key)
+    kind = "class" if isinstance(obj, type) else "routing function"
     warnings.warn(
-        f"Step {step_name!r}: class {cls.__qualname__} cannot be referenced from pipeline.yaml "
+        f"{owner}: {kind} {obj.__qualname__} cannot be referenced from pipeline.yaml "
         f"because {reason}, so `stillhouse pipeline run --config` cannot load this file. "
-        "Define the class at module level in an importable module or a script whose name "
+        f"Define the {kind} at module level in an importable module or a script whose name "
         "is a module name.",
         stacklevel=4,
     )
 
 
-def _step_type_infos(data: dict[str, Any]) -> list[dict[str, Any]]:
-    steps = (data.get("pipeline") or {}).get("steps") or []
+def _script_type_infos(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `type_info` of every step and routing function the file names by a script."""
+    pipeline = data.get("pipeline") or {}
+    steps = pipeline.get("steps") or []
     infos = [entry.get("step", {}).get("type_info") for entry in steps if isinstance(entry, dict)]
+    routings = pipeline.get("routing_batch_functions") or []
+    infos += [entry.get("type_info") for entry in routings if isinstance(entry, dict)]
     return [info for info in infos if isinstance(info, dict) and info.get("file")]
 
 
 def relativize_files(data: dict[str, Any], directory: str | os.PathLike[str]) -> None:
     """Make recorded script paths relative to the folder the file is written to."""
-    for info in _step_type_infos(data):
+    for info in _script_type_infos(data):
         with contextlib.suppress(ValueError):  # another drive (Windows): keep it absolute
             info["file"] = os.path.relpath(info["file"], Path(directory).resolve())
 
 
 def absolutize_files(data: dict[str, Any], directory: str | os.PathLike[str]) -> None:
     """Resolve recorded script paths against the folder the file was read from."""
-    for info in _step_type_infos(data):
+    for info in _script_type_infos(data):
         info["file"] = str((Path(directory) / info["file"]).resolve())
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, TypeAdapter, ValidationError
 
+from stillhouse.core import _references
 from stillhouse.core.errors import RoutingError, SerializationError
 
 if TYPE_CHECKING:
@@ -103,7 +104,9 @@ class RoutingBatchFunction(BaseModel):
             module, name, kwargs = self._factory
         else:
             fn = self.routing_function
-            module, name, kwargs = fn.__module__, fn.__qualname__, {}
+            # A function of the script being run: the script's module name, not `__main__`
+            # (the file's `type_info.file` says where it is; see `serialization.routing_to_dict`).
+            module, name, kwargs = _references.module_name(fn.__module__), fn.__qualname__, {}
         # distilabel's layout: the step it follows, and the factory's kwargs in type_info.
         return {
             "step": self._step.name if self._step is not None else None,
@@ -122,11 +125,21 @@ class RoutingBatchFunction(BaseModel):
         """Rebuild from `dump()`: only a function decorated with `routing_batch_function`, or
         a stillhouse routing factory (`sample_n_steps`) called with pydantic-validated
         arguments. Anything else a file names is refused before it is called."""
-        from stillhouse.core.serialization import import_object
+        from stillhouse.core.serialization import import_object, import_script
 
         info = data.get("type_info") or {}
+        if not isinstance(info, dict):
+            info = {}
         module, name = info.get("module"), info.get("name")
-        target = import_object(module, name, "The routing function")
+        import_script(info, "The routing function")  # one the user's script defines
+        try:
+            target = import_object(module, name, "The routing function")
+        except SerializationError as exc:
+            if exc.__cause__ is None or not info.get("file"):
+                raise
+            raise SerializationError(
+                f"{exc} The file says the script {info['file']} defines it: check that it is there."
+            ) from exc.__cause__
         kwargs = info.get("kwargs") or data.get("kwargs") or {}
         if not isinstance(kwargs, dict):
             raise SerializationError(

@@ -44,7 +44,7 @@ def step_to_dict(step: _Step, inline_dir: str | Path | None = None) -> dict[str,
     data["type_info"] = {"module": _references.class_module(cls), "name": cls.__qualname__}
     if _references.script_file(cls):  # defined in the script being run (`__main__`)
         data["type_info"]["file"] = _references.script_file(cls)
-    _references.warn_if_unreferenceable(cls, str(step.name))
+    _references.warn_if_unreferenceable(cls, f"Step {str(step.name)!r}")
     data["runtime_parameters_info"] = step.get_runtime_parameters_info()
     return data
 
@@ -67,10 +67,24 @@ def pipeline_to_dict(pipeline: Pipeline, inline_dir: str | Path | None = None) -
             ],
             "connections": [{"from": name, "to": dag.successors(name)} for name in dag.step_names],
             "routing_batch_functions": [
-                {"step": source, **routing.dump()} for source, routing in dag.routing.items()
+                routing_to_dict(source, routing) for source, routing in dag.routing.items()
             ],
         },
     }
+
+
+def routing_to_dict(source: str, routing: Any) -> dict[str, Any]:
+    """The routing function after step `source`, as `step_to_dict` writes a step: one the
+    user's script defines carries the script's path (`type_info.file`) beside its module
+    name. The path is not in `routing.dump()`, which signatures read: a run from the
+    script and one from the CLI (where the script is an imported module) sign it alike."""
+    data = {"step": source, **routing.dump()}
+    function = routing.user_function
+    if function is not None:
+        if _references.script_file(function):  # defined in the script being run (`__main__`)
+            data["type_info"]["file"] = _references.script_file(function)
+        _references.warn_if_unreferenceable(function, f"The routing function after step {source!r}")
+    return data
 
 
 def dumps(data: dict[str, Any], format: str) -> str:
@@ -196,33 +210,47 @@ def _module_source(module: str) -> Path | None:
     return Path(origin) if origin and origin.endswith(".py") else None
 
 
-def _top_level_names(tree: ast.Module) -> set[str] | None:
-    """The names a module binds at its top level (also inside top-level `if`/`try`/`with`
-    blocks); None when it cannot tell (`from x import *`)."""
-    names: set[str] = set()
+def _top_level_bindings(tree: ast.Module) -> dict[str, list[ast.stmt]]:
+    """The statements that bind each name at a module's top level (also inside top-level
+    `if`/`try`/`with` blocks); `from x import *` binds "*" (any name)."""
+    bound: dict[str, list[ast.stmt]] = {}
     body = list(tree.body)
     while body:
         node = body.pop()
         if isinstance(node, ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            names.add(node.name)
+            bound.setdefault(node.name, []).append(node)
         elif isinstance(node, ast.Import | ast.ImportFrom):
-            if any(alias.name == "*" for alias in node.names):
-                return None
-            names.update((alias.asname or alias.name).split(".")[0] for alias in node.names)
+            for alias in node.names:
+                bound.setdefault((alias.asname or alias.name).split(".")[0], []).append(node)
         elif isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            for target in targets:
+                for found in ast.walk(target):
+                    if isinstance(found, ast.Name):
+                        bound.setdefault(found.id, []).append(node)
         elif isinstance(node, ast.If | ast.Try | ast.With | ast.For | ast.While):
             body.extend(node.body + getattr(node, "orelse", []) + getattr(node, "finalbody", []))
             body.extend(stmt for handler in getattr(node, "handlers", []) for stmt in handler.body)
-    return names
+    return bound
 
 
-def _unbound_reason(module: str, name: str, file: Path | None = None) -> str | None:
+def _defines(node: ast.stmt) -> bool:
+    """Whether `node` could define a step class or a routing function: a class, a decorated
+    function (`@step`, `@routing_batch_function`), or a name bound to a call's result
+    (`route = sample_n_steps(2)`). An import or a constant cannot."""
+    if isinstance(node, ast.ClassDef):
+        return True
+    if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+        return bool(node.decorator_list)
+    return isinstance(node, ast.Assign | ast.AnnAssign) and isinstance(node.value, ast.Call)
+
+
+def _unbound_reason(module: str, name: str, file: Path | None = None, *, defined: bool = False) -> str | None:
     """Why importing `module` (from `file`, or as `import` would find it) to get `name`
     is refused, or None: its source, read without running it, must bind `name`'s first
-    part at its top level. So a pipeline file cannot make stillhouse import (and run
-    the top level of) a module that does not even define what it names. A module
+    part at its top level (with `defined`, by a statement that could define a step class
+    or routing function: `_defines`). So a pipeline file cannot make stillhouse import
+    (and run the top level of) a module that does not even define what it names. A module
     already imported, or one without plain source, cannot be checked (None)."""
     if module in sys.modules:
         return None
@@ -233,11 +261,17 @@ def _unbound_reason(module: str, name: str, file: Path | None = None) -> str | N
         tree = ast.parse(source.read_bytes(), filename=str(source))
     except (SyntaxError, ValueError, OSError) as exc:
         return f"its source {source} cannot be read as Python ({exc})"
-    names = _top_level_names(tree)
+    bound = _top_level_bindings(tree)
     first = name.split(".")[0]
-    if names is None or first in names:
+    statements = bound.get(first, [])
+    if not defined and (statements or "*" in bound):
         return None
-    return f"{source} does not define {first!r} at its top level"
+    if defined and any(_defines(node) for node in statements):
+        return None
+    reason = f"{source} does not define {first!r} at its top level"
+    if statements:  # bound, but by an import or a constant: not a step's definition
+        reason += " as a class, a decorated function or a call's result"
+    return reason
 
 
 def import_object(module: Any, name: Any, what: str) -> Any:
@@ -263,6 +297,23 @@ def import_object(module: Any, name: Any, what: str) -> Any:
     return target
 
 
+def import_script(type_info: dict[str, Any], what: str) -> None:
+    """Make the user's script that `type_info` names (`file`) importable, so `import_object`
+    finds the step class or routing function it defines. The script must define the name
+    at its top level (`_defines`), checked by reading it before its folder goes on `sys.path`."""
+    module, name, file = type_info.get("module"), type_info.get("name"), type_info.get("file")
+    if _refused_by_name(module, name) is not None or not isinstance(file, str):
+        return  # import_object refuses the name, or there is no script
+    reason = _unbound_reason(module, name, Path(file).resolve(), defined=True)
+    if reason is not None:
+        raise SerializationError(
+            f"{what} names {module}.{name} in the script {file}, which was refused without "
+            f"importing it: {reason}. A pipeline file may only name stillhouse step classes "
+            "and routing functions; check where the file came from."
+        )
+    _references.make_importable(type_info)
+
+
 def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     """The step class a pipeline file names: a registered step, or a step class by import
     path. Anything that is not a subclass of the step base is refused before it is called."""
@@ -276,16 +327,7 @@ def resolve_step_class(type_info: dict[str, Any], step_name: str) -> type:
     if isinstance(name, str) and name in registered and module in (None, registered[name].__module__):
         return registered[name]
     known = ", ".join(sorted(registered)) or "none"
-    file = type_info.get("file")
-    if _refused_by_name(module, name) is None and isinstance(file, str):
-        reason = _unbound_reason(module, name, Path(file).resolve())
-        if reason is not None:  # checked before its folder goes on sys.path
-            raise SerializationError(
-                f"Step {step_name!r} names {module}.{name} in the script {file}, which was refused "
-                f"without importing it: {reason}. A pipeline file may only name step classes; "
-                "check where the file came from."
-            )
-        _references.make_importable(type_info)  # a user's script, named by its file
+    import_script(type_info, f"Step {step_name!r}")
     try:
         target = import_object(module, name, f"Step {step_name!r}")
     except SerializationError as exc:
