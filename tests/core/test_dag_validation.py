@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from stillhouse.core import (
+    GeneratorStep,
     Pipeline,
     RuntimeParameter,
     StepInput,
@@ -229,6 +230,31 @@ def test_missing_required_runtime_parameter() -> None:
         p.validate()
     p.apply_parameters({"scorer": {"model": "m"}})
     p.validate()
+
+
+class ColumnsFromSource(GeneratorStep):
+    """A generator that only knows its output columns once its runtime parameter is set
+    (a loader reads them from its data): asking earlier fails as `outputs` would here."""
+
+    source: RuntimeParameter[str] = None
+
+    @property
+    def outputs(self) -> list[str]:
+        return [self.source.upper()]  # AttributeError on None, like opening a path of None
+
+    def process(self, offset: int = 0):
+        yield [{self.source.upper(): 1}], True
+
+
+def test_missing_runtime_parameter_is_named_before_any_step_is_asked_its_outputs() -> None:
+    with pipeline() as p:
+        ColumnsFromSource(name="columns", output_mappings={"X": "y"}) >> Score(name="scorer", model="m")
+    with pytest.raises(RuntimeParameterError, match=r"Step 'columns' is missing required runtime "
+                                                    r"parameter\(s\) source\. .*run\(parameters="):
+        p.validate()
+    p.apply_parameters({"columns": {"source": "x"}})
+    with pytest.raises(MissingInputsError, match=r"'scorer'.*'generation'"):
+        p.validate()
 
 
 def test_missing_requirements_name_the_package() -> None:

@@ -72,3 +72,47 @@ def test_the_opt_in_is_kept_in_the_file_and_absent_when_unused():
     assert fields["overwrite_columns"] == ["instruction"]
     assert "overwrite_columns" not in data["pipeline"]["steps"][0]["step"]
     Pipeline.from_dict(data).validate()
+
+
+@step(inputs=["instruction"], outputs=["a", "b"])
+def Two(inputs: StepInput) -> StepOutput:
+    yield [{**row, "a": "A", "b": "B"} for row in inputs]
+
+
+@pytest.mark.parametrize("overwrite_columns", [[], ["b"]], ids=["plain", "with-overwrite-columns"])
+def test_mapping_onto_another_of_the_steps_own_outputs_is_refused(overwrite_columns):
+    """Both values would be written under 'b' and one lost, whichever `overwrite_columns` says."""
+    with Pipeline(name="own") as pipeline:
+        _load() >> Two(name="two", output_mappings={"a": "b"}, overwrite_columns=overwrite_columns)
+    with pytest.raises(InvalidMappingError) as info:
+        pipeline.validate()
+    message = str(info.value)
+    assert message.startswith(
+        "Step 'two': output_mappings {'a': 'b'} writes output 'a' onto 'b', which is also one "
+        "of the step's own outputs, so one of the two columns' values would be lost."
+    )
+    assert "{'a': 'a_two'}" in message and "{'a': 'b', 'b': 'a'} swaps them" in message
+
+
+def test_mapping_a_generators_column_onto_another_of_its_columns_is_refused():
+    with Pipeline(name="own") as pipeline:
+        LoadDataFromDicts(name="load", data=[{"id": 1, "text": "t"}], output_mappings={"id": "text"})
+    with pytest.raises(InvalidMappingError, match=r"Step 'load': output_mappings \{'id': 'text'\} writes output "
+                                                  r"'id' onto 'text'"):
+        pipeline.validate()
+
+
+def test_two_outputs_mapped_onto_one_name_are_refused():
+    with Pipeline(name="own") as pipeline:
+        _load() >> Two(name="two", output_mappings={"a": "x", "b": "x"})
+    with pytest.raises(InvalidMappingError, match=r"Step 'two': output_mappings \{'a': 'x', 'b': 'x'\} writes "
+                                                  r"outputs 'a', 'b' onto the same column 'x'"):
+        pipeline.validate()
+
+
+def test_swapping_two_outputs_loses_nothing_and_is_allowed():
+    with Pipeline(name="own") as pipeline:
+        _load() >> Two(name="two", output_mappings={"a": "b", "b": "a"})
+    pipeline.validate()
+    rows = run_step(pipeline.dag.get_step("two"), [{"instruction": "hi"}])
+    assert rows == [{"instruction": "hi", "b": "A", "a": "B"}]

@@ -22,6 +22,7 @@ from stillhouse.core.errors import (
     MissingInputsError,
     PipelineValidationError,
     RoutingError,
+    RuntimeParameterError,
     StepConnectionError,
 )
 
@@ -113,6 +114,10 @@ def validate_dag(dag: DAG) -> RoutingLayout:
             "The pipeline has no steps. Create steps inside `with Pipeline(...) as pipeline:`."
         )
     _check_cycles(dag)
+    # Before anything asks a step for its outputs: a step may only know them from its
+    # runtime parameters (a loader reads its data's columns from `data_files`).
+    for name in dag.step_names:
+        _check_runtime_parameters(dag.get_step(name))
     layout = routing_layout(dag)
     for name in layout.order:
         step = dag.get_step(name)
@@ -135,6 +140,16 @@ def _check_cycles(dag: DAG) -> None:
     raise CycleError(f"The steps form a cycle: {path}. Remove one of these connections.")
 
 
+def _check_runtime_parameters(step: _Step) -> None:
+    missing = step.missing_runtime_parameters()
+    if missing:
+        raise RuntimeParameterError(
+            f"Step {step.name!r} is missing required runtime parameter(s) "
+            f"{', '.join(missing)}. Set them in the step's constructor or with "
+            f"run(parameters={{{step.name!r}: {{{missing[0]!r}: ...}}}})."
+        )
+
+
 def _check_connections(dag: DAG, step: _Step) -> None:
     preds = dag.predecessors(step.name)
     if step.is_generator and preds:
@@ -153,6 +168,38 @@ def _check_connections(dag: DAG, step: _Step) -> None:
 def _check_mappings(step: _Step) -> None:
     step.verify_inputs_mappings()  # InvalidMappingError naming the step and the key
     step.verify_outputs_mappings()
+    _check_output_collisions(step)
+
+
+def _check_output_collisions(step: _Step) -> None:
+    """Two of a step's outputs written under one name after `output_mappings` (`a` mapped
+    onto its own output `b`, or `a` and `b` both onto `x`): each row keeps one value and
+    the other is lost. A swap (`{"a": "b", "b": "a"}`) keeps both and is allowed;
+    `overwrite_columns` does not help, as which value survives would depend on the order
+    of the row's keys."""
+    mappings = step.output_mappings
+    written: dict[str, list[str]] = {}
+    for column in step.outputs:
+        written.setdefault(mappings.get(column, column), []).append(column)
+    for target, columns in written.items():
+        if len(columns) < 2:
+            continue
+        mapped = [c for c in columns if mappings.get(c, c) != c]
+        shown = ", ".join(f"{c!r}: {target!r}" for c in mapped)
+        if target in columns:  # onto an output of its own that keeps its name
+            key = mapped[0]
+            raise InvalidMappingError(
+                f"Step {step.name!r}: output_mappings {{{shown}}} writes output {key!r} onto "
+                f"{target!r}, which is also one of the step's own outputs, so one of the two "
+                f"columns' values would be lost. Map {key!r} to a new name (e.g. "
+                f"{{{key!r}: '{key}_{step.name}'}}), or map {target!r} away too (e.g. "
+                f"{{{key!r}: {target!r}, {target!r}: {key!r}}} swaps them)."
+            )
+        raise InvalidMappingError(
+            f"Step {step.name!r}: output_mappings {{{shown}}} writes outputs "
+            f"{', '.join(map(repr, columns))} onto the same column {target!r}, so all but one "
+            "of their values would be lost. Map each output to a name of its own."
+        )
 
 
 def _check_resources(step: _Step) -> None:

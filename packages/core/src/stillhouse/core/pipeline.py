@@ -261,15 +261,7 @@ class Pipeline:
         execution plan the checks compiled (what a run of this pipeline executes)."""
         from stillhouse.core.engine.plan import compile_plan
 
-        layout = validate_dag(self.dag)
-        for name in self.dag.step_names:
-            missing = self.dag.get_step(name).missing_runtime_parameters()
-            if missing:
-                raise RuntimeParameterError(
-                    f"Step {name!r} is missing required runtime parameter(s) "
-                    f"{', '.join(missing)}. Set them in the step's constructor or with "
-                    f"run(parameters={{{name!r}: {{{missing[0]!r}: ...}}}})."
-                )
+        layout = validate_dag(self.dag)  # missing runtime parameters first: see validate_dag
         self._check_requirements()
         return compile_plan(self.dag, load_groups, layout)
 
@@ -346,9 +338,17 @@ class Pipeline:
         batch_size: int = 1,
         dataset: Any = None,
     ) -> Any:
-        """One batch of `batch_size` rows through every step; the cache is not touched."""
+        """One batch of `batch_size` rows through every step; the cache is not touched.
+
+        Every generator yields `batch_size` rows for it, as in distilabel, whatever its own
+        `batch_size`; the engine runs a copy of it, so the step itself is left as it was."""
         from stillhouse.core.engine.run import run_pipeline
 
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise PipelineValidationError(
+                f"dry_run(batch_size={batch_size!r}): the batch size must be a positive whole "
+                "number of rows, e.g. dry_run(batch_size=5)."
+            )
         self._attach_dataset(dataset)
         return run_pipeline(self, parameters=parameters, use_cache=False, dry_run_rows=batch_size)
 

@@ -193,7 +193,15 @@ class Scheduler:
         for state in to_start:
             state.move(StepStatus.RUNNING)
             state.stats.started_at = now
-        self.executor.start([s.step for s in to_start], self.context)
+        self.executor.start([self._dry_run_step(s.step) for s in to_start], self.context)
+
+    def _dry_run_step(self, step: Any) -> Any:
+        """The step the executor runs: in a dry run a generator is a copy that makes
+        batches of `dry_run_rows` rows (distilabel's dry run sets every generator's
+        `batch_size`), so its one batch is that size; the user's step is not modified."""
+        if self.dry_run_rows is None or not step.is_generator or "batch_size" not in type(step).model_fields:
+            return step
+        return step.model_copy(update={"batch_size": self.dry_run_rows})
 
     def _advance(self) -> bool:
         progressed = self._send_due_retries()
