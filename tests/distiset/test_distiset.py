@@ -78,6 +78,20 @@ def test_save_and_load_after_a_split(tmp_path):
     assert set(loaded["default"]) == {"train", "test"}
 
 
+def test_saving_over_another_distiset_with_other_leaves_is_refused_before_writing(tmp_path, target):
+    """`load_from_disk` reads every saved leaf of a folder: a Distiset saved over one with
+    other leaves would read back as a mix of the two, next to the second's pipeline.yaml."""
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    first = _distiset(tmp_path / "first", leaves=("text", "scores"))
+    first.save_to_disk(target)
+    first.save_to_disk(target)  # the same leaves again: saved over, as before
+    second = _distiset(tmp_path / "second", leaves=("text", "labels"), rows=4)
+    with pytest.raises(FileExistsError, match=r"already holds the configuration\(s\) \['scores'\]"):
+        second.save_to_disk(target)
+    assert _rows(Distiset.load_from_disk(target)) == _rows(first)  # nothing was written
+
+
 def test_load_from_disk_needs_a_saved_distiset(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a folder"):
         Distiset.load_from_disk(tmp_path / "nothing")

@@ -269,6 +269,13 @@ class Distiset(dict):
                 `num_shards`, `num_proc`).
         """
         fs, root = resolve(distiset_path, storage_options)
+        stale = sorted(set(_saved_leaves(fs, root)) - set(self))
+        if stale:  # before anything is written: nothing is lost either way
+            raise FileExistsError(
+                f"{os.fspath(distiset_path)!r} already holds the configuration(s) {stale}, which "
+                f"this Distiset ({sorted(self)}) does not have: `load_from_disk` would read them "
+                "with it, as one Distiset. Save to an empty folder, or remove those folders first."
+            )
         for name, splits in self.items():
             splits.save_to_disk(
                 fs.unstrip_protocol(join(root, name)), storage_options=storage_options, **kwargs
@@ -335,18 +342,11 @@ class Distiset(dict):
                 "Pass the path given to `Distiset.save_to_disk`."
             )
         distiset = cls()
-        for entry in sorted(list_entries(fs, root), key=lambda e: e["name"]):
-            leaf_dir = entry["name"].rstrip("/")
-            if entry.get("type") != "directory":
-                continue
-            # A leaf folder is one datasets wrote (a DatasetDict, or a Dataset as distilabel
-            # allows); `artifacts/`, `distiset_configs/` and stray folders are not.
-            location = str(public(fs, leaf_dir))
-            options = {"keep_in_memory": keep_in_memory, "storage_options": storage_options}
-            if fs.exists(join(leaf_dir, "dataset_dict.json")):
-                distiset[os.path.basename(leaf_dir)] = DatasetDict.load_from_disk(location, **options)
-            elif fs.exists(join(leaf_dir, "state.json")):
-                distiset[os.path.basename(leaf_dir)] = Dataset.load_from_disk(location, **options)
+        options = {"keep_in_memory": keep_in_memory, "storage_options": storage_options}
+        for name, kind in _saved_leaves(fs, root).items():
+            location = str(public(fs, join(root, name)))
+            loader = DatasetDict if kind == "dataset_dict.json" else Dataset
+            distiset[name] = loader.load_from_disk(location, **options)
         if not distiset:
             raise FileNotFoundError(
                 f"{os.fspath(distiset_path)!r} holds no saved leaf (no `<leaf>/dataset_dict.json`). "
@@ -445,3 +445,21 @@ class Distiset(dict):
             else {split: len(ds) for split, ds in splits.items()}
             for name, splits in self.items()
         }
+
+
+def _saved_leaves(fs: Any, root: str) -> dict[str, str]:
+    """`{leaf: the file datasets wrote in it}` of the folders under `root` that `datasets`
+    saved (a DatasetDict, or a Dataset as distilabel allows), in name order; `artifacts/`,
+    `distiset_configs/` and stray folders are not leaves; none when `root` is not a folder."""
+    if not fs.isdir(root):
+        return {}
+    leaves = {}
+    for entry in sorted(list_entries(fs, root), key=lambda e: e["name"]):
+        leaf_dir = entry["name"].rstrip("/")
+        if entry.get("type") != "directory":
+            continue
+        for marker in ("dataset_dict.json", "state.json"):
+            if fs.exists(join(leaf_dir, marker)):
+                leaves[os.path.basename(leaf_dir)] = marker
+                break
+    return leaves
