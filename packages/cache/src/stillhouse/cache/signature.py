@@ -68,18 +68,20 @@ def step_code(step: BaseStep, skip_fields: set[str] | frozenset[str] = frozenset
     for klass in (type(step), *(type(model) for model in _held_models(step, skip_fields))):
         classes.extend(k for k in klass.__mro__ if k not in classes and not _engine_class(k))
     parts = []
-    functions = []
+    signed: list[tuple[Any, str]] = []
     for klass in classes:
         # A script's class is named by the script's module name, not "__main__": a run
         # from the script and from `pipeline run --config` share their signatures.
-        parts.append(f"# {class_module(klass)}.{klass.__qualname__}\n{_source(klass)}")
-        functions.extend(function for _, function in functions_of(klass))
+        text = _source(klass)
+        parts.append(f"# {class_module(klass)}.{klass.__qualname__}\n{text}")
+        signed.append((klass, text))
         function = vars(klass).get("_stillhouse_function")
         if function is not None:
-            parts.append(_source(function))
-            functions.append(function)
+            text = _source(function)
+            parts.append(text)
+            signed.append((function, text))
     # The helpers and constants that code reads from its modules (docs/caching.md).
-    parts.append(code_reads(functions, _source, set(classes)))
+    parts.append(code_reads(signed, _source))
     return "\n".join(parts)
 
 
@@ -98,7 +100,11 @@ def _held_models(model: BaseModel, skip_fields: set[str] | frozenset[str] = froz
 
 
 def _source(obj: Any) -> str:
+    """The source of a class or function; a function's own, not that of the function it
+    wraps (`functools.wraps`: inspect would unwrap it)."""
     try:
+        if isinstance(obj, types.FunctionType):
+            return inspect.getsource(obj.__code__)
         return (_class_source(obj) if isinstance(obj, type) else None) or inspect.getsource(obj)
     except (OSError, TypeError):
         # Defined where there is no source file (`python -c`, a REPL): the bytecode of
@@ -155,7 +161,8 @@ def _routing(routing: Any) -> dict[str, Any]:
     dumped = {k: v for k, v in routing.dump().items() if k != "description"}
     if routing.user_function is not None:
         function = routing.user_function
-        code = _source(function) + "\n" + code_reads([function], _source, set())
+        text = _source(function)
+        code = text + "\n" + code_reads([(function, text)], _source)
         dumped["code"] = hashlib.sha256(code.encode()).hexdigest()
     return dumped
 
