@@ -5,11 +5,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import subprocess
 
 import pytest
 
+from stillhouse.core.errors import CacheLockedError
 from stillhouse.core.steps import KeepColumns
-from tests.cli.helpers import build, edit_yaml, run_dir, table_rows
+from tests.cli.helpers import SCRIPT, TIMEOUT, build, edit_yaml, run_dir, table_rows
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -141,3 +143,38 @@ def test_a_remote_cache_dir_is_a_clear_error_not_an_empty_answer(cli, command):
     assert done.returncode == 1
     assert "The cache 's3://bucket/cache' is remote (an fsspec URL)" in done.stderr
     assert "pass a local --cache-dir" in done.stderr
+
+
+def test_no_run_takes_the_lock_while_remove_deletes_the_folder(cli_env, cache_dir):
+    """`cache remove` holds the pipeline's lock while it deletes: the lock file must outlive
+    everything else it deletes, or a run starting meanwhile makes a new lock file in the
+    folder being deleted, takes it, and writes where its results are about to go."""
+    from stillhouse.cache import lock
+
+    base = cache_dir / "big"
+    for folder in ("lasting", "run-a", "steps", "z-last"):
+        (base / folder).mkdir(parents=True)
+        for index in range(5000):  # enough files that the deletion takes a while
+            (base / folder / f"{index}.bin").touch()
+    remove = subprocess.Popen([str(SCRIPT), "cache", "remove", "big", "--yes"], env=cli_env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    taken = None
+    try:
+        holder = base / lock.LOCK  # names its holder's pid once taken
+        while remove.poll() is None and (not holder.exists() or holder.read_text() != str(remove.pid)):
+            pass  # taking it before remove does would make remove refuse
+        while taken is None and remove.poll() is None:
+            try:
+                taken = lock.acquire(base, "busy {pid}")
+            except CacheLockedError:
+                continue
+        if taken is not None:  # taken only once nothing but the lock file was left
+            assert sorted(os.listdir(base)) == [lock.LOCK]
+            lock.release(taken)
+        out, err = remove.communicate(timeout=TIMEOUT)
+    finally:
+        if remove.poll() is None:
+            remove.kill()
+            remove.wait(10)
+    assert remove.returncode == 0, err
+    assert "Removed the cache of pipeline 'big'" in out

@@ -178,7 +178,7 @@ def _cmd_remove(args: argparse.Namespace) -> int:
             console().print("Nothing removed.")
             return 1
     with _locked(base, "remove the cache"):  # held while deleting: a run that starts now waits instead
-        shutil.rmtree(base)
+        lock.remove_locked(base)
     console().print(f"Removed the cache of pipeline {args.name!r} ({base}).", soft_wrap=True)
     return 0
 
@@ -262,7 +262,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                               soft_wrap=True)
                     freed, count = freed + size, count + 1
                 if not args.dry_run and not _run_dirs(base) and not _step_dirs(base):
-                    shutil.rmtree(base)  # nothing left but the lock: the pipeline is gone
+                    lock.remove_locked(base)  # nothing left but the lock: the pipeline is gone
         except CacheLockedError as exc:
             out.print(f"skipped {base.name}: {exc}", soft_wrap=True)
     what = "Would free" if args.dry_run else "Freed"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import shutil
 from pathlib import Path
 
 from stillhouse.cache.atomic import FILE_MODE, disk_errors, private_dirs
@@ -40,20 +41,26 @@ def acquire(base: Path, busy: str) -> int:
     """Take the lock of `base` and return its descriptor for `release`.
 
     `busy` is the message of the `CacheLockedError` raised when another process holds
-    it; `{pid}` in it is replaced by that process's pid."""
+    it; `{pid}` in it is replaced by that process's pid. A lock file removed (or
+    replaced) while this process waited for it is not the lock any more: the file now at
+    the path is taken instead (`remove_locked` removes it last)."""
     path = base / LOCK
-    with disk_errors(path):
-        private_dirs(base)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise CacheLockedError(busy.replace("{pid}", holder)) from None
-    except BaseException:
-        os.close(fd)
-        raise
+    while True:
+        with disk_errors(path):
+            private_dirs(base)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CacheLockedError(busy.replace("{pid}", holder)) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _is_at(fd, path):
+            break
+        release(fd)  # unlinked since we opened it: whoever takes the path's file holds it
     try:
         with disk_errors(path):
             os.ftruncate(fd, 0)
@@ -63,6 +70,32 @@ def acquire(base: Path, busy: str) -> int:
         raise
     _held.add(fd)
     return fd
+
+
+def _is_at(fd: int, path: Path) -> bool:
+    """Whether the open file `fd` is the file at `path` now."""
+    try:
+        here = os.stat(path)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (mine.st_dev, mine.st_ino) == (here.st_dev, here.st_ino)
+
+
+def remove_locked(base: Path) -> None:
+    """Delete `base`, whose lock this process holds, keeping the lock file to the last:
+    a run that starts meanwhile finds the lock taken instead of making a new lock file
+    in a folder being deleted. A run that starts after that may begin `base` again."""
+    for entry in sorted(base.iterdir()):
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (base / LOCK).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # a run began it again meanwhile: its folder now
+        base.rmdir()
 
 
 def release(fd: int) -> None:
