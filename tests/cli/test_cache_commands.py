@@ -145,6 +145,18 @@ def test_a_remote_cache_dir_is_a_clear_error_not_an_empty_answer(cli, command):
     assert "pass a local --cache-dir" in done.stderr
 
 
+def test_explain_of_a_remote_cache_says_it_reads_local_caches_only(cli, config):
+    """Before: "The checkpoint log needs a local filesystem", which is not true: a run
+    with a remote cache_dir works."""
+    done = cli("cache", "explain", "--config", str(config), "--cache-dir", "memory://qa/cache")
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == (
+        "error: The cache 'memory://qa/cache' is remote (an fsspec URL): `stillhouse cache "
+        "explain` reads local cache folders only (a run with this cache_dir works, and logs "
+        "what it reuses as it starts); pass a local --cache-dir."
+    )
+
+
 def test_no_run_takes_the_lock_while_remove_deletes_the_folder(cli_env, cache_dir):
     """`cache remove` holds the pipeline's lock while it deletes: the lock file must outlive
     everything else it deletes, or a run starting meanwhile makes a new lock file in the

@@ -113,6 +113,27 @@ def test_missing_config_file_is_a_clear_error(cli, tmp_path):
     assert "Traceback" not in done.stderr
 
 
+def test_a_config_that_is_not_utf8_or_cannot_be_fetched_is_a_clear_error(cli, tmp_path):
+    binary = tmp_path / "pipeline.yaml"
+    binary.write_bytes(b"\xff\xfepipeline: {}\n")
+    done = cli("pipeline", "info", "--config", str(binary))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[0] == (
+        f"error: The pipeline file {str(binary)!r} is not UTF-8 text (byte 0: invalid start "
+        "byte). Pass a pipeline.yaml written by Pipeline.save() (or by a run, in its cache folder)."
+    )
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on once it is closed
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/pipeline.yaml"
+    done = cli("pipeline", "info", "--config", url)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"error: The pipeline file {url!r} could not be read (")
+    assert first.endswith("Check the URL and that its server is reachable, or download the file and pass its path.")
+
+
 def test_bad_param_and_bad_file_are_one_line_errors(cli, config, tmp_path):
     bad_param = cli("pipeline", "run", "--config", str(config), "--param", "double=3")
     assert bad_param.returncode == 1

@@ -95,3 +95,39 @@ def test_the_console_script_refuses_a_bad_repo_id_without_running(cli, config, c
         "error: --repo-id 'bad repo id!!' is not a Hub dataset repository id ("
     )
     assert "finished in" not in done.stderr and not cache_dir.exists()
+
+
+def test_a_push_the_hub_refuses_after_the_run_is_one_line_saying_the_results_are_safe(
+    config, tmp_path, monkeypatch, capsys, no_saved_token
+):
+    """At the Hub's HTTP boundary: a server that refuses every request (403). The run's
+    results stay in its cache folder; the error says so and how to push again."""
+    from http.server import BaseHTTPRequestHandler
+
+    from tests.support.local_servers import http_server, point_hub_clients_at
+
+    class Refusing(BaseHTTPRequestHandler):
+        def _refuse(self) -> None:
+            body = b'{"error": "You are not allowed to write to this namespace"}'
+            self.send_response(403)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_HEAD = _refuse
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.setenv("STILLHOUSE_PROGRESS", "0")
+    with http_server(Refusing) as url:
+        point_hub_clients_at(url, monkeypatch, tmp_path)
+        monkeypatch.setenv("HF_TOKEN", TOKEN)
+        assert _run(config, tmp_path, "--repo-id", "me/clidemo") == 1
+    captured = capsys.readouterr()
+    [line] = [line for line in captured.err.splitlines() if line.startswith("error: ")]
+    assert line.startswith("error: The run finished (its cache folder: ")
+    assert "but pushing its results to 'me/clidemo' failed: " in line
+    assert line.endswith("the run is answered from the cache and only the push is done again.")
+    assert "Traceback" not in captured.err and TOKEN not in captured.out + captured.err

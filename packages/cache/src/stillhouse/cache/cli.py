@@ -379,6 +379,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
         pipeline.apply_parameters(parameters)
     if args.cache_dir:
         pipeline.cache_dir = args.cache_dir
+    root = str(pipeline.cache_dir)
+    if "://" in root and not root.startswith("file://"):
+        raise CacheError(
+            f"The cache {root!r} is remote (an fsspec URL): `stillhouse cache explain` reads "
+            "local cache folders only (a run with this cache_dir works, and logs what it "
+            "reuses as it starts); pass a local --cache-dir."
+        )
     out = console()
     run_dir = pipeline_dir(pipeline) / pipeline.signature
     state = "has a run folder" if run_dir.is_dir() else "has never run in this shape"

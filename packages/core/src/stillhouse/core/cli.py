@@ -23,7 +23,12 @@ import yaml
 from pydantic import BaseModel
 
 from stillhouse.core import plugins
-from stillhouse.core.errors import MissingPluginError, StillhouseError, UnknownExecutorError
+from stillhouse.core.errors import (
+    MissingPluginError,
+    SerializationError,
+    StillhouseError,
+    UnknownExecutorError,
+)
 from stillhouse.core.secrets import dump_without_secrets
 
 if TYPE_CHECKING:
@@ -109,7 +114,20 @@ def load_pipeline(config: str) -> Pipeline:
                 f"The pipeline file {config!r} {what}. Pass the path of a pipeline.yaml "
                 "written by Pipeline.save() (or by a run, in its cache folder)."
             )
-    return Pipeline.from_yaml(config)
+    try:
+        return Pipeline.from_yaml(config)
+    except UnicodeDecodeError as exc:
+        raise SerializationError(
+            f"The pipeline file {config!r} is not UTF-8 text (byte {exc.start}: {exc.reason}). "
+            "Pass a pipeline.yaml written by Pipeline.save() (or by a run, in its cache folder)."
+        ) from None
+    except OSError as exc:
+        if "://" not in config or config.startswith("file://"):
+            raise
+        raise FileNotFoundError(
+            f"The pipeline file {config!r} could not be read ({type(exc).__name__}: {exc}). Check "
+            "the URL and that its server is reachable, or download the file and pass its path."
+        ) from exc
 
 
 def check_executor(name: str, origin: str) -> None:
@@ -182,9 +200,27 @@ def _cmd_pipeline_run(args: argparse.Namespace) -> int:
             raise MissingPluginError(
                 "--repo-id needs a Distiset result; install stillhouse-distiset to push."
             )
-        result.push_to_hub(args.repo_id, private=args.private)
-        console().print(f"Pushed to https://huggingface.co/datasets/{args.repo_id}")
+        _push(result, args.repo_id, args.private, pipeline)
     return 0
+
+
+def _push(result: Any, repo_id: str, private: bool, pipeline: Pipeline) -> None:
+    """Push the run's results; a failure says the results are safe and how to push again."""
+    try:
+        result.push_to_hub(repo_id, private=private)
+    except Exception as exc:
+        from stillhouse.core.engine.logs import environment_secrets, mask_secrets
+
+        reason = mask_secrets(str(exc).strip().splitlines()[0] if str(exc).strip() else "", environment_secrets())
+        where = f" (its cache folder: {pipeline.run_dir})" if getattr(pipeline, "run_dir", None) else ""
+        raise StillhouseError(
+            f"The run finished{where}, but pushing its results to {repo_id!r} failed: "
+            f"{type(exc).__name__}: {reason}. Check the repository id, the token's rights and "
+            "the Hub's address, then run the same command again: the run is answered from the "
+            "cache and only the push is done again."
+        ) from exc
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    console().print(f"Pushed to {endpoint}/datasets/{repo_id}")
 
 
 def _row_counts(result: Any) -> dict[str, int]:
