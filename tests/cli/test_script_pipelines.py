@@ -3,11 +3,13 @@ from the cache, with the CLI (issue 19 item 11)."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from stillhouse.core import Pipeline, StepInput, sample_n_steps, step
 from stillhouse.core.errors import SerializationError
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.cli.helpers import TIMEOUT, run_dir, table_rows
+from tests.support.local_servers import http_server
 from tests.support.steps import Double
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -97,6 +100,85 @@ def test_a_missing_script_is_named(cli, script_run):
     assert "my_pipeline.py" in done.stderr
 
 
+def test_a_run_from_the_cli_keeps_the_script_in_its_pipeline_yaml(cli, script_run, tmp_path):
+    """The CLI imports the script as module `my_pipeline`, not `__main__`: the run folder's
+    pipeline.yaml must still name it by `file:`, so that file reruns the run, and a fully
+    cached rerun leaves the file the script's run wrote as it was."""
+    project, cached = script_run
+    written = (cached / "pipeline.yaml").read_text()
+    rerun = cli("pipeline", "run", "--config", str(project / "saved.yaml"))
+    assert rerun.returncode == 0, rerun.stderr
+    assert run_dir(rerun.stdout) == cached
+    assert (cached / "pipeline.yaml").read_text() == written
+
+    other = tmp_path / "other-cache"  # a run folder only the CLI wrote
+    done = cli("pipeline", "run", "--config", str(project / "saved.yaml"), "--cache-dir", str(other))
+    assert done.returncode == 0, done.stderr
+    fresh = run_dir(done.stdout)
+    assert fresh.name == cached.name  # the signature of the script's run
+    info = _square(fresh / "pipeline.yaml")
+    assert (fresh / info["file"]).resolve() == (project / "my_pipeline.py").resolve()
+    again = cli("pipeline", "run", "--config", str(fresh / "pipeline.yaml"), "--cache-dir", str(other))
+    assert again.returncode == 0, again.stderr
+    assert "default: 6 rows" in again.stdout
+    assert "resuming: square: reuse, because finished with the same signature" in again.stderr
+
+
+class _QuietFiles(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_remote_file_that_names_a_script_is_refused(cli, script_run, tmp_path):
+    """A URL has no folder beside it: `file: my_pipeline.py` would be looked up in the
+    current directory, where a script of that name is imported in its place."""
+    project, _cached = script_run
+    marker = tmp_path / "pwned"
+    (tmp_path / "my_pipeline.py").write_text(  # the CLI's current directory
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('the local script ran')\n" + SCRIPT)
+    with http_server(functools.partial(_QuietFiles, directory=str(project))) as url:
+        done = cli("pipeline", "run", "--config", f"{url}/saved.yaml")
+    assert done.returncode == 1, done.stdout
+    error = done.stderr.splitlines()[0]
+    assert error == (
+        f"error: Step 'square' names my_pipeline.Square in the script 'my_pipeline.py' (`file:`), "
+        f"but the pipeline file {url}/saved.yaml was read from a URL, and a script is only imported "
+        "from the folder of a local pipeline file; nothing was imported. Download the file, its "
+        "inline_data/ folder and its script 'my_pipeline.py' into one folder, and pass the local path: stillhouse pipeline run "
+        "--config ./pipeline.yaml."
+    )
+    assert not marker.exists()
+
+
+def test_the_dataset_cards_reproduce_steps_work_for_a_script_pipeline(cli, script_run, tmp_path):
+    """The card of a pushed run cannot point `--config` at the Hub when the file names a
+    script: it says what to download and edit, and its commands then run."""
+    from stillhouse.distiset import create_distiset
+    from stillhouse.distiset.card import render_card
+
+    project, cached = script_run
+    card = render_card(create_distiset(cached / "data"), "me/squares", hub_url="https://h",
+                       pipeline_yaml=(cached / "pipeline.yaml").read_text(), script_name="my_pipeline.py")
+    reproduce = card.split("## Reproduce", 1)[1].split("\n## ", 1)[0]
+    assert "https://h/datasets/me/squares/raw/main/pipeline.yaml" not in reproduce
+    assert ('hf download me/squares --repo-type dataset --include "pipeline.yaml" --include "inline_data/*" '
+            '--include "my_pipeline.py" --local-dir squares') in reproduce
+    assert "set each `file:` to the script's name" in reproduce
+    [command] = [line for line in reproduce.splitlines() if line.startswith("stillhouse pipeline run")]
+    assert command == 'stillhouse pipeline run --config "squares/pipeline.yaml"'
+
+    # What the download brings (the pushed files), and the edit the card asks for.
+    folder = tmp_path / "squares"
+    shutil.copytree(cached / "inline_data", folder / "inline_data")
+    shutil.copy(project / "my_pipeline.py", folder / "my_pipeline.py")
+    text = (cached / "pipeline.yaml").read_text()
+    text = re.sub(r"file: .*my_pipeline\.py", "file: my_pipeline.py", text)
+    (folder / "pipeline.yaml").write_text(text)
+    done = cli(*command.split()[1:3], "--config", "squares/pipeline.yaml", "--cache-dir", str(tmp_path / "reader"))
+    assert done.returncode == 0, done.stderr
+    assert "default: 6 rows" in done.stdout
+
+
 def test_a_class_that_cannot_be_referenced_is_named_when_the_file_is_written(tmp_path):
     @step(inputs=["x"], outputs=["y"])
     def Local(inputs: StepInput):
@@ -157,6 +239,26 @@ def test_a_routing_function_of_the_script_reruns_from_the_cache(cli, cli_env, tm
     assert run_dir(rerun.stdout) == cached  # the same pipeline signature: the same run folder
     assert "resuming: k0: reuse, because finished with the same signature" in rerun.stderr
     assert cli("pipeline", "info", "--config", str(project / "saved.yaml")).returncode == 0
+
+
+def test_a_run_from_the_cli_keeps_the_routing_functions_script(cli, cli_env, tmp_path):
+    """The run folder's pipeline.yaml of a run from the CLI names the script of the routing
+    function, as the one of a run of the script does."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "routed.py").write_text(ROUTED.replace("    pipeline.run()\n", ""))
+    saved = subprocess.run([sys.executable, "routed.py"], cwd=project, env=cli_env,
+                           capture_output=True, text=True, timeout=TIMEOUT)
+    assert saved.returncode == 0, saved.stderr
+    done = cli("pipeline", "run", "--config", str(project / "saved.yaml"), "--executor", "sync")
+    assert done.returncode == 0, done.stderr
+    cached = run_dir(done.stdout)
+    assert cached.name == saved.stdout.split("Signature: ")[1].split()[0]
+    (routing,) = yaml.safe_load((cached / "pipeline.yaml").read_text())["pipeline"]["routing_batch_functions"]
+    assert (cached / routing["type_info"]["file"]).resolve() == (project / "routed.py").resolve()
+    again = cli("pipeline", "run", "--config", str(cached / "pipeline.yaml"), "--executor", "sync")
+    assert again.returncode == 0, again.stderr
+    assert run_dir(again.stdout) == cached
 
 
 def test_a_script_function_that_is_not_a_routing_function_is_refused(tmp_path, monkeypatch):

@@ -101,6 +101,47 @@ def test_the_first_documented_attribute_gets_its_description() -> None:
     assert info_by_name(WithOptional())["token"]["description"] == "An optional token."
 
 
+class Wrapped(Step):
+    """A step whose descriptions go on over several lines.
+
+    Attributes:
+        model: The model that generates, named as its endpoint
+            knows it (`org/name`).
+        temperature: Sampling temperature.
+        seed: Not a runtime parameter,
+            and its text is not read.
+
+    Runtime parameters:
+        - `retries`: How often a failed call is sent again
+          before the row fails.
+    Notes:
+        Text of another section.
+    """
+
+    model: RuntimeParameter[str] = None
+    temperature: RuntimeParameter[float] = 0.7
+    retries: RuntimeParameter[int] = 2
+    seed: int = 0
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        yield inputs
+
+
+def test_a_description_goes_on_over_its_continuation_lines() -> None:
+    """Up to the next attribute, a blank line or the next section, joined with spaces."""
+    info = info_by_name(Wrapped())
+    assert info["model"]["description"] == (
+        "The model that generates, named as its endpoint knows it (`org/name`)."
+    )
+    assert info["temperature"]["description"] == "Sampling temperature."
+    assert info["retries"]["description"] == "How often a failed call is sent again before the row fails."
+    # The base step's own: `pipeline info` and saved files showed "...an overlong batch is a".
+    assert info["batch_timeout"]["description"] == (
+        "Seconds one batch may take (None: no limit); an overlong batch is a failed batch "
+        "(a generator or global step's stops the run)."
+    )
+
+
 def test_pipeline_info_is_keyed_by_step_name() -> None:
     with Pipeline(name="info", executor="sync") as pipeline:
         LoadDataFromDicts(name="data", data=[{"instruction": "i"}]) >> Generate(name="gen")

@@ -213,10 +213,15 @@ class Pipeline:
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> Self:
-        """Load a pipeline file (local path or fsspec URL) with the inline data beside it."""
+        """Load a pipeline file (local path or fsspec URL) with the inline data beside it.
+
+        Scripts the file names by `file:` are found beside a local file; a file read from
+        a URL that names one is refused before anything is imported."""
         data = serialization.loads(serialization.read_text(path), str(path))
         if "://" not in str(path) or str(path).startswith("file://"):
             _references.absolutize_files(data, Path(str(path).removeprefix("file://")).parent)
+        else:  # no folder beside it: `file:` would be resolved against the current directory
+            _references.refuse_remote_scripts(data, str(path))
         return cls.from_dict(data, base=str(path).rstrip("/").rpartition("/")[0] or ".")
 
     from_json = from_yaml  # JSON is YAML; the same safe loader reads both

@@ -55,16 +55,33 @@ def _type_name(annotation: Any) -> str:
     return str(annotation).replace("typing.", "")
 
 
+# `name: text` or `` - `name`: text ``. [ \t], not \s: a bare \s would let "Attributes:"
+# swallow the next line as its text.
+_DOC_ENTRY = re.compile(r"^([ \t]*)-?[ \t]*`?(\w+)`?:[ \t]+(.+)$")
+
+
 def _docstring_descriptions(cls: type) -> dict[str, str]:
-    """`name: text` entries of the class docstrings' Attributes / Runtime parameters."""
+    """`name: text` entries of the class docstrings' Attributes / Runtime parameters.
+
+    An entry's text goes on over the lines indented deeper than it, joined with spaces;
+    it ends at a blank line, the next entry or a line indented no deeper (a section)."""
     found: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         doc = inspect.getdoc(klass) if "__doc__" in vars(klass) else None
         if not doc:
             continue
-        # [ \t], not \s: a bare \s would let "Attributes:" swallow the next line as its text.
-        for match in re.finditer(r"^[ \t]*-?[ \t]*`?(\w+)`?:[ \t]+(.+)$", doc, re.MULTILINE):
-            found[match.group(1)] = match.group(2).strip()
+        lines = doc.expandtabs().splitlines()
+        for index, line in enumerate(lines):
+            match = _DOC_ENTRY.match(line)
+            if match is None:
+                continue
+            indent, parts = len(match.group(1)), [match.group(3).strip()]
+            for following in lines[index + 1:]:
+                deeper = len(following) - len(following.lstrip()) > indent
+                if not following.strip() or not deeper or _DOC_ENTRY.match(following):
+                    break
+                parts.append(following.strip())
+            found[match.group(2)] = " ".join(parts)
     return found
 
 

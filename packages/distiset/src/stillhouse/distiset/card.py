@@ -56,7 +56,7 @@ def render_card(
     info = _pipeline_info(pipeline_yaml)
     sections = [
         _summary(distiset, repo_id, info),
-        _reproduce(raw_url, pipeline_yaml is not None, script_name),
+        _reproduce(raw_url, pipeline_yaml is not None, script_name, info.get("scripts"), repo_id),
         _run_summary(distiset, info),
         _examples(distiset),
         _artifacts(distiset),
@@ -83,6 +83,16 @@ def _pipeline_info(text: str | None) -> dict[str, Any]:
         )
         if isinstance(entry, dict) and entry.get("name"):
             steps.append((str(entry["name"]), str(type_info.get("name") or "")))
+    # Scripts the steps and routing functions are defined in (`type_info.file`): a file
+    # read from a URL that names one is refused, so the card says how to get them.
+    infos = [entry.get("type_info") for entry in spec.get("routing_batch_functions") or []
+             if isinstance(entry, dict)]
+    infos += [entry["step"].get("type_info") for entry in spec.get("steps") or []
+              if isinstance(entry, dict) and isinstance(entry.get("step"), dict)]
+    scripts = sorted({
+        str(info["file"]).replace("\\", "/").rsplit("/", 1)[-1]
+        for info in infos if isinstance(info, dict) and info.get("file")
+    })
     edges = [
         (str(connection["from"]), str(target))
         for connection in spec.get("connections") or []
@@ -94,6 +104,7 @@ def _pipeline_info(text: str | None) -> dict[str, Any]:
         "description": spec.get("description"),
         "steps": steps,
         "edges": edges,
+        "scripts": scripts,
     }
 
 
@@ -134,26 +145,66 @@ def _mermaid(steps: list[tuple[str, str]], edges: list[tuple[str, str]]) -> str:
     return "\n".join(lines)
 
 
-def _reproduce(raw_url: str, has_pipeline: bool, script_name: str | None) -> str:
+def _reproduce(
+    raw_url: str,
+    has_pipeline: bool,
+    script_name: str | None,
+    scripts: list[str] | None = None,
+    repo_id: str = "",
+) -> str:
     lines = ["## Reproduce", ""]
+    config = f"{raw_url}/pipeline.yaml"
+    if has_pipeline and scripts:
+        # stillhouse imports a script (`file:`) only from beside a local pipeline file.
+        folder = repo_id.split("/")[-1] or "pipeline"
+        config = f"{folder}/pipeline.yaml"
+        names, plural = ", ".join(f"`{name}`" for name in scripts), "s" if len(scripts) > 1 else ""
+        includes = " ".join(f'--include "{pattern}"'
+                            for pattern in ["pipeline.yaml", "inline_data/*", *scripts])
+        lines += [
+            "The `pipeline.yaml` of this repository describes the pipeline that made it. Some",
+            f"of its steps are defined in the script{plural} {names} (`file:` in `pipeline.yaml`),",
+            "which stillhouse imports only from beside a local pipeline file. Download the",
+            f"file, its `inline_data/` folder and the script{plural} into one folder:",
+            "",
+            "```console",
+            f"hf download {repo_id} --repo-type dataset {includes} --local-dir {folder}",
+            "```",
+            "",
+            "and in `pipeline.yaml` set each `file:` to the script's name (it says where the",
+            "script was on the machine that ran it).",
+        ]
+        missing = [name for name in scripts if name != script_name]
+        if missing:
+            lines[-1] += (
+                f" {', '.join(f'`{name}`' for name in missing)} "
+                f"{'was' if len(missing) == 1 else 'were'} not uploaded here: get "
+                f"{'it' if len(missing) == 1 else 'them'} from the dataset's authors."
+            )
+        lines.append("")
+    elif has_pipeline:
+        lines += ["The `pipeline.yaml` of this repository describes the pipeline that made it.", ""]
     if has_pipeline:
         lines += [
-            "The `pipeline.yaml` of this repository describes the pipeline that made it.",
-            "",
             "> **Review the file before you run it.** A pipeline file can only name",
             "> stillhouse step classes and routing functions (stillhouse refuses anything",
             "> else without running it), but the steps it names run with the arguments it",
-            "> gives them, and they come from whatever packages you have installed. Read",
-            "> it, or look at its steps and parameters first:",
+            *([
+                "> gives them, and they come from whatever packages you have installed and",
+                "> the scripts it names. Read them, or look at its steps and parameters first:",
+            ] if scripts else [
+                "> gives them, and they come from whatever packages you have installed. Read",
+                "> it, or look at its steps and parameters first:",
+            ]),
             "",
             "```console",
-            f'stillhouse pipeline info --config "{raw_url}/pipeline.yaml"',
+            f'stillhouse pipeline info --config "{config}"',
             "```",
             "",
             "and, if you trust it, rerun it:",
             "",
             "```console",
-            f'stillhouse pipeline run --config "{raw_url}/pipeline.yaml"',
+            f'stillhouse pipeline run --config "{config}"',
             "```",
             "",
         ]
