@@ -19,6 +19,7 @@ from executor_testkit import (
     GlobalBoom,
     LoadBoom,
     Numbers,
+    Sleeper,
     WhoAmI,
     batch,
     collect,
@@ -194,3 +195,24 @@ def test_a_forced_threaded_shutdown_cancels_the_async_batches_it_gives_up(make_e
     made = len(Calls.made)
     time.sleep(0.3)  # before: 15 more calls in this time
     assert len(Calls.made) <= made + 1
+
+
+def test_a_threaded_shutdown_interrupted_while_joining_can_be_forced_again(make_executor) -> None:
+    """Ctrl+C again (or the stop deadline) interrupts a graceful shutdown while it waits
+    for a hung step's thread: the forced shutdown the engine then calls must finish, not
+    fail with a KeyError on the step whose threads it already let go."""
+    import signal
+
+    executor = make_executor("threaded", join_timeout=30)
+    executor.start([Sleeper(name="hangs", seconds=60)], RunContext())
+    executor.send(Task("hangs", (0, 0), batch(1)))
+    time.sleep(0.2)  # the replica took the task: its thread is busy
+    main = threading.get_ident()
+    interrupt = threading.Timer(0.5, lambda: signal.pthread_kill(main, signal.SIGINT))
+    interrupt.start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        executor.shutdown()  # waits up to 30 s for the hung thread: interrupted first
+    assert time.monotonic() - started < 25
+    executor.shutdown(force=True)  # before: KeyError('hangs')
+    executor.shutdown(force=True)

@@ -112,20 +112,23 @@ class ThreadedExecutor(Executor):
         self._stop(names, FORCE_JOIN_TIMEOUT if force else self._join_timeout)
 
     def _stop(self, names: list[str], timeout: float) -> None:
+        # A second Ctrl+C (or the stop deadline) may interrupt a join below: a step whose
+        # threads were popped then still has its queue and runners, and the next call
+        # (a forced shutdown) must cancel and drop them, not fail on what is gone.
         for name in names:
-            for _ in self._threads[name]:
+            for _ in self._threads.get(name, ()):
                 self._tasks[name].put(STOP)
         deadline = time.monotonic() + timeout
         for name in names:
-            for thread in self._threads.pop(name):
+            for thread in self._threads.pop(name, ()):
                 thread.join(max(0.0, deadline - time.monotonic()))
                 if thread.is_alive():
                     logger.warning(
                         "Thread %r did not stop within %.0f s; it is left running as a daemon "
                         "thread (threads cannot be killed).", thread.name, timeout
                     )
-            del self._tasks[name]
-            del self._runners[name]
+            self._tasks.pop(name, None)
+            self._runners.pop(name, None)
 
     def _run_replica(self, runner: StepRunner, tasks: queue.Queue[Task | None]) -> None:
         try:
