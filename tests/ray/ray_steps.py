@@ -8,6 +8,9 @@ import os
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+from pydantic import PrivateAttr
 
 from stillhouse.core import Step, StepInput, StepOutput, step
 
@@ -115,4 +118,13 @@ class SeesStorage(Step):
         stored = len(fs.find(root))
         for row in inputs:
             row["stored"] = stored
+        yield inputs
+
+
+class HoldsALock(Step):
+    """A step that cannot be pickled: a lock in a private attribute."""
+
+    _lock: Any = PrivateAttr(default_factory=threading.Lock)
+
+    def process(self, inputs: StepInput) -> StepOutput:
         yield inputs

@@ -20,7 +20,7 @@ from stillhouse.core.errors import InvalidResourcesError, StepRuntimeError, Work
 from stillhouse.core.steps import LoadDataFromDicts
 from stillhouse.ray import RayExecutor
 from tests.ray.conftest import live_actors
-from tests.ray.ray_steps import Chatty, NodeMarker, PidFile, SeesStorage, Unpicklable
+from tests.ray.ray_steps import Chatty, HoldsALock, NodeMarker, PidFile, SeesStorage, Unpicklable
 from tests.support.results import rows_of
 from tests.support.steps import (
     AlwaysFail,
@@ -197,6 +197,18 @@ def test_a_result_that_does_not_pickle_stops_the_run_naming_the_step(tmp_path):
     with pytest.raises(StepRuntimeError, match="'locks'") as info:
         pipeline.run(use_cache=False, progress=False)
     assert "pickle" in str(info.value)
+
+
+def test_a_step_that_does_not_pickle_is_named_with_the_fix(tmp_path):
+    """Ray pickles the step in the driver when it creates the actor: its TypeError (and
+    Ray's serializability report) became the run's error, naming neither step nor fix."""
+    with Pipeline(name="ray-step-pickle", executor="ray", cache_dir=tmp_path) as pipeline:
+        LoadDataFromDicts(data=data(3)) >> HoldsALock(name="locky")
+    with pytest.raises(StepRuntimeError) as info:
+        pipeline.run(use_cache=False, progress=False)
+    message = str(info.value)
+    assert message.startswith("Step 'locky' could not be sent to a Ray actor: ")
+    assert "keep its fields picklable" in message and "=====" not in message
 
 
 def test_killing_an_actor_fails_the_run_naming_the_step(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+import warnings
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from stillhouse.core.engine import (
     log_levels,
     reemit,
 )
-from stillhouse.core.errors import EngineError
+from stillhouse.core.errors import EngineError, StepRuntimeError
 from stillhouse.core.step import BaseStep
 
 logger = logging.getLogger("stillhouse.ray")
@@ -118,9 +119,23 @@ class RayExecutor(Executor):
             actors = self._actors[step.name] = []
             self._backlog[step.name] = deque()
             for index in range(step.resources.replicas):
-                handle = self._actor_class.options(**options[step.name]).remote(
-                    step, index, enable_metadata, levels, driver_process()
-                )
+                try:
+                    with warnings.catch_warnings():  # Ray's report on a step that does not
+                        # pickle reads pydantic's deprecated attributes (`__fields__`, ...):
+                        # noise, or an error where warnings are errors, in place of the cause
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        handle = self._actor_class.options(**options[step.name]).remote(
+                            step, index, enable_metadata, levels, driver_process()
+                        )
+                except TypeError as exc:  # Ray pickles the step here, in the driver
+                    raise StepRuntimeError(
+                        f"Step {step.name!r} could not be sent to a Ray actor: "
+                        f"{(str(exc).strip().splitlines() or [''])[0][:300]} Steps are pickled to their "
+                        "workers: define the step class or `@step` function at module level "
+                        "of a module every node can import, and keep its fields picklable "
+                        "(a lock, a client or an open file belongs in `load()`).",
+                        step_name=step.name,
+                    ) from exc
                 actor = _Actor(step.name, index, handle)
                 actors.append(actor)
                 self._pending[handle.load.remote()] = (actor, "load")
