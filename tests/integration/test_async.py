@@ -10,7 +10,14 @@ import pytest
 from stillhouse.core import GeneratorStep, Pipeline, Step, StepInput, step
 from stillhouse.core.steps import LoadDataFromDicts
 from tests.support.results import rows_of
-from tests.support.steps import AsyncDouble, AsyncNumbers, AsyncSpan, Double, HangPid
+from tests.support.steps import (
+    AsyncBlocksOnTwo,
+    AsyncDouble,
+    AsyncNumbers,
+    AsyncSpan,
+    Double,
+    HangPid,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -97,3 +104,17 @@ def test_mp_replaces_the_process_of_a_replica_whose_sync_batch_timed_out(tmp_pat
     assert [r["pid"] is None for r in rows] == [False, False, True, True, False, False, False, False]
     before, after = {rows[0]["pid"], rows[1]["pid"]}, {r["pid"] for r in rows[4:]}
     assert len(before) == 1 and len(after) == 1 and before != after
+
+
+@pytest.mark.parametrize("executor", EXECUTORS)
+def test_a_batch_done_before_another_blocks_the_loop_keeps_its_rows(executor, tmp_path):
+    """The first batch ends at once; the second then blocks the loop past its timeout. Only
+    the second fails, on every executor: the first's rows (a paid call's, for an LLM step)
+    were lost with it, its answer still queued on the blocked loop."""
+    with Pipeline(name="done-first", executor=executor, cache_dir=tmp_path, enable_metadata=True) as pipeline:
+        LoadDataFromDicts(data=[{"x": i} for i in range(4)], batch_size=4) >> AsyncBlocksOnTwo(
+            name="blocky", input_batch_size=2, batch_timeout=1.0, concurrency=2
+        )
+    rows = rows_of(pipeline.run(use_cache=False, progress=False))
+    assert [r["y"] for r in rows] == [0, 1, None, None]
+    assert "on batch (0, 1)" in rows[2]["stillhouse_metadata"]["error_blocky"]

@@ -241,3 +241,11 @@ def StopsRunWhileMarked(inputs: StepInput, marker: str = "", log: str = "") -> S
     if os.path.exists(marker) and any(row["x"] == 6 for row in inputs):
         raise StopRun("the endpoint refused the key")
     yield [{**row, "y": row["x"] * 2} for row in inputs]
+
+
+@step(inputs=["x"], outputs=["y"])
+async def AsyncBlocksOnTwo(inputs: StepInput) -> AsyncIterator[list[dict]]:
+    """Blocks its event loop (a sync sleep in async code) on the batch holding x == 2."""
+    if any(row["x"] == 2 for row in inputs):
+        time.sleep(4)
+    yield [{**row, "y": row["x"]} for row in inputs]

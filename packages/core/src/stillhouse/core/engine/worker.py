@@ -200,8 +200,10 @@ class StepRunner:
         if not self.step.is_async:
             on_done(_outcome(lambda: self._run_sync(task)))
             return
-        future = self._on_loop(self._arun(task))
-        pending = self._watch.track(task, on_done)  # type: ignore[union-attr]  # _on_loop made it
+        self._start_loop()
+        pending = self._watch.track(task, on_done)  # type: ignore[union-attr]  # _start_loop made it
+        future = self._on_loop(self._answering(task, pending))
+        # What ends it otherwise: the loop closed under the task (its error).
         future.add_done_callback(lambda done: pending.answer(_outcome(done.result)))
 
     def _run_sync(self, task: Task) -> TaskResult:
@@ -212,6 +214,19 @@ class StepRunner:
         except Exception as exc:
             return self._failed(task, exc, started)
         return TaskResult(task.step_name, task.key, rows, last, _failure(failures), time.perf_counter() - started)
+
+    async def _answering(self, task: Task, pending: Pending) -> TaskResult:
+        """`_arun`, answering the batch on the loop as soon as it ends. An answer through
+        the future's callback is queued on the loop behind what runs next: a batch that
+        then blocks the loop past its timeout would make the watch fail this one too,
+        though it was done (its rows, a paid call's, lost)."""
+        try:
+            result = await self._arun(task)
+        except Exception as exc:  # a FatalStepError
+            pending.answer(exc)
+            raise
+        pending.answer(result)
+        return result
 
     async def _arun(self, task: Task) -> TaskResult:
         started = time.perf_counter()
@@ -283,12 +298,18 @@ class StepRunner:
 
         name = f"stillhouse-{self.step.name}-{self.replica}-batch-{task.key[0]}-{task.key[1]}"
         context = contextvars.copy_context()  # the step's log tag goes with the batch
+        started = time.monotonic()  # before the thread: it may hold the GIL from its start
         threading.Thread(target=context.run, args=(target,), name=name, daemon=True).start()
         try:
-            return future.result(timeout)
+            computed = future.result(timeout)
         except concurrent.futures.TimeoutError:
             self.abandoned = True
             raise self._timeout_error(task) from None
+        if time.monotonic() - started > timeout:
+            # Done, but late: the batch held the GIL (a C call) past its timeout, so no
+            # thread could end it in time. An overlong batch is a failed batch all the same.
+            raise self._timeout_error(task)
+        return computed
 
     def _expired(self, pending: Pending) -> Outcome:
         """The outcome of a batch the watch failed: it outlived its timeout on a loop that
@@ -375,6 +396,10 @@ class StepRunner:
 
     def _on_loop(self, coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future[Any]:
         """Schedule `coro` on this runner's loop (started on first use, in its own thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._start_loop())
+
+    def _start_loop(self) -> asyncio.AbstractEventLoop:
+        """This runner's loop and its watch, started on first use, in their own threads."""
         if self._loop is None:
             loop = asyncio.new_event_loop()
             thread = threading.Thread(
@@ -388,7 +413,7 @@ class StepRunner:
                 timeout=self.step.batch_timeout, expire=self._expired, on_blocked=self._loop_blocked,
             )
             self._watch.start()
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return self._loop
 
     def _stop_loop(self, wait: bool = True) -> None:
         """Close the async generators, stop the loop and close it; without `wait`, only
