@@ -355,17 +355,19 @@ def test_a_dry_run_sends_one_batch_of_its_batch_size_and_leaves_the_generator_as
 ):
     """distilabel's dry run makes every generator yield `batch_size` rows: a generator
     whose own batches are smaller still sends one batch of that many rows."""
-    with Pipeline(name="dry", cache_dir=tmp_path, executor="sync") as pipeline:
-        load = LoadDataFromDicts(data=[{"x": i} for i in range(10)], batch_size=generator_batch_size)
-        load >> Double(name="double", input_batch_size=3)
-    fields_set = set(load.model_fields_set)
-    assert [row["y"] for row in rows_of(pipeline.dry_run(batch_size=5))] == [0, 2, 4, 6, 8]
+    with registered_executor(InProcessExecutor) as name:  # core alone has no "sync"
+        with Pipeline(name="dry", cache_dir=tmp_path, executor=name) as pipeline:
+            load = LoadDataFromDicts(data=[{"x": i} for i in range(10)], batch_size=generator_batch_size)
+            load >> Double(name="double", input_batch_size=3)
+        fields_set = set(load.model_fields_set)
+        assert [row["y"] for row in rows_of(pipeline.dry_run(batch_size=5))] == [0, 2, 4, 6, 8]
     assert load.batch_size == generator_batch_size and load.model_fields_set == fields_set
     assert not (tmp_path / "dry").exists()
 
 
 def test_a_dry_run_batch_size_must_be_a_positive_number_of_rows(tmp_path):
-    with Pipeline(name="dry", cache_dir=tmp_path, executor="sync") as pipeline:
-        LoadDataFromDicts(data=[{"x": 1}]) >> Double(name="double")
-    with pytest.raises(PipelineValidationError, match=r"dry_run\(batch_size=0\): the batch size must be a positive"):
-        pipeline.dry_run(batch_size=0)
+    with registered_executor(InProcessExecutor) as name:
+        with Pipeline(name="dry", cache_dir=tmp_path, executor=name) as pipeline:
+            LoadDataFromDicts(data=[{"x": 1}]) >> Double(name="double")
+        with pytest.raises(PipelineValidationError, match=r"dry_run\(batch_size=0\): the batch size must be a positive"):
+            pipeline.dry_run(batch_size=0)
