@@ -244,3 +244,62 @@ def workers_left(step_name: str) -> list[str]:
     threads = [t.name for t in threading.enumerate() if t.name.startswith(f"stillhouse-{step_name}-")]
     children = [f"process {pid}" for pid in sorted(child_pids() - helper_pids())]
     return threads + children + [f"{p.name} (pid {p.pid})" for p in multiprocessing.active_children()]
+
+
+def hold_the_gil(seconds: int) -> None:
+    """Sleep in C with the GIL held (libc `sleep` through `ctypes.PyDLL`, which keeps
+    it), as a catastrophic regex or some tokenizers do: no other thread of the process
+    runs meanwhile, its batch timeout watchdog included."""
+    import ctypes
+    import ctypes.util
+
+    ctypes.PyDLL(ctypes.util.find_library("c")).sleep(seconds)
+
+
+@step(inputs=["x"], outputs=["y"])
+def HoldsGilWhileMarked(inputs: StepInput, marker: str = "", log: str = "", seconds: int = 60) -> StepOutput:
+    """Doubles `x`; while the file `marker` exists, the batch holding x == 2 holds the
+    GIL for `seconds`. Appends one line per batch it starts to the file `log`."""
+    with open(log, "a", encoding="utf-8") as handle:
+        handle.write(f"{[row['x'] for row in inputs]}\n")
+    if os.path.exists(marker) and any(row["x"] == 2 for row in inputs):
+        hold_the_gil(seconds)
+    yield [{**row, "y": row["x"] * 2} for row in inputs]
+
+
+@step(inputs=["x"], outputs=["y", "pid"])
+def HoldsGilOn(inputs: StepInput, hang_on: int = 2, seconds: int = 60) -> StepOutput:
+    """Doubles `x` and records the worker's pid; the batch holding `hang_on` holds the
+    GIL for `seconds` first."""
+    if any(row["x"] == hang_on for row in inputs):
+        hold_the_gil(seconds)
+    yield [{**row, "y": row["x"] * 2, "pid": os.getpid()} for row in inputs]
+
+
+class GlobalHoldsGil(GlobalStep):
+    seconds: int = 60
+
+    def process(self, inputs: StepInput) -> StepOutput:
+        hold_the_gil(self.seconds)
+        yield inputs
+
+
+@step(inputs=["x"], outputs=["y"])
+async def AsyncHoldsGilAfter(inputs: StepInput, folder: str = "", wait: float = 0.0) -> StepOutput:
+    """Async: a batch holding x == 0 marks `folder`/started, waits (on its loop) up to
+    `wait` s for another batch to start, then holds the GIL for 60 s; any other batch
+    appends a line to `folder`/others, then takes a second. Doubles `x`."""
+    import asyncio
+
+    here = Path(folder)
+    if any(row["x"] == 0 for row in inputs):
+        (here / "started").touch()
+        deadline = time.monotonic() + wait
+        while not (here / "others").exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        hold_the_gil(60)
+    else:
+        with open(here / "others", "a", encoding="utf-8") as handle:
+            handle.write(f"{[row['x'] for row in inputs]}\n")
+        await asyncio.sleep(1.0)
+    yield [{**row, "y": row["x"] * 2} for row in inputs]

@@ -9,13 +9,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import signal
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from logging.handlers import QueueHandler
 from multiprocessing.queues import Queue
+from multiprocessing.reduction import ForkingPickler
 from typing import Any
 
 from tblib import pickling_support
@@ -27,9 +30,12 @@ except ImportError:  # Windows: pipes keep their size
 
 from stillhouse.core.engine import (
     REPLACED,
+    STOP,
+    BatchKey,
     Failed,
     Finished,
     StepRunner,
+    Task,
     portable,
     route_logs,
     serve,
@@ -71,6 +77,17 @@ class Replaced:
     replica: int
 
 
+@dataclass(frozen=True, slots=True)
+class Took:
+    """Sent by a worker whose step has a `batch_timeout` as it takes a task, before the
+    task runs: the driver then knows which process holds which batch since when, and
+    can kill a process that holds one far past its timeout (`mp.KILL_MARGIN`)."""
+
+    step_name: str
+    replica: int
+    key: BatchKey
+
+
 def widen(queue: Queue) -> Queue:
     """Give `queue`'s pipe a `PIPE_BYTES` buffer where the kernel allows it (Linux, within
     `PIPE_BUDGET`); elsewhere, or when refused, the queue keeps its default pipe."""
@@ -97,18 +114,58 @@ class ResultsQueue(Queue):
         widen(self)
 
     def _on_queue_feeder_error(self, e: Exception, obj: Any) -> None:
-        if isinstance(obj, logging.LogRecord):
-            return  # a log record with unpicklable extras is not worth a failure
-        if isinstance(obj, Finished):
-            result = obj.result
-            error = RuntimeError(
-                f"The result of step {result.step_name!r} for batch {result.key} could not be "
-                f"sent to the driver: {type(e).__name__}: {e}. Make the step output only "
-                "picklable values (str, numbers, lists, dicts, ...)."
-            )
-            self.put(Failed(result.step_name, error, f"{error}\n", result.key))
+        if isinstance(obj, logging.LogRecord | Finished):
+            instead = _unsendable(e, obj)
+            if instead is not None:
+                self.put(instead)
             return
         super()._on_queue_feeder_error(e, obj)
+
+    def send_now(self, obj: Any) -> None:
+        """Put `obj` in the pipe from this thread, before returning (no feeder thread).
+
+        A worker the driver may kill (its step has a `batch_timeout`) sends everything
+        this way: when a thread of the step holds the GIL for good, no write of this
+        process is left half done, and no lock of the queue is left held, by a feeder
+        thread that cannot run any more."""
+        try:
+            data = ForkingPickler.dumps(obj)
+        except Exception as exc:
+            instead = _unsendable(exc, obj)
+            if instead is None:
+                return
+            data = ForkingPickler.dumps(instead)
+        lock = self._wlock  # type: ignore[attr-defined]  # None on Windows
+        self._sem.acquire()  # type: ignore[attr-defined]  # as `put` does: `get` releases it
+        if lock is None:
+            self._writer.send_bytes(data)  # type: ignore[attr-defined]
+            return
+        with lock:
+            self._writer.send_bytes(data)  # type: ignore[attr-defined]
+
+
+def _unsendable(e: Exception, obj: Any) -> Any:
+    """What to send instead of `obj`, which did not pickle: a `Failed` event for a
+    result (or None, to send nothing: a log record with unpicklable extras is not worth
+    a failure). Other objects are the caller's bug: `e` is raised."""
+    if isinstance(obj, logging.LogRecord):
+        return None
+    if isinstance(obj, Finished):
+        result = obj.result
+        error = RuntimeError(
+            f"The result of step {result.step_name!r} for batch {result.key} could not be "
+            f"sent to the driver: {type(e).__name__}: {e}. Make the step output only "
+            "picklable values (str, numbers, lists, dicts, ...)."
+        )
+        return Failed(result.step_name, error, f"{error}\n", result.key)
+    raise e
+
+
+class _SendingHandler(QueueHandler):
+    """A `QueueHandler` that writes each record to the pipe at once (`send_now`)."""
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        self.queue.send_now(record)  # type: ignore[attr-defined]
 
 
 def worker_main(
@@ -126,17 +183,56 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the driver's to handle
     _exit_with_parent(driver)
     os.environ.update(env)  # before load(): CUDA_VISIBLE_DEVICES must precede any CUDA init
-    route_logs(QueueHandler(results), log_levels, (str(step.name), replica))
+    # A step with a batch_timeout may be killed by the driver (a C call holding the GIL
+    # past its timeout): it tells the driver what it takes, and sends without a feeder.
+    killable = step.batch_timeout is not None
+    send = results.send_now if killable else results.put
+    handler = _SendingHandler(results) if killable else QueueHandler(results)
+    route_logs(handler, log_levels, (str(step.name), replica))
     pickling_support.install()
     keep_freed_memory()
     runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
-    outcome = serve(runner, tasks.get, lambda event: results.put(portable(event)), replace=lambda _: None)
+    get_task = _reporting(step.name, replica, tasks, runner.concurrency, send) if killable else tasks.get
+    outcome = serve(runner, get_task, lambda event: send(portable(event)), replace=lambda _: None)
     if outcome == REPLACED:
-        results.put(Replaced(step.name, replica))
+        send(Replaced(step.name, replica))
         results.close()
         results.join_thread()  # the batch's failed result and the goodbye reach the driver
         os._exit(0)  # a hung batch thread must not keep this process alive
-    results.put(Exited(step.name, replica))
+    send(Exited(step.name, replica))
+
+
+def _reporting(
+    step_name: str, replica: int, tasks: Queue, concurrency: int, send: Callable[[Any], None]
+) -> Callable[[], Task | None]:
+    """`get_task` for `serve` in a worker the driver may kill: each task taken is
+    reported (`Took`) before it runs."""
+
+    def get_task() -> Task | None:
+        task = _take_lightly(tasks) if concurrency > 1 else tasks.get()
+        if task is not STOP:
+            send(Took(step_name, replica, task.key))
+        return task
+
+    return get_task
+
+
+TAKE_WAIT = 0.05
+"""Seconds `_take_lightly` holds the task queue's read lock waiting for a task that
+another replica may have taken first."""
+
+
+def _take_lightly(tasks: Queue) -> Task | None:
+    """The next task, waiting for it without holding the queue's read lock (`get()`
+    holds it while it waits). An async replica takes tasks while its batches run; the
+    driver may kill it then, and a lock it held would be held for good, starving every
+    other replica of the step."""
+    while True:
+        tasks._reader.poll(None)  # type: ignore[attr-defined]  # readable: a task may be there
+        try:
+            return tasks.get(timeout=TAKE_WAIT)
+        except queue.Empty:
+            continue  # another replica took it
 
 
 def _alive(pid: int) -> bool:

@@ -7,6 +7,11 @@ batches stay off the main thread). Every pipe is widened to 1 MB where Linux all
 (`_mp_worker.widen`). `events()` waits on the receiver and on every worker's
 sentinel together, so a killed worker is noticed at once. The worker side lives in `_mp_worker.py`;
 scheduling decisions belong to the engine, never here.
+
+`batch_timeout` is enforced inside the worker (`StepRunner`), and, as a last resort,
+from here: a worker of a step with a timeout reports each task it takes (`Took`), and
+one that holds a batch `KILL_MARGIN` past its timeout (a C call holding the GIL, which
+keeps the worker's own watchdog from running) is killed and replaced by `events()`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import connection, get_context
 from multiprocessing.process import BaseProcess
 from multiprocessing.queues import Queue
@@ -26,12 +31,17 @@ from typing import Any, ClassVar
 
 from stillhouse.core.engine import (
     STOP,
+    BatchKey,
     Died,
     Event,
     Executor,
+    Failed,
+    Finished,
     Loaded,
     RunContext,
+    StepRunner,
     Task,
+    failed_event,
     log_levels,
     queue_task,
     reemit,
@@ -40,8 +50,8 @@ from stillhouse.core.errors import EngineError, PipelineValidationError, StepRun
 from stillhouse.core.limits import worker_environment
 from stillhouse.core.step import BaseStep
 from stillhouse.executors._gpus import GPU_COUNT_ENV, parse_gpu_count, place_gpus
-from stillhouse.executors._mp_receiver import Receiver
-from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, widen, worker_main
+from stillhouse.executors._mp_receiver import SETTLE_TIMEOUT, Receiver
+from stillhouse.executors._mp_worker import Exited, Replaced, ResultsQueue, Took, widen, worker_main
 
 logger = logging.getLogger("stillhouse.executors.mp")
 
@@ -57,6 +67,21 @@ for a model to free its GPU, but a stuck `unload()` cannot hang the run."""
 KILL_GRACE = 2.0
 """Seconds between SIGTERM and SIGKILL for a replica that outlived its join timeout."""
 
+KILL_MARGIN = 5.0
+"""Seconds past a batch's `batch_timeout` (at least; half the timeout when that is longer)
+after which the driver kills (SIGKILL) the worker process holding the batch, fails the
+batch as the worker would have, and starts a new process in its place. The worker's own
+watchdog fails an overlong batch first; it cannot run while a thread of the step holds
+the GIL (a C call that does not release it: a catastrophic regex, some tokenizers), and
+then only the driver can end it. The margin keeps a loaded machine's slow answer from
+being mistaken for such a hang."""
+
+
+def kill_after(timeout: float) -> float:
+    """Seconds a worker may hold a batch of a step with this `batch_timeout` before the
+    driver kills it (`KILL_MARGIN`)."""
+    return timeout + max(KILL_MARGIN, timeout / 2)
+
 
 @dataclass
 class _Replica:
@@ -68,6 +93,7 @@ class _Replica:
     loaded: bool = False
     exited: bool = False  # it said goodbye: its end is not a death
     restart: bool = False  # it ended after a batch timeout: start a new one in its place
+    held: dict[BatchKey, float] = field(default_factory=dict)  # batches it took: since when
 
 
 class MultiprocessingExecutor(Executor):
@@ -99,6 +125,11 @@ class MultiprocessingExecutor(Executor):
         self._tasks: dict[str, Queue] = {}
         self._replicas: dict[tuple[str, int], _Replica] = {}
         self._pending: list[Event] = []
+        # Steps with a batch_timeout, and their tasks sent and not answered: a worker
+        # killed for holding a batch too long is replaced, and the tasks it held resent.
+        self._timed: dict[str, BaseStep] = {}
+        self._sent: dict[tuple[str, BatchKey], Task] = {}
+        self._enable_metadata = False
 
     # -- the Executor interface ---------------------------------------------------------
 
@@ -117,7 +148,10 @@ class MultiprocessingExecutor(Executor):
             # does), so multiprocessing's exit hook would wait for them forever.
             atexit.register(self._at_exit)
         levels = log_levels()
+        self._enable_metadata = enable_metadata
         for step in steps:
+            if step.batch_timeout is not None:
+                self._timed[step.name] = step
             tasks = widen(self._ctx.Queue())  # a task carries its batch's rows
             tasks._ignore_epipe = True  # see _close_queue
             self._tasks[step.name] = tasks
@@ -151,6 +185,8 @@ class MultiprocessingExecutor(Executor):
 
     def send(self, task: Task) -> None:
         queue_task(self._tasks, task)
+        if task.step_name in self._timed:
+            self._sent[task.step_name, task.key] = task
 
     def events(self, timeout: float) -> list[Event]:
         events, self._pending = self._pending, []
@@ -158,7 +194,10 @@ class MultiprocessingExecutor(Executor):
             return events  # nothing started: nothing can arrive
         deadline = time.monotonic() + max(timeout, 0.0)
         while True:
-            self._poll(0.0 if events else max(0.0, deadline - time.monotonic()), events)
+            # Wake for the first batch due to be taken from its worker, too.
+            until = min(deadline, self._next_kill())
+            self._poll(0.0 if events else max(0.0, until - time.monotonic()), events)
+            self._kill_overdue(events)
             if events or time.monotonic() >= deadline:
                 return events
 
@@ -171,6 +210,7 @@ class MultiprocessingExecutor(Executor):
         self._end([r for r in targets if (r.step_name, r.index) in self._replicas], force=False)
         for name in names:
             _close_queue(self._tasks.pop(name))
+            self._forget(name)
 
     def shutdown(self, force: bool = False) -> None:
         try:
@@ -184,6 +224,8 @@ class MultiprocessingExecutor(Executor):
             for tasks in self._tasks.values():
                 _close_queue(tasks)
             self._tasks.clear()
+            self._timed.clear()
+            self._sent.clear()
             if self._results is not None:
                 assert self._receiver is not None
                 self._receiver.stop()
@@ -234,9 +276,17 @@ class MultiprocessingExecutor(Executor):
                 if replica is not None:
                     replica.exited = True
                     replica.restart = isinstance(item, Replaced)
+            elif isinstance(item, Took):
+                replica = self._replicas.get((item.step_name, item.replica))
+                if replica is not None:
+                    replica.held[item.key] = time.monotonic()
             else:
                 if isinstance(item, Loaded) and (item.step_name, item.replica) in self._replicas:
                     self._replicas[item.step_name, item.replica].loaded = True
+                elif isinstance(item, Finished):
+                    self._answered(item.result.step_name, item.result.key)
+                elif isinstance(item, Failed) and item.key is not None:
+                    self._answered(item.step_name, item.key)
                 out.append(item)
 
     def _reap(self, replica: _Replica, out: list[Event]) -> None:
@@ -259,6 +309,79 @@ class MultiprocessingExecutor(Executor):
                 "takes its place.", replica.index, replica.step_name,
             )
             self._spawn(_Replica(replica.step_name, replica.index, None, replica.gpus, replica.args))  # type: ignore[arg-type]
+
+    # -- batches held far past their batch_timeout -----------------------------------------
+
+    def _answered(self, step_name: str, key: BatchKey) -> None:
+        if self._sent.pop((step_name, key), None) is None:
+            return  # not a step with a timeout
+        for replica in self._replicas.values():
+            if replica.step_name == step_name and replica.held.pop(key, None) is not None:
+                return
+
+    def _next_kill(self) -> float:
+        """When the first worker is due to be killed for a batch it holds (monotonic)."""
+        due = float("inf")
+        for replica in self._replicas.values():
+            if replica.held:
+                timeout = self._timed[replica.step_name].batch_timeout
+                due = min(due, min(replica.held.values()) + kill_after(timeout))  # type: ignore[arg-type]
+        return due
+
+    def _kill_overdue(self, out: list[Event]) -> None:
+        now = time.monotonic()
+        for replica in list(self._replicas.values()):
+            if replica.held and min(replica.held.values()) + kill_after(
+                self._timed[replica.step_name].batch_timeout  # type: ignore[arg-type]
+            ) <= now:
+                self._kill_hung(replica, out)
+
+    def _kill_hung(self, replica: _Replica, out: list[Event]) -> None:
+        """Kill `replica`, which holds a batch far past its timeout; fail the batches it
+        held past their timeout as the worker would have, resend the others (they never
+        ended: no result of theirs exists), and start a new process in its place."""
+        assert self._receiver is not None and self._results is not None
+        step = self._timed[replica.step_name]
+        timeout: float = step.batch_timeout  # type: ignore[assignment]
+        process = replica.process
+        logger.warning(
+            "Replica %d of step %r (process %s) has held a batch for more than %.0f s, past its "
+            "batch_timeout of %r s, without its own timeout ending it (a call that holds the "
+            "GIL?); killing the process and starting a new one in its place.",
+            replica.index, replica.step_name, process.pid, kill_after(timeout), timeout,
+        )
+        process.kill()
+        process.join(KILL_GRACE)
+        # What it sent before it died is in: a batch it answered just now is answered.
+        self._receiver.settle()
+        self._drain(out)
+        del self._replicas[replica.step_name, replica.index]
+        if process.exitcode is not None:
+            process.close()
+        if not _lock_free(self._results._wlock):  # type: ignore[attr-defined]
+            # Killed in the middle of a write: the results pipe cannot be trusted.
+            out.append(Died(replica.step_name, replica.index, (
+                f"worker process {process.pid} was killed for holding a batch past its "
+                f"batch_timeout ({timeout!r} s) while it was sending to the driver"
+            )))
+            return
+        now = time.monotonic()
+        for key, since in sorted(replica.held.items()):
+            task = self._sent.pop((replica.step_name, key), None)
+            if task is None:
+                continue
+            if now - since >= timeout:
+                out.append(_timed_out(step, replica.index, task, self._enable_metadata, now - since))
+            elif replica.step_name in self._tasks:
+                self._sent[replica.step_name, key] = task
+                self._tasks[replica.step_name].put(task)  # another replica runs it
+        if replica.step_name in self._tasks:
+            self._spawn(_Replica(replica.step_name, replica.index, None, replica.gpus, replica.args))  # type: ignore[arg-type]
+
+    def _forget(self, step_name: str) -> None:
+        self._timed.pop(step_name, None)
+        for key in [k for k in self._sent if k[0] == step_name]:
+            del self._sent[key]
 
     def _join(self, targets: list[_Replica], timeout: float) -> None:
         """Wait for `targets` to exit, reading results meanwhile (a worker cannot exit
@@ -292,6 +415,37 @@ class MultiprocessingExecutor(Executor):
 
     def _at_exit(self) -> None:
         self.shutdown(force=True)
+
+
+def _timed_out(step: BaseStep, replica: int, task: Task, enable_metadata: bool, seconds: float) -> Event:
+    """The event for a batch its worker was killed over: what the worker would have sent
+    had its own timeout ended it (a failed batch, or a `Failed` event that stops the run
+    for a generator or global step)."""
+    # TODO(core): a public `StepRunner.timed_out(task, seconds) -> Outcome` would replace
+    # these two private calls; they keep the result identical to the worker's own.
+    runner = StepRunner(step, replica=replica, enable_metadata=enable_metadata)
+    try:
+        loaded = Task(task.step_name, task.key, _inputs(task), task.offset, task.resume_state)
+        result = runner._failed(loaded, runner._timeout_error(loaded), time.perf_counter() - seconds)
+    except Exception as exc:  # FatalStepError: the run stops
+        return failed_event(step.name, exc)
+    return Finished(result)
+
+
+def _inputs(task: Task) -> Any:
+    inputs = task.inputs
+    return inputs if inputs is None or isinstance(inputs, list) else inputs.load()
+
+
+def _lock_free(lock: Any) -> bool:
+    """Whether `lock` (a queue's lock, None on Windows) can be taken: a process killed
+    while holding it would hold it for good."""
+    if lock is None:
+        return True
+    if not lock.acquire(timeout=SETTLE_TIMEOUT):
+        return False
+    lock.release()
+    return True
 
 
 def _start_method(requested: str | None) -> str:
