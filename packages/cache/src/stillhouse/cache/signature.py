@@ -104,7 +104,7 @@ def _source(obj: Any) -> str:
     wraps (`functools.wraps`: inspect would unwrap it)."""
     try:
         if isinstance(obj, types.FunctionType):
-            return inspect.getsource(obj.__code__)
+            return _function_source(obj)
         return (_class_source(obj) if isinstance(obj, type) else None) or inspect.getsource(obj)
     except (OSError, TypeError):
         # Defined where there is no source file (`python -c`, a REPL): the bytecode of
@@ -112,6 +112,23 @@ def _source(obj: Any) -> str:
         functions = [(obj.__name__, obj)] if isinstance(obj, types.FunctionType) else functions_of(obj)
         codes = [f"{name}:{_code_text(f.__code__)}" for name, f in functions]
         return "\n".join(codes) if codes else f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _function_source(function: types.FunctionType) -> str:
+    """The block of `function`'s own code (from its first decorator), cut from its file
+    with `inspect.getblock`, as `inspect.getsource(function.__code__)` would. Not that call:
+    a code object has no module, so inspect finds one by the real path of every module
+    loaded (50 ms a run, on every run's signature)."""
+    code = function.__code__
+    file = inspect.getsourcefile(function)
+    if not file:
+        raise OSError(f"no source file for {function.__qualname__}")
+    linecache.checkcache(file)  # an edited file is read again, as inspect does
+    lines = linecache.getlines(file, function.__globals__)
+    start = code.co_firstlineno - 1
+    if not 0 <= start < len(lines):
+        raise OSError(f"{file} has no line {code.co_firstlineno}")
+    return "".join(inspect.getblock(lines[start:]))
 
 
 def _class_source(klass: type) -> str | None:
