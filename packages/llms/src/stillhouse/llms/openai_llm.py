@@ -14,6 +14,7 @@ suspends around it lives in `tasks.py`.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import difflib
 import io
 import json
@@ -49,6 +50,8 @@ from stillhouse.llms.retry import RetryPolicy, quota_wait, retry_after_seconds, 
 if TYPE_CHECKING:
     # `openai` and `httpx` are imported when a request is made, not with the class:
     # loading the llms plugin (which registers the tasks) must stay cheap.
+    from collections.abc import Awaitable
+
     import openai
 
 logger = logging.getLogger("stillhouse.llms")
@@ -325,9 +328,22 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
             self._record.close()
             self._record = None
         if self._loop is not None and not self._loop.is_closed():
-            self._loop.run_until_complete(self.aclose())
+            self.run_sync(self.aclose())
             self._loop.close()
         self._loop = None
+
+    def run_sync(self, awaitable: Awaitable[Any]) -> Any:
+        """Run `awaitable` from synchronous code on this LLM's own loop, the one `generate`
+        uses and whose client `unload` closes; in a thread of its own when the calling
+        thread already runs a loop (a notebook's cell)."""
+        if self._loop is None or self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # none runs here: ours can
+            return self._loop.run_until_complete(awaitable)
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stillhouse-llm") as pool:
+            return pool.submit(self._loop.run_until_complete, awaitable).result()
 
     async def aclose(self) -> None:
         """Close the client of the running event loop (call it when you used `agenerate`
@@ -425,13 +441,11 @@ class OpenAILLM(Serializable, RuntimeParametersMixin, BaseModel):
         """`agenerate` for every input, concurrently, from synchronous code."""
         if self._limit is None:
             self.load()
-        if self._loop is None or self._loop.is_closed():
-            self._loop = asyncio.new_event_loop()
 
         async def run_all() -> list[GenerateOutput]:
             return list(await asyncio.gather(*(self.agenerate(i, num_generations, **kwargs) for i in inputs)))
 
-        return self._loop.run_until_complete(run_all())
+        return self.run_sync(run_all())
 
     async def agenerate(self, input: list[dict[str, Any]] | str, num_generations: int = 1, **kwargs: Any) -> GenerateOutput:
         """`num_generations` answers to one conversation (or text prompt): one call per generation."""

@@ -33,6 +33,8 @@ from stillhouse.llms.errors import LLMAuthenticationError, LLMCallError
 from stillhouse.llms.openai_llm import GenerateOutput, OpenAILLM, check_generation_kwargs
 
 if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
     from jinja2 import Template
 
 logger = logging.getLogger("stillhouse.llms.tasks")
@@ -114,8 +116,19 @@ class Task(Step, ABC):
 
     # -- processing -------------------------------------------------------------------------
 
-    async def process(self, inputs: StepInput) -> Any:  # an async generator of row lists
-        """Answer every row of the batch; rows that fail get None outputs."""
+    @property
+    def is_async(self) -> bool:
+        """Always: `process` returns `_Batches`, which the engine runs on the step's loop."""
+        return True
+
+    def process(self, inputs: StepInput) -> _Batches:
+        """Answer every row of the batch; rows that fail get None outputs.
+
+        The engine iterates the result asynchronously. A script may also call
+        `next(task.process(rows))` after `task.load()`, as distilabel's examples do."""
+        return _Batches(self._answer_batch(inputs), self.llm.run_sync)
+
+    async def _answer_batch(self, inputs: StepInput) -> AsyncIterator[list[Row]]:
         if self.llm.use_offline_batch_generation:
             yield await self._process_offline(list(inputs))
             return
@@ -366,3 +379,29 @@ class ChatGeneration(Task):
                 f"The last message of `messages` must be from the user, got role {messages[-1]['role']!r}."
             )
         return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+class _Batches:
+    """What `Task.process` returns: an async iterator of row lists, as the engine runs an
+    async step, that is also a plain iterator, for distilabel's `next(task.process(rows))`
+    in a script or a notebook; iterated that way, each batch runs on the LLM's own loop
+    (`OpenAILLM.run_sync`, whose client `unload` closes)."""
+
+    def __init__(self, batches: AsyncIterator[list[Row]], run: Callable[[Awaitable[Any]], Any]) -> None:
+        self._batches = batches
+        self._run = run
+
+    def __aiter__(self) -> _Batches:
+        return self
+
+    async def __anext__(self) -> list[Row]:
+        return await self._batches.__anext__()
+
+    def __iter__(self) -> _Batches:
+        return self
+
+    def __next__(self) -> list[Row]:
+        try:
+            return self._run(self._batches.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
