@@ -296,7 +296,11 @@ class Lease:
                 self.fs.pipe_file(self.path, self._record())
                 self._renewed = time.monotonic()
                 return
-            if found is None:  # deleted by hand: hold it again, unless another run took it
+            # Gone. Deleted by hand while this run held it: hold it again, unless another
+            # run took it. But once this run went a lifetime without renewing (its process
+            # stalled, the store was out of reach), another run may have taken it over,
+            # finished and deleted it: this run's batches are no longer what the cache holds.
+            if found is None and time.monotonic() - self._renewed < self.seconds:
                 try:
                     create_object(self.fs, self.path, self._record())
                     self._renewed = time.monotonic()
@@ -304,8 +308,9 @@ class Lease:
                 except FileExistsError:
                     found = self._read()
             owner = found[1].get("owner") if found is not None else None
+            who = f"({owner})" if owner else "(which has since finished and removed the lease)"
             self.lost = CacheLockedError(
-                f"Another run of pipeline {self.pipeline_name!r} ({owner}) took over the cache "
+                f"Another run of pipeline {self.pipeline_name!r} {who} took over the cache "
                 f"{self.cache} from this run: this run's lease {self.url} was last renewed "
                 f"{time.monotonic() - self._renewed:.0f} s ago (it expires after {self.seconds:.0f} s; "
                 "the process stalled or could not reach the store). This run stops writing to the "
@@ -315,7 +320,13 @@ class Lease:
             logger.error("%s", self.lost)
 
     def check(self) -> None:
-        """Raise `CacheLockedError` if another run took the lease over: call before writing."""
+        """Raise `CacheLockedError` if another run took the lease over: call before writing.
+
+        A lease not renewed for a lifetime (this process was stopped, or blocked) is looked
+        at here and now, before the heartbeat thread gets to run again: another run may
+        have taken it meanwhile, and this write must not land in the cache it now writes."""
+        if self.lost is None and not self._released and time.monotonic() - self._renewed >= self.seconds:
+            self.refresh()
         if self.lost is not None:
             raise CacheLockedError(str(self.lost))
 
