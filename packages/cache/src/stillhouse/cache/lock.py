@@ -46,9 +46,7 @@ def acquire(base: Path, busy: str) -> int:
     the path is taken instead (`remove_locked` removes it last)."""
     path = base / LOCK
     while True:
-        with disk_errors(path):
-            private_dirs(base)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = _open_lock(base, path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -70,6 +68,23 @@ def acquire(base: Path, busy: str) -> int:
         raise
     _held.add(fd)
     return fd
+
+
+def _open_lock(base: Path, path: Path) -> int:
+    """The lock file's descriptor, making it and its folder as needed: a folder removed
+    between the two (`remove_locked` ending as this run starts) is made again."""
+    with disk_errors(path):
+        for _ in range(_OPEN_ATTEMPTS - 1):
+            private_dirs(base)
+            try:
+                return os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+            except FileNotFoundError:
+                continue
+        private_dirs(base)
+        return os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+
+
+_OPEN_ATTEMPTS = 5
 
 
 def _is_at(fd: int, path: Path) -> bool:
