@@ -148,6 +148,20 @@ def test_dump_and_from_dump_rebuild_sample_n_steps_with_its_argument() -> None:
     assert len(rebuilt(["a", "b", "c"])) == 2
 
 
+def test_a_description_set_by_the_user_survives_dump_and_from_dump() -> None:
+    """distilabel keeps a routing function's saved description (it is in pipeline.yaml and
+    the signature); sample_n_steps' own says what distilabel's says."""
+    sampled = sample_n_steps(2)
+    assert sampled.description == "Sample 2 steps from the list of downstream steps."
+    sampled.description = "two of the judges"
+    assert RoutingBatchFunction.from_dump(sampled.dump()).description == "two of the judges"
+    data = first_only.dump()
+    data["description"] = "only the first branch"
+    assert RoutingBatchFunction.from_dump(data).description == "only the first branch"
+    del data["description"]  # a file without one: the function's own
+    assert RoutingBatchFunction.from_dump(data).description == first_only.description
+
+
 def test_from_dump_names_an_unresolvable_function() -> None:
     data = {"type_info": {"module": "no_such_module_here", "name": "route"}}
     with pytest.raises(SerializationError, match=r"no_such_module_here\.route"):

@@ -102,7 +102,7 @@ def test_dump_has_a_format_version_steps_connections_and_routing() -> None:
     assert spec["routing_batch_functions"] == [
         {
             "step": "data",
-            "description": "Sample 2 steps from the list of provided steps.",
+            "description": "Sample 2 steps from the list of downstream steps.",  # distilabel's text
             "type_info": {
                 "module": "stillhouse.core.routing", "name": "sample_n_steps", "kwargs": {"n": 2}
             },

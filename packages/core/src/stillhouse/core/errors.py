@@ -49,8 +49,9 @@ class InvalidResourcesError(PipelineValidationError):
     """`StepResources` asks for something the step type or machine cannot give."""
 
 
-class MissingRequirementsError(PipelineValidationError):
-    """A requirement declared by the pipeline or a step is not installed."""
+class MissingRequirementsError(PipelineValidationError, ModuleNotFoundError):
+    """A requirement declared by the pipeline or a step is not installed (distilabel
+    raises `ModuleNotFoundError`: a ported `except ModuleNotFoundError` still catches it)."""
 
 
 class RoutingError(PipelineValidationError):

@@ -152,18 +152,27 @@ class RoutingBatchFunction(BaseModel):
                     f"The routing function {module}.{name} takes no arguments, but the file "
                     f"gives it {sorted(kwargs)!r}. Remove them."
                 )
-            copy = cls(routing_function=target.routing_function, description=target.description)
+            copy = cls(routing_function=target.routing_function, description=_saved_description(data, target))
             copy._factory = target._factory
             copy._validator = target._validator
             return copy
         if any(target is factory for factory in _FACTORIES):
-            return target(**kwargs)
+            made = target(**kwargs)
+            made.description = _saved_description(data, made)
+            return made
         raise SerializationError(
             f"The routing function {module}.{name} is not a stillhouse routing function (it is "
             f"a {type(target).__name__}); it was not called. A pipeline file may only name "
             "functions decorated with @routing_batch_function or made by sample_n_steps: "
             "check where the file came from."
         )
+
+
+def _saved_description(data: dict[str, Any], made: RoutingBatchFunction) -> str | None:
+    """The description the file kept (a user may have set their own, as in distilabel),
+    or the function's own when the file has none."""
+    saved = data.get("description")
+    return saved if isinstance(saved, str) else made.description
 
 
 @overload
@@ -237,7 +246,7 @@ def sample_n_steps(n: int) -> RoutingBatchFunction:
         return random.sample(steps, n)
 
     made = RoutingBatchFunction(
-        routing_function=sample, description=f"Sample {n} steps from the list of provided steps."
+        routing_function=sample, description=f"Sample {n} steps from the list of downstream steps."
     )
     made._validator = too_few
     return made
