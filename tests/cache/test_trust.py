@@ -254,3 +254,12 @@ def test_explain_gives_the_decision_the_run_then_takes(tmp_path):
     again = build(tmp_path, tag="b")
     assert rows_of(again.run(progress=False)) == reference("b")
     assert computed(again) == {"double", "tag"}
+
+
+def test_stages_json_records_the_load_groups_the_run_used(tmp_path):
+    """The run folder's stages.json is what a user reads to see how the run loaded its
+    steps: with load_groups, the stages the run used, not those it would use without."""
+    pipeline = build(tmp_path)
+    pipeline.run(progress=False, load_groups=[["double"], ["tag"]])
+    [stages] = tmp_path.glob("trust/*/stages.json")
+    assert json.loads(stages.read_text()) == {"stages": [["load"], ["double"], ["tag"]]}

@@ -44,6 +44,7 @@ from stillhouse.cache.durable import (
 from stillhouse.cache.lease import Lease
 from stillhouse.cache.records import BATCH, LAST, ROUTE, Header, frame, unframe
 from stillhouse.cache.reuse import Decision, Holdings, decide
+from stillhouse.cache.run_store import run_stages
 from stillhouse.cache.signature import routing_identity, signature_table
 from stillhouse.cache.store import (
     FLAGGED,
@@ -53,7 +54,6 @@ from stillhouse.cache.store import (
     parse_suspended,
     warn_recomputed,
 )
-from stillhouse.core.dag import load_stages
 from stillhouse.core.engine import BatchKey, BatchRecord, RunStore, StepStore
 from stillhouse.core.engine.plan import compile_plan
 from stillhouse.core.errors import CorruptCacheError
@@ -344,10 +344,7 @@ class RemoteRunStore(RunStore):
             self.stores: dict[str, RemoteStepStore] = {}
             self._fetch_log()
             self._put_record()
-            try:
-                stages = load_stages(pipeline.dag, None)
-            except Exception:
-                stages = []
+            stages = run_stages(context)
             self._put_text("stages.json", json.dumps({"stages": stages}, indent=2))
         except BaseException:
             shutil.rmtree(self._scratch, ignore_errors=True)
@@ -456,3 +453,4 @@ class RemoteRunStore(RunStore):
                         "The log of this run was not uploaded to %s/pipeline.log; it is kept in %s.",
                         self.run_dir, self._log,
                     )
+
