@@ -783,8 +783,8 @@ class _RunServer:
         _forget(server.address)
         server.close()
 
-
     def hold(self) -> Callable[[], None]:
+        """Hold the slots of the server of the runs going on (`hold_slots`)."""
         with self.lock:
             server = self.server
         return server.hold() if server is not None else (lambda: None)
