@@ -209,9 +209,9 @@ def test_a_threaded_shutdown_interrupted_while_joining_can_be_forced_again(make_
     time.sleep(0.2)  # the replica took the task: its thread is busy
     main = threading.get_ident()
     interrupt = threading.Timer(0.5, lambda: signal.pthread_kill(main, signal.SIGINT))
-    interrupt.start()
     started = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
+        interrupt.start()  # inside the block: a stall before it cannot let the signal escape
         executor.shutdown()  # waits up to 30 s for the hung thread: interrupted first
     assert time.monotonic() - started < 25
     executor.shutdown(force=True)  # before: KeyError('hangs')
